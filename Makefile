@@ -1,0 +1,29 @@
+# `make demo` and `make test` do all of their own set-up on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint install clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --progress-bar off -e '.[dev]' > $(VENV)/pip.log 2>&1 \
+	  || { tail -40 $(VENV)/pip.log; echo "pip install failed; full log in $(VENV)/pip.log"; exit 1; }
+	$(BIN)/python -c "import ablate, torch, diffusers, timm" 
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/ablate train train.steps=40
+
+test: $(STAMP)
+	$(BIN)/ruff check ablate tests
+	$(BIN)/python -m pytest -q tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check ablate tests
+
+clean:
+	rm -rf $(VENV) results/runs

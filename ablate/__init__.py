@@ -1,0 +1,3 @@
+"""ablate: ablation and architecture search for diffusion-guided deepfake detectors."""
+
+__version__ = "0.1.0"

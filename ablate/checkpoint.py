@@ -1,0 +1,81 @@
+"""Run folders: safetensors weights with the composed recipe beside them.
+
+    <run>/recipe.yaml            the composed recipe (what the numbers mean)
+    <run>/trainable.safetensors  every trained module (resume, analysis)
+    <run>/inference.safetensors  encoder + head only: what a detector ships
+    <run>/run.json               steps, timings, parameter counts, selection info
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from safetensors.torch import load_file, save_file
+
+from ablate.errors import AblateError
+from ablate.recipe import load_yaml, to_yaml
+
+INFERENCE = "inference.safetensors"
+TRAINABLE = "trainable.safetensors"
+RECIPE = "recipe.yaml"
+RUN_INFO = "run.json"
+
+
+def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+
+def save_run(
+    folder: Path, cfg: DictConfig, trainable: dict[str, torch.Tensor],
+    inference: dict[str, torch.Tensor], info: dict,
+) -> Path:
+    """Write a run folder; files are written under temporary names, then renamed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {"format": "ablate-run-v1"}
+    for name, state in ((TRAINABLE, trainable), (INFERENCE, inference)):
+        tmp = folder / (name + ".tmp")
+        save_file(_contiguous(state), str(tmp), metadata=meta)
+        tmp.replace(folder / name)
+    (folder / RECIPE).write_text(to_yaml(cfg))
+    (folder / RUN_INFO).write_text(json.dumps(info, indent=2, default=str))
+    return folder
+
+
+def resolve_run(path: str | Path) -> Path:
+    """A run folder, given the folder or any file inside it."""
+    p = Path(path).expanduser()
+    folder = p.parent if p.is_file() else p
+    if not (folder / INFERENCE).is_file() or not (folder / RECIPE).is_file():
+        raise AblateError(
+            f"{path} is not a run folder (needs {INFERENCE} and {RECIPE}); "
+            "pass the folder `ablate train` printed"
+        )
+    return folder
+
+
+def load_classifier(path: str | Path, device: str = "cpu"):  # noqa: ANN201
+    """Rebuild encoder + head from a run folder; the teacher is never loaded."""
+    from ablate.model.build import build_classifier
+
+    folder = resolve_run(path)
+    cfg = load_yaml(folder / RECIPE)
+    cfg.backbone.pretrained_path = None  # the checkpoint holds the trained weights
+    logger = logging.getLogger("ablate.model.backbone")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        classifier = build_classifier(cfg)
+    finally:
+        logger.setLevel(level)
+    state = load_file(str(folder / INFERENCE), device="cpu")
+    missing, unexpected = classifier.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise AblateError(
+            f"{folder / INFERENCE} does not match its recipe ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected tensors); was the file replaced?"
+        )
+    return classifier.to(device).eval(), cfg

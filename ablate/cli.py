@@ -1,0 +1,130 @@
+"""The `ablate` command. Parses arguments and calls one function per verb; no logic."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from ablate.errors import AblateError
+
+OVERRIDES_HELP = """
+Recipe overrides use Hydra syntax: `slot=variant` picks a variant
+(configs/<slot>/<variant>.yaml), `slot.arg=value` sets one of its arguments,
+`recipe=official_code` applies a preset. See `ablate list` for the variants.
+"""
+
+
+class _State:
+    debug = False
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.version_option(package_name="ablate")
+def cli(debug: bool) -> None:
+    """Ablation and architecture search for diffusion-guided deepfake detectors.
+
+    \b
+    Quick start (CPU, tiny teacher twins):
+      ablate list                      # every variant of every slot
+      ablate train                     # one guided training run, default recipe
+      ablate train filter=code teacher=tiny-sd21 train.steps=100
+    """
+    _State.debug = debug
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@cli.command("list")
+@click.argument("slot", required=False)
+def list_cmd(slot: str | None) -> None:
+    """List the registered variants of SLOT (default: all slots), with their arguments."""
+    from ablate.registry import SLOTS, registry
+
+    for name in [slot] if slot else list(SLOTS):
+        reg = registry(name)
+        click.secho(f"{reg.slot}", bold=True)
+        for entry in reg.entries():
+            click.echo(f"  {entry.name:<22} {entry.description}")
+            args = {
+                k: v for k, v in entry.arguments().items()
+                if k not in ("in_channels", "out_channels", "in_size", "out_size", "teacher",
+                             "image_size")
+            }
+            if args:
+                click.echo(" " * 25 + ", ".join(f"{k}={v}" for k, v in args.items()))
+
+
+@cli.command(epilog=OVERRIDES_HELP)
+@click.argument("overrides", nargs=-1)
+@click.option("--dry-run", is_flag=True, help="Compose and build the recipe, print it, train nothing.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train(overrides: tuple[str, ...], dry_run: bool, quiet: bool) -> None:
+    """Train one detector from a recipe and save it as a run folder.
+
+    \b
+    Examples:
+      ablate train                                  # default: tiny backbone + tiny-sd15, CPU
+      ablate train filter=no_mhsa weight=constant   # an ablation
+      ablate train recipe=official_code teacher.path=/models/sd15   # released-code setup
+    """
+    from ablate import recipe
+    from ablate.train import train as run_training
+
+    cfg = recipe.compose(overrides)
+    if dry_run:
+        from ablate.model.build import build_detector
+        from ablate.train import count_params
+
+        detector = build_detector(cfg)
+        click.echo(recipe.to_yaml(cfg))
+        click.echo(f"recipe hash: {recipe.recipe_hash(cfg)}")
+        click.echo(f"trainable parameters: {count_params(detector, trainable_only=True):,}")
+        click.echo(f"inference parameters: {count_params(detector.classifier):,}")
+        return
+    result = run_training(cfg, progress=not quiet)
+    click.echo(
+        f"trained {result.steps} steps in {result.wall_s:.1f}s "
+        f"({result.params_trainable:,} trainable / {result.params_inference:,} inference params)"
+    )
+    click.echo(f"run saved to {result.folder}")
+
+
+def _attach_optional_groups() -> None:
+    try:
+        from ablate.data.cli import data
+    except ImportError:  # pragma: no cover - the data layer is part of the package
+        return
+    cli.add_command(data)
+
+
+_attach_optional_groups()
+
+
+def main() -> None:
+    """Entry point: user errors print one line and exit 2; --debug shows tracebacks."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except click.exceptions.Exit as err:
+        sys.exit(err.exit_code)
+    except AblateError as err:
+        if _State.debug:
+            raise
+        click.secho(f"error: {err}", fg="red", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as err:  # a bug or an unexpected library error: still one line
+        if _State.debug:
+            raise
+        click.secho(f"error: {type(err).__name__}: {err} (rerun with --debug for the traceback)",
+                    fg="red", err=True)
+        sys.exit(1)

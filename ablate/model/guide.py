@@ -1,0 +1,156 @@
+"""Guides: turn (noisy latent, timestep, filtered features) into ControlNet-style
+residuals for the frozen teacher UNet: one per down-block output and one for the
+mid block, shaped exactly like the teacher's skip connections.
+
+Both branches travel as one batch [2B] (source half first, target half second);
+a *separate* guide splits it and runs one network per half.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers import ControlNetModel
+from torch import Tensor, nn
+
+from ablate.registry import GUIDES
+
+Residuals = tuple[list[Tensor], Tensor]
+
+
+class Guide(nn.Module):
+    """Base: one network shared by both branches, or one per branch."""
+
+    def __init__(self, nets: list[nn.Module]) -> None:
+        super().__init__()
+        self.nets = nn.ModuleList(nets)
+
+    @property
+    def shared(self) -> bool:
+        return len(self.nets) == 1
+
+    def forward(
+        self, noisy: Tensor, timesteps: Tensor, cond: Tensor, unet_kwargs: dict[str, Any]
+    ) -> Residuals:
+        """noisy [2B, 4, h, w], timesteps [2B], cond [2B, C0, h, w] -> residuals."""
+        if self.shared:
+            return self._run(self.nets[0], noisy, timesteps, cond, unet_kwargs)
+        halves = [
+            self._run(net, *(t.chunk(2) for t in (noisy, timesteps, cond)), _half(unet_kwargs, i))
+            for i, net in enumerate(self.nets)
+        ]
+        downs = [torch.cat(pair) for pair in zip(halves[0][0], halves[1][0], strict=True)]
+        return downs, torch.cat([halves[0][1], halves[1][1]])
+
+    def _run(self, net, noisy, timesteps, cond, unet_kwargs) -> Residuals:  # noqa: ANN001
+        raise NotImplementedError
+
+
+def _half(kwargs: dict[str, Any], index: int) -> dict[str, Any]:
+    """The source (0) or target (1) half of batched UNet keyword arguments."""
+    out: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        if isinstance(value, dict):
+            out[key] = _half(value, index)
+        elif isinstance(value, Tensor):
+            out[key] = value.chunk(2)[index]
+        else:
+            out[key] = value
+    return out
+
+
+class ControlNetGuide(Guide):
+    """A trainable copy of the teacher UNet's encoder (diffusers' ControlNetModel,
+    initialised from the teacher), zero-initialised 1x1 convs on every down-block
+    output and on the mid output. Its input is conv_in(z_noisy) + filtered features:
+    the pixel-space conditioning embedding of a usual ControlNet is not used."""
+
+    def __init__(self, teacher: nn.Module, shared: bool = True) -> None:
+        nets = []
+        for _ in range(1 if shared else 2):
+            net = ControlNetModel.from_unet(teacher.unet, load_weights_from_unet=True)
+            net.controlnet_cond_embedding = nn.Identity()  # features are already latent-sized
+            net.requires_grad_(True)
+            nets.append(net)
+        super().__init__(nets)
+
+    def _run(self, net, noisy, timesteps, cond, unet_kwargs) -> Residuals:  # noqa: ANN001
+        out = net(noisy, timesteps, controlnet_cond=cond, return_dict=False, **unet_kwargs)
+        down, mid = out
+        return list(down), mid
+
+
+def residual_shapes(unet: nn.Module) -> tuple[list[tuple[int, int]], tuple[int, int]]:
+    """(channels, downsampling level) of each down residual and of the mid residual,
+    read off the UNet's modules: conv_in, then per block its resnets and downsampler."""
+    downs = [(unet.conv_in.out_channels, 0)]
+    level = 0
+    for block in unet.down_blocks:
+        channels = block.resnets[-1].out_channels
+        downs += [(channels, level)] * len(block.resnets)
+        if getattr(block, "downsamplers", None):
+            level += 1
+            downs.append((channels, level))
+    mid_channels = unet.mid_block.resnets[-1].out_channels
+    return downs, (mid_channels, level)
+
+
+def zero_conv(in_channels: int, out_channels: int) -> nn.Conv2d:
+    conv = nn.Conv2d(in_channels, out_channels, 1)
+    nn.init.zeros_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+class ConvPyramid(nn.Module):
+    """A light stack of stride-2 convs over the filtered features (no copy of the
+    UNet, no timestep): one zero-initialised 1x1 conv per residual."""
+
+    def __init__(self, unet: nn.Module, width: int = 64) -> None:
+        super().__init__()
+        downs, (mid_channels, mid_level) = residual_shapes(unet)
+        in_channels = unet.conv_in.out_channels
+        levels = mid_level + 1
+        self.stages = nn.ModuleList()
+        for level in range(levels):
+            stride = 1 if level == 0 else 2
+            self.stages.append(
+                nn.Sequential(
+                    nn.Conv2d(in_channels if level == 0 else width, width, 3, stride, 1),
+                    nn.SiLU(),
+                )
+            )
+        self.levels = [lvl for _, lvl in downs]
+        self.down_convs = nn.ModuleList(zero_conv(width, c) for c, _ in downs)
+        self.mid_conv = zero_conv(width, mid_channels)
+        self.mid_level = mid_level
+
+    def forward(self, cond: Tensor) -> Residuals:
+        feats = []
+        x = cond  # [N, C0, h, w]
+        for stage in self.stages:
+            x = stage(x)  # [N, width, h / 2**level, w / 2**level]
+            feats.append(x)
+        downs = [conv(feats[lvl]) for conv, lvl in zip(self.down_convs, self.levels, strict=True)]
+        return downs, self.mid_conv(feats[self.mid_level])
+
+
+class AdapterGuide(Guide):
+    """The cheap alternative to a UNet copy: residuals from features alone."""
+
+    def __init__(self, teacher: nn.Module, shared: bool = True, width: int = 64) -> None:
+        super().__init__([ConvPyramid(teacher.unet, width) for _ in range(1 if shared else 2)])
+
+    def _run(self, net, noisy, timesteps, cond, unet_kwargs) -> Residuals:  # noqa: ANN001
+        return net(cond)
+
+
+@GUIDES.register("controlnet", "trainable copy of the teacher UNet encoder + zero 1x1 convs")
+def controlnet_guide(teacher: nn.Module, shared: bool = True) -> ControlNetGuide:
+    return ControlNetGuide(teacher, shared)
+
+
+@GUIDES.register("adapter", "light conv pyramid to the same residual shapes, zero-initialised")
+def adapter_guide(teacher: nn.Module, shared: bool = True, width: int = 64) -> AdapterGuide:
+    return AdapterGuide(teacher, shared, width)

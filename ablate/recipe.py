@@ -1,0 +1,127 @@
+"""Recipes: one composed Hydra config naming a variant for every slot.
+
+`compose(overrides)` turns `["filter=code", "train.steps=10"]` into a validated
+`DictConfig`; `recipe_hash` names the parts of it that define a result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ablate.errors import AblateError
+
+SLOTS = ("backbone", "filter", "weight", "guide", "teacher")
+# Keys that change where or how visibly a run happens, not what it computes.
+NON_RESULT_KEYS = ("run", "train.device", "train.log_every", "train.checkpoint_every")
+
+
+def config_dir() -> Path:
+    """`configs/` of the checkout (or $ABLATE_CONFIG_DIR)."""
+    env = os.environ.get("ABLATE_CONFIG_DIR")
+    path = Path(env) if env else Path(__file__).resolve().parent.parent / "configs"
+    if not (path / "config.yaml").is_file():
+        raise AblateError(f"no config.yaml in {path}; set ABLATE_CONFIG_DIR to the configs/ folder")
+    return path
+
+
+def options(group: str) -> list[str]:
+    """Variant names available for one config group (the YAML files in it)."""
+    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+
+
+def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Compose the recipe; every Hydra complaint becomes a one-line AblateError."""
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            cfg = hydra_compose("config", overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as err:
+        raise AblateError(_explain(err, overrides)) from None
+    finally:
+        GlobalHydra.instance().clear()
+    validate(cfg)
+    return cfg
+
+
+def _explain(err: Exception, overrides: list[str] | tuple[str, ...]) -> str:
+    text = str(err).strip()
+    missing = re.search(r"Could not find '(\w+)/(\S+)'", text)
+    if missing:
+        group, name = missing.groups()
+        return f"unknown {group} {name!r}; valid {group} variants: {', '.join(options(group))}"
+    bad_key = re.search(r"Could not override '([\w.]+)'", text) or re.search(
+        r"Key '([\w.]+)' is not in struct", text
+    )
+    if bad_key:
+        key = bad_key.group(1)
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        valid = _keys_under(parent)
+        hint = f"; valid keys{' under ' + parent if parent else ''}: {', '.join(valid)}"
+        return f"unknown recipe key {key!r}{hint} (prefix with + to add a new key)"
+    first = text.splitlines()[0] if text else type(err).__name__
+    return f"cannot compose the recipe from {' '.join(overrides) or 'the defaults'}: {first}"
+
+
+def _keys_under(parent: str) -> list[str]:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = hydra_compose("config")
+    GlobalHydra.instance().clear()
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    return sorted(node.keys()) if isinstance(node, DictConfig) else []
+
+
+def validate(cfg: DictConfig) -> None:
+    """Every slot names a registered variant (checked before anything is built)."""
+    from ablate.registry import registry
+
+    for slot in SLOTS:
+        if "name" not in cfg[slot]:
+            raise AblateError(f"recipe slot {slot} has no `name`; pick one of {options(slot)}")
+        registry(slot).get(cfg[slot].name)
+    if not isinstance(cfg.image_size, int) or cfg.image_size <= 0:
+        raise AblateError(f"image_size must be a positive integer, not {cfg.image_size!r}")
+
+
+def result_dict(cfg: DictConfig) -> dict:
+    """The parts of a recipe that define its result (no paths, no logging)."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(data, dict)
+    for dotted in NON_RESULT_KEYS:
+        *parents, leaf = dotted.split(".")
+        node = data
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(leaf, None)
+    return data
+
+
+def recipe_hash(cfg: DictConfig) -> str:
+    """12 hex digits identifying a recipe's result-defining settings (seed included)."""
+    blob = json.dumps(result_dict(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def load_yaml(path: str | Path) -> DictConfig:
+    """A recipe saved beside a checkpoint."""
+    try:
+        cfg = OmegaConf.load(path)
+    except (OSError, OmegaConfBaseException) as err:
+        raise AblateError(f"cannot read recipe {path}: {err}") from None
+    assert isinstance(cfg, DictConfig)
+    return cfg

@@ -1,0 +1,153 @@
+"""`ablate train`: one recipe in, one trained detector (a run folder) out."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from ablate.checkpoint import save_run
+from ablate.errors import AblateError
+from ablate.model.build import build_detector
+from ablate.model.detector import DiffusionFakeDetector
+from ablate.recipe import recipe_hash
+
+
+class TrainingDiverged(AblateError):
+    """A loss went NaN or infinite: recorded as the run's failure, not a crash."""
+
+
+@dataclass
+class RunResult:
+    folder: Path
+    steps: int
+    wall_s: float
+    params_trainable: int
+    params_inference: int
+    peak_mem_mb: float
+    curves: list[tuple[int, str, float]] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise AblateError("train.device=cuda but no CUDA device is visible; use train.device=cpu")
+    return torch.device(name)
+
+
+def make_optimizer(cfg: DictConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    kinds = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+    if cfg.train.optimizer not in kinds:
+        raise AblateError(f"train.optimizer must be one of {', '.join(kinds)}")
+    return kinds[cfg.train.optimizer](params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+
+
+def cycle(loader) -> Iterator[dict]:  # noqa: ANN001
+    """Endless batches; each pass over the loader is one epoch."""
+    while True:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise AblateError("the training set is empty; check data settings")
+
+
+def total_steps(cfg: DictConfig, batches_per_epoch: int) -> int:
+    if cfg.train.epochs:
+        return int(cfg.train.epochs) * batches_per_epoch
+    if not cfg.train.steps or cfg.train.steps < 1:
+        raise AblateError("set train.steps (a positive integer) or train.epochs")
+    return int(cfg.train.steps)
+
+
+def count_params(module: torch.nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def train_step(
+    detector: DiffusionFakeDetector, batch: dict, optimizer: torch.optim.Optimizer,
+    device: torch.device, grad_clip: float | None,
+) -> dict[str, float]:
+    """One optimiser step on one batch; returns each loss term as a float."""
+    images, sources, targets = (batch[k].to(device) for k in ("image", "source", "target"))
+    labels = batch["label"].to(device)
+    losses = detector.guided_losses(images, sources, targets, labels)
+    total = losses["total"]
+    if not torch.isfinite(total):
+        raise TrainingDiverged(
+            f"loss became {total.item()} ({', '.join(f'{k}={v.item():.3g}' for k, v in losses.items())}); "
+            "lower train.lr or enable train.grad_clip"
+        )
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(
+            [p for g in optimizer.param_groups for p in g["params"]], grad_clip
+        )
+    optimizer.step()
+    return {k: float(v.detach()) for k, v in losses.items()}
+
+
+def run_name(cfg: DictConfig) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return cfg.run.name or f"{stamp}-{recipe_hash(cfg)}"
+
+
+def train(cfg: DictConfig, loader=None, progress: bool = True) -> RunResult:  # noqa: ANN001
+    """Train `cfg` on `loader` (default: the recipe's training set) and save a run folder."""
+    from ablate.data.loader import train_loader
+
+    seed_everything(cfg.seed)
+    device = pick_device(cfg.train.device)
+    detector = build_detector(cfg).to(device)
+    loader = loader if loader is not None else train_loader(cfg)
+    params = [p for p in detector.parameters() if p.requires_grad]
+    optimizer = make_optimizer(cfg, params)
+    steps = total_steps(cfg, len(loader))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    detector.train()
+    curves: list[tuple[int, str, float]] = []
+    batches = cycle(loader)
+    start = time.perf_counter()
+    bar = tqdm(range(1, steps + 1), desc="train", unit="step", disable=not progress)
+    for step in bar:
+        terms = train_step(detector, next(batches), optimizer, device, cfg.train.grad_clip)
+        bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items()}, refresh=False)
+        if step % max(cfg.train.log_every, 1) == 0 or step == steps:
+            curves += [(step, f"loss/{k}", v) for k, v in terms.items()]
+    wall = time.perf_counter() - start
+
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else math.nan
+    result = RunResult(
+        folder=Path(cfg.run.out_dir) / run_name(cfg),
+        steps=steps,
+        wall_s=wall,
+        params_trainable=count_params(detector, trainable_only=True),
+        params_inference=count_params(detector.classifier),
+        peak_mem_mb=peak,
+        curves=curves,
+    )
+    info = {k: v for k, v in result.__dict__.items() if k != "folder"}
+    info.update(recipe_hash=recipe_hash(cfg), seed=cfg.seed, device=str(device))
+    save_run(result.folder, cfg, detector.trainable_state_dict(),
+             detector.classifier.state_dict(), info)
+    return result
