@@ -1,0 +1,105 @@
+"""`ablate data ...`: build manifests from dataset folders and check them.
+
+Parsing only; the work lives in adapters.py and manifest.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+import yaml
+
+from ablate.errors import AblateError
+
+
+@click.group("data")
+def data() -> None:
+    """Build and check frame manifests."""
+
+
+@data.command("check")
+@click.argument("manifest", type=click.Path(dir_okay=False))
+@click.option("--no-guided", is_flag=True, help="Skip the source/target checks (test sets).")
+@click.option("--max-images", type=int, default=None, help="Open at most N images (sampled).")
+def check(manifest: str, no_guided: bool, max_images: int | None) -> None:
+    """Check MANIFEST: files, images, labels, duplicates, pairs; exit 1 on problems."""
+    from ablate.data.manifest import check_manifest
+
+    report = check_manifest(manifest, guided=not no_guided, max_images=max_images)
+    click.echo(report.format())
+    if not report.ok:
+        raise SystemExit(1)
+
+
+@data.command("manifest")
+@click.argument("adapter")
+@click.option("--root", required=True, type=click.Path(file_okay=False), help="Dataset folder.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help=".csv or .parquet")
+@click.option("--frames-dir", default=None, help="Name of the extracted-frames folder.")
+@click.option(
+    "--source-is",
+    type=click.Choice(["A", "B"]),
+    default=None,
+    help="FF++: which original of fake A_B is the source (default B).",
+)
+@click.option(
+    "--preset",
+    type=click.Choice(["paper", "official_code"]),
+    default=None,
+    help="Frame sampling preset.",
+)
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Any adapter setting, value in YAML (e.g. methods=[Deepfakes,FaceSwap]).",
+)
+def manifest(
+    adapter: str,
+    root: str,
+    out: str,
+    frames_dir: str | None,
+    source_is: str | None,
+    preset: str | None,
+    sets: tuple[str, ...],
+) -> None:
+    """Build the manifest of dataset ADAPTER from --root and write it to --out."""
+    from ablate.data.adapters import build_manifest, format_notes
+    from ablate.data.manifest import count_frames
+
+    settings = parse_sets(sets)
+    for key, value in (("frames_dir", frames_dir), ("source_is", source_is), ("preset", preset)):
+        if value is not None:
+            settings[key] = value
+    df = build_manifest(adapter, root, out, **settings)
+    click.echo(count_frames(df).to_string(index=False))
+    for line in format_notes(df):
+        click.echo(f"note: {line}")
+    click.echo(f"wrote {len(df)} frames to {df.attrs['manifest']}")
+
+
+@data.command("adapters")
+def adapters() -> None:
+    """List dataset adapters and their settings."""
+    from ablate.data.adapters import DATASETS, adapter_settings
+
+    for entry in DATASETS.entries():
+        click.echo(f"{entry.name}: {entry.description}")
+        settings = ", ".join(f"{k}={v!r}" for k, v in adapter_settings(entry.name).items())
+        click.echo(f"    {settings}")
+
+
+def parse_sets(sets: tuple[str, ...]) -> dict[str, Any]:
+    """KEY=VALUE pairs -> settings, each value read as YAML (numbers, lists, null)."""
+    settings: dict[str, Any] = {}
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise AblateError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            settings[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise AblateError(f"--set {key}: value {value!r} is not valid YAML") from None
+    return settings

@@ -1,0 +1,273 @@
+"""A torch Dataset over manifest rows: (x, s, t, label, video_id) for guided training.
+
+Face crops are small and re-read every epoch, so each file is decoded and
+resized once: into an in-memory cache of uint8 arrays (S*S*3 bytes per frame,
+about 190 KiB at 256 px) and/or a disk cache of .npy files under `cache_dir`
+that later runs reuse. By default every needed file is decoded at construction
+(`preload=True`), which is also how corrupt or missing frames are found before
+training starts: rows that need such a file are skipped and reported, and more
+than `max_skip_fraction` of them is an error. Nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from ablate.data.manifest import SPLITS, load_manifest, validate
+from ablate.errors import AblateError
+
+log = logging.getLogger(__name__)
+
+EXAMPLES = 5
+
+
+def decode_image(path: str, size: int) -> np.ndarray:
+    """Decode an image file to RGB uint8 [size, size, 3]; raises on a corrupt file."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+        if img.size != (size, size):
+            img = img.resize((size, size), Image.Resampling.BICUBIC)
+        return np.asarray(img, dtype=np.uint8).copy()
+
+
+class FrameCache:
+    """Decoded, resized frames keyed by (path, size): memory first, then .npy on disk.
+
+    Disk entries are named by a hash of the path, size, mtime and file size, so an
+    edited frame is decoded again rather than served stale.
+    """
+
+    def __init__(self, cache_dir: str | Path | None = None, memory: bool = True) -> None:
+        self.memory = memory
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
+        self._arrays: dict[tuple[str, int], np.ndarray] = {}
+        if self.cache_dir is not None:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+
+    def get(self, path: str, size: int) -> np.ndarray:
+        key = (path, size)
+        if key in self._arrays:
+            return self._arrays[key]
+        array = self._from_disk(path, size)
+        if array is None:
+            array = decode_image(path, size)
+            self._to_disk(path, size, array)
+        if self.memory:
+            self._arrays[key] = array
+        return array
+
+    def __len__(self) -> int:
+        return len(self._arrays)
+
+    def _disk_file(self, path: str, size: int) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        stat = os.stat(path)
+        key = f"{os.path.abspath(path)}|{size}|{stat.st_mtime_ns}|{stat.st_size}"
+        return self.cache_dir / f"{hashlib.sha1(key.encode()).hexdigest()}.npy"
+
+    def _from_disk(self, path: str, size: int) -> np.ndarray | None:
+        file = self._disk_file(path, size)
+        if file is None or not file.is_file():
+            return None
+        try:
+            array = np.load(file)
+        except (OSError, ValueError):
+            return None  # a half-written or foreign file: decode again
+        return array if array.shape == (size, size, 3) and array.dtype == np.uint8 else None
+
+    def _to_disk(self, path: str, size: int, array: np.ndarray) -> None:
+        file = self._disk_file(path, size)
+        if file is None:
+            return
+        fd, tmp = tempfile.mkstemp(dir=file.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as handle:
+            np.save(handle, array)
+        os.replace(tmp, file)  # atomic: parallel workers never read a partial file
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A manifest row left out, and why."""
+
+    path: str
+    reason: str
+    file: str
+
+
+class ManifestDataset(Dataset):
+    """Manifest rows -> dicts of tensors; images in [-1, 1], shape [3, S, S].
+
+    Item: {"image", "source", "target", "label" (float scalar), "video_id", "path"};
+    "source"/"target" only when `guided` (reals use their own frame for both).
+    `augment` flips the image horizontally with p=0.5; source and target are only
+    resized, as in the released code. With `preload=False` frames are decoded on
+    first use instead: missing files are still skipped at construction, but a
+    corrupt one then raises AblateError when reached.
+    Pass one `cache` to several datasets to share decoded frames between them.
+    """
+
+    def __init__(
+        self,
+        manifest_df: pd.DataFrame | str | Path,
+        image_size: int,
+        split: str | None = None,
+        guided: bool = False,
+        augment: bool = False,
+        cache_dir: str | Path | None = None,
+        memory_cache: bool = True,
+        preload: bool = True,
+        max_skip_fraction: float = 0.05,
+        cache: FrameCache | None = None,
+    ) -> None:
+        if image_size <= 0:
+            raise AblateError(f"image_size must be a positive integer, got {image_size}")
+        self.image_size = image_size
+        self.guided = guided
+        self.augment = augment
+        self.cache = cache if cache is not None else FrameCache(cache_dir, memory=memory_cache)
+        rows = _select(_as_table(manifest_df), split)
+        problems = self._file_problems(rows, preload)
+        reasons = self._row_reasons(rows, problems)
+        self.skipped = [
+            Skipped(rows.at[i, "path"], reason, _bad_file(rows.loc[i], problems, reason))
+            for i, reason in reasons.dropna().items()
+        ]
+        self.rows = rows[reasons.isna()].reset_index(drop=True)
+        self._report(len(rows), split, max_skip_fraction)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        row = self.rows.iloc[index]
+        image = self._load(row["path"])
+        item = {
+            "image": _flip_maybe(image) if self.augment else image,
+            "label": torch.tensor(float(row["label"])),
+            "video_id": str(row["video_id"]),
+            "path": str(row["path"]),
+        }
+        if self.guided:
+            real = row["label"] == 0
+            item["source"] = image if real else self._load(row["source_path"])
+            item["target"] = image if real else self._load(row["target_path"])
+        return item
+
+    def skip_summary(self) -> str:
+        """Counts of skipped rows by reason, with example files."""
+        if not self.skipped:
+            return "no rows skipped"
+        by_reason = Counter(s.reason for s in self.skipped)
+        parts = []
+        for reason, n in by_reason.items():
+            files = [s.file for s in self.skipped if s.reason == reason][:EXAMPLES]
+            parts.append(f"{n} {reason} (e.g. {', '.join(files)})")
+        return f"skipped {len(self.skipped)} rows: " + "; ".join(parts)
+
+    # -------------------------------------------------------------- internals
+
+    def _load(self, path: str) -> torch.Tensor:
+        try:
+            array = self.cache.get(path, self.image_size)
+        except Exception as err:  # noqa: BLE001 - only reachable with preload=False
+            raise AblateError(
+                f"cannot decode frame {path} ({type(err).__name__}); run "
+                "`ablate data check` on the manifest, or keep preload=True to skip bad frames"
+            ) from None
+        return torch.from_numpy(array).permute(2, 0, 1).float().div(127.5).sub(1.0)
+
+    def _row_reasons(self, rows: pd.DataFrame, problems: dict[str, str]) -> pd.Series:
+        """Reason each row is unusable (NaN if usable): its image or, guided, a partner."""
+        reason = rows["path"].map(problems)
+        if self.guided:
+            fake = rows["label"] == 1
+            for col in ("source_path", "target_path"):
+                partner = rows[col].map(problems).where(fake)
+                reason = reason.fillna(partner)
+            no_pair = fake & (rows["source_path"].isna() | rows["target_path"].isna())
+            reason = reason.mask(no_pair & reason.isna(), "fakes without source/target")
+        return reason
+
+    def _file_problems(self, rows: pd.DataFrame, preload: bool) -> dict[str, str]:
+        """file -> reason it is unusable; with preload, decodes every file into the cache."""
+        files = set(rows["path"])
+        if self.guided:
+            fakes = rows[rows["label"] == 1]
+            files |= set(fakes["source_path"].dropna()) | set(fakes["target_path"].dropna())
+        problems = {}
+        desc = f"decoding frames at {self.image_size}px"
+        for file in tqdm(sorted(files), desc=desc, unit="img", disable=None, leave=False):
+            if not os.path.isfile(file):
+                problems[file] = "missing files"
+            elif preload:
+                try:
+                    self.cache.get(file, self.image_size)
+                except Exception:  # noqa: BLE001 - PIL raises many types for a bad file
+                    problems[file] = "unreadable images"
+        return problems
+
+    def _report(self, total: int, split: str | None, max_skip_fraction: float) -> None:
+        if not self.skipped:
+            return
+        message = f"{self.skip_summary()} of {total} ({'all splits' if split is None else split})"
+        if len(self.skipped) > max_skip_fraction * total:
+            raise AblateError(
+                f"{message}: more than max_skip_fraction={max_skip_fraction:g}; "
+                "fix the frames or the manifest (`ablate data check`)"
+            )
+        log.warning(message)
+
+    def __repr__(self) -> str:
+        return (
+            f"ManifestDataset({len(self)} rows, size={self.image_size}, guided={self.guided},"
+            f" skipped={len(self.skipped)})"
+        )
+
+
+def _as_table(manifest: pd.DataFrame | str | Path) -> pd.DataFrame:
+    """A manifest path is loaded (paths resolved); a table is validated as is."""
+    if isinstance(manifest, str | Path):
+        return load_manifest(manifest)
+    return validate(manifest, where="manifest table")
+
+
+def _select(df: pd.DataFrame, split: str | None) -> pd.DataFrame:
+    if split is None:
+        return df.reset_index(drop=True)
+    if split not in SPLITS:
+        raise AblateError(f"split must be one of {', '.join(SPLITS)} or None, got {split!r}")
+    rows = df[df["split"] == split].reset_index(drop=True)
+    if rows.empty:
+        found = ", ".join(sorted(df["split"].unique()))
+        raise AblateError(
+            f"manifest has no {split} rows (it has: {found}); rebuild it with that split"
+        )
+    return rows
+
+
+def _bad_file(row: pd.Series, problems: dict[str, str], reason: str) -> str:
+    """The file that made `row` unusable (for the report's examples)."""
+    for col in ("path", "source_path", "target_path"):
+        if problems.get(row[col]) == reason:
+            return row[col]
+    return row["path"]
+
+
+def _flip_maybe(image: torch.Tensor) -> torch.Tensor:
+    """Horizontal flip with p=0.5 (torch RNG, so DataLoader workers differ)."""
+    return image.flip(-1) if torch.rand(()) < 0.5 else image

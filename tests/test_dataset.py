@@ -1,0 +1,197 @@
+"""ManifestDataset: items, caching of decoded frames, skip reporting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+import ablate.data.dataset as dataset_module
+from ablate.data.dataset import FrameCache, ManifestDataset
+from ablate.data.manifest import save_manifest
+from ablate.errors import AblateError
+
+SIZE = 8
+
+
+def png(path: Path, seed: int) -> str:
+    """A 16x16 image with a left-right gradient (so a flip is visible)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ramp = np.linspace(0, 255, 16, dtype=np.uint8)[None, :, None]
+    pixels = np.broadcast_to(ramp, (16, 16, 3)).copy()
+    pixels[..., 1] = seed * 20 % 256
+    Image.fromarray(pixels).save(path)
+    return str(path)
+
+
+def table(tmp_path: Path, n_real: int = 4, split: str = "train") -> pd.DataFrame:
+    """Reals 0..n-1 and one fake per real pair (source = real i+1, target = real i)."""
+    rows = []
+    reals = [png(tmp_path / f"real/{i}.png", i) for i in range(n_real)]
+    for i, path in enumerate(reals):
+        rows.append(
+            {
+                "path": path,
+                "label": 0,
+                "video_id": f"r{i}",
+                "dataset": "toy",
+                "split": split,
+                "method": "real",
+                "frame": 0,
+                "source_path": path,
+                "target_path": path,
+            }
+        )
+    for i in range(n_real - 1):
+        path = png(tmp_path / f"fake/{i}.png", 100 + i)
+        rows.append(
+            {
+                "path": path,
+                "label": 1,
+                "video_id": f"f{i}",
+                "dataset": "toy",
+                "split": split,
+                "method": "Deepfakes",
+                "frame": 0,
+                "source_path": reals[i + 1],
+                "target_path": reals[i],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def count_decodes(monkeypatch):
+    calls: list[str] = []
+    original = dataset_module.decode_image
+
+    def counting(path: str, size: int):
+        calls.append(path)
+        return original(path, size)
+
+    monkeypatch.setattr(dataset_module, "decode_image", counting)
+    return calls
+
+
+def test_items_shapes_ranges_and_partners(tmp_path):
+    df = table(tmp_path)
+    ds = ManifestDataset(df, image_size=SIZE, guided=True)
+    assert len(ds) == 7 and ds.skipped == []
+    for item in (ds[0], ds[5]):
+        for key in ("image", "source", "target"):
+            assert item[key].shape == (3, SIZE, SIZE) and item[key].dtype == torch.float32
+            assert item[key].min() >= -1 and item[key].max() <= 1
+        assert item["label"].shape == () and item["label"].dtype == torch.float32
+    real, fake = ds[0], ds[4]
+    assert torch.equal(real["source"], real["image"]) and torch.equal(real["target"], real["image"])
+    assert fake["label"] == 1.0 and fake["video_id"] == "f0"
+    assert torch.equal(fake["source"], ds[1]["image"])  # source = real 1
+    assert torch.equal(fake["target"], ds[0]["image"])  # target = real 0
+    plain = ManifestDataset(df, image_size=SIZE, guided=False)[4]
+    assert "source" not in plain and "target" not in plain and plain["path"] == df["path"][4]
+
+
+def test_decodes_each_file_once_across_epochs(tmp_path, count_decodes):
+    ds = ManifestDataset(table(tmp_path), image_size=SIZE, guided=True)
+    for _epoch in range(2):
+        for batch in DataLoader(ds, batch_size=3, shuffle=True):
+            assert batch["image"].shape[1:] == (3, SIZE, SIZE)
+    assert sorted(count_decodes) == sorted(set(table(tmp_path)["path"]))
+
+
+def test_disk_cache_is_reused(tmp_path, count_decodes):
+    df = table(tmp_path)
+    ManifestDataset(df, image_size=SIZE, cache_dir=tmp_path / "cache")
+    assert len(count_decodes) == 7 and len(list((tmp_path / "cache").glob("*.npy"))) == 7
+    count_decodes.clear()
+    ds = ManifestDataset(df, image_size=SIZE, cache_dir=tmp_path / "cache", memory_cache=False)
+    ds[0], ds[1]
+    assert count_decodes == []
+    ManifestDataset(df, image_size=SIZE * 2, cache_dir=tmp_path / "cache")  # other size: new
+    assert len(count_decodes) == 7
+
+
+def test_lazy_decoding_also_caches(tmp_path, count_decodes):
+    ds = ManifestDataset(table(tmp_path), image_size=SIZE, preload=False)
+    assert count_decodes == []
+    for _ in range(2):
+        ds[0]
+    assert len(count_decodes) == 1
+
+
+def test_shared_cache_between_datasets(tmp_path, count_decodes):
+    df = table(tmp_path)
+    cache = FrameCache()
+    ManifestDataset(df, image_size=SIZE, cache=cache)
+    ManifestDataset(df, image_size=SIZE, cache=cache, guided=True)
+    assert len(count_decodes) == 7
+
+
+def test_skips_and_reports_bad_frames(tmp_path, caplog):
+    df = table(tmp_path, n_real=12)  # 12 reals + 11 fakes = 23 rows
+    Path(df["path"][2]).write_bytes(b"garbage, not a png")
+    Path(df["path"][3]).unlink()
+    ds = ManifestDataset(df, image_size=SIZE, max_skip_fraction=0.1)
+    assert len(ds) == 21
+    assert {(s.reason, s.file) for s in ds.skipped} == {
+        ("unreadable images", df["path"][2]),
+        ("missing files", df["path"][3]),
+    }
+    assert "skipped 2 rows" in ds.skip_summary() and df["path"][3] in ds.skip_summary()
+    assert "skipped 2 rows" in caplog.text
+    # guided: fakes whose source/target is one of the bad reals go too (fakes 1, 2, 3)
+    guided = ManifestDataset(df, image_size=SIZE, guided=True, max_skip_fraction=0.5)
+    assert len(guided.skipped) == 5
+    assert {s.file for s in guided.skipped} == {df["path"][2], df["path"][3]}
+
+
+def test_too_many_skips_is_an_error(tmp_path):
+    df = table(tmp_path, n_real=12)
+    Path(df["path"][2]).write_bytes(b"garbage")
+    Path(df["path"][3]).unlink()
+    with pytest.raises(AblateError, match="max_skip_fraction=0.05"):
+        ManifestDataset(df, image_size=SIZE)
+
+
+def test_guided_fake_without_partner_is_skipped_and_counted(tmp_path):
+    df = table(tmp_path, n_real=12)
+    df.loc[df["label"] == 1, "source_path"] = None
+    with pytest.raises(AblateError, match="11 fakes without source/target"):
+        ManifestDataset(df, image_size=SIZE, guided=True)
+    assert len(ManifestDataset(df, image_size=SIZE, guided=False)) == 23
+
+
+def test_preload_false_raises_on_corrupt_frame(tmp_path):
+    df = table(tmp_path)
+    Path(df["path"][0]).write_bytes(b"garbage")
+    ds = ManifestDataset(df, image_size=SIZE, preload=False)
+    with pytest.raises(AblateError, match="cannot decode"):
+        ds[0]
+
+
+def test_augment_flips_image_only(tmp_path):
+    torch.manual_seed(0)
+    df = table(tmp_path)
+    plain = ManifestDataset(df, image_size=SIZE, guided=True)[4]
+    ds = ManifestDataset(df, image_size=SIZE, guided=True, augment=True)
+    flipped = [
+        torch.equal(item["image"], plain["image"].flip(-1)) for item in (ds[4] for _ in range(20))
+    ]
+    assert any(flipped) and not all(flipped)
+    item = ds[4]
+    assert torch.equal(item["source"], plain["source"])
+
+
+def test_split_selection_and_manifest_path(tmp_path):
+    df = pd.concat([table(tmp_path / "a", split="train"), table(tmp_path / "b", split="test")])
+    save_manifest(df, tmp_path / "m.csv")
+    assert len(ManifestDataset(tmp_path / "m.csv", image_size=SIZE, split="test")) == 7
+    with pytest.raises(AblateError, match="no val rows"):
+        ManifestDataset(df, image_size=SIZE, split="val")
+    with pytest.raises(AblateError, match="split must be"):
+        ManifestDataset(df, image_size=SIZE, split="dev")
