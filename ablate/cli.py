@@ -91,6 +91,36 @@ def train(overrides: tuple[str, ...], dry_run: bool, quiet: bool) -> None:
     click.echo(f"run saved to {result.folder}")
 
 
+@cli.command("eval")
+@click.argument("run")
+@click.option("--test", "tests", multiple=True, metavar="NAME_OR_MANIFEST",
+              help="A test set (repeatable): a benchmark family, configs/data/<name>, "
+                   "or a manifest file. Default: the recipe's data.tests.")
+@click.option("--scores-out", type=click.Path(dir_okay=False),
+              help="Write per-frame scores (dataset, path, video_id, label, score) to this CSV.")
+@click.option("--bootstrap", default=1000, show_default=True,
+              help="Bootstrap resamples (of videos) for the 95% CIs.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def eval_cmd(run: str, tests: tuple[str, ...], scores_out: str | None, bootstrap: int,
+             device: str, quiet: bool) -> None:
+    """Evaluate a trained RUN folder (encoder + head only) on cross-dataset test sets.
+
+    \b
+    Per test set: frame-level AUC, EER, AP, accuracy at 0.5 and at the threshold
+    chosen on the source validation split, and video-level AUC; each with a
+    bootstrap 95% CI over videos. Metrics are also written to RUN/metrics.csv.
+    """
+    from ablate.evaluate import evaluate_run, summary_table
+
+    metrics, folder = evaluate_run(run, list(tests) or None, device, bootstrap, not quiet,
+                                   scores_out)
+    click.echo(summary_table(metrics).to_string(index=False))
+    click.echo(f"metrics written to {folder / 'metrics.csv'}")
+    if scores_out:
+        click.echo(f"scores written to {scores_out}")
+
+
 def _attach_optional_groups() -> None:
     try:
         from ablate.data.cli import data

@@ -23,7 +23,7 @@ from ablate.errors import AblateError
 
 SLOTS = ("backbone", "filter", "weight", "guide", "teacher")
 # Keys that change where or how visibly a run happens, not what it computes.
-NON_RESULT_KEYS = ("run", "train.device", "train.log_every", "train.checkpoint_every")
+NON_RESULT_KEYS = ("run", "train.device", "train.log_every")
 
 
 def config_dir() -> Path:

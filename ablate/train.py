@@ -7,7 +7,7 @@ import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ablate.checkpoint import save_run
 from ablate.errors import AblateError
+from ablate.evaluate import Selection, score, validation_point
 from ablate.model.build import build_detector
 from ablate.model.detector import DiffusionFakeDetector
 from ablate.recipe import recipe_hash
@@ -35,6 +36,7 @@ class RunResult:
     params_inference: int
     peak_mem_mb: float
     curves: list[tuple[int, str, float]] = field(default_factory=list)
+    selection: dict | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -106,18 +108,25 @@ def train_step(
 
 
 def run_name(cfg: DictConfig) -> str:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     return cfg.run.name or f"{stamp}-{recipe_hash(cfg)}"
 
 
-def train(cfg: DictConfig, loader=None, progress: bool = True) -> RunResult:  # noqa: ANN001
-    """Train `cfg` on `loader` (default: the recipe's training set) and save a run folder."""
-    from ablate.data.loader import train_loader
+def train(cfg: DictConfig, loader=None, val=None, progress: bool = True) -> RunResult:  # noqa: ANN001
+    """Train `cfg` and save a run folder.
 
+    Default data: the train split of `data.train` (guided) and its val split, on
+    which the exported checkpoint and the decision threshold are chosen. Tests
+    may pass `loader` (and optionally `val`) directly.
+    """
     seed_everything(cfg.seed)
     device = pick_device(cfg.train.device)
+    if loader is None:
+        from ablate.data.loader import make_loader, train_and_val
+
+        train_set, val = train_and_val(cfg)
+        loader = make_loader(train_set, cfg.train.batch_size, shuffle=True, seed=cfg.seed)
     detector = build_detector(cfg).to(device)
-    loader = loader if loader is not None else train_loader(cfg)
     params = [p for p in detector.parameters() if p.requires_grad]
     optimizer = make_optimizer(cfg, params)
     steps = total_steps(cfg, len(loader))
@@ -126,6 +135,7 @@ def train(cfg: DictConfig, loader=None, progress: bool = True) -> RunResult:  # 
 
     detector.train()
     curves: list[tuple[int, str, float]] = []
+    selector = ValidationSelector(detector.classifier, val, cfg, device, progress)
     batches = cycle(loader)
     start = time.perf_counter()
     bar = tqdm(range(1, steps + 1), desc="train", unit="step", disable=not progress)
@@ -134,6 +144,9 @@ def train(cfg: DictConfig, loader=None, progress: bool = True) -> RunResult:  # 
         bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items()}, refresh=False)
         if step % max(cfg.train.log_every, 1) == 0 or step == steps:
             curves += [(step, f"loss/{k}", v) for k, v in terms.items()]
+        every = cfg.train.eval_every
+        if val is not None and ((every and step % every == 0) or step == steps):
+            curves.append((step, "val/auc", selector.evaluate(step)))
     wall = time.perf_counter() - start
 
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else math.nan
@@ -147,7 +160,28 @@ def train(cfg: DictConfig, loader=None, progress: bool = True) -> RunResult:  # 
         curves=curves,
     )
     info = {k: v for k, v in result.__dict__.items() if k != "folder"}
-    info.update(recipe_hash=recipe_hash(cfg), seed=cfg.seed, device=str(device))
+    info.update(recipe_hash=recipe_hash(cfg), seed=cfg.seed, device=str(device),
+                selection=selector.selection.as_dict() if selector.selection else None)
+    result.selection = info["selection"]
     save_run(result.folder, cfg, detector.trainable_state_dict(),
-             detector.classifier.state_dict(), info)
+             selector.best_state or detector.classifier.state_dict(), info)
     return result
+
+
+class ValidationSelector:
+    """Keeps the classifier state with the best source-validation AUC (never a test set)."""
+
+    def __init__(self, classifier: torch.nn.Module, val, cfg: DictConfig,  # noqa: ANN001
+                 device: torch.device, progress: bool) -> None:
+        self.classifier, self.val, self.cfg = classifier, val, cfg
+        self.device, self.progress = device, progress
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.selection: Selection | None = None
+
+    def evaluate(self, step: int) -> float:
+        scores = score(self.classifier, self.val, device=self.device, progress=False)
+        auc, threshold = validation_point(scores)
+        if self.selection is None or auc > self.selection.val_auc:
+            self.best_state = {k: v.detach().clone() for k, v in self.classifier.state_dict().items()}
+            self.selection = Selection(step, auc, threshold, len(scores), str(self.cfg.data.train))
+        return auc

@@ -37,7 +37,7 @@ class Guide(nn.Module):
         if self.shared:
             return self._run(self.nets[0], noisy, timesteps, cond, unet_kwargs)
         halves = [
-            self._run(net, *(t.chunk(2) for t in (noisy, timesteps, cond)), _half(unet_kwargs, i))
+            self._run(net, *(t.chunk(2)[i] for t in (noisy, timesteps, cond)), _half(unet_kwargs, i))
             for i, net in enumerate(self.nets)
         ]
         downs = [torch.cat(pair) for pair in zip(halves[0][0], halves[1][0], strict=True)]

@@ -1,0 +1,139 @@
+"""Scoring and cross-dataset evaluation: encoder + head only, never the teacher.
+
+Thresholds and checkpoints are chosen on the source domain's validation split
+(`select_on_validation`); test sets only ever receive the chosen model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from tqdm.auto import tqdm
+
+from ablate.data.dataset import FrameCache, ManifestDataset
+from ablate.data.loader import make_loader, resolve_dataset, split_rows
+from ablate.metrics import eer_threshold, evaluate_scores, frame_metrics
+
+
+@torch.no_grad()
+def score(
+    classifier: nn.Module, dataset: ManifestDataset, batch_size: int = 64,
+    device: str | torch.device = "cpu", progress: bool = True, desc: str = "scoring",
+) -> pd.DataFrame:
+    """Fake probabilities per frame: columns path, video_id, label, score."""
+    was_training = classifier.training
+    classifier.eval()
+    rows: list[pd.DataFrame] = []
+    loader = make_loader(dataset, batch_size, shuffle=False)
+    for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+        probs = torch.sigmoid(classifier(batch["image"].to(device))).float().cpu().numpy()
+        rows.append(pd.DataFrame({
+            "path": batch["path"], "video_id": batch["video_id"],
+            "label": batch["label"].numpy().astype(int), "score": probs,
+        }))
+    classifier.train(was_training)
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(
+        columns=["path", "video_id", "label", "score"])
+
+
+@dataclass
+class Selection:
+    """What was chosen on the source validation split, stored with the run."""
+
+    step: int
+    val_auc: float
+    threshold: float
+    n_frames: int
+    dataset: str
+
+    def as_dict(self) -> dict:
+        return {"metric": "val_auc", "split": "val", **self.__dict__}
+
+
+def validation_point(scores: pd.DataFrame) -> tuple[float, float]:
+    """(frame AUC, EER threshold) on validation scores."""
+    labels, probs = scores["label"].to_numpy(), scores["score"].to_numpy()
+    return frame_metrics(labels, probs)["auc"], eer_threshold(labels, probs)
+
+
+def test_rows(name: str, image_size: int, cache: FrameCache | None = None,
+              max_skip_fraction: float = 0.05) -> ManifestDataset:
+    """The test split of a dataset (or every row of a manifest that has no test split)."""
+    table = resolve_dataset(name)
+    rows = split_rows(table, "test", name) if (table["split"] == "test").any() else table
+    return ManifestDataset(rows, image_size, guided=False, cache=cache,
+                           max_skip_fraction=max_skip_fraction)
+
+
+def evaluate_classifier(
+    classifier: nn.Module, cfg: DictConfig, tests: list[str], threshold: float | None,
+    device: str | torch.device = "cpu", n_boot: int = 1000, progress: bool = True,
+    scores_out: str | Path | None = None,
+) -> pd.DataFrame:
+    """Metrics per test set: rows dataset, split, level, metric, value, ci_low, ci_high, n."""
+    cache = FrameCache()
+    results, all_scores = [], []
+    for name in tests:
+        dataset = test_rows(name, cfg.image_size, cache, cfg.data.max_skip_fraction)
+        scores = score(classifier, dataset, device=device, progress=progress, desc=f"eval {name}")
+        scores.insert(0, "dataset", name)
+        all_scores.append(scores)
+        rows = evaluate_scores(
+            scores["video_id"].to_numpy(), scores["label"].to_numpy(), scores["score"].to_numpy(),
+            threshold=threshold, n_boot=n_boot, seed=int(cfg.seed),
+        )
+        results += [{"dataset": name, "split": "test", **row} for row in rows]
+    if scores_out:
+        out = Path(scores_out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        pd.concat(all_scores, ignore_index=True).to_csv(out, index=False)
+    return pd.DataFrame(results)
+
+
+def summary_table(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Wide view for printing: one row per test set, frame AUC/EER and video AUC with CIs."""
+    wanted = [("frame", "auc"), ("frame", "eer"), ("frame", "ap"), ("frame", "acc_thr"),
+              ("video", "auc")]
+    out = []
+    for name, group in metrics.groupby("dataset", sort=False):
+        row: dict = {"dataset": name}
+        for level, metric in wanted:
+            hit = group[(group["level"] == level) & (group["metric"] == metric)]
+            if hit.empty:
+                continue
+            r = hit.iloc[0]
+            row[f"{level}_{metric}"] = f"{r['value']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+        row["frames"] = int(group[group["level"] == "frame"]["n"].iloc[0])
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def evaluate_run(
+    run: str | Path, tests: list[str] | None = None, device: str = "auto", n_boot: int = 1000,
+    progress: bool = True, scores_out: str | Path | None = None,
+) -> tuple[pd.DataFrame, Path]:
+    """Evaluate a run folder on test sets (default: its recipe's data.tests).
+
+    The threshold for `acc_thr` is the one chosen on the source validation split
+    during training (run.json); metrics are also written to <run>/metrics.csv.
+    """
+    from ablate.checkpoint import RUN_INFO, load_classifier, resolve_run
+    from ablate.train import pick_device
+
+    folder = resolve_run(run)
+    dev = pick_device(device)
+    classifier, cfg = load_classifier(folder, device=str(dev))
+    info = json.loads((folder / RUN_INFO).read_text()) if (folder / RUN_INFO).is_file() else {}
+    threshold = (info.get("selection") or {}).get("threshold")
+    metrics = evaluate_classifier(
+        classifier, cfg, list(tests or cfg.data.tests), threshold, dev, n_boot, progress, scores_out
+    )
+    metrics.insert(0, "threshold_from", "source val" if threshold is not None else "none")
+    metrics.to_csv(folder / "metrics.csv", index=False)
+    return metrics, folder
