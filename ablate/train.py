@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
 import random
+import resource
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +32,7 @@ class RunResult:
     folder: Path
     steps: int
     wall_s: float
+    step_time_s: float
     params_trainable: int
     params_inference: int
     peak_mem_mb: float
@@ -112,12 +113,16 @@ def run_name(cfg: DictConfig) -> str:
     return cfg.run.name or f"{stamp}-{recipe_hash(cfg)}"
 
 
-def train(cfg: DictConfig, loader=None, val=None, progress: bool = True) -> RunResult:  # noqa: ANN001
+def train(
+    cfg: DictConfig, loader=None, val=None, progress: bool = True,  # noqa: ANN001
+    on_eval: Callable[[int, float], None] | None = None,
+) -> RunResult:
     """Train `cfg` and save a run folder.
 
     Default data: the train split of `data.train` (guided) and its val split, on
     which the exported checkpoint and the decision threshold are chosen. Tests
-    may pass `loader` (and optionally `val`) directly.
+    may pass `loader` (and optionally `val`) directly. `on_eval(step, val_auc)`
+    is called after each validation (a sweep reports it to its scheduler).
     """
     seed_everything(cfg.seed)
     device = pick_device(cfg.train.device)
@@ -139,21 +144,32 @@ def train(cfg: DictConfig, loader=None, val=None, progress: bool = True) -> RunR
     batches = cycle(loader)
     start = time.perf_counter()
     bar = tqdm(range(1, steps + 1), desc="train", unit="step", disable=not progress)
+    step_times: list[float] = []
     for step in bar:
-        terms = train_step(detector, next(batches), optimizer, device, cfg.train.grad_clip)
+        batch = next(batches)
+        tick = time.perf_counter()
+        terms = train_step(detector, batch, optimizer, device, cfg.train.grad_clip)
+        step_times.append(time.perf_counter() - tick)
         bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items()}, refresh=False)
         if step % max(cfg.train.log_every, 1) == 0 or step == steps:
             curves += [(step, f"loss/{k}", v) for k, v in terms.items()]
         every = cfg.train.eval_every
         if val is not None and ((every and step % every == 0) or step == steps):
-            curves.append((step, "val/auc", selector.evaluate(step)))
+            val_auc = selector.evaluate(step)
+            curves.append((step, "val/auc", val_auc))
+            if on_eval is not None:
+                on_eval(step, val_auc)
     wall = time.perf_counter() - start
 
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else math.nan
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+    else:  # the process's peak resident memory: an upper bound on what training needed
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result = RunResult(
         folder=Path(cfg.run.out_dir) / run_name(cfg),
         steps=steps,
         wall_s=wall,
+        step_time_s=float(np.median(step_times)),
         params_trainable=count_params(detector, trainable_only=True),
         params_inference=count_params(detector.classifier),
         peak_mem_mb=peak,

@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-os.environ.setdefault("ABLATE_CACHE", "")  # tests pass explicit cache folders
+os.environ.setdefault("ABLATE_CACHE", "results")  # one benchmark build shared by all tests
 torch.set_num_threads(2)
 
 TINY_TEACHERS = ["tiny-sd15", "tiny-sd21", "tiny-sdxl"]

@@ -25,9 +25,9 @@ MANIFEST_DIR = Path("results/manifests")
 
 def benchmark_datasets() -> list[str]:
     """Names of the embedded benchmark's datasets (no build needed to list them)."""
-    from ablate.data import synthetic
+    from ablate.data.synthetic import DEFAULT_METHODS, dataset_name
 
-    return list(synthetic.DATASETS)
+    return [dataset_name(m) for m in DEFAULT_METHODS]
 
 
 def resolve_dataset(name: str, settings: dict | None = None) -> pd.DataFrame:

@@ -92,7 +92,9 @@ class DiffusionFakeDetector(nn.Module):
                 losses[key] = F.mse_loss(w, module.target(cosine).to(w.dtype))
                 weight_losses.append(getattr(lw, key) * losses[key])
 
-        cond = torch.cat([self.filter_source(feats), self.filter_target(feats)])  # [2B, C0, h', w']
+        dtype = teacher.unet.dtype  # a reduced-precision teacher gets inputs in its own dtype
+        cond = torch.cat([self.filter_source(feats), self.filter_target(feats)]).to(dtype)
+        # cond: [2B, C0, h', w']
         noise = torch.randn(lat_s.shape, generator=generator, device=lat_s.device,
                             dtype=lat_s.dtype).repeat(2, 1, 1, 1)  # same noise, both branches
         t = torch.randint(0, teacher.scheduler.config.num_train_timesteps, (b,),
@@ -103,7 +105,7 @@ class DiffusionFakeDetector(nn.Module):
         scale = torch.cat([
             w_s.detach() if self.weight_source.detach else w_s,
             w_t.detach() if self.weight_target.detach else w_t,
-        ]).view(-1, 1, 1, 1)  # [2B, 1, 1, 1]
+        ]).view(-1, 1, 1, 1).to(dtype)  # [2B, 1, 1, 1]
         pred = teacher.predict(noisy, t, [d * scale for d in downs], mid * scale)
         target = teacher.diffusion_target(clean, noise, t)
         per_branch = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))

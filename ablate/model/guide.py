@@ -71,7 +71,7 @@ class ControlNetGuide(Guide):
         for _ in range(1 if shared else 2):
             net = ControlNetModel.from_unet(teacher.unet, load_weights_from_unet=True)
             net.controlnet_cond_embedding = nn.Identity()  # features are already latent-sized
-            net.requires_grad_(True)
+            net.to(dtype=teacher.unet.dtype).requires_grad_(True)
             nets.append(net)
         super().__init__(nets)
 
