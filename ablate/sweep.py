@@ -24,6 +24,7 @@ from ablate.errors import AblateError
 
 RAY_DIR = Path("results/ray")
 RUNS_DIR = Path("results/runs")
+FINAL = "ablate_final"  # our last report of a trial (Tune adds its own "done" key)
 
 
 @dataclass
@@ -88,8 +89,10 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
                 tune.report({"val_auc": stored["val_auc"], "step": 0, "seed": seed})
             continue
 
-        def report(step: int, val_auc: float, _seed: int = seed) -> None:
-            if _seed == context.report_seed:  # the early-stopping signal: first seed only
+        def report(step: int, val_auc: float, _seed: int = seed, _last: int = cfg.train.steps) -> None:
+            # the early-stopping signal: first seed only, and not the last evaluation
+            # (the final report carries it; pruning a fully trained trial saves nothing)
+            if _seed == context.report_seed and step < _last:
                 tune.report({"val_auc": val_auc, "step": step, "seed": _seed})
 
         try:
@@ -112,7 +115,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
             "peak_mem_mb": run.peak_mem_mb, "val_auc": selection.get("val_auc"),
             "metrics": [val_row, *metrics.to_dict("records")], "curves": run.curves,
         })
-    tune.report({**summarise(seed_results), "done": True,
+    tune.report({**summarise(seed_results), FINAL: True,
                  "seed_results": json.dumps(seed_results, default=_jsonable)})
 
 
@@ -171,8 +174,9 @@ def _trial_callback_class():  # noqa: ANN202
         Also prints the live view: one line per trial event.
         """
 
-        def __init__(self, db_url: str, sweep_id: int, total: int) -> None:
+        def __init__(self, db_url: str, sweep_id: int, total: int, space_path: str) -> None:
             self.db_url, self.sweep_id, self.total = db_url, sweep_id, total
+            self.space_path = space_path
             self._db = None
             self._curves: dict[str, list[tuple[int, str, float]]] = {}
             self.best: float | None = None
@@ -191,10 +195,10 @@ def _trial_callback_class():  # noqa: ANN202
             return self._db
 
         def on_trial_start(self, iteration, trials, trial, **info) -> None:  # noqa: ANN001
-            _say(f"[{_count(trials)}/{self.total}] start {trial.trial_id} {_params(trial.config)}")
+            _say(f"[{_count(trials) - 1}/{self.total} done] start {trial.trial_id} {_params(trial.config)}")
 
         def on_trial_result(self, iteration, trials, trial, result, **info) -> None:  # noqa: ANN001
-            if result.get("done"):
+            if result.get(FINAL):
                 return
             auc = result.get("val_auc")
             self._curves.setdefault(trial.trial_id, []).append(
@@ -205,7 +209,7 @@ def _trial_callback_class():  # noqa: ANN202
 
         def on_trial_complete(self, iteration, trials, trial, **info) -> None:  # noqa: ANN001
             result = trial.last_result or {}
-            if result.get("done"):
+            if result.get(FINAL):
                 self._record_seeds(trial, json.loads(result["seed_results"]))
                 status = ", ".join(sorted({r["status"] for r in json.loads(result["seed_results"])}))
                 _say(f"[{_count(trials)}/{self.total}] {status} {trial.trial_id} "
@@ -237,11 +241,23 @@ def _trial_callback_class():  # noqa: ANN202
                 )
 
         def _record_simple(self, trial, status: str, error: str | None) -> None:  # noqa: ANN001
+            """A trial without results (pruned or failed), under its first seed's recipe."""
+            identity, recipe = self._identity(trial.config)
             self.db.record_trial(
-                self.sweep_id, f"{trial.trial_id}:-", recipe_hash="", recipe=dict(trial.config),
-                seed=-1, status=status, started=None, ended=datetime.now(UTC), error=error,
+                self.sweep_id, f"{trial.trial_id}:0", recipe_hash=identity, recipe=recipe,
+                seed=0, status=status, started=None, ended=datetime.now(UTC), error=error,
                 curves=self._curves.get(trial.trial_id, []),
             )
+
+        def _identity(self, config: dict) -> tuple[str, dict]:
+            from ablate.recipe import compose, recipe_hash, result_dict
+            from ablate.space import load_space
+
+            try:
+                cfg = compose(load_space(self.space_path).overrides(config, seed=0))
+                return recipe_hash(cfg), result_dict(cfg)
+            except AblateError:  # the recipe itself is what failed: keep the choices
+                return "", dict(config)
 
     return ResultsCallback
 
@@ -285,7 +301,10 @@ def connect_ray(address: str | None, num_cpus: int | None) -> None:
 
     address = address or os.environ.get("RAY_ADDRESS") or None
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own live lines replace Tune's tables
     env = {"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0", "ABLATE_CONFIG_DIR": _abs_config_dir()}}
+    if address:
+        _probe_ray(address)
     try:
         if address:
             ray.init(address=address, runtime_env=env, log_to_driver=False,
@@ -297,6 +316,27 @@ def connect_ray(address: str | None, num_cpus: int | None) -> None:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise AblateError(
             f"cannot reach a Ray cluster at {address}: {first}; start one with "
+            "`ray start --head` or drop --address to run locally"
+        ) from None
+
+
+def _probe_ray(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds on an unreachable address (ray.init would retry for minutes)."""
+    import socket
+
+    if address == "auto":
+        return  # ray finds the local cluster itself, and fails fast when there is none
+    host_port = address.removeprefix("ray://").rsplit("/", 1)[0]
+    host, _, port = host_port.rpartition(":")
+    if not host or not port.isdigit():
+        raise AblateError(f"Ray address {address!r} is not HOST:PORT or ray://HOST:PORT "
+                          "(the head node's GCS port, 6379 by default, or client port 10001)")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as err:
+        raise AblateError(
+            f"cannot reach a Ray cluster at {address} ({err.strerror or err}); start one with "
             "`ray start --head` or drop --address to run locally"
         ) from None
 
@@ -456,7 +496,8 @@ def _tuner(space, db, name, sweep_id, n_trials, per_trial, concurrency, force, n
     if resume:
         return tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True,
                                   resume_errored=False), limit
-    callback = _trial_callback_class()(db.optuna_storage_url, sweep_id, n_trials)
+    callback = _trial_callback_class()(db.optuna_storage_url, sweep_id, n_trials,
+                                           str(space.source_path))
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
