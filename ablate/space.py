@@ -623,6 +623,12 @@ def validate_space(space: SearchSpace, build: bool = True) -> list[str]:
         _check_rungs(check, next(iter(cfgs.values())))
     if build:
         _dry_run(check, cfgs)
+    if any(m.startswith("test_") for m in space.metrics):
+        check.notes.append(
+            "an objective is a test-set metric: recipes are then chosen on the test sets and "
+            "their test numbers are optimistically biased; use val_auc for honest cross-dataset "
+            "claims"
+        )
     if space.sampler.name == "grid":
         size = math.prod(len(p.choices) for p in space.params)
         if size != space.trials:
