@@ -1,6 +1,6 @@
-"""`ablate data ...`: build manifests from dataset folders and check them.
+"""`ablate data ...`: cut face crops from videos, build manifests from them, check them.
 
-Parsing only; the work lives in adapters.py and manifest.py.
+Parsing only; the work lives in prepare.py, adapters.py and manifest.py.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from ablate.errors import AblateError
 
 @click.group("data")
 def data() -> None:
-    """Build and check frame manifests."""
+    """Prepare face crops, build and check frame manifests."""
 
 
 @data.command("check")
@@ -78,6 +78,95 @@ def manifest(
     for line in format_notes(df):
         click.echo(f"note: {line}")
     click.echo(f"wrote {len(df)} frames to {df.attrs['manifest']}")
+
+
+@data.command("prepare")
+@click.option(
+    "--videos", required=True, help="Folder (searched recursively), one video file, or a glob."
+)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Crops go here.")
+@click.option(
+    "--frames",
+    type=click.IntRange(min=0),
+    default=32,
+    show_default=True,
+    help="Frames per video, evenly spaced; 0 = every frame.",
+)
+@click.option("--size", type=int, default=256, show_default=True, help="Crop side in pixels.")
+@click.option(
+    "--margin",
+    type=float,
+    default=0.3,
+    show_default=True,
+    help="Grow the face box side by this fraction (0.3 = x1.3).",
+)
+@click.option(
+    "--detector",
+    type=click.Choice(["lbp", "haar", "none"]),
+    default="lbp",
+    show_default=True,
+    help="lbp: scikit-image's bundled cascade; haar: OpenCV 4's; none: centre crop.",
+)
+@click.option(
+    "--frames-dir",
+    default=None,
+    help="Rename each 'videos' folder of the input paths to this (FF++/DFD: frames).",
+)
+@click.option(
+    "--max-skip-fraction",
+    type=float,
+    default=0.05,
+    show_default=True,
+    help="Stop with an error once more than this fraction of videos is skipped.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Videos processed in parallel.",
+)
+@click.option("--overwrite", is_flag=True, help="Redo videos already prepared.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def prepare(
+    videos: str,
+    out: str,
+    frames: int,
+    size: int,
+    margin: float,
+    detector: str,
+    frames_dir: str | None,
+    max_skip_fraction: float,
+    workers: int,
+    overwrite: bool,
+    quiet: bool,
+) -> None:
+    """Cut evenly spaced frames of every video into square face crops, resumably.
+
+    \b
+    VIDEOS/a/b/xyz.mp4 -> OUT/a/b/xyz/<frame index>.png (+ prepared.json).
+    Skipped videos are listed; a rerun skips finished ones. Per-dataset
+    commands: docs/data.md. FF++ as downloaded, crops where `ffpp` reads them:
+      ablate data prepare --videos 'ROOT/*_sequences/*/c23/videos/*.mp4' \\
+          --out ROOT --frames-dir frames
+    """
+    from ablate.data.prepare import prepare as run_prepare
+
+    summary = run_prepare(
+        videos,
+        out,
+        frames=frames,
+        size=size,
+        margin=margin,
+        detector=detector,
+        max_skip_fraction=max_skip_fraction,
+        workers=workers,
+        frames_dir=frames_dir,
+        overwrite=overwrite,
+        progress=not quiet,
+    )
+    for line in summary.format():
+        click.echo(line)
 
 
 @data.command("adapters")
