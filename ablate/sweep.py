@@ -24,6 +24,8 @@ from ablate.errors import AblateError
 
 RAY_DIR = Path("results/ray")
 RUNS_DIR = Path("results/runs")
+SCORES = "scores.csv"
+GRID_KEY = "recipe"  # a trial's config key naming one of an explicit grid's recipes
 FINAL = "ablate_final"  # our last report of a trial (Tune adds its own "done" key)
 
 
@@ -40,6 +42,15 @@ class TrialContext:
     threads: int = 1
     n_boot: int = 1000
     workdir: str = "."  # the driver's folder: relative recipe paths resolve as they do there
+    grid: dict[str, list[str]] = field(default_factory=dict)  # label -> extra overrides
+
+
+def trial_overrides(space, config: dict[str, Any], grid: dict[str, list[str]],  # noqa: ANN001
+                    seed: int) -> list[str]:
+    """Hydra overrides of one trial: the space's, then an explicit grid recipe's, if any."""
+    params = {k: v for k, v in config.items() if k != GRID_KEY}
+    extra = grid[config[GRID_KEY]] if GRID_KEY in config else []
+    return [*space.overrides(params, seed=seed), *extra]
 
 
 def code_version() -> str:
@@ -76,7 +87,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     trial_name = tune.get_context().get_trial_name() or "trial"
     seed_results: list[dict] = []
     for seed in context.seeds:
-        cfg = compose([*space.overrides(config, seed=seed),
+        cfg = compose([*trial_overrides(space, config, context.grid, seed),
                        f"run.out_dir={context.runs_dir}", f"run.name={trial_name}-seed{seed}"])
         identity = recipe_hash(cfg)
         stored = context.reuse.get(f"{identity}:{seed}")
@@ -104,6 +115,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         metrics = evaluate_classifier(
             _load_selected(run.folder), cfg, list(cfg.data.tests), selection.get("threshold"),
             n_boot=context.n_boot, progress=False,
+            scores_out=run.folder / SCORES,  # per-frame scores: paired comparisons need them
         )
         val_row = {"dataset": cfg.data.train, "split": "val", "level": "frame", "metric": "auc",
                    "value": selection.get("val_auc"), "ci_low": None, "ci_high": None,
@@ -174,9 +186,11 @@ def _trial_callback_class():  # noqa: ANN202
         Also prints the live view: one line per trial event.
         """
 
-        def __init__(self, db_url: str, sweep_id: int, total: int, space_path: str) -> None:
+        def __init__(self, db_url: str, sweep_id: int, total: int, space_path: str,
+                     grid: dict[str, list[str]]) -> None:
             self.db_url, self.sweep_id, self.total = db_url, sweep_id, total
-            self.space_path = space_path
+            self.space_path, self.grid = space_path, grid
+            self.done: set[str] = set()
             self._db = None
             self._curves: dict[str, list[tuple[int, str, float]]] = {}
             self.best: float | None = None
@@ -195,7 +209,7 @@ def _trial_callback_class():  # noqa: ANN202
             return self._db
 
         def on_trial_start(self, iteration, trials, trial, **info) -> None:  # noqa: ANN001
-            _say(f"[{_count(trials) - 1}/{self.total} done] start {trial.trial_id} {_params(trial.config)}")
+            _say(f"[{len(self.done)}/{self.total} done] start {trial.trial_id} {_params(trial.config)}")
 
         def on_trial_result(self, iteration, trials, trial, result, **info) -> None:  # noqa: ANN001
             if result.get(FINAL):
@@ -208,20 +222,23 @@ def _trial_callback_class():  # noqa: ANN202
                  f"(best so far {self.best:.3f})")
 
         def on_trial_complete(self, iteration, trials, trial, **info) -> None:  # noqa: ANN001
+            self.done.add(trial.trial_id)
             result = trial.last_result or {}
             if result.get(FINAL):
                 self._record_seeds(trial, json.loads(result["seed_results"]))
                 status = ", ".join(sorted({r["status"] for r in json.loads(result["seed_results"])}))
-                _say(f"[{_count(trials)}/{self.total}] {status} {trial.trial_id} "
+                _say(f"[{len(self.done)}/{self.total}] {status} {trial.trial_id} "
                      f"val_auc {result.get('val_auc', float('nan')):.3f} "
                      f"test_auc_mean {result.get('test_auc_mean', float('nan')):.3f}")
             else:  # stopped by the scheduler before its final report
                 self._record_simple(trial, "pruned", None)
-                _say(f"[{_count(trials)}/{self.total}] pruned {trial.trial_id}")
+                _say(f"[{len(self.done)}/{self.total}] pruned {trial.trial_id}")
 
         def on_trial_error(self, iteration, trials, trial, **info) -> None:  # noqa: ANN001
+            self.done.add(trial.trial_id)
             self._record_simple(trial, "failed", _error_text(trial))
-            _say(f"[{_count(trials)}/{self.total}] FAILED {trial.trial_id}: {_error_text(trial)}")
+            _say(f"[{len(self.done)}/{self.total}] FAILED {trial.trial_id}: {_error_text(trial)} "
+                 f"(traceback: {getattr(trial, 'error_file', None) or 'none'})")
 
         def _record_seeds(self, trial, seed_results: list[dict]) -> None:  # noqa: ANN001
             for r in seed_results:
@@ -254,16 +271,13 @@ def _trial_callback_class():  # noqa: ANN202
             from ablate.space import load_space
 
             try:
-                cfg = compose(load_space(self.space_path).overrides(config, seed=0))
+                space = load_space(self.space_path)
+                cfg = compose(trial_overrides(space, config, self.grid, seed=0))
                 return recipe_hash(cfg), result_dict(cfg)
             except AblateError:  # the recipe itself is what failed: keep the choices
                 return "", dict(config)
 
     return ResultsCallback
-
-
-def _count(trials) -> int:  # noqa: ANN001
-    return sum(t.status in ("TERMINATED", "ERROR") for t in trials) + 1
 
 
 def _params(config: dict) -> str:
@@ -382,7 +396,7 @@ def run_sweep(
     space_name: str, trials: int | None = None, concurrency: int | None = None,
     db_url: str | None = None, address: str | None = None, name: str | None = None,
     resume: bool = False, force: bool = False, cpus: float | None = None,
-    gpus: float | None = None, n_boot: int = 1000,
+    gpus: float | None = None, n_boot: int = 1000, grid: dict[str, list[str]] | None = None,
 ) -> SweepSummary:
     """Validate, connect, run every trial, and return the summary (see module doc).
 
@@ -406,7 +420,7 @@ def run_sweep(
     if resume and not (experiment / "tuner.pkl").is_file():
         raise AblateError(f"sweep {name} has no Ray state under {experiment} to resume from; "
                           "resume on the machine that started it, or start a new sweep")
-    n_trials = trials or space.trials
+    n_trials = len(grid) if grid else trials or space.trials
     per_trial = {"cpu": cpus if cpus is not None else space.resources.cpu,
                  "gpu": gpus if gpus is not None else space.resources.gpu}
     reference = compose(space.overrides())
@@ -421,10 +435,10 @@ def run_sweep(
             code_version(), resume=resume,
         )
         tuner, limit = _tuner(space, db, name, sweep_id, n_trials, per_trial, concurrency,
-                              force, n_boot, resume, reference, experiment)
+                              force, n_boot, resume, reference, experiment, grid or {})
         _say(f"sweep {name}: {n_trials} trials of space {space.name} x {space.seeds} seed(s), "
              f"up to {limit} at once, {per_trial} per trial; results in {db.url}")
-        with _sigterm_as_interrupt():
+        with _sigterm_as_interrupt(), _quiet_tune():
             grid = tuner.fit()
         finished = grid.num_terminated + grid.num_errors
         status = "finished" if finished >= n_trials else "interrupted"
@@ -478,7 +492,7 @@ def _prepare_data(reference, space) -> None:  # noqa: ANN001
 
 
 def _tuner(space, db, name, sweep_id, n_trials, per_trial, concurrency, force, n_boot,  # noqa: ANN001, ANN202, PLR0913
-           resume, reference, experiment):
+           resume, reference, experiment, grid):
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -491,26 +505,47 @@ def _tuner(space, db, name, sweep_id, n_trials, per_trial, concurrency, force, n
         runs_dir=str((RUNS_DIR / name).resolve()), report_seed=0,
         reuse={} if force else _reuse_table(db), force=force,
         threads=max(int(per_trial["cpu"]), 1), n_boot=n_boot, workdir=str(Path.cwd()),
+        grid=grid,
     )
     trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), per_trial)
     if resume:
         return tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True,
                                   resume_errored=False), limit
     callback = _trial_callback_class()(db.optuna_storage_url, sweep_id, n_trials,
-                                           str(space.source_path))
+                                           str(space.source_path), grid)
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=_searcher(space, OptunaSearch, db, name),
-            scheduler=_scheduler(space, reference, ASHAScheduler),
-            num_samples=n_trials, max_concurrent_trials=limit,
+            # an explicit grid (compare-teachers) runs every recipe once, in order
+            search_alg=None if grid else _searcher(space, OptunaSearch, db, name),
+            scheduler=None if grid else _scheduler(space, reference, ASHAScheduler),
+            num_samples=1 if grid else n_trials, max_concurrent_trials=limit,
         ),
+        param_space={GRID_KEY: tune.grid_search(list(grid))} if grid else None,
         run_config=tune.RunConfig(
             name=name, storage_path=str(RAY_DIR.resolve()), callbacks=[callback],
             failure_config=tune.FailureConfig(max_failures=0), verbose=0,
         ),
     )
     return tuner, limit
+
+
+@contextlib.contextmanager
+def _quiet_tune() -> Iterator[None]:
+    """Tune's own logging repeats each failure's traceback; our live lines name the error
+    and its error file instead. ABLATE_TUNE_LOG=INFO brings Tune's logging back."""
+    import logging
+
+    names = ("ray.tune", "ray.train", "ray.air")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(os.environ.get("ABLATE_TUNE_LOG", "CRITICAL"))
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,92 @@
+"""`ablate train` then `ablate eval` on the embedded benchmark, and the CLI's bad-input errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+from sklearn.metrics import roc_auc_score
+
+from ablate.checkpoint import INFERENCE, RUN_INFO, TRAINABLE, load_classifier
+from ablate.evaluate import evaluate_run, score
+from ablate.recipe import compose
+from ablate.train import train
+
+TINY = ["backbone=tiny", "image_size=32", "train=cpu", "train.steps=4", "train.batch_size=4",
+        "data.train=synth-blend", "data.tests=[synth-colour,synth-warp]"]
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs")
+    # eval only at the end: the selected (exported) classifier is the final one
+    cfg = compose([*TINY, "train.eval_every=0", f"run.out_dir={out}", "run.name=r"])
+    return train(cfg, progress=False).folder
+
+
+def test_train_then_eval_writes_scores_and_metrics(run_folder, tmp_path):
+    scores_file = tmp_path / "scores.csv"
+    metrics, folder = evaluate_run(run_folder, n_boot=50, progress=False, scores_out=scores_file)
+    assert (folder / "metrics.csv").is_file()
+    scores = pd.read_csv(scores_file)
+    assert set(scores.columns) >= {"dataset", "path", "video_id", "label", "score"}
+    for name in ("synth-colour", "synth-warp"):
+        mine = scores[scores["dataset"] == name]
+        row = metrics[(metrics["dataset"] == name) & (metrics["level"] == "frame")
+                      & (metrics["metric"] == "auc")].iloc[0]
+        assert row["value"] == pytest.approx(roc_auc_score(mine["label"], mine["score"]))
+        assert row["ci_low"] <= row["value"] <= row["ci_high"]
+    info = json.loads((run_folder / RUN_INFO).read_text())
+    assert info["selection"]["dataset"] == "synth-blend"  # chosen on the source val split
+    assert set(metrics["threshold_from"]) == {"source val"}
+
+
+def test_exported_inference_checkpoint_reloads_to_identical_scores(run_folder):
+    inference = load_file(run_folder / INFERENCE)
+    trainable = load_file(run_folder / TRAINABLE)
+    assert all(k.startswith(("backbone.", "head.")) for k in inference)  # encoder + head only
+    classifier, cfg = load_classifier(run_folder)
+    # rebuild the classifier from the full training checkpoint: the same weights ...
+    from ablate.model.build import build_detector
+
+    detector = build_detector(cfg)
+    detector.load_state_dict(trainable, strict=False)
+    for key, value in inference.items():
+        assert torch.equal(value, trainable[f"classifier.{key}"])
+    # ... and the same scores on a test set
+    from ablate.evaluate import test_rows
+
+    rows = test_rows("synth-colour", cfg.image_size)
+    a = score(classifier, rows, progress=False)["score"].to_numpy()
+    b = score(detector.classifier, rows, progress=False)["score"].to_numpy()
+    assert (a == b).all()
+
+
+def _ablate(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).parent / "ablate"
+    return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=180, env={**os.environ,
+                                            "ABLATE_CACHE": str(Path("results").resolve())})
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["filter=nope"], "conv_only"),                       # unknown variant: lists valid ones
+    (["filter.hedas=4"], "hedas"),                        # misspelled key
+    (["teacher=sd15", "teacher.path=/no/such/folder"], "/no/such/folder"),
+    (["filter.heads=7"], "heads"),                        # width the filter cannot split
+    (["image_size=60"], "image_size"),                    # not a multiple of the VAE factor
+])
+def test_train_bad_input_is_one_line(overrides, message, tmp_path):
+    proc = _ablate("train", "--dry-run", *overrides, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if not ln.startswith("WARNING")]
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "results" / "runs").exists()
