@@ -1,0 +1,241 @@
+"""`build_report`: read one sweep from the results DB, compute every table, write every format.
+
+Reads the database only (never a run folder), so a report can be rebuilt at any
+time, on any machine that can open the database.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import sqlalchemy as sa
+
+from ablate.errors import AblateError
+from ablate.report import EVALUATORS, FORMATS, tables
+from ablate.report import ablation as abl_mod
+from ablate.report.data import SweepData, load_sweep
+from ablate.report.display import Table, number
+from ablate.report.importance import Importance, param_importance
+from ablate.report.reference import Reference, choose_reference
+from ablate.report.render import (
+    Document,
+    Section,
+    markdown_table,
+    to_html,
+    to_markdown,
+    write_csvs,
+    write_latex,
+    write_text,
+)
+from ablate.results import ResultsDB, default_url
+
+REPORTS_DIR = Path("results/reports")
+
+
+@dataclass
+class Report:
+    """What was written, and the main table as Markdown (the CLI prints it)."""
+
+    sweep: str
+    folder: Path
+    files: list[Path] = field(default_factory=list)
+    main_markdown: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_formats(formats: str | Iterable[str] | None) -> tuple[str, ...]:
+    """'md,html' or ['md', 'html'] -> ('md', 'html'); AblateError naming an unknown format."""
+    if formats is None:
+        return FORMATS
+    items = formats.split(",") if isinstance(formats, str) else list(formats)
+    chosen = tuple(dict.fromkeys(f.strip().lower() for f in items if f.strip()))
+    unknown = [f for f in chosen if f not in FORMATS]
+    if unknown or not chosen:
+        raise AblateError(f"unknown report format {', '.join(unknown) or '(none)'}; "
+                          f"choose from {','.join(FORMATS)}")
+    return chosen
+
+
+def default_folder(sweep: str) -> Path:
+    return REPORTS_DIR / re.sub(r"[^\w.\-]+", "_", sweep)
+
+
+def prepare_folder(folder: Path) -> Path:
+    """Create the folder and prove it is writable before any work is done."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".ablate-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise AblateError(f"cannot write the report to {folder}: {reason}; choose another "
+                          "--out") from None
+    return folder
+
+
+def build_report(sweep: str | None = None, db_url: str | None = None,
+                 out: str | Path | None = None, formats: str | Iterable[str] | None = None,
+                 importance: str = "fanova") -> Report:
+    """Write the report of `sweep` (default: the newest) into `out` in the given formats."""
+    chosen = parse_formats(formats)
+    if importance not in EVALUATORS:
+        raise AblateError(f"unknown importance evaluator {importance!r}; choose from "
+                          f"{', '.join(EVALUATORS)}")
+    _require_sqlite_file(db_url or default_url())
+    with ResultsDB(db_url) as db:
+        data = load_sweep(db, sweep)
+    folder = prepare_folder(Path(out) if out else default_folder(data.name))
+    try:
+        return _write(data, folder, chosen, importance)
+    except OSError as exc:
+        raise AblateError(f"cannot write the report to {folder}: "
+                          f"{exc.strerror or exc}; choose another --out") from None
+
+
+def _require_sqlite_file(url: str) -> None:
+    """A report never creates a database: a mistyped SQLite path is an error, not an empty DB."""
+    text = url if "://" in url else f"sqlite:///{url}"
+    try:
+        parsed = sa.make_url(text)
+    except (sa.exc.ArgumentError, ValueError):
+        return  # ResultsDB explains bad URLs
+    path = parsed.database
+    if (parsed.get_backend_name() == "sqlite" and path and path != ":memory:"
+            and not path.startswith("file:") and not Path(path).expanduser().is_file()):
+        raise AblateError(f"no results database at {path}; run a sweep first "
+                          "(`ablate sweep --space quick`) or pass --db / set $ABLATE_DB")
+
+
+def _write(data: SweepData, folder: Path, formats: tuple[str, ...], evaluator: str) -> Report:
+    summ = tables.summary(data)
+    ref = choose_reference(data)
+    main = tables.main_table(summ, data, ref.label)
+    pairs = abl_mod.pair_differences(data, tables.seed_values(data), ref)
+    abl = abl_mod.ablation(pairs)
+    imp = param_importance(data, evaluator)
+    front = tables.pareto(data)
+    counts, errs = tables.status_counts(data), tables.errors(data)
+    images = _plots(data, summ, abl, imp, front, ref, folder) if {"md", "html"} & set(formats) \
+        else {}
+    doc = _document(data, main, ref, abl, imp, front, counts, errs, images)
+    report = Report(data.name, folder, main_markdown=markdown_table(main))
+    report.files += [p for p in images.values() if p is not None]
+    if "md" in formats:
+        report.files.append(write_text(folder, "report.md", to_markdown(doc)))
+    if "html" in formats:
+        report.files.append(write_text(folder, "report.html", to_html(doc)))
+    if "tex" in formats:
+        report.files += write_latex(folder, _latex_tables(doc))
+    if "csv" in formats:
+        report.files += write_csvs(folder, {
+            "main": summ, "ablation": abl, "ablation_pairs": pairs, "importance": imp.table,
+            "pareto": front, "status": counts, "errors": errs, "trials": trial_table(data)})
+    return report
+
+
+def _plots(data: SweepData, summ: pd.DataFrame, abl: pd.DataFrame, imp: Importance,
+           front: pd.DataFrame | None, ref: Reference, folder: Path) -> dict[str, Path | None]:
+    from ablate.report import plots  # matplotlib only when a format shows figures
+
+    order = tables.recipe_order(summ, data)
+    out = {
+        "heatmap": plots.auc_heatmap(summ, order, data.tests, folder),
+        "ablation": plots.ablation_plot(abl, folder),
+        "importance": plots.importance_plot(imp.table, imp.evaluator, folder),
+        "curves": plots.curves_plot(data.curves, list(dict.fromkeys([*order[:3], ref.label])),
+                                    folder),
+    }
+    if front is not None:
+        out["pareto"] = plots.pareto_plot(front, [str(o["metric"]) for o in data.objectives],
+                                          folder)
+    return out
+
+
+def _images(images: dict[str, Path | None], *keys: str) -> list[Path]:
+    return [images[k] for k in keys if images.get(k) is not None]
+
+
+def _document(data: SweepData, main: Table, ref: Reference, abl: pd.DataFrame, imp: Importance,
+              front: pd.DataFrame | None, counts: pd.DataFrame, errs: pd.DataFrame,
+              images: dict[str, Path | None]) -> Document:
+    objectives = ", ".join(f"{o.get('metric')} ({o.get('mode')})" for o in data.objectives)
+    meta = [("sweep", data.name), ("space", str(data.info.get("space") or "-")),
+            ("status", str(data.info.get("status"))), ("created", str(data.info.get("created"))),
+            ("code version", str(data.info.get("code_version") or "-")),
+            ("database", data.db_url), ("objectives", objectives or "-"),
+            ("sampler", imp.sampler or "unknown"),
+            ("results", f"{len(data.counted)} trials (finished or reused) of "
+                        f"{data.counted['config'].nunique()} recipes; test sets: "
+                        f"{', '.join(data.tests) or 'none'}"),
+            ("reference", f"{ref.label} ({ref.how})")]
+    sections = [
+        Section("Cross-dataset results", tables=[main], images=_images(images, "heatmap"),
+                text=["Trained on the source domain, tested on each test set; checkpoints and "
+                      "thresholds chosen on the source validation split, never on a test set."]),
+        _ablation_section(abl, ref, images),
+        Section("Parameter importance", text=imp.notes, tables=[_importance_table(imp)],
+                images=_images(images, "importance")),
+    ]
+    if front is not None:
+        names = [str(o["metric"]) for o in data.objectives]
+        if front[names].notna().all(axis=1).any():
+            sections.append(Section("Pareto front", tables=[tables.pareto_table(front, names)],
+                                    images=_images(images, "pareto")))
+        else:
+            sections.append(Section("Pareto front", text=[
+                f"No recipe has both objectives ({', '.join(names)}) recorded; no front."]))
+    sections.append(Section("Training curves", images=_images(images, "curves"),
+                            text=[] if images.get("curves") or not images
+                            else ["No training curves were recorded."]))
+    status, error = tables.status_table(counts, errs)
+    sections.append(Section("Trial status", tables=[status, error]))
+    sections.append(Section("How to read this report", text=[
+        "Each cell is the mean over seeds with half the width of its 95% confidence interval "
+        "(Student t over seeds; one seed: the run's video bootstrap). Ablation differences are "
+        "paired per seed and test set, with a bootstrap 95% CI of their mean. See docs/report.md."]))
+    return Document(f"Sweep report: {data.name}", meta, sections)
+
+
+def _ablation_section(abl: pd.DataFrame, ref: Reference,
+                      images: dict[str, Path | None]) -> Section:
+    text = [f"Reference recipe: {ref.label} ({ref.how})."]
+    if abl.empty:
+        text.append("Nothing to ablate: no slot varies between the finished recipes.")
+        return Section("Ablation by slot", text=text)
+    return Section("Ablation by slot", text=text, bullets=abl_mod.sentences(abl),
+                   tables=[abl_mod.ablation_table(abl, ref)], images=_images(images, "ablation"))
+
+
+def _importance_table(imp: Importance) -> Table:
+    rows = [[r["objective"], r["param"], number(r["importance"])] for _, r in imp.table.iterrows()]
+    return Table(f"Importance ({imp.evaluator}, {imp.n_trials} completed Optuna trials)",
+                 ["Objective", "Param", "Importance"], rows, align="llr", slug="importance")
+
+
+def _latex_tables(doc: Document) -> dict[str, Table]:
+    out = {}
+    for section in doc.sections:
+        for table in section.tables:
+            slug = table.slug or re.sub(r"[^a-z0-9]+", "_", table.title.lower()).strip("_")
+            out[slug] = table
+    return out
+
+
+def trial_table(data: SweepData) -> pd.DataFrame:
+    """One row per trial of the sweep (every status), with its recipe label and mean test AUC."""
+    m = data.metrics
+    test_auc = (m[(m["split"] == "test") & (m["level"] == "frame") & (m["metric"] == "auc")]
+                .groupby("trial_id")["value"].mean())
+    t = data.trials
+    out = t[["id", "tune_trial_id", "label", "seed", "status", "recipe_hash", "reused_from",
+             "wall_s", "train_steps", "params_trainable", "params_inference", "peak_mem_mb",
+             "step_time_s", "error", "run_dir"]].copy()
+    out.insert(5, "test_auc_mean", out["id"].map(test_auc))
+    out["counted"] = out["id"].isin(data.counted["id"])
+    out["recipe"] = t["config"]
+    return out

@@ -1,0 +1,41 @@
+"""The `ablate report` command: parses options, calls `build_report`, prints where it went."""
+
+from __future__ import annotations
+
+import click
+
+from ablate.report import EVALUATORS, FORMATS
+
+
+@click.command("report")
+@click.option("--sweep", metavar="NAME", help="Sweep to report (default: the newest in the DB).")
+@click.option("--db", "db_url", metavar="URL",
+              help="Results DB URL (default: $ABLATE_DB or sqlite:///results/ablate.db).")
+@click.option("--out", type=click.Path(file_okay=False), metavar="DIR",
+              help="Report folder (default: results/reports/<sweep>/).")
+@click.option("--format", "formats", default=",".join(FORMATS), show_default=True,
+              metavar="LIST", help=f"Comma-separated, any of {','.join(FORMATS)}.")
+@click.option("--importance", type=click.Choice(EVALUATORS), default="fanova", show_default=True,
+              help="Optuna importance evaluator (ped-anova also assesses conditional params).")
+def report(sweep: str | None, db_url: str | None, out: str | None, formats: str,
+           importance: str) -> None:
+    """Write a sweep's report: cross-dataset table, per-slot ablation, importance, plots.
+
+    \b
+    Reads the results DB only. Writes into the report folder:
+      report.md / report.html   every table and plot (the HTML embeds its images)
+      *.tex                     booktabs tables (main, ablation, pareto, ...)
+      *.csv                     the numbers behind every table, per trial and per pair
+      *.png                     heatmap, ablation forest plot, importance, Pareto, curves
+
+    \b
+    Examples:
+      ablate report                                   # newest sweep, all formats
+      ablate report --sweep quick-1 --format md,html
+      ablate report --db postgresql://me@dbhost/ablate --out paper/tables
+    """
+    from ablate.report.build import build_report
+
+    result = build_report(sweep, db_url, out, formats, importance)
+    click.echo(f"report of sweep {result.sweep} written to {result.folder}/")
+    click.echo(result.main_markdown)

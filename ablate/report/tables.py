@@ -1,0 +1,209 @@
+"""The report's tables as numbers (pandas) and as display `Table`s.
+
+- `seed_values`: one value per (config, seed, test set, level, metric), plus the
+  average over test sets ("avg") for trials that have every test set.
+- `summary`: mean and 95% CI over seeds of each of those; with a single seed
+  the interval is that run's own video bootstrap, and `ci_kind` says which.
+- `main_table`: the paper-style cross-dataset table (frame AUC and EER, %).
+- `pareto`, `status_counts`, `errors`: the other sections.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ablate.report.data import SweepData
+from ablate.report.display import Table, number, pm
+from ablate.report.stats import pareto_mask, t_interval
+
+AVG = "avg"
+LOWER_IS_BETTER = {"eer", "video_eer", "params_trainable", "params_inference", "step_time_s",
+                   "wall_s", "peak_mem_mb"}
+MAIN_METRICS = ("auc", "eer")
+TRIAL_COLUMNS = ("params_trainable", "params_inference", "step_time_s", "wall_s", "peak_mem_mb")
+STATUSES = ("finished", "reused", "pruned", "failed", "nan", "running")
+KEYS = ["config", "label", "dataset", "level", "metric"]
+
+
+def seed_values(data: SweepData) -> pd.DataFrame:
+    """Test metrics per seed, with an `avg` pseudo test set (NaN if a test set is missing)."""
+    m = data.metrics[data.metrics["split"] == "test"]
+    m = m[["trial_id", "config", "label", "seed", "dataset", "level", "metric", "value",
+           "ci_low", "ci_high"]]
+    if m.empty:
+        return m
+    wide = m.pivot_table(index=["trial_id", "config", "label", "seed", "level", "metric"],
+                         columns="dataset", values="value", aggfunc="first")
+    wide = wide.reindex(columns=data.tests)
+    avg = wide.mean(axis=1, skipna=False).rename("value").reset_index()
+    avg["dataset"], avg["ci_low"], avg["ci_high"] = AVG, np.nan, np.nan
+    return pd.concat([m, avg[m.columns]], ignore_index=True)
+
+
+def summary(data: SweepData) -> pd.DataFrame:
+    """Mean and 95% CI over seeds per (config, dataset, level, metric); see module doc."""
+    values = seed_values(data)
+    rows = []
+    for key, group in values.groupby(KEYS, sort=False):
+        mean, low, high, n = t_interval(group["value"])
+        kind = "t over seeds" if n >= 2 else ""
+        if n == 1:
+            one = group.dropna(subset=["value"]).iloc[0]
+            if pd.notna(one["ci_low"]) and pd.notna(one["ci_high"]):
+                low, high, kind = float(one["ci_low"]), float(one["ci_high"]), "video bootstrap"
+        rows.append({**dict(zip(KEYS, key, strict=True)), "n_seeds": n, "mean": mean,
+                     "ci_low": low, "ci_high": high, "ci_kind": kind})
+    columns = [*KEYS, "n_seeds", "mean", "ci_low", "ci_high", "ci_kind"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def recipe_order(summ: pd.DataFrame, data: SweepData) -> list[str]:
+    """Labels, best mean average frame AUC first (configs without one last, by label)."""
+    avg = summ[(summ["dataset"] == AVG) & (summ["level"] == "frame") & (summ["metric"] == "auc")]
+    score = avg.set_index("label")["mean"]
+    labels = list(dict.fromkeys(data.counted["label"]))
+    return sorted(labels, key=lambda lab: (-score.get(lab, -np.inf)
+                                           if pd.notna(score.get(lab, np.nan)) else np.inf, lab))
+
+
+def main_table(summ: pd.DataFrame, data: SweepData, reference: str | None = None) -> Table:
+    """Rows: configs; columns: AUC and EER (%) per test set and their average; best in bold."""
+    frame = summ[(summ["level"] == "frame") & summ["metric"].isin(MAIN_METRICS)]
+    cells = frame.set_index(["label", "dataset", "metric"])
+    datasets = [*data.tests, AVG]
+    columns = [(d, m) for d in datasets for m in MAIN_METRICS if (d, m) in _present(frame)]
+    best = {col: _best(frame, *col) for col in columns}
+    labels = recipe_order(summ, data)
+    rows, bold = [], []
+    for label in labels:
+        row, marks = [label + (" (ref)" if label == reference else "")], [False]
+        for d, m in columns:
+            if (label, d, m) in cells.index:
+                c = cells.loc[(label, d, m)]
+                row.append(pm(c["mean"], c["ci_low"], c["ci_high"]))
+                marks.append(bool(np.isclose(c["mean"], best[(d, m)])))
+            else:
+                row.append("-")
+                marks.append(False)
+        seeds = frame.loc[frame["label"] == label, "n_seeds"]
+        row.append(str(int(seeds.min())) if len(seeds) else "0")
+        marks.append(False)
+        rows.append(row)
+        bold.append(marks)
+    header = ["Recipe", *(f"{'Avg' if d == AVG else d} {m.upper()}" for d, m in columns), "Seeds"]
+    kinds = set(frame["ci_kind"]) - {""}
+    return Table("Cross-dataset results (frame level, %)", header, rows, bold,
+                 note=_main_note(kinds), slug="main")
+
+
+def _present(frame: pd.DataFrame) -> set[tuple[str, str]]:
+    return set(zip(frame["dataset"], frame["metric"], strict=True))
+
+
+def _best(frame: pd.DataFrame, dataset: str, metric: str) -> float:
+    col = frame[(frame["dataset"] == dataset) & (frame["metric"] == metric)]["mean"].dropna()
+    if col.empty:
+        return np.nan
+    return float(col.min() if metric in LOWER_IS_BETTER else col.max())
+
+
+def _main_note(kinds: set[str]) -> str:
+    note = ("mean ± half-width of the 95% CI; AUC: higher is better, EER: lower is better; "
+            "best of each column in bold; Avg = mean over test sets per seed.")
+    if "t over seeds" in kinds:
+        note += " CI over seeds: Student t."
+    if "video bootstrap" in kinds:
+        note += " Single-seed cells show that run's video-bootstrap CI (test-set sampling only)."
+    return note
+
+
+# ---------------------------------------------------------------- Pareto front
+
+
+def objective_values(data: SweepData, metrics: list[str]) -> pd.DataFrame:
+    """Per config (label), the mean over its seeds of each objective metric (NaN if unknown)."""
+    out = pd.DataFrame(index=pd.Index(list(dict.fromkeys(data.counted["label"])), name="label"))
+    m = data.metrics
+    frame_auc = m[(m["level"] == "frame") & (m["metric"] == "auc")]
+    per_trial = {
+        "val_auc": frame_auc[frame_auc["split"] == "val"].groupby("trial_id")["value"].mean(),
+        "test_auc_mean": frame_auc[frame_auc["split"] == "test"].groupby("trial_id")["value"].mean(),
+    }
+    counted = data.counted.set_index("id")
+    for metric in metrics:
+        if metric in per_trial:
+            values = counted.index.map(per_trial[metric])
+        elif metric in TRIAL_COLUMNS:
+            values = counted[metric].astype(float)
+        else:
+            out[metric] = np.nan
+            continue
+        series = pd.Series(np.asarray(values, dtype=float), index=counted["label"].to_numpy())
+        out[metric] = series.groupby(level=0).mean()
+    return out
+
+
+def pareto(data: SweepData) -> pd.DataFrame | None:
+    """Two-objective sweeps: each config's objectives and whether it is on the front."""
+    objectives = data.objectives
+    if len(objectives) != 2:
+        return None
+    names = [str(o["metric"]) for o in objectives]
+    values = objective_values(data, names)
+    maximize = [str(o.get("mode", "max")) == "max" for o in objectives]
+    values["on_front"] = pareto_mask(values[names].to_numpy(), maximize)
+    return values.reset_index().sort_values(names[1], ascending=not maximize[1])
+
+
+def pareto_table(front: pd.DataFrame, names: list[str]) -> Table:
+    rows = [[r["label"], *(_objective_text(n, r[n]) for n in names), "yes" if r["on_front"] else ""]
+            for _, r in front.iterrows()]
+    bold = [[bool(r["on_front"])] * (len(names) + 2) for _, r in front.iterrows()]
+    header = [f"{n} (%)" if "auc" in n else n for n in names]
+    return Table("Pareto front", ["Recipe", *header, "On front"], rows, bold,
+                 note="objectives are means over seeds; rows on the front in bold.", slug="pareto")
+
+
+def _objective_text(name: str, value: float) -> str:
+    if "auc" in name:
+        return pm(value, None, None)
+    return number(value)
+
+
+# ---------------------------------------------------------------- status and errors
+
+
+def status_counts(data: SweepData) -> pd.DataFrame:
+    """Trials per status (every status listed, zeros included), plus the total."""
+    counts = data.trials["status"].value_counts()
+    statuses = [*STATUSES, *sorted(set(counts.index) - set(STATUSES))]
+    rows = [{"status": s, "trials": int(counts.get(s, 0))} for s in statuses]
+    rows.append({"status": "total", "trials": int(len(data.trials))})
+    return pd.DataFrame(rows)
+
+
+def errors(data: SweepData) -> pd.DataFrame:
+    """Distinct error messages (first line) with their status, count and example trials."""
+    t = data.trials.dropna(subset=["error"])
+    t = t[t["error"].str.strip() != ""]
+    if t.empty:
+        return pd.DataFrame(columns=["status", "error", "trials", "examples"])
+    first = t["error"].map(lambda e: " ".join(str(e).strip().splitlines()[0].split())[:300])
+    grouped = t.assign(message=first).groupby(["status", "message"], sort=False)
+    rows = [{"status": s, "error": msg, "trials": len(g),
+             "examples": ", ".join(g["tune_trial_id"].astype(str).head(3))}
+            for (s, msg), g in grouped]
+    return pd.DataFrame(rows).sort_values("trials", ascending=False, kind="stable")
+
+
+def status_table(counts: pd.DataFrame, errs: pd.DataFrame) -> tuple[Table, Table]:
+    status = Table("Trial status", ["Status", "Trials"],
+                   [[r["status"], str(r["trials"])] for _, r in counts.iterrows()],
+                   note="reused = a finished result of the same recipe and seed, counted as a "
+                        "result here; pruned = stopped early by ASHA; nan = training diverged.",
+                   slug="status")
+    error = Table("Errors", ["Status", "Trials", "Error", "Examples"],
+                  [[r["status"], str(r["trials"]), r["error"], r["examples"]]
+                   for _, r in errs.iterrows()], align="lrll", slug="errors")
+    return status, error

@@ -1,0 +1,443 @@
+"""`ablate report`: numbers from a database with known contents, every format, bad input.
+
+The database is written through ResultsDB's public API with hand-picked values;
+expected means, CIs and paired differences are recomputed here with numpy/scipy
+from those values, never read back from the report's own code.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from scipy import stats
+
+from ablate.cli import cli
+from ablate.errors import AblateError
+from ablate.report import build_report
+from ablate.report.importance import sampler_note
+from ablate.report.stats import pareto_mask
+from ablate.results import ResultsDB
+
+ROOT = Path(__file__).resolve().parent.parent
+T0 = datetime(2025, 3, 1, 12, 0, 0)
+TESTS = ["synth-colour", "synth-warp"]
+SEEDS = [0, 1, 2]
+# (filter, weight, guide) -> per test set, AUC for seeds 0, 1, 2
+AUC = {
+    ("paper", "paper", "controlnet"): {"synth-colour": [0.80, 0.82, 0.84],
+                                       "synth-warp": [0.70, 0.71, 0.75]},
+    ("no_mhsa", "paper", "controlnet"): {"synth-colour": [0.78, 0.80, 0.81],
+                                         "synth-warp": [0.69, 0.70, 0.72]},
+    ("paper", "constant", "controlnet"): {"synth-colour": [0.81, 0.83, 0.86],
+                                          "synth-warp": [0.72, 0.72, 0.76]},
+    ("paper", "code", "adapter"): {"synth-colour": [0.75, 0.77, 0.76],
+                                   "synth-warp": [0.66, 0.68, 0.65]},
+}
+VAL = {("paper", "paper", "controlnet"): 0.95, ("no_mhsa", "paper", "controlnet"): 0.93,
+       ("paper", "constant", "controlnet"): 0.96, ("paper", "code", "adapter"): 0.90}
+PARAMS = {("paper", "paper", "controlnet"): 1000, ("no_mhsa", "paper", "controlnet"): 800,
+          ("paper", "constant", "controlnet"): 990, ("paper", "code", "adapter"): 500}
+REF, NO_MHSA, CONST, ADAPT = list(AUC)
+
+
+def eer_of(auc: float) -> float:
+    return round(0.5 - (auc - 0.5) * 0.6, 6)
+
+
+def recipe(key: tuple[str, str, str], seed: int, lr: float = 1e-4) -> dict:
+    filt, weight, guide = key
+    filter_args = {"name": filt, **({"heads": 4} if filt in ("paper", "code") else {})}
+    return {"backbone": {"name": "tiny"}, "filter": filter_args, "weight": {"name": weight},
+            "guide": {"name": guide}, "teacher": {"name": "tiny-sd15"}, "train": {"lr": lr},
+            "data": {"train": "synth-blend", "tests": TESTS}, "image_size": 64, "seed": seed}
+
+
+def metrics_of(key: tuple[str, str, str], seed: int) -> list[dict]:
+    rows = [{"dataset": "synth-blend", "split": "val", "level": "frame", "metric": "auc",
+             "value": VAL[key] + seed * 0.001}]
+    for test in TESTS:
+        auc = AUC[key][test][seed]
+        rows += [{"dataset": test, "split": "test", "level": "frame", "metric": "auc",
+                  "value": auc, "ci_low": auc - 0.03, "ci_high": auc + 0.02, "n": 400},
+                 {"dataset": test, "split": "test", "level": "frame", "metric": "eer",
+                  "value": eer_of(auc), "ci_low": eer_of(auc) - 0.02,
+                  "ci_high": eer_of(auc) + 0.02, "n": 400},
+                 {"dataset": test, "split": "test", "level": "video", "metric": "auc",
+                  "value": min(auc + 0.05, 1.0), "n": 40}]
+    return rows
+
+
+def curves_of(seed: int) -> list[tuple[int, str, float]]:
+    return [(s, name, v) for s in range(0, 40, 10)
+            for name, v in (("loss/total", 2.0 / (1 + s + seed)), ("val/auc", 0.5 + s / 100))]
+
+
+def record(db: ResultsDB, sweep_id: int, tid: str, key, seed: int, status: str = "finished",
+           **kw) -> int:
+    return db.record_trial(sweep_id, tid, recipe_hash=f"{'-'.join(key)}-{seed}",
+                           recipe=recipe(key, seed), seed=seed, status=status,
+                           started=T0, ended=T0 + timedelta(minutes=3), **kw)
+
+
+def add_optuna_study(url: str, name: str) -> None:
+    """12 trials: val_auc driven by the filter, params_trainable by the weight module."""
+    study = optuna.create_study(study_name=name, storage=url,
+                                directions=["maximize", "minimize"])
+    filters, weights = ["paper", "no_mhsa", "conv_only", "code"], ["paper", "constant", "none"]
+    dists = {"filter": CategoricalDistribution(filters), "weight": CategoricalDistribution(weights),
+             "train.lr": FloatDistribution(1e-5, 1e-3, log=True),
+             "filter.heads": CategoricalDistribution([2, 4])}
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        params = {"filter": filters[i % 4], "weight": weights[i % 3],
+                  "train.lr": float(10 ** rng.uniform(-5, -3))}
+        if params["filter"] in ("paper", "code"):
+            params["filter.heads"] = 2 + 2 * (i % 2)
+        values = [0.6 + 0.1 * filters.index(params["filter"]) + rng.normal(0, 0.003),
+                  1000 - 300 * weights.index(params["weight"]) + rng.normal(0, 3)]
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions={k: dists[k] for k in params}, values=values))
+
+
+def build_db(url: str) -> dict:
+    """The known database; returns trial ids the tests refer to."""
+    ids: dict = {}
+    with ResultsDB(url) as db:
+        old = db.start_sweep("old", "quick", {"objectives": [{"metric": "val_auc",
+                                                              "mode": "max"}]}, "v0")
+        ids["origin"] = record(db, old, "t_orig:2", ADAPT, 2, metrics=metrics_of(ADAPT, 2),
+                               params_trainable=PARAMS[ADAPT], curves=curves_of(2))
+        settings = {"objectives": [{"metric": "val_auc", "mode": "max"},
+                                   {"metric": "params_trainable", "mode": "min"}],
+                    "sampler": "tpe", "seeds": 3}
+        sid = db.start_sweep("abl", "modules", settings, "v1")
+        n = 0
+        for key in AUC:
+            for seed in SEEDS:
+                n += 1
+                if key == ADAPT and seed == 2:
+                    record(db, sid, f"t{n}:{seed}", key, seed, status="reused",
+                           reused_from=ids["origin"], metrics=metrics_of(key, seed),
+                           params_trainable=PARAMS[key], curves=curves_of(seed))
+                    continue
+                record(db, sid, f"t{n}:{seed}", key, seed, metrics=metrics_of(key, seed),
+                       params_trainable=PARAMS[key], step_time_s=0.1 * (1 + seed),
+                       curves=curves_of(seed))
+        # the search sampled the reference again: a reused copy must not count twice
+        record(db, sid, "t_dup:0", REF, 0, status="reused", metrics=metrics_of(REF, 0))
+        db.record_trial(sid, "t_pruned:0", recipe_hash="p", recipe=recipe(NO_MHSA, 0, lr=1e-3),
+                        seed=0, status="pruned", started=None, ended=T0,
+                        curves=[(10, "val/auc", 0.55)])
+        db.record_trial(sid, "t_failed:0", recipe_hash="f", recipe=recipe(CONST, 0, lr=2e-3),
+                        seed=0, status="failed", started=None, ended=T0,
+                        error="CUDA out of memory. Tried to allocate 2 GiB\nTraceback ...")
+        db.record_trial(sid, "t_nan:0", recipe_hash="n", recipe=recipe(REF, 0, lr=5e-3), seed=0,
+                        status="nan", started=T0, ended=T0, error="loss is NaN at step 12")
+        add_optuna_study(db.optuna_storage_url, "abl")
+        bare = db.start_sweep("bare", "quick", {}, "v1")  # finished, but never evaluated
+        record(db, bare, "z:0", REF, 0)
+        dead = db.start_sweep("dead", "quick", {}, "v1")
+        db.record_trial(dead, "x:0", recipe_hash="d", recipe=recipe(REF, 0), seed=0,
+                        status="failed", started=None, ended=T0, error="ValueError: bad lr")
+        db.record_trial(dead, "y:0", recipe_hash="e", recipe=recipe(REF, 1), seed=1,
+                        status="pruned", started=None, ended=T0)
+    return ids
+
+
+@pytest.fixture(scope="module")
+def db_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = f"sqlite:///{tmp_path_factory.mktemp('reportdb') / 'ablate.db'}"
+    build_db(url)
+    return url
+
+
+@pytest.fixture(scope="module")
+def built(db_url: str, tmp_path_factory: pytest.TempPathFactory):
+    folder = tmp_path_factory.mktemp("report") / "abl"
+    return build_report("abl", db_url, folder)
+
+
+def label(key: tuple[str, str, str]) -> str:
+    return f"filter={key[0]} weight={key[1]} guide={key[2]}"
+
+
+def t_ci(values: list[float]) -> tuple[float, float]:
+    """Mean and 95% half-width (Student t), computed independently of the report."""
+    x = np.asarray(values)
+    half = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
+    return float(x.mean()), float(half)
+
+
+# ---------------------------------------------------------------- numbers
+
+
+def test_main_csv_has_mean_and_ci_over_seeds(built) -> None:
+    main = pd.read_csv(built.folder / "main.csv")
+    frame = main[main["level"] == "frame"].set_index(["label", "dataset", "metric"])
+    for key, per_test in AUC.items():
+        for test, values in per_test.items():
+            row = frame.loc[(label(key), test, "auc")]
+            mean, half = t_ci(values)
+            assert row["n_seeds"] == 3  # reused seed counted, duplicate reused copy not
+            assert row["mean"] == pytest.approx(mean)
+            assert (row["ci_high"] - row["ci_low"]) / 2 == pytest.approx(half)
+            eer = frame.loc[(label(key), test, "eer")]
+            assert eer["mean"] == pytest.approx(np.mean([eer_of(v) for v in values]))
+        avg = frame.loc[(label(key), "avg", "auc")]
+        per_seed = np.mean([per_test[t] for t in TESTS], axis=0)
+        assert avg["mean"] == pytest.approx(per_seed.mean())
+        assert (avg["ci_high"] - avg["ci_low"]) / 2 == pytest.approx(t_ci(per_seed)[1])
+
+
+def test_main_markdown_shows_percent_and_best(built) -> None:
+    md = built.main_markdown
+    lines = {line.split("|")[1].strip(): line for line in md.splitlines()[2:] if "|" in line}
+    mean, half = t_ci(AUC[REF]["synth-colour"])
+    ref_row = lines[f"{label(REF)} (ref)"]
+    assert f"{mean * 100:.2f} ± {half * 100:.2f}" in ref_row
+    best = lines[label(CONST)]  # CONST has the best AUC on both test sets and the average
+    mean_c, half_c = t_ci(AUC[CONST]["synth-colour"])
+    assert f"**{mean_c * 100:.2f} ± {half_c * 100:.2f}**" in best
+    assert "**" not in lines[label(ADAPT)]  # worst everywhere (highest EER too: not bold)
+    order = [row.split(" (ref)")[0] for row in lines if row.startswith("filter=")]
+    assert order[0] == label(CONST) and order[-1] == label(ADAPT)  # sorted by average AUC
+
+
+def test_ablation_paired_difference(built) -> None:
+    abl = pd.read_csv(built.folder / "ablation.csv")
+    row = abl[(abl["factor"] == "filter") & (abl["variant"] == "no_mhsa")
+              & (abl["metric"] == "auc")].iloc[0]
+    diffs = np.array([np.subtract(AUC[NO_MHSA][t], AUC[REF][t]) for t in TESTS]).ravel()
+    assert row["matching"] == "paired" and row["reference"] == "paper"
+    assert row["n_pairs"] == len(diffs) == 6
+    assert row["mean"] == pytest.approx(diffs.mean())
+    assert diffs.min() <= row["ci_low"] <= row["mean"] <= row["ci_high"] <= diffs.max()
+    assert row["ci_high"] < 0  # no_mhsa is worse on every pair
+    const = abl[(abl["variant"] == "constant") & (abl["metric"] == "auc")].iloc[0]
+    assert const["matching"] == "paired"
+    assert const["mean"] == pytest.approx(
+        np.mean([np.subtract(AUC[CONST][t], AUC[REF][t]) for t in TESTS]))
+
+
+def test_ablation_unmatched_when_no_single_slot_change(built) -> None:
+    abl = pd.read_csv(built.folder / "ablation.csv")
+    guide = abl[(abl["factor"] == "guide") & (abl["metric"] == "auc")].iloc[0]
+    assert guide["variant"] == "adapter" and guide["matching"] == "unmatched"
+    # adapter configs minus the mean of all controlnet configs, per (seed, test set)
+    controlnet = [REF, NO_MHSA, CONST]
+    diffs = [AUC[ADAPT][t][s] - np.mean([AUC[k][t][s] for k in controlnet])
+             for t in TESTS for s in SEEDS]
+    assert guide["mean"] == pytest.approx(np.mean(diffs)) and guide["n_pairs"] == 6
+    md = (built.folder / "report.md").read_text()
+    mean, low, high = (abl.loc[(abl["variant"] == "no_mhsa") & (abl["metric"] == "auc"), c].iloc[0]
+                       for c in ("mean", "ci_low", "ci_high"))
+    assert (f"filter=no_mhsa instead of paper: AUC {mean * 100:+.2f} ± "
+            f"{(high - low) / 2 * 100:.2f} points") in md
+    assert "paired, 6 seed × test-set differences" in md
+
+
+def test_reference_is_the_default_recipe(built) -> None:
+    md = (built.folder / "report.md").read_text()
+    assert f"Reference recipe: {label(REF)} (the default recipe's choices (filter=paper, " \
+           "weight=paper, guide=controlnet))" in md
+
+
+def test_status_counts_and_errors(built) -> None:
+    status = pd.read_csv(built.folder / "status.csv", keep_default_na=False)
+    status = status.set_index("status")["trials"]
+    assert status.to_dict() == {"finished": 11, "reused": 2, "pruned": 1, "failed": 1, "nan": 1,
+                                "running": 0, "total": 16}
+    errors = pd.read_csv(built.folder / "errors.csv")
+    assert set(errors["error"]) == {"CUDA out of memory. Tried to allocate 2 GiB",
+                                    "loss is NaN at step 12"}
+    trials = pd.read_csv(built.folder / "trials.csv")
+    assert trials["counted"].sum() == 12  # 4 recipes x 3 seeds; the duplicate is not counted
+    dup = trials[trials["tune_trial_id"] == "t_dup:0"].iloc[0]
+    assert not dup["counted"]
+
+
+def test_pareto_front(built) -> None:
+    front = pd.read_csv(built.folder / "pareto.csv").set_index("label")
+    val = {label(k): np.mean([v + s * 0.001 for s in SEEDS]) for k, v in VAL.items()}
+    assert front["val_auc"].to_dict() == pytest.approx(val)
+    # only REF is dominated: CONST has both a higher val AUC and fewer params (990 < 1000)
+    assert set(front.index[front["on_front"]]) == {label(CONST), label(NO_MHSA), label(ADAPT)}
+
+
+def test_pareto_mask_minimise_and_maximise() -> None:
+    pts = np.array([[0.9, 100], [0.8, 50], [0.7, 80], [0.9, 120], [np.nan, 1]])
+    assert pareto_mask(pts, [True, False]).tolist() == [True, True, False, False, False]
+
+
+def test_importance_from_optuna_study(built) -> None:
+    imp = pd.read_csv(built.folder / "importance.csv")
+    top = imp.sort_values("importance", ascending=False).groupby("objective").head(1)
+    assert dict(zip(top["objective"], top["param"], strict=True)) == {
+        "val_auc": "filter", "params_trainable": "weight"}
+    assert imp.groupby("objective")["importance"].sum().to_numpy() == pytest.approx([1, 1])
+    assert "filter.heads" not in set(imp["param"])  # conditional: fANOVA cannot assess it
+    md = (built.folder / "report.md").read_text()
+    assert "Not assessed (conditional, absent from some trials): filter.heads" in md
+    assert "sampled by tpe, an adaptive sampler" in md and "biased" in md
+
+
+def test_sampler_notes() -> None:
+    assert "not biased" in sampler_note("random") and "not biased" in sampler_note("grid")
+    assert "Caution" in sampler_note("tpe") and "Caution" in sampler_note("nsga2")
+    assert "unknown sampler" in sampler_note(None)
+
+
+# ---------------------------------------------------------------- formats
+
+
+def test_every_format_written(built) -> None:
+    names = {p.name for p in built.files}
+    assert {"report.md", "report.html", "main.tex", "ablation.tex", "main.csv",
+            "auc_heatmap.png", "ablation.png", "importance.png", "pareto.png",
+            "curves.png"} <= names
+    assert all(p.is_file() and p.stat().st_size > 0 for p in built.files)
+    tex = (built.folder / "main.tex").read_text()
+    mean, half = t_ci(AUC[CONST]["synth-warp"])
+    assert rf"\textbf{{{mean * 100:.2f} $\pm$ {half * 100:.2f}}}" in tex
+    assert r"\toprule" in tex and "filter=no\\_mhsa" in tex
+    md = (built.folder / "report.md").read_text()
+    assert "![curves](curves.png)" in md and "## Pareto front" in md
+
+
+def _image_check_page(report_html: Path, dest: Path) -> Path:
+    """A copy of the page, away from its PNGs, that writes each image's load state into the DOM."""
+    script = ("<script>window.addEventListener('load',()=>{const p=document.createElement('pre');"
+              "p.id='imgcheck';p.textContent=JSON.stringify([...document.images].map("
+              "i=>[i.complete,i.naturalWidth,i.naturalHeight]));document.body.appendChild(p);});"
+              "</script>")
+    page = report_html.read_text().replace("</body>", script + "</body>")
+    dest.mkdir(parents=True, exist_ok=True)
+    out = dest / "moved.html"
+    out.write_text(page)
+    return out
+
+
+def test_html_images_load_in_chromium(built, tmp_path: Path) -> None:
+    html = (built.folder / "report.html").read_text()
+    sources = re.findall(r'<img[^>]*\ssrc="([^"]*)"', html)
+    assert len(sources) == len([p for p in built.files if p.suffix == ".png"]) == 5
+    assert all(s.startswith("data:image/png;base64,") for s in sources)
+    assert not re.search(r'(href|src)="(?!data:)', html)  # nothing fetched: self-contained
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium not installed (Debian: apt-get install -y chromium); "
+                    "the HTML checks above ran, the in-browser image load did not")
+    page = _image_check_page(built.folder / "report.html", tmp_path / "elsewhere")
+    done = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         "--virtual-time-budget=10000", "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    found = re.search(r'<pre id="imgcheck">(.*?)</pre>', done.stdout, re.S)
+    assert found, f"chromium did not run the check: {done.stderr[-500:]}"
+    images = json.loads(found.group(1))
+    assert len(images) == 5
+    assert all(ok and w > 100 and h > 100 for ok, w, h in images), images
+
+
+def test_csv_only_writes_no_plots(db_url: str, tmp_path: Path) -> None:
+    report = build_report("abl", db_url, tmp_path / "r", formats="csv")
+    assert {p.suffix for p in report.files} == {".csv"}
+    assert not list((tmp_path / "r").glob("*.png"))
+
+
+def test_single_objective_without_study(db_url: str, tmp_path: Path) -> None:
+    """Sweep 'old': one recipe, one seed, no Optuna study: no Pareto, importance skipped."""
+    report = build_report("old", db_url, tmp_path / "old", formats="md,csv")
+    md = (tmp_path / "old" / "report.md").read_text()
+    assert "no Optuna study named 'old'" in md and "## Pareto front" not in md
+    assert "Nothing to ablate" in md
+    main = pd.read_csv(tmp_path / "old" / "main.csv")
+    row = main[(main["dataset"] == "synth-colour") & (main["metric"] == "auc")
+               & (main["level"] == "frame")].iloc[0]
+    auc = AUC[ADAPT]["synth-colour"][2]  # one seed: the stored video-bootstrap CI is shown
+    assert row["n_seeds"] == 1 and row["ci_kind"] == "video bootstrap"
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((auc - 0.03, auc + 0.02))
+    assert f"{auc * 100:.2f} ± 2.50" in report.main_markdown
+
+
+# ---------------------------------------------------------------- defaults and errors
+
+
+def test_cli_default_sweep_is_newest_and_prints_table(db_url: str, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with ResultsDB(db_url) as db:  # a newer sweep than 'dead' that has results
+        sid = db.start_sweep("newest", "quick", {}, "v1")
+        record(db, sid, "n:0", REF, 0, metrics=metrics_of(REF, 0))
+    try:
+        result = CliRunner().invoke(cli, ["report", "--db", db_url, "--format", "md"])
+        assert result.exit_code == 0, result.output
+        folder = Path("results/reports/newest")
+        assert f"written to {folder}/" in result.output
+        assert (tmp_path / folder / "report.md").is_file()
+        assert f"| {label(REF).split(' weight')[0]}" not in result.output  # one recipe: slot names
+        assert "| Recipe | synth-colour AUC | synth-colour EER |" in result.output
+        assert "80.00 ± 2.50" in result.output
+    finally:
+        with ResultsDB(db_url) as db, db._write() as conn:  # leave the module's DB as it was
+            conn.exec_driver_sql("DELETE FROM ablate_sweeps WHERE name = 'newest'")
+
+
+@pytest.mark.parametrize("sweep, out, message", [
+    ("nope", None, "no sweep named 'nope'"),
+    ("dead", None, "sweep 'dead' has no finished trials (1 failed, 1 pruned); nothing to report; "
+                   "first error: ValueError: bad lr"),
+    ("bare", None, "sweep 'bare' has 1 finished trial(s) but no test metrics"),
+    ("abl", "FILE/sub", "cannot write the report to"),
+])
+def test_bad_input_is_one_line_error(db_url: str, tmp_path: Path, sweep: str, out: str | None,
+                                     message: str) -> None:
+    (tmp_path / "FILE").write_text("a file, not a folder")
+    target = tmp_path / out if out else tmp_path / "r"
+    with pytest.raises(AblateError) as err:
+        build_report(sweep, db_url, target, formats="csv")
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_bad_format_missing_and_empty_db(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    with pytest.raises(AblateError, match="no results database at .*empty.db; run a sweep"):
+        build_report(None, url, tmp_path / "r")
+    assert not (tmp_path / "empty.db").exists()  # a report never creates a database
+    ResultsDB(url).close()
+    with pytest.raises(AblateError, match="unknown report format pdf"):
+        build_report(None, url, tmp_path / "r", formats="md,pdf")
+    with pytest.raises(AblateError, match="no sweeps in .*ablate sweep --space quick"):
+        build_report(None, url, tmp_path / "r")
+
+
+def test_cli_error_exit_code(db_url: str, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from ablate import cli as cli_module
+
+    monkeypatch.setattr(sys, "argv", ["ablate", "report", "--db", db_url, "--sweep", "nope"])
+    with pytest.raises(SystemExit) as exit_:
+        cli_module.main()
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no sweep named 'nope'") and err.count("\n") == 1
+
+
+def test_report_never_imports_torch(db_url: str, tmp_path: Path) -> None:
+    code = ("import sys; from ablate.report import build_report; "
+            f"build_report('abl', {db_url!r}, {str(tmp_path / 'r')!r}, formats='md,html'); "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
