@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/ablate train train.steps=40
+	$(BIN)/ablate demo
 
 test: $(STAMP)
 	$(BIN)/ruff check ablate tests

@@ -148,9 +148,13 @@ def spaces_cmd() -> None:
 @click.option("--cpus", type=float, help="CPUs per trial (default: the space's resources.cpu).")
 @click.option("--gpus", type=float, help="GPUs per trial, fractions allowed (default: resources.gpu).")
 @click.option("--bootstrap", default=1000, show_default=True, help="Bootstrap resamples for CIs.")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Add a fixed recipe setting to every trial (repeatable), e.g. "
+                   "--set teacher.path=/models/sd15 --set train.steps=30.")
 def sweep_cmd(space: str, trials: int | None, concurrency: int | None, db_url: str | None,
               address: str | None, name: str | None, resume: bool, force: bool,
-              cpus: float | None, gpus: float | None, bootstrap: int) -> None:
+              cpus: float | None, gpus: float | None, bootstrap: int,
+              settings: tuple[str, ...]) -> None:
     """Run recipes from a search space as Ray Tune trials chosen by Optuna.
 
     \b
@@ -166,14 +170,82 @@ def sweep_cmd(space: str, trials: int | None, concurrency: int | None, db_url: s
       ablate sweep --space paper --address ray://head:10001 --gpus 1
       ablate sweep --space quick --name quick-1 --resume   # after Ctrl-C
     """
+    from ablate.space import parse_settings
     from ablate.sweep import run_sweep
 
     summary = run_sweep(space, trials, concurrency, db_url, address, name, resume, force,
-                        cpus, gpus, bootstrap)
+                        cpus, gpus, bootstrap, settings=parse_settings(settings, "--set"))
     if not summary.table.empty:
         click.echo(summary.table.to_string(index=False))
     click.echo(f"sweep {summary.name} done in {summary.wall_s:.0f}s; results in {summary.db_url}")
     click.echo(f"next: ablate report --sweep {summary.name}")
+
+
+@cli.command("compare-teachers")
+@click.option("--teachers", required=True, metavar="A,B[key=value],...",
+              help="Teachers to compare; the first is the baseline of every difference. "
+                   "Arguments in brackets, e.g. sd15[path=/models/sd15],sd15[lora=PATH].")
+@click.option("--seeds", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Seeds per teacher (the same seeds and data for every teacher).")
+@click.option("--recipe", "recipe", multiple=True, metavar="KEY=VALUE",
+              help="Recipe override shared by all teachers (repeatable). "
+                   "Default: the CPU demo recipe (tiny backbone, 64 px, synth-blend, 60 steps).")
+@click.option("--tests", metavar="A,B,...", help="Test sets (default with no --recipe: the "
+              "embedded benchmark's four families).")
+@click.option("--db", "db_url", metavar="URL", help="Results DB URL (default: results/ablate.db).")
+@click.option("--address", metavar="RAY_ADDRESS", help="Join this Ray cluster (default: local).")
+@click.option("--name", help="Name of the comparison in the DB (default: compare-<UTC time>).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted comparison (needs --name).")
+@click.option("--cpus", default=1.0, show_default=True, help="CPUs per trial.")
+@click.option("--gpus", default=0.0, show_default=True, help="GPUs per trial (fractions allowed).")
+@click.option("--bootstrap", default=1000, show_default=True, help="Bootstrap resamples.")
+@click.option("--out", type=click.Path(file_okay=False), help="Report folder "
+              "(default: results/reports/<name>/).")
+def compare_teachers_cmd(teachers: str, seeds: int, recipe: tuple[str, ...], tests: str | None,
+                         db_url: str | None, address: str | None, name: str | None,
+                         resume: bool, cpus: float, gpus: float, bootstrap: int,
+                         out: str | None) -> None:
+    """Train one recipe with each teacher (matched seeds and data) and compare them.
+
+    \b
+    Runs through the sweep machinery (recorded in the results DB like any sweep),
+    then reports per test set AUC and EER per teacher with 95% CIs, the paired
+    difference against the first teacher (video bootstrap), and each teacher's cost
+    (train-step time, peak memory, trainable parameters).
+
+    \b
+    Examples:
+      ablate compare-teachers --teachers tiny-sd15,tiny-sd21,tiny-sdxl      # CPU, minutes
+      ablate compare-teachers --teachers "sd15[path=/m/sd15],sd21[path=/m/sd21]" \\
+          --recipe recipe=paper --recipe data.train=ffpp --tests celebdf,dfd --gpus 1
+    """
+    from ablate.compare import compare_teachers, display_table, markdown, parse_teachers
+
+    specs = parse_teachers(teachers)
+    test_sets = [t.strip() for t in tests.split(",") if t.strip()] if tests else None
+    table, folder = compare_teachers(specs, list(recipe), test_sets, seeds, db_url, address,
+                                     name, cpus, gpus, bootstrap, resume, out)
+    click.echo(markdown(display_table(table)))
+    click.echo(f"comparison written to {folder}/ (compare.md, compare.csv, compare.png)")
+
+
+@cli.command("demo")
+@click.option("--db", "db_url", metavar="URL", help="Results DB URL (default: results/ablate.db).")
+@click.option("--trials", type=click.IntRange(min=1), help="Trials of the quick space (default: 8).")
+@click.option("--fit-steps", type=click.IntRange(min=1),
+              help="UNet steps when fitting the teacher (default: the fit's default).")
+def demo_cmd(db_url: str | None, trials: int | None, fit_steps: int | None) -> None:
+    """The whole loop on this CPU (what `make demo` runs), about 15 minutes on 2 cores.
+
+    \b
+    1. build the embedded benchmark          (cached under results/benchmark/)
+    2. fit the tiny SD 1.5 twin on its real faces   (cached under results/teachers/)
+    3. ablate sweep --space quick --set teacher.path=<the fitted twin>
+    4. ablate report, then print the report's path and its Markdown table
+    """
+    from ablate.demo import run_demo
+
+    run_demo(db_url, trials, fit_steps)
 
 
 @cli.command("sweeps")
@@ -191,15 +263,18 @@ def sweeps_cmd(db_url: str | None) -> None:
     click.echo(table[columns].to_string(index=False))
 
 
-def _attach_optional_groups() -> None:
-    try:
-        from ablate.data.cli import data
-    except ImportError:  # pragma: no cover - the data layer is part of the package
-        return
-    cli.add_command(data)
+def _attach_groups() -> None:
+    """Command groups that live beside their logic (each imports nothing heavy at load)."""
+    from ablate.bench.cli import bench
+    from ablate.data.cli import data
+    from ablate.report.cli import report
+    from ablate.teachers.cli import teachers
+
+    for command in (data, teachers, report, bench):
+        cli.add_command(command)
 
 
-_attach_optional_groups()
+_attach_groups()
 
 
 def main() -> None:

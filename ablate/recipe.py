@@ -23,7 +23,14 @@ from ablate.errors import AblateError
 
 SLOTS = ("backbone", "filter", "weight", "guide", "teacher")
 # Keys that change where or how visibly a run happens, not what it computes.
-NON_RESULT_KEYS = ("run", "train.device", "train.log_every")
+# Settings that change how fast a result comes, not what it is (beyond float rounding):
+# a recipe differing only in these is the same result and is reused, not re-run.
+# train.precision stays in: bf16 changes numbers beyond rounding noise.
+NON_RESULT_KEYS = (
+    "run", "train.device", "train.log_every", "train.channels_last", "train.attention",
+    "train.grad_checkpointing", "train.compile", "train.latent_cache", "train.latent_cache_dir",
+    "train.latent_cache_mb",
+)
 
 
 def config_dir() -> Path:

@@ -279,6 +279,38 @@ def _find(name_or_path: str) -> Path:
     return candidate
 
 
+def parse_settings(items: list[str] | tuple[str, ...], flag: str) -> dict[str, object]:
+    """`key=value` items as a space's `fixed` mapping (values typed as YAML)."""
+    fixed: dict[str, object] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise AblateError(f"{flag} {item!r} is not key=value")
+        fixed[key] = yaml.safe_load(value) if value else None
+    return fixed
+
+
+def derive_space(space: SearchSpace, settings: dict[str, Any], folder: Path) -> Path:
+    """A copy of `space` with more fixed settings, written to folder/<space name>.yaml.
+
+    `ablate sweep --set KEY=VALUE` uses it: workers read the derived file, the
+    space keeps its name, and the file stays beside the results as provenance.
+    """
+    if space.source_path is None:
+        raise AblateError(f"search space {space.name} has no file to derive from")
+    data = _read_yaml(space.source_path.read_text(), _Where(space.source_path))
+    searched = sorted(set(settings) & {p.key for p in space.params})
+    if searched:
+        raise AblateError(f"--set {searched[0]} fixes a key that space {space.name} searches; "
+                          "copy the space file and edit it instead")
+    data["fixed"] = {**(data.get("fixed") or {}), **settings}
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{space.name}.yaml"
+    path.write_text(f"# {space.source_path} with --set {settings}\n"
+                    + yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
 def parse_space(text: str, path: Path) -> SearchSpace:
     """The parse behind load_space; every mistake is one AblateError naming file and key."""
     where = _Where(path)

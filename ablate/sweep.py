@@ -24,6 +24,7 @@ from ablate.errors import AblateError
 
 RAY_DIR = Path("results/ray")
 RUNS_DIR = Path("results/runs")
+SPACES_DIR = Path("results/spaces")
 SCORES = "scores.csv"
 GRID_KEY = "recipe"  # a trial's config key naming one of an explicit grid's recipes
 FINAL = "ablate_final"  # our last report of a trial (Tune adds its own "done" key)
@@ -397,6 +398,7 @@ def run_sweep(
     db_url: str | None = None, address: str | None = None, name: str | None = None,
     resume: bool = False, force: bool = False, cpus: float | None = None,
     gpus: float | None = None, n_boot: int = 1000, grid: dict[str, list[str]] | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> SweepSummary:
     """Validate, connect, run every trial, and return the summary (see module doc).
 
@@ -408,7 +410,7 @@ def run_sweep(
 
     from ablate.recipe import compose
     from ablate.results import ResultsDB
-    from ablate.space import load_space, validate_space
+    from ablate.space import derive_space, load_space, validate_space
 
     start = time.perf_counter()
     space = load_space(space_name)
@@ -416,6 +418,13 @@ def run_sweep(
         _say(f"note: {note}")
     db = ResultsDB(db_url)
     name = _sweep_name(db, space.name, name, resume)
+    derived = SPACES_DIR / name
+    if settings:  # --set: the space with more fixed settings, validated like any space
+        space = load_space(derive_space(space, settings, derived))
+        for note in validate_space(space):
+            _say(f"note: {note}")
+    elif resume and (derived / f"{space.name}.yaml").is_file():
+        space = load_space(derived / f"{space.name}.yaml")
     experiment = (RAY_DIR / name).resolve()
     if resume and not (experiment / "tuner.pkl").is_file():
         raise AblateError(f"sweep {name} has no Ray state under {experiment} to resume from; "
@@ -431,7 +440,9 @@ def run_sweep(
         sweep_id = db.start_sweep(
             name, space.name, {"space_file": str(space.source_path), "trials": n_trials,
                                "resources": per_trial, "seeds": space.seeds, "force": force,
-                               "objectives": [o.__dict__ for o in space.objectives]},
+                               "objectives": [o.__dict__ for o in space.objectives],
+                               "sampler": "grid (explicit recipes)" if grid else space.sampler.name,
+                               "overrides": settings or {}},
             code_version(), resume=resume,
         )
         tuner, limit = _tuner(space, db, name, sweep_id, n_trials, per_trial, concurrency,

@@ -20,6 +20,14 @@ from ablate.errors import AblateError
 from ablate.evaluate import Selection, score, validation_point
 from ablate.model.build import build_detector
 from ablate.model.detector import DiffusionFakeDetector
+from ablate.model.latent_cache import LatentCache
+from ablate.model.speed import (
+    Speed,
+    autocast,
+    configure_detector,
+    memory_format,
+    tune_kernels,
+)
 from ablate.recipe import recipe_hash
 
 
@@ -54,11 +62,15 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_optimizer(cfg: DictConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+def make_optimizer(
+    cfg: DictConfig, params: list[torch.nn.Parameter], fused: bool = False
+) -> torch.optim.Optimizer:
+    """`fused`: the same update as one kernel per step instead of a loop over tensors."""
     kinds = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
     if cfg.train.optimizer not in kinds:
         raise AblateError(f"train.optimizer must be one of {', '.join(kinds)}")
-    return kinds[cfg.train.optimizer](params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    return kinds[cfg.train.optimizer](params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
+                                      fused=fused or None)
 
 
 def cycle(loader) -> Iterator[dict]:  # noqa: ANN001
@@ -86,19 +98,38 @@ def count_params(module: torch.nn.Module, trainable_only: bool = False) -> int:
 
 def train_step(
     detector: DiffusionFakeDetector, batch: dict, optimizer: torch.optim.Optimizer,
-    device: torch.device, grad_clip: float | None,
+    device: torch.device, grad_clip: float | None, speed: Speed | None = None,
+    cache: LatentCache | None = None, generator: torch.Generator | None = None,
 ) -> dict[str, float]:
-    """One optimiser step on one batch; returns each loss term as a float."""
-    images, sources, targets = (batch[k].to(device) for k in ("image", "source", "target"))
+    """One optimiser step on one batch; returns each loss term as a float.
+
+    `speed` (precision, memory format, batched branches) and `cache` (teacher
+    latents) only change how fast the step runs; without them the step runs as
+    configured on the modules, fp32, with a fresh VAE encode.
+    """
+    fmt = memory_format(speed)
+    images, sources, targets = (
+        batch[k].to(device, non_blocking=True).contiguous(memory_format=fmt)
+        for k in ("image", "source", "target")
+    )
     labels = batch["label"].to(device)
-    losses = detector.guided_losses(images, sources, targets, labels)
+    # the last step's gradients go now, not after the forward: a model's worth less at peak
+    optimizer.zero_grad(set_to_none=True)
+    posteriors = None
+    if cache is not None:  # keys hash the CPU tensors, before they move
+        posteriors = cache.posteriors(
+            detector.teacher, torch.cat([batch["image"], batch["source"], batch["target"]]),
+            device)  # [3B, 2C, h', w']
+    with autocast(device, speed):
+        losses = detector.guided_losses(images, sources, targets, labels, generator,
+                                        posteriors=posteriors,
+                                        batched=speed.batched if speed is not None else True)
     total = losses["total"]
     if not torch.isfinite(total):
         raise TrainingDiverged(
             f"loss became {total.item()} ({', '.join(f'{k}={v.item():.3g}' for k, v in losses.items())}); "
             "lower train.lr or enable train.grad_clip"
         )
-    optimizer.zero_grad(set_to_none=True)
     total.backward()
     if grad_clip:
         torch.nn.utils.clip_grad_norm_(
@@ -106,6 +137,13 @@ def train_step(
         )
     optimizer.step()
     return {k: float(v.detach()) for k, v in losses.items()}
+
+
+def latent_cache_for(speed: Speed) -> LatentCache | None:
+    """The run's teacher-latent cache, if the recipe wants one."""
+    if not speed.latent_cache:
+        return None
+    return LatentCache(speed.latent_cache_dir, max_memory_mb=speed.latent_cache_mb)
 
 
 def run_name(cfg: DictConfig) -> str:
@@ -132,8 +170,12 @@ def train(
         train_set, val = train_and_val(cfg)
         loader = make_loader(train_set, cfg.train.batch_size, shuffle=True, seed=cfg.seed)
     detector = build_detector(cfg).to(device)
+    speed = Speed.from_config(cfg.train, device)
+    configure_detector(detector, speed)
+    tune_kernels(device)
+    cache = latent_cache_for(speed)
     params = [p for p in detector.parameters() if p.requires_grad]
-    optimizer = make_optimizer(cfg, params)
+    optimizer = make_optimizer(cfg, params, speed.fused_optimizer)
     steps = total_steps(cfg, len(loader))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -148,7 +190,7 @@ def train(
     for step in bar:
         batch = next(batches)
         tick = time.perf_counter()
-        terms = train_step(detector, batch, optimizer, device, cfg.train.grad_clip)
+        terms = train_step(detector, batch, optimizer, device, cfg.train.grad_clip, speed, cache)
         step_times.append(time.perf_counter() - tick)
         bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items()}, refresh=False)
         if step % max(cfg.train.log_every, 1) == 0 or step == steps:
@@ -177,6 +219,9 @@ def train(
     )
     info = {k: v for k, v in result.__dict__.items() if k != "folder"}
     info.update(recipe_hash=recipe_hash(cfg), seed=cfg.seed, device=str(device),
+                speed=speed.as_dict(),
+                # what a teacher path/adapter held when trained (fit key, adapter base)
+                teacher_origin=getattr(detector.teacher, "origin", None),
                 selection=selector.selection.as_dict() if selector.selection else None)
     result.selection = info["selection"]
     save_run(result.folder, cfg, detector.trainable_state_dict(),

@@ -10,7 +10,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor, nn
+
+from ablate.model.latent_cache import sample_latents, vae_posterior
 
 
 @dataclass(frozen=True)
@@ -31,9 +34,14 @@ class Classifier(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(num_features, 1)
+        # bf16 autocast for evaluation, set by speed.configure_classifier; not saved
+        self.autocast_dtype: torch.dtype | None = None
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.logits(self.backbone(images))
+        if self.autocast_dtype is None or self.training:
+            return self.logits(self.backbone(images))
+        with torch.autocast(images.device.type, dtype=self.autocast_dtype):
+            return self.logits(self.backbone(images)).float()  # [B]
 
     def logits(self, feats: Tensor) -> Tensor:
         return self.head(feats.mean(dim=(2, 3))).squeeze(1)  # [B]
@@ -69,49 +77,99 @@ class DiffusionFakeDetector(nn.Module):
 
     def guided_losses(
         self, images: Tensor, sources: Tensor, targets: Tensor, labels: Tensor,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | None = None, posteriors: Tensor | None = None,
+        batched: bool = True,
     ) -> dict[str, Tensor]:
-        """images/sources/targets [B, 3, H, W] in [-1, 1], labels [B] (1 = fake)."""
+        """images/sources/targets [B, 3, H, W] in [-1, 1], labels [B] (1 = fake).
+
+        `posteriors` [3B, 2C, h', w']: VAE posteriors of images, sources and targets
+        (mean ++ logvar, e.g. from a LatentCache); computed here when None. Either
+        way one latent per row is drawn from them with `generator`, then one noise
+        [B] and one timestep [B] shared by both branches: the same random stream, so
+        cached and uncached steps agree. `batched=False` runs the source and target
+        branches one after the other (the straightforward reference).
+        """
         b, size = images.shape[0], images.shape[-1]
         teacher, lw = self.teacher, self.loss_weights
         feats = self.classifier.backbone(images)  # [B, C, h, w]
         ce = F.binary_cross_entropy_with_logits(self.classifier.logits(feats), labels.float())
 
-        latents = teacher.encode(torch.cat([images, sources, targets]))  # [3B, 4, h', w']
-        lat_x, lat_s, lat_t = latents.chunk(3)
+        if posteriors is None:
+            posteriors = vae_posterior(teacher, torch.cat([images, sources, targets]))
+        with torch.no_grad():  # nothing below needs a gradient until the guide
+            latents = sample_latents(teacher, posteriors.to(feats.device), generator)
+            lat_x, lat_s, lat_t = latents.chunk(3)  # [B, C_lat, h', w'] each
+            noise = randn_tensor(lat_s.shape, generator=generator, device=lat_s.device,
+                                 dtype=lat_s.dtype)  # the same noise for both branches
+            t = _timesteps(teacher.scheduler.config.num_train_timesteps, b, generator,
+                           lat_s.device)  # [B], the same for both branches
+            cosines = {
+                key: torch.where(labels > 0, F.cosine_similarity(
+                    lat_x.flatten(1).float(), lat.flatten(1).float(), dim=1), 1.0)  # reals: 1
+                for key, lat in (("weight_source", lat_s), ("weight_target", lat_t))
+            }
         w_s, w_t = self.weight_source(feats), self.weight_target(feats)  # [B] each
         losses = {"ce": ce}
         weight_losses = []
-        for key, module, w, lat in (
-            ("weight_source", self.weight_source, w_s, lat_s),
-            ("weight_target", self.weight_target, w_t, lat_t),
-        ):
+        for key, module, w in (("weight_source", self.weight_source, w_s),
+                               ("weight_target", self.weight_target, w_t)):
             if module.has_loss:
-                cosine = F.cosine_similarity(lat_x.flatten(1), lat.flatten(1), dim=1)  # [B]
-                cosine = torch.where(labels > 0, cosine, torch.ones_like(cosine))  # reals: 1
-                losses[key] = F.mse_loss(w, module.target(cosine).to(w.dtype))
+                losses[key] = F.mse_loss(w, module.target(cosines[key]).to(w.dtype))
                 weight_losses.append(getattr(lw, key) * losses[key])
 
-        dtype = teacher.unet.dtype  # a reduced-precision teacher gets inputs in its own dtype
-        cond = torch.cat([self.filter_source(feats), self.filter_target(feats)]).to(dtype)
-        # cond: [2B, C0, h', w']
-        noise = torch.randn(lat_s.shape, generator=generator, device=lat_s.device,
-                            dtype=lat_s.dtype).repeat(2, 1, 1, 1)  # same noise, both branches
-        t = torch.randint(0, teacher.scheduler.config.num_train_timesteps, (b,),
-                          generator=generator, device=lat_s.device).repeat(2)  # [2B]
-        clean = torch.cat([lat_s, lat_t])  # [2B, 4, h', w']
-        noisy = teacher.add_noise(clean, noise, t)
-        downs, mid = self.guide(noisy, t, cond, teacher.conditioning(2 * b, size))
-        scale = torch.cat([
-            w_s.detach() if self.weight_source.detach else w_s,
-            w_t.detach() if self.weight_target.detach else w_t,
-        ]).view(-1, 1, 1, 1).to(dtype)  # [2B, 1, 1, 1]
-        pred = teacher.predict(noisy, t, [d * scale for d in downs], mid * scale)
-        target = teacher.diffusion_target(clean, noise, t)
-        per_branch = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        scales = (w_s.detach() if self.weight_source.detach else w_s,
+                  w_t.detach() if self.weight_target.detach else w_t)
+        diffusion = self._diffusion_batched if batched else self._diffusion_sequential
+        per_branch = diffusion(feats, (lat_s, lat_t), noise, t, scales, size)  # [2B]
         losses["source"], losses["target"] = per_branch[:b].mean(), per_branch[b:].mean()
         losses["total"] = (
             lw.ce * ce + lw.source * losses["source"] + lw.target * losses["target"]
             + sum(weight_losses, torch.zeros((), device=ce.device))
         )
         return losses
+
+    def _diffusion_batched(
+        self, feats: Tensor, clean: tuple[Tensor, Tensor], noise: Tensor, t: Tensor,
+        scales: tuple[Tensor, Tensor], size: int,
+    ) -> Tensor:
+        """Both branches as one [2B] batch: one guide call, one teacher call. -> MSE [2B]."""
+        teacher, b = self.teacher, noise.shape[0]
+        dtype = teacher.unet.dtype  # a reduced-precision teacher gets inputs in its own dtype
+        cond = torch.cat([self.filter_source(feats), self.filter_target(feats)]).to(dtype)
+        # cond: [2B, C0, h', w']
+        with torch.no_grad():
+            latents, noise2, t2 = torch.cat(clean), noise.repeat(2, 1, 1, 1), t.repeat(2)
+            noisy = teacher.add_noise(latents, noise2, t2)  # [2B, C_lat, h', w']
+            target = teacher.diffusion_target(latents, noise2, t2)
+        downs, mid = self.guide(noisy, t2, cond, teacher.conditioning(2 * b, size))
+        scale = torch.cat(scales).view(-1, 1, 1, 1).to(dtype)  # [2B, 1, 1, 1]
+        pred = teacher.predict(noisy, t2, [d * scale for d in downs], mid * scale)
+        return F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+
+    def _diffusion_sequential(
+        self, feats: Tensor, clean: tuple[Tensor, Tensor], noise: Tensor, t: Tensor,
+        scales: tuple[Tensor, Tensor], size: int,
+    ) -> Tensor:
+        """The same losses, one branch after the other: B-sized guide and teacher calls."""
+        teacher, b = self.teacher, noise.shape[0]
+        dtype = teacher.unet.dtype
+        out = []
+        for index, (filt, latents, w) in enumerate(
+            zip((self.filter_source, self.filter_target), clean, scales, strict=True)
+        ):
+            cond = filt(feats).to(dtype)  # [B, C0, h', w']
+            noisy = teacher.add_noise(latents, noise, t)
+            target = teacher.diffusion_target(latents, noise, t)
+            downs, mid = self.guide.branch(index, noisy, t, cond, teacher.conditioning(b, size))
+            scale = w.view(-1, 1, 1, 1).to(dtype)  # [B, 1, 1, 1]
+            pred = teacher.predict(noisy, t, [d * scale for d in downs], mid * scale)
+            out.append(F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3)))
+        return torch.cat(out)  # [2B]
+
+
+def _timesteps(
+    n_steps: int, batch: int, generator: torch.Generator | None, device: torch.device
+) -> Tensor:
+    """Uniform training timesteps [batch]; drawn where the generator lives, then moved."""
+    where = generator.device if generator is not None else device
+    return torch.randint(0, n_steps, (batch,), generator=generator, device=where).to(device)

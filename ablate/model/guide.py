@@ -43,6 +43,15 @@ class Guide(nn.Module):
         downs = [torch.cat(pair) for pair in zip(halves[0][0], halves[1][0], strict=True)]
         return downs, torch.cat([halves[0][1], halves[1][1]])
 
+    def branch(
+        self, index: int, noisy: Tensor, timesteps: Tensor, cond: Tensor,
+        unet_kwargs: dict[str, Any],
+    ) -> Residuals:
+        """One branch alone (0 = source, 1 = target): noisy [B, 4, h, w] -> its residuals.
+        What `forward` computes for that half, without batching the two."""
+        net = self.nets[0 if self.shared else index]
+        return self._run(net, noisy, timesteps, cond, unet_kwargs)
+
     def _run(self, net, noisy, timesteps, cond, unet_kwargs) -> Residuals:  # noqa: ANN001
         raise NotImplementedError
 

@@ -1,0 +1,85 @@
+"""`ablate bench`: parsing and printing only; the measurements live in run.py."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+
+import click
+
+
+@click.command("bench")
+@click.argument("overrides", nargs=-1)
+@click.option("--recipe", "recipe", multiple=True, metavar="KEY=VALUE",
+              help="A recipe override (repeatable); same as a positional OVERRIDE.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
+@click.option("--warmup", default=2, show_default=True, type=click.IntRange(min=0),
+              help="Untimed calls of each phase first.")
+@click.option("--repeats", default=5, show_default=True, type=click.IntRange(min=1),
+              help="Timed calls of each phase; the median is reported.")
+@click.option("--eval-batches", default=4, show_default=True, type=click.IntRange(min=1),
+              help="Batches per evaluation call.")
+@click.option("--eval-batch-size", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Images per evaluation batch (as `ablate eval`).")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="CPU threads for torch (default: its own); 1 is steadier on a busy machine.")
+@click.option("--sweep-overhead", "sweep", metavar="SWEEP",
+              help="Instead of timing steps: the share of SWEEP's wall time spent outside "
+                   "trial compute (needs --wall).")
+@click.option("--wall", type=float, metavar="SECONDS",
+              help="With --sweep-overhead: the sweep's wall time (`ablate sweep` prints it).")
+@click.option("--concurrency", type=click.IntRange(min=1),
+              help="With --sweep-overhead: trials at once (default: the most seen at once).")
+@click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
+def bench(overrides: tuple[str, ...], recipe: tuple[str, ...], device: str, warmup: int,
+          repeats: int, eval_batches: int, eval_batch_size: int, threads: int | None,
+          sweep: str | None, wall: float | None, concurrency: int | None,
+          as_json: bool) -> None:
+    """Time guided training and evaluation of a recipe, side by side in one run.
+
+    \b
+    Phases (medians after warm-up): the encoder-only train step; the guided step
+    with the recipe's speed settings (warm and cold latent cache); the same step
+    done the straightforward way (no cache, branches one after the other, fp32);
+    evaluation throughput against the bare timm forward on the same images.
+    Reports ratios, peak GPU memory, images per second and the goals met.
+    With --sweep-overhead SWEEP --wall S: what a finished sweep spent outside
+    trial compute instead (ablate/bench/overhead.py says how it is measured).
+
+    \b
+    Examples:
+      ablate bench                                   # default CPU recipe
+      ablate bench --json --repeats 3 train.batch_size=4
+      ablate bench teacher=sd15 teacher.random_init=true backbone=efficientnet_b4 \\
+          image_size=256 train.batch_size=16 --device cuda
+    """
+    if sweep:
+        _sweep_overhead(sweep, wall, concurrency, as_json)
+        return
+    from ablate.bench.run import format_report, run_bench
+
+    report = run_bench([*overrides, *recipe], device, warmup, repeats, eval_batches,
+                       eval_batch_size, threads)
+    report["command"] = "ablate " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        click.echo(format_report(report))
+
+
+def _sweep_overhead(sweep: str, wall: float | None, concurrency: int | None,
+                    as_json: bool) -> None:
+    from ablate.bench.overhead import sweep_overhead
+    from ablate.errors import AblateError
+
+    if not wall:
+        raise AblateError("--sweep-overhead needs --wall SECONDS: the sweep's wall time")
+    found = sweep_overhead(sweep, wall, concurrency)
+    if as_json:
+        click.echo(json.dumps(found.as_dict(), indent=2))
+        return
+    click.echo(f"sweep {sweep}: {found.trials} trials, {found.trial_compute_s:.0f}s of trial "
+               f"compute over {found.concurrency} slots in {wall:.0f}s wall")
+    click.echo(f"slot overhead {found.slot_overhead:.1%} (goal < 10%), time with no trial "
+               f"running {found.idle_overhead:.1%}")

@@ -1,0 +1,6 @@
+"""Teachers that know faces: fit tiny twins and LoRA-adapt any teacher on a dataset's real frames.
+
+`fit` (tiny twins, whole VAE + UNet), `adapt` (LoRA on the UNet attention projections),
+`catalog` (what `ablate teachers list` shows) and `cli` (the `ablate teachers` group).
+Loading a fitted twin or an adapter lives with the teachers: `ablate/model/teacher.py`.
+"""

@@ -1,0 +1,184 @@
+"""`ablate teachers list`: built-in, fitted and adapted teachers, their sizes and how to use them.
+
+Sizes are read without loading weights: built-in architectures are counted on the meta device,
+stored ones from their safetensors headers. Parameters are UNet + VAE (what a teacher holds;
+text encoders are used once for the empty prompt) and, for adapters, the LoRA weights alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ablate.model import teacher as tm
+from ablate.registry import registry
+
+
+@dataclass(frozen=True)
+class Entry:
+    kind: str  # built-in | fitted | adapted
+    name: str
+    family: str
+    params: int | None
+    disk_mb: float | None  # None: built in memory, nothing stored
+    where: str
+    use: str  # recipe overrides that select it
+    note: str = ""
+
+
+def builtin_entries() -> list[Entry]:
+    entries = []
+    for name in registry("teacher").names():
+        family = name.removeprefix("tiny-")
+        if family not in tm.FAMILIES:
+            continue  # a variant registered elsewhere: no known architecture to count
+        if name.startswith("tiny-"):
+            unet = {**tm._TINY_UNET_COMMON, **tm._TINY_UNET[family]}
+            vae = {**tm._TINY_VAE, "scaling_factor": tm.LATENT_SCALE[family]}
+            where, use = "in memory (seeded random weights)", f"teacher={name}"
+        else:
+            unet, vae = tm._UNET[family], tm._VAE[family]
+            where = "a local diffusers folder or .safetensors file"
+            use = f"teacher={name} teacher.path=/path/to/{name}"
+        params = _meta_params(tm.UNet2DConditionModel, unet) + _meta_params(tm.AutoencoderKL, vae)
+        entries.append(Entry("built-in", name, family, params, None, where, use))
+    return entries
+
+
+def stored_entries(root: str | Path = tm.TEACHERS_DIR) -> list[Entry]:
+    """Fitted twins and adapters directly under `root` (half-written `.partial` ones skipped)."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        return []
+    entries = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if (folder / tm.FITTED_META).is_file():
+            entries.append(_fitted(folder))
+        elif (folder / tm.ADAPTER_META).is_file():
+            entries.append(_adapted(folder))
+    return entries
+
+
+def catalog(root: str | Path = tm.TEACHERS_DIR) -> list[Entry]:
+    return builtin_entries() + stored_entries(root)
+
+
+def format_catalog(entries: list[Entry]) -> str:
+    """A plain-text table, grouped by kind, each row followed by the overrides that use it."""
+    lines: list[str] = []
+    width = max((len(e.name) for e in entries), default=10)
+    for kind in ("built-in", "fitted", "adapted"):
+        group = [e for e in entries if e.kind == kind]
+        lines.append(f"{kind} ({len(group)})")
+        if not group and kind != "built-in":
+            verb = "fit" if kind == "fitted" else "adapt"
+            lines.append(f"  none yet: `ablate teachers {verb} ...`")
+        for e in group:
+            mb = "-" if e.disk_mb is None else f"{e.disk_mb:.1f} MB"
+            lines.append(
+                f"  {e.name:<{width}}  {e.family:<5} {human(e.params):>7} params  {mb:>9}  {e.where}"
+            )
+            detail = f"  ({e.note})" if e.note else ""
+            lines.append(f"  {'':<{width}}  use: {e.use}{detail}")
+    return "\n".join(lines)
+
+
+def human(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}" if unit != "k" else f"{n / size:.0f}{unit}"
+    return str(n)
+
+
+# --- internals -----------------------------------------------------------------------------------
+
+
+def _meta_params(cls: type, config: dict[str, Any]) -> int:
+    with torch.device("meta"):
+        model = cls(**config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def _safetensors_params(files: list[Path]) -> int | None:
+    """Parameter count from safetensors headers (no tensor is read)."""
+    from safetensors import safe_open
+
+    total = 0
+    try:
+        for file in files:
+            with safe_open(str(file), "pt") as handle:
+                for key in handle.keys():
+                    shape = handle.get_slice(key).get_shape()
+                    total += int(torch.Size(shape).numel())
+    except Exception:  # noqa: BLE001 - a listing shows '?' for an unreadable file
+        return None
+    return total
+
+
+def _disk_mb(folder: Path) -> float:
+    total = sum(os.path.getsize(p) for p in folder.rglob("*") if p.is_file())
+    return total / 2**20
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _meta(folder: Path, name: str) -> dict[str, Any]:
+    try:
+        data = json.loads((folder / name).read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _fitted(folder: Path) -> Entry:
+    meta = _meta(folder, tm.FITTED_META)
+    weights = sorted((folder / "unet").glob("*.safetensors")) + sorted(
+        (folder / "vae").glob("*.safetensors")
+    )
+    where = _display(folder)
+    settings = meta.get("settings") or {}
+    loss = (meta.get("losses") or {}).get("denoise") or {}
+    note = f"{meta.get('data', '?')}: {meta.get('frames', '?')} real frames"
+    if settings:
+        note += f", {settings.get('steps')} steps at {settings.get('image_size')} px"
+    if loss.get("first") is not None:
+        note += f", denoising loss {loss['first']:.3f} -> {loss['last']:.3f}"
+    return Entry(
+        "fitted",
+        folder.name,
+        str(meta.get("family", "?")),
+        _safetensors_params(weights),
+        _disk_mb(folder),
+        where,
+        f"teacher={meta.get('teacher', 'tiny-?')} teacher.path={where}",
+        note if meta else "unreadable metadata",
+    )
+
+
+def _adapted(folder: Path) -> Entry:
+    meta = _meta(folder, tm.ADAPTER_META)
+    base = meta.get("base") or {}
+    where = _display(folder)
+    note = f"rank {meta.get('rank', '?')} LoRA of {tm.base_label(base)} on {meta.get('data', '?')}"
+    return Entry(
+        "adapted",
+        folder.name,
+        str(base.get("family", "?")),
+        _safetensors_params([folder / meta.get("weights", tm.ADAPTER_WEIGHTS)]),
+        _disk_mb(folder),
+        where,
+        f"{tm.base_override(base)} teacher.lora={where}",
+        note if meta else "unreadable metadata",
+    )
