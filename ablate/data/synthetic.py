@@ -44,22 +44,12 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from ablate.data.manifest import COLUMNS
 from ablate.errors import AblateError
 
 VERSION = "2"  # bump whenever the generator's output changes (invalidates caches)
 METHODS = ("blend", "colour", "warp", "lowres")
 DEFAULT_METHODS = METHODS
-COLUMNS = [
-    "path",
-    "label",
-    "video_id",
-    "dataset",
-    "split",
-    "method",
-    "frame",
-    "source_path",
-    "target_path",
-]
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.csv"
 MARKER = "COMPLETE.json"  # written last: its presence means the build finished

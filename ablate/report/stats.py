@@ -18,16 +18,24 @@ from scipy import stats
 N_BOOT = 2000
 
 
-def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float, int]:
-    """(mean, low, high, n) of the mean of `values`; NaN bounds with fewer than two values."""
+def _finite(values: Sequence[float]) -> tuple[np.ndarray, int, tuple | None]:
+    """The finite values, their count, and the answer when there are too few for a CI."""
     x = np.asarray(values, dtype=float)
     x = x[np.isfinite(x)]
     n = int(x.size)
     if n == 0:
-        return float("nan"), float("nan"), float("nan"), 0
-    mean = float(x.mean())
+        return x, n, (float("nan"), float("nan"), float("nan"), 0)
     if n < 2:
-        return mean, float("nan"), float("nan"), n
+        return x, n, (float(x.mean()), float("nan"), float("nan"), n)
+    return x, n, None
+
+
+def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float, int]:
+    """(mean, low, high, n) of the mean of `values`; NaN bounds with fewer than two values."""
+    x, n, early = _finite(values)
+    if early is not None:
+        return early
+    mean = float(x.mean())
     half = float(stats.t.ppf(0.5 + level / 2, n - 1) * x.std(ddof=1) / np.sqrt(n))
     return mean, mean - half, mean + half, n
 
@@ -35,14 +43,10 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, flo
 def bootstrap_mean(values: Sequence[float], n_boot: int = N_BOOT, seed: int = 0,
                    level: float = 0.95) -> tuple[float, float, float, int]:
     """(mean, low, high, n): percentile bootstrap CI of the mean; NaN bounds below two values."""
-    x = np.asarray(values, dtype=float)
-    x = x[np.isfinite(x)]
-    n = int(x.size)
-    if n == 0:
-        return float("nan"), float("nan"), float("nan"), 0
+    x, n, early = _finite(values)
+    if early is not None:
+        return early
     mean = float(x.mean())
-    if n < 2:
-        return mean, float("nan"), float("nan"), n
     rng = np.random.default_rng(seed)
     means = x[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)
     low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
