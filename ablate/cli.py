@@ -165,7 +165,7 @@ def sweep_cmd(space: str, trials: int | None, concurrency: int | None, db_url: s
 
     \b
     Examples:
-      ablate sweep --space quick                       # CPU demo, ~10 min on 2 cores
+      ablate sweep --space quick                       # CPU demo, ~5 min on 2 cores
       ablate sweep --space modules --db postgresql://me@dbhost/ablate
       ablate sweep --space paper --address ray://head:10001 --gpus 1
       ablate sweep --space quick --name quick-1 --resume   # after Ctrl-C
@@ -189,7 +189,7 @@ def sweep_cmd(space: str, trials: int | None, concurrency: int | None, db_url: s
               help="Seeds per teacher (the same seeds and data for every teacher).")
 @click.option("--recipe", "recipe", multiple=True, metavar="KEY=VALUE",
               help="Recipe override shared by all teachers (repeatable). "
-                   "Default: the CPU demo recipe (tiny backbone, 64 px, synth-blend, 60 steps).")
+                   "Default: a CPU recipe (tiny backbone, 64 px, synth-blend, 240 steps).")
 @click.option("--tests", metavar="A,B,...", help="Test sets (default with no --recipe: the "
               "embedded benchmark's four families).")
 @click.option("--db", "db_url", metavar="URL", help="Results DB URL (default: results/ablate.db).")
@@ -235,7 +235,7 @@ def compare_teachers_cmd(teachers: str, seeds: int, recipe: tuple[str, ...], tes
 @click.option("--fit-steps", type=click.IntRange(min=1),
               help="UNet steps when fitting the teacher (default: the fit's default).")
 def demo_cmd(db_url: str | None, trials: int | None, fit_steps: int | None) -> None:
-    """The whole loop on this CPU (what `make demo` runs), about 15 minutes on 2 cores.
+    """The whole loop on this CPU (what `make demo` runs), about 10 minutes on 2 cores.
 
     \b
     1. build the embedded benchmark          (cached under results/benchmark/)

@@ -27,7 +27,7 @@ REPORTS_DIR = Path("results/reports")
 # The CPU default when no --recipe is given: the `quick` space's recipe.
 CPU_RECIPE = {
     "backbone": "tiny", "image_size": 64, "data.train": "synth-blend", "train": "cpu",
-    "train.steps": 60, "train.batch_size": 8, "train.eval_every": 15, "train.log_every": 15,
+    "train.steps": 240, "train.batch_size": 8, "train.eval_every": 40, "train.log_every": 20,
 }
 CPU_TESTS = ["synth-blend", "synth-colour", "synth-warp", "synth-lowres"]
 

@@ -531,6 +531,9 @@ def _tuner(space, db, name, sweep_id, n_trials, per_trial, concurrency, force, n
             search_alg=None if grid else _searcher(space, OptunaSearch, db, name),
             scheduler=None if grid else _scheduler(space, reference, ASHAScheduler),
             num_samples=1 if grid else n_trials, max_concurrent_trials=limit,
+            # keep worker processes between trials: each new one re-imports torch and
+            # diffusers (seconds per trial, outside trial compute)
+            reuse_actors=True,
         ),
         param_space={GRID_KEY: tune.grid_search(list(grid))} if grid else None,
         run_config=tune.RunConfig(
