@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ablate.data.dataset import FrameCache, ManifestDataset
-from ablate.data.loader import make_loader, resolve_dataset, split_rows
+from ablate.data.loader import resolve_dataset, split_rows
 from ablate.metrics import eer_threshold, evaluate_scores, frame_metrics
 
 
@@ -29,17 +29,20 @@ def score(
     """Fake probabilities per frame: columns path, video_id, label, score."""
     was_training = classifier.training
     classifier.eval()
-    rows: list[pd.DataFrame] = []
-    loader = make_loader(dataset, batch_size, shuffle=False)
-    for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
-        probs = torch.sigmoid(classifier(batch["image"].to(device))).float().cpu().numpy()
-        rows.append(pd.DataFrame({
-            "path": batch["path"], "video_id": batch["video_id"],
-            "label": batch["label"].numpy().astype(int), "score": probs,
-        }))
+    n = len(dataset)
+    starts = range(0, n, batch_size)
+    probs = []
+    for start in tqdm(starts, desc=desc, unit="batch", disable=not progress, leave=False):
+        images = dataset.images(list(range(start, min(start + batch_size, n))))
+        probs.append(torch.sigmoid(classifier(images.to(device))).float().cpu())
     classifier.train(was_training)
-    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(
-        columns=["path", "video_id", "label", "score"])
+    rows = dataset.rows
+    return pd.DataFrame({
+        "path": rows["path"].astype(str).to_numpy(),
+        "video_id": rows["video_id"].astype(str).to_numpy(),
+        "label": rows["label"].astype(int).to_numpy(),
+        "score": torch.cat(probs).numpy() if probs else [],
+    })
 
 
 @dataclass

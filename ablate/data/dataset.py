@@ -148,13 +148,15 @@ class ManifestDataset(Dataset):
             for i, reason in reasons.dropna().items()
         ]
         self.rows = rows[reasons.isna()].reset_index(drop=True)
+        # plain dicts: a pandas .iloc per item cost more than decoding a cached frame
+        self._records = self.rows.to_dict("records")
         self._report(len(rows), split, max_skip_fraction)
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, index: int) -> dict:
-        row = self.rows.iloc[index]
+        row = self._records[index]
         image = self._load(row["path"])
         item = {
             "image": _flip_maybe(image) if self.augment else image,
@@ -167,6 +169,16 @@ class ManifestDataset(Dataset):
             item["source"] = image if real else self._load(row["source_path"])
             item["target"] = image if real else self._load(row["target_path"])
         return item
+
+    def images(self, indices: list[int]) -> torch.Tensor:
+        """Frames `indices` as one batch [N, 3, S, S] in [-1, 1], no augmentation.
+
+        Evaluation's path: one stack and one conversion per batch instead of one
+        per item plus a DataLoader collate (which cost a quarter of eval time).
+        """
+        arrays = [self.cache.get(self._records[i]["path"], self.image_size) for i in indices]
+        batch = torch.from_numpy(np.stack(arrays))  # [N, S, S, 3] uint8
+        return batch.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
 
     def skip_summary(self) -> str:
         """Counts of skipped rows by reason, with example files."""
