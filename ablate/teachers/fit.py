@@ -147,6 +147,16 @@ def _schedule(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_sc
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def _step(loss: Tensor, optimizer: torch.optim.Optimizer,
+          schedule: torch.optim.lr_scheduler.LRScheduler, params: list) -> None:
+    """One clipped optimiser step (the VAE and the UNet fits share it)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    schedule.step()
+
+
 def denoising_loss(teacher: Teacher, latents: Tensor, generator: torch.Generator) -> Tensor:
     """MSE of the teacher's own objective (epsilon or v) at uniform timesteps, empty prompt."""
     device = teacher.context.device
@@ -181,11 +191,7 @@ def train_denoiser(
     try:
         for _ in bar:
             loss = denoising_loss(teacher, bank.sample(batch_size, generator), generator)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            schedule.step()
+            _step(loss, optimizer, schedule, params)
             losses.append(loss.item())
             bar.set_postfix(loss=f"{_smooth(losses):.4f}", refresh=False)
     finally:
@@ -224,11 +230,7 @@ def train_vae(
             rec = F.l1_loss(reconstruction.float(), x.float())
             kl = posterior.kl().mean() / z[0].numel()
             loss = rec + kl_weight * kl
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            schedule.step()
+            _step(loss, optimizer, schedule, params)
             losses.append(rec.item())
             bar.set_postfix(l1=f"{_smooth(losses):.4f}", kl=f"{kl.item():.2f}", refresh=False)
     finally:
