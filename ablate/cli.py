@@ -28,9 +28,12 @@ def cli(debug: bool) -> None:
 
     \b
     Quick start (CPU, tiny teacher twins):
+      ablate demo                      # benchmark, fitted twin, quick sweep, report (~10 min)
       ablate list                      # every variant of every slot
-      ablate train                     # one guided training run, default recipe
-      ablate train filter=code teacher=tiny-sd21 train.steps=100
+      ablate train filter=code teacher=tiny-sd21 train.steps=100   # one recipe
+      ablate sweep --space quick       # a search space as Ray Tune trials (ablate spaces)
+      ablate report                    # tables and plots of the newest sweep
+      ablate compare-teachers --teachers tiny-sd15,tiny-sd21
     """
     _State.debug = debug
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

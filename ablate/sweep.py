@@ -38,7 +38,7 @@ class TrialContext:
     seeds: list[int]
     runs_dir: str
     report_seed: int
-    reuse: dict[str, dict] = field(default_factory=dict)  # "hash:seed" -> stored trial
+    reuse: dict[str, dict] = field(default_factory=dict)  # "hash:seed" -> its stored result
     force: bool = False
     threads: int = 1
     n_boot: int = 1000
@@ -95,8 +95,9 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         base = {"seed": seed, "recipe_hash": identity, "recipe": result_dict(cfg),
                 "started": _now()}
         if stored and not context.force:
-            seed_results.append({**base, "status": "reused", "reused_from": stored["id"],
-                                 "stored": stored, "ended": _now()})
+            result = {k: v for k, v in stored.items() if k not in ("id", "sweep")}
+            seed_results.append({**base, **result, "status": "reused",
+                                 "reused_from": stored["id"], "ended": _now()})
             if seed == context.report_seed and stored.get("val_auc") is not None:
                 tune.report({"val_auc": stored["val_auc"], "step": 0, "seed": seed})
             continue
@@ -146,7 +147,7 @@ def summarise(seed_results: list[dict]) -> dict[str, float]:
     def values(key: str) -> list[float]:
         out = []
         for r in seed_results:
-            v = r.get(key, (r.get("stored") or {}).get(key))
+            v = r.get(key)
             if v is not None and not (isinstance(v, float) and math.isnan(v)):
                 out.append(float(v))
         return out
@@ -157,7 +158,7 @@ def summarise(seed_results: list[dict]) -> dict[str, float]:
         vals = values(key)
         summary[key] = sum(vals) / len(vals) if vals else float("nan")
     tests = [m["value"] for r in seed_results
-             for m in (r.get("metrics") or (r.get("stored") or {}).get("metrics") or [])
+             for m in r.get("metrics") or []
              if m.get("split") == "test" and m.get("level") == "frame" and m.get("metric") == "auc"]
     summary["test_auc_mean"] = sum(tests) / len(tests) if tests else float("nan")
     return summary
@@ -243,19 +244,19 @@ def _trial_callback_class():  # noqa: ANN202
 
         def _record_seeds(self, trial, seed_results: list[dict]) -> None:  # noqa: ANN001
             for r in seed_results:
-                stored = r.get("stored") or {}
+                # a reused seed spent no compute here: its run costs stay with the original row
+                cost = {} if r["status"] == "reused" else r
                 self.db.record_trial(
                     self.sweep_id, f"{trial.trial_id}:{r['seed']}",
                     recipe_hash=r["recipe_hash"], recipe=r["recipe"], seed=r["seed"],
                     status=r["status"], started=_parse(r["started"]), ended=_parse(r["ended"]),
-                    error=r.get("error"), wall_s=r.get("wall_s"), train_steps=r.get("train_steps"),
-                    params_trainable=r.get("params_trainable", stored.get("params_trainable")),
-                    params_inference=r.get("params_inference", stored.get("params_inference")),
-                    peak_mem_mb=r.get("peak_mem_mb"), step_time_s=r.get("step_time_s"),
-                    run_dir=r.get("run_dir", stored.get("run_dir")),
-                    reused_from=r.get("reused_from"),
-                    metrics=r.get("metrics") or stored.get("metrics") or [],
-                    curves=[tuple(c) for c in (r.get("curves") or stored.get("curves") or [])],
+                    error=r.get("error"), wall_s=cost.get("wall_s"),
+                    train_steps=cost.get("train_steps"), peak_mem_mb=cost.get("peak_mem_mb"),
+                    step_time_s=cost.get("step_time_s"),
+                    params_trainable=r.get("params_trainable"),
+                    params_inference=r.get("params_inference"), run_dir=r.get("run_dir"),
+                    reused_from=r.get("reused_from"), metrics=r.get("metrics") or [],
+                    curves=[tuple(c) for c in r.get("curves") or []],
                 )
 
         def _record_simple(self, trial, status: str, error: str | None) -> None:  # noqa: ANN001
@@ -310,7 +311,7 @@ class SweepSummary:
     table: Any  # pandas.DataFrame
 
 
-def connect_ray(address: str | None, num_cpus: int | None) -> None:
+def connect_ray(address: str | None) -> None:
     """Join the cluster at `address` (or $RAY_ADDRESS), else start a local Ray."""
     import ray
 
@@ -325,7 +326,7 @@ def connect_ray(address: str | None, num_cpus: int | None) -> None:
             ray.init(address=address, runtime_env=env, log_to_driver=False,
                      ignore_reinit_error=True)
         else:
-            ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False,
                      runtime_env=env, log_to_driver=False, ignore_reinit_error=True)
     except (ConnectionError, RuntimeError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -434,7 +435,7 @@ def run_sweep(
                  "gpu": gpus if gpus is not None else space.resources.gpu}
     reference = compose(space.overrides())
     _prepare_data(reference, space)
-    connect_ray(address, None)
+    connect_ray(address)
     sweep_id = None
     try:
         sweep_id = db.start_sweep(
