@@ -148,10 +148,9 @@ def compare_teachers(
     name = name or f"compare-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
     fixed = parse_recipe(recipe) if recipe else dict(CPU_RECIPE)
     tests = tests or ([] if recipe else CPU_TESTS)
-    space_path = write_space(name, specs, fixed, tests or [], seeds, {"cpu": cpus, "gpu": gpus})
     if not tests:
-        space_path.unlink()
         raise AblateError("give the test sets with --tests when --recipe is set")
+    space_path = write_space(name, specs, fixed, tests, seeds, {"cpu": cpus, "gpu": gpus})
     teachers = check_teachers(space_path, specs)
     grid = {s.label: s.overrides() for s in specs}
     run_sweep(str(space_path), db_url=db_url, address=address, name=name, resume=resume,
@@ -193,7 +192,7 @@ def comparison_table(db, name: str, teachers: dict[str, dict], n_boot: int = 100
         errors = "; ".join(f"{r.teacher}: {r.status} {r.error or ''}".strip()
                            for r in trials.itertuples())
         raise AblateError(f"comparison {name} has no finished trials ({errors})")
-    scores = _load_scores(db, done)
+    scores = _load_scores(done)
     metrics = db.metrics(name)
     labels = list(teachers)
     base = labels[0]
@@ -223,7 +222,7 @@ def _test_sets(metrics: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(test["dataset"]))
 
 
-def _load_scores(db, done: pd.DataFrame) -> dict:  # noqa: ANN001
+def _load_scores(done: pd.DataFrame) -> dict:
     """(teacher, seed) -> per-frame scores table, where the run folder is readable here."""
     from ablate.sweep import SCORES
 
