@@ -1,68 +1,23 @@
-"""Scoring and cross-dataset evaluation: encoder + head only, never the teacher.
+"""Cross-dataset evaluation: encoder + head only, never the teacher.
 
 Thresholds and checkpoints are chosen on the source domain's validation split
-(`select_on_validation`); test sets only ever receive the chosen model.
+during training (`ablate.scoring`); test sets only ever receive the chosen model.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
 from omegaconf import DictConfig
 from torch import nn
-from tqdm.auto import tqdm
 
 from ablate.data.dataset import FrameCache, ManifestDataset
 from ablate.data.loader import resolve_dataset, split_rows
-from ablate.metrics import eer_threshold, evaluate_scores, frame_metrics
-
-
-@torch.no_grad()
-def score(
-    classifier: nn.Module, dataset: ManifestDataset, batch_size: int = 64,
-    device: str | torch.device = "cpu", progress: bool = True, desc: str = "scoring",
-) -> pd.DataFrame:
-    """Fake probabilities per frame: columns path, video_id, label, score."""
-    was_training = classifier.training
-    classifier.eval()
-    n = len(dataset)
-    starts = range(0, n, batch_size)
-    probs = []
-    for start in tqdm(starts, desc=desc, unit="batch", disable=not progress, leave=False):
-        images = dataset.images(list(range(start, min(start + batch_size, n))))
-        probs.append(torch.sigmoid(classifier(images.to(device))).float().cpu())
-    classifier.train(was_training)
-    rows = dataset.rows
-    return pd.DataFrame({
-        "path": rows["path"].astype(str).to_numpy(),
-        "video_id": rows["video_id"].astype(str).to_numpy(),
-        "label": rows["label"].astype(int).to_numpy(),
-        "score": torch.cat(probs).numpy() if probs else [],
-    })
-
-
-@dataclass
-class Selection:
-    """What was chosen on the source validation split, stored with the run."""
-
-    step: int
-    val_auc: float
-    threshold: float
-    n_frames: int
-    dataset: str
-
-    def as_dict(self) -> dict:
-        return {"metric": "val_auc", "split": "val", **self.__dict__}
-
-
-def validation_point(scores: pd.DataFrame) -> tuple[float, float]:
-    """(frame AUC, EER threshold) on validation scores."""
-    labels, probs = scores["label"].to_numpy(), scores["score"].to_numpy()
-    return frame_metrics(labels, probs)["auc"], eer_threshold(labels, probs)
+from ablate.metrics import evaluate_scores
+from ablate.scoring import score
 
 
 def test_rows(name: str, image_size: int, cache: FrameCache | None = None,
@@ -127,7 +82,7 @@ def evaluate_run(
     during training (run.json); metrics are also written to <run>/metrics.csv.
     """
     from ablate.checkpoint import RUN_INFO, load_classifier, resolve_run
-    from ablate.train import pick_device
+    from ablate.device import pick_device
 
     folder = resolve_run(run)
     dev = pick_device(device)

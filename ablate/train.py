@@ -16,8 +16,8 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from ablate.checkpoint import save_run
+from ablate.device import pick_device
 from ablate.errors import AblateError
-from ablate.evaluate import Selection, score, validation_point
 from ablate.model.build import build_detector
 from ablate.model.detector import DiffusionFakeDetector
 from ablate.model.latent_cache import LatentCache
@@ -29,6 +29,7 @@ from ablate.model.speed import (
     tune_kernels,
 )
 from ablate.recipe import recipe_hash
+from ablate.scoring import Selection, score, validation_point
 
 
 class TrainingDiverged(AblateError):
@@ -52,14 +53,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise AblateError("train.device=cuda but no CUDA device is visible; use train.device=cpu")
-    return torch.device(name)
 
 
 def make_optimizer(

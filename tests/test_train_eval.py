@@ -15,8 +15,9 @@ from safetensors.torch import load_file
 from sklearn.metrics import roc_auc_score
 
 from ablate.checkpoint import INFERENCE, RUN_INFO, TRAINABLE, load_classifier
-from ablate.evaluate import evaluate_run, score
+from ablate.evaluate import evaluate_run
 from ablate.recipe import compose
+from ablate.scoring import score
 from ablate.train import train
 
 TINY = ["backbone=tiny", "image_size=32", "train=cpu", "train.steps=4", "train.batch_size=4",

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ablate.data.dataset import ManifestDataset
-from ablate.evaluate import score
+from ablate.device import pick_device
 from ablate.model.build import build_classifier, build_detector
 from ablate.model.latent_cache import LatentCache
 from ablate.model.speed import (
@@ -57,7 +57,8 @@ from ablate.model.speed import (
     tune_kernels,
 )
 from ablate.recipe import compose, recipe_hash
-from ablate.train import make_optimizer, pick_device, seed_everything, train_step
+from ablate.scoring import score
+from ablate.train import make_optimizer, seed_everything, train_step
 
 SPEEDUP_GOAL = 1.5  # straightforward / guided
 EVAL_GOAL = 0.9  # eval throughput / bare forward throughput

@@ -1,0 +1,36 @@
+"""Where a run computes: the device and what reduced precision it can do.
+
+Its own module so that training, evaluation and the benchmark all ask one place
+(and no two of them import each other for it).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ablate.errors import AblateError
+
+
+def pick_device(name: str) -> torch.device:
+    """`auto` -> cuda if visible, else cpu; an explicit cuda without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise AblateError("train.device=cuda but no CUDA device is visible; use train.device=cpu")
+    return torch.device(name)
+
+
+def supports_dtype(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether `device` computes in `dtype` natively (not by slow emulation).
+
+    CPUs: bf16 needs AVX512-BF16/AMX (oneDNN reports it); fp16 matmuls on CPU are
+    emulated almost everywhere, so only bf16 counts there.
+    """
+    if dtype == torch.float32:
+        return True
+    if device.type == "cuda":
+        return dtype != torch.bfloat16 or torch.cuda.is_bf16_supported()
+    if dtype == torch.bfloat16:
+        check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+        return bool(check()) if check is not None else False
+    return False
