@@ -43,6 +43,7 @@ class Registry:
     def __init__(self, slot: str) -> None:
         self.slot = slot
         self._entries: dict[str, Entry] = {}
+        self.notes: dict[str, str] = {}  # argument -> what its values mean (`ablate list`)
 
     def register(
         self, name: str, description: str, **defaults: Any
