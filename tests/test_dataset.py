@@ -178,13 +178,43 @@ def test_augment_flips_image_only(tmp_path):
     torch.manual_seed(0)
     df = table(tmp_path)
     plain = ManifestDataset(df, image_size=SIZE, guided=True)[4]
-    ds = ManifestDataset(df, image_size=SIZE, guided=True, augment=True)
-    flipped = [
-        torch.equal(item["image"], plain["image"].flip(-1)) for item in (ds[4] for _ in range(20))
-    ]
-    assert any(flipped) and not all(flipped)
-    item = ds[4]
-    assert torch.equal(item["source"], plain["source"])
+    ds = ManifestDataset(df, image_size=SIZE, guided=True, augment="flip")
+    items = [ds[4] for _ in range(20)]
+    flipped = [torch.equal(item["image"], plain["image"].flip(-1)) for item in items]
+    kept = [torch.equal(item["image"], plain["image"]) for item in items]
+    assert any(flipped) and any(kept) and all(f or k for f, k in zip(flipped, kept, strict=True))
+    for item in items:
+        assert torch.equal(item["source"], plain["source"])
+        assert torch.equal(item["target"], plain["target"])
+
+
+@pytest.mark.parametrize("preset", ["flip", "paper", "code"])
+@pytest.mark.parametrize("index", [0, 4], ids=["real", "fake"])
+def test_augment_leaves_clean_source_and_target_unaugmented(tmp_path, preset, index):
+    """Weight targets come from "clean": it must equal what augment="none" gives as image."""
+    torch.manual_seed(0)
+    df = table(tmp_path)
+    plain = ManifestDataset(df, image_size=SIZE, guided=True)[index]
+    ds = ManifestDataset(df, image_size=SIZE, guided=True, augment=preset)
+    items = [ds[index] for _ in range(30)]
+    for item in items:
+        assert torch.equal(item["clean"], plain["image"])
+        assert torch.equal(item["source"], plain["source"])
+        assert torch.equal(item["target"], plain["target"])
+        assert item["image"].shape == (3, SIZE, SIZE) and item["image"].dtype == torch.float32
+        assert item["image"].min() >= -1 and item["image"].max() <= 1
+    assert any(not torch.equal(item["image"], item["clean"]) for item in items)
+    if index == 0:  # a real's partners are its own un-augmented frame
+        assert torch.equal(plain["source"], plain["image"])
+
+
+def test_augment_none_gives_clean_image_and_bad_names_fail_early(tmp_path):
+    df = table(tmp_path)
+    item = ManifestDataset(df, image_size=SIZE, guided=True)[4]
+    assert torch.equal(item["image"], item["clean"])
+    for bad in (True, False, "cutout"):
+        with pytest.raises(AblateError, match="none, flip, paper, code"):
+            ManifestDataset(df, image_size=SIZE, augment=bad)
 
 
 def test_split_selection_and_manifest_path(tmp_path):

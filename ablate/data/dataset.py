@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from ablate.data.augment import Augment, build_augment
 from ablate.data.manifest import SPLITS, load_manifest, validate
 from ablate.errors import AblateError
 
@@ -105,6 +106,11 @@ def _unit_range(pixels: torch.Tensor) -> torch.Tensor:
     return pixels.movedim(-1, -3).float().div(127.5).sub(1.0)
 
 
+def _augmented(pixels: torch.Tensor, augment: Augment) -> torch.Tensor:
+    """uint8 [S, S, 3] -> augment on uint8 [3, S, S] -> float [3, S, S] in [-1, 1]."""
+    return _unit_range(augment(pixels.movedim(-1, -3)).movedim(-3, -1))
+
+
 @dataclass(frozen=True)
 class Skipped:
     """A manifest row left out, and why."""
@@ -117,12 +123,13 @@ class Skipped:
 class ManifestDataset(Dataset):
     """Manifest rows -> dicts of tensors; images in [-1, 1], shape [3, S, S].
 
-    Item: {"image", "source", "target", "label" (float scalar), "video_id", "path"};
-    "source"/"target" only when `guided` (reals use their own frame for both).
-    `augment` flips the image horizontally with p=0.5; source and target are only
-    resized, as in the released code. With `preload=False` frames are decoded on
-    first use instead: missing files are still skipped at construction, but a
-    corrupt one then raises AblateError when reached.
+    Item: {"image", "source", "target", "clean", "label" (float scalar), "video_id", "path"};
+    "source"/"target"/"clean" only when `guided` (reals use their own frame for both).
+    `augment` names a preset of `ablate.data.augment` applied to "image" only; source
+    and target are only resized, as in the released code, and "clean" is the image
+    un-augmented (what augment="none" gives), from which weight targets are computed.
+    With `preload=False` frames are decoded on first use instead: missing files are
+    still skipped at construction, but a corrupt one then raises AblateError when reached.
     Pass one `cache` to several datasets to share decoded frames between them.
     """
 
@@ -132,7 +139,7 @@ class ManifestDataset(Dataset):
         image_size: int,
         split: str | None = None,
         guided: bool = False,
-        augment: bool = False,
+        augment: str = "none",
         cache_dir: str | Path | None = None,
         memory_cache: bool = True,
         preload: bool = True,
@@ -144,6 +151,7 @@ class ManifestDataset(Dataset):
         self.image_size = image_size
         self.guided = guided
         self.augment = augment
+        self._augment = build_augment(augment, image_size)  # validates the name
         self.cache = cache if cache is not None else FrameCache(cache_dir, memory=memory_cache)
         rows = _select(_as_table(manifest_df), split)
         problems = self._file_problems(rows, preload)
@@ -162,17 +170,20 @@ class ManifestDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         row = self._records[index]
-        image = self._load(row["path"])
+        pixels = self._pixels(row["path"])  # [S, S, 3] uint8
+        clean = _unit_range(pixels)  # [3, S, S] in [-1, 1]
+        image = clean if self.augment == "none" else _augmented(pixels, self._augment)
         item = {
-            "image": _flip_maybe(image) if self.augment else image,
+            "image": image,
             "label": torch.tensor(float(row["label"])),
             "video_id": str(row["video_id"]),
             "path": str(row["path"]),
         }
         if self.guided:
             real = row["label"] == 0
-            item["source"] = image if real else self._load(row["source_path"])
-            item["target"] = image if real else self._load(row["target_path"])
+            item["clean"] = clean
+            item["source"] = clean if real else self._load(row["source_path"])
+            item["target"] = clean if real else self._load(row["target_path"])
         return item
 
     def images(self, indices: list[int]) -> torch.Tensor:
@@ -197,7 +208,8 @@ class ManifestDataset(Dataset):
 
     # -------------------------------------------------------------- internals
 
-    def _load(self, path: str) -> torch.Tensor:
+    def _pixels(self, path: str) -> torch.Tensor:
+        """The cached frame as uint8 [S, S, 3] (shares memory with the cache: read only)."""
         try:
             array = self.cache.get(path, self.image_size)
         except Exception as err:  # noqa: BLE001 - only reachable with preload=False
@@ -205,7 +217,10 @@ class ManifestDataset(Dataset):
                 f"cannot decode frame {path} ({type(err).__name__}); run "
                 "`ablate data check` on the manifest, or keep preload=True to skip bad frames"
             ) from None
-        return _unit_range(torch.from_numpy(array))  # [S, S, 3] uint8 -> [3, S, S]
+        return torch.from_numpy(array)
+
+    def _load(self, path: str) -> torch.Tensor:
+        return _unit_range(self._pixels(path))  # [S, S, 3] uint8 -> [3, S, S]
 
     def _row_reasons(self, rows: pd.DataFrame, problems: dict[str, str]) -> pd.Series:
         """Reason each row is unusable (NaN if usable): its image or, guided, a partner."""
@@ -282,8 +297,3 @@ def _bad_file(row: pd.Series, problems: dict[str, str], reason: str) -> str:
         if problems.get(row[col]) == reason:
             return row[col]
     return row["path"]
-
-
-def _flip_maybe(image: torch.Tensor) -> torch.Tensor:
-    """Horizontal flip with p=0.5 (torch RNG, so DataLoader workers differ)."""
-    return image.flip(-1) if torch.rand(()) < 0.5 else image

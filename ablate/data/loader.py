@@ -82,7 +82,7 @@ def source_table(cfg: DictConfig) -> pd.DataFrame:
     return resolve_dataset(cfg.data.train, _adapter_overrides(cfg))
 
 
-def _dataset(cfg: DictConfig, rows: pd.DataFrame, guided: bool, augment: bool,
+def _dataset(cfg: DictConfig, rows: pd.DataFrame, guided: bool, augment: str,
              cache: FrameCache) -> ManifestDataset:
     return ManifestDataset(
         rows, cfg.image_size, guided=guided, augment=augment, cache=cache,
@@ -95,7 +95,7 @@ def train_and_val(cfg: DictConfig) -> tuple[ManifestDataset, ManifestDataset]:
     table = source_table(cfg)
     cache = FrameCache()
     train = _dataset(cfg, split_rows(table, "train", cfg.data.train), True, cfg.data.augment, cache)
-    val = _dataset(cfg, split_rows(table, "val", cfg.data.train), False, False, cache)
+    val = _dataset(cfg, split_rows(table, "val", cfg.data.train), False, "none", cache)
     return train, val
 
 
