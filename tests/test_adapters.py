@@ -134,6 +134,19 @@ def test_official_code_preset(ffpp_root):
     assert counts.loc["train", 1] == 9  # 3 fake videos x 3 frames, under 19 reals
 
 
+def test_official_code_balances_train_only(ffpp_root):
+    """Released code: fakes subsampled 1:1 on train; val and test keep every sampled frame."""
+    df = _ffpp(ffpp_root, preset="official_code", frames_per_real_video=2,
+               frames_per_fake_video=10)
+    counts = df.groupby(["split", "label"]).size().unstack()
+    assert counts.loc["train", 0] == 4 and counts.loc["train", 1] == 4  # 30 fakes -> 4
+    assert counts.loc["val", 0] == 4 and counts.loc["val", 1] == 20  # all kept
+    assert counts.loc["test", 0] == 4 and counts.loc["test", 1] == 20
+    every = _ffpp(ffpp_root, preset="official_code", frames_per_real_video=2,
+                  frames_per_fake_video=10, balance_splits=["train", "val", "test"])
+    assert (every.groupby(["split", "label"]).size().unstack()[1] == 4).all()
+
+
 def test_sample_evenly():
     assert sample_evenly(list(range(10)), 3) == [0, 4, 9]  # linspace(0, 9, 3) = 0, 4.5, 9
     assert sample_evenly([1, 2], 5) == [1, 2]

@@ -12,7 +12,10 @@ Settings shared by all adapters (see `Sampling`):
     frames_per_real_video, frames_per_fake_video
                            per-label overrides for every split (released code: 50 / 16)
     fake_real_ratio        None keeps all; a number r subsamples fakes (seeded) so that
-                           fakes <= r * reals in each split (released code: 1.0)
+                           fakes <= r * reals in each split of balance_splits (released
+                           code: 1.0, train only)
+    balance_splits         splits that fake_real_ratio balances (default: train only; val
+                           and test keep every sampled frame, as in the released code)
     seed                   for fake subsampling and val selection
     splits                 splits to keep; each must be non-empty (default: the
                            adapter's own required splits, extra ones kept if found)
@@ -54,7 +57,7 @@ REAL = "real"  # method name of every real frame
 PRESETS: dict[str, dict[str, Any]] = {
     # NeurIPS paper text: 270 train / 100 val-test frames per video, all fakes kept (~4x reals)
     "paper": {"frames_per_video": 270, "frames_per_video_eval": 100, "fake_real_ratio": None},
-    # released code: 50 frames per real and 16 per fake video, balanced 1:1, every split
+    # released code: 50 frames per real and 16 per fake video, balanced 1:1 on train only
     "official_code": {
         "frames_per_real_video": 50,
         "frames_per_fake_video": 16,
@@ -75,6 +78,7 @@ class Sampling:
     frames_per_real_video: int | None = None
     frames_per_fake_video: int | None = None
     fake_real_ratio: float | None = None
+    balance_splits: tuple[str, ...] = ("train",)
     seed: int = 0
     splits: tuple[str, ...] | None = None
 
@@ -116,6 +120,8 @@ def sampling_from(adapter: str, settings: dict[str, Any]) -> Sampling:
         raise AblateError(f"fake_real_ratio must be a positive number or null, got {ratio!r}")
     if merged.get("splits") is not None:
         merged["splits"] = tuple(_split_names(merged["splits"]))
+    if merged.get("balance_splits") is not None:
+        merged["balance_splits"] = tuple(_split_names(merged["balance_splits"]))
     return Sampling(**merged)
 
 
@@ -311,12 +317,16 @@ def _video_rows(
 
 
 def _balance(df: pd.DataFrame, sampling: Sampling, notes: Notes) -> pd.DataFrame:
-    """Subsample fakes per split so that fakes <= ratio * reals (seeded, row level)."""
+    """Subsample fakes per balanced split so that fakes <= ratio * reals (seeded, row level);
+    other splits keep every sampled frame."""
     ratio = sampling.fake_real_ratio
     if ratio is None or df.empty:
         return df
     keep = []
     for split, part in df.groupby("split", sort=True):
+        if split not in sampling.balance_splits:
+            keep.append(part)
+            continue
         fakes = part[part["label"] == 1]
         n_real = int((part["label"] == 0).sum())
         allowed = int(round(ratio * n_real))
