@@ -1,9 +1,12 @@
 """Run folders: safetensors weights with the composed recipe beside them.
 
     <run>/recipe.yaml            the composed recipe (what the numbers mean)
-    <run>/trainable.safetensors  every trained module (resume, analysis)
-    <run>/inference.safetensors  encoder + head only: what a detector ships
+    <run>/trainable.safetensors  every trained module (analysis), at the selected step
+    <run>/inference.safetensors  encoder + head only: what a detector ships, same step
     <run>/run.json               steps, timings, parameter counts, selection info
+
+Both weight files come from the one step chosen on the source validation split
+(`checkpoint_step` in run.json and in each file's safetensors metadata).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ def save_run(
 ) -> Path:
     """Write a run folder; files are written under temporary names, then renamed."""
     folder.mkdir(parents=True, exist_ok=True)
-    meta = {"format": "ablate-run-v1"}
+    meta = {"format": "ablate-run-v1", "step": str(info.get("checkpoint_step", ""))}
     for name, state in ((TRAINABLE, trainable), (INFERENCE, inference)):
         tmp = folder / (name + ".tmp")
         save_file(_contiguous(state), str(tmp), metadata=meta)
@@ -64,6 +67,8 @@ def load_classifier(path: str | Path, device: str = "cpu"):  # noqa: ANN201
     folder = resolve_run(path)
     cfg = load_yaml(folder / RECIPE)
     cfg.backbone.pretrained_path = None  # the checkpoint holds the trained weights
+    if "random_init" in cfg.backbone:  # ...so a paper encoder needs no ImageNet file here
+        cfg.backbone.random_init = True
     logger = logging.getLogger("ablate.model.backbone")
     level = logger.level
     logger.setLevel(logging.ERROR)

@@ -33,7 +33,7 @@ def cli(debug: bool) -> None:
       ablate train filter=code teacher=tiny-sd21 train.steps=100   # one recipe
       ablate sweep --space quick       # a search space as Ray Tune trials (ablate spaces)
       ablate report                    # tables and plots of the newest sweep
-      ablate compare-teachers --teachers tiny-sd15,tiny-sd21
+      ablate compare-teachers --teachers none,tiny-sd15,tiny-sd21   # none = plain baseline
     """
     _State.debug = debug
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -43,11 +43,15 @@ def cli(debug: bool) -> None:
 @click.argument("slot", required=False)
 def list_cmd(slot: str | None) -> None:
     """List the registered variants of SLOT (default: all slots), with their arguments."""
+    import textwrap
+
     from ablate.registry import SLOTS, registry
 
+    indent = " " * 25
     for name in [slot] if slot else list(SLOTS):
         reg = registry(name)
         click.secho(f"{reg.slot}", bold=True)
+        shown: set[str] = set()
         for entry in reg.entries():
             click.echo(f"  {entry.name:<22} {entry.description}")
             args = {
@@ -55,8 +59,16 @@ def list_cmd(slot: str | None) -> None:
                 if k not in ("in_channels", "out_channels", "in_size", "out_size", "teacher",
                              "image_size")
             }
-            if args:
-                click.echo(" " * 25 + ", ".join(f"{k}={v}" for k, v in args.items()))
+            shown.update(args)
+            if args:  # None as `null`: what a Hydra override or a config file says
+                click.echo(indent + ", ".join(
+                    f"{k}={'null' if v is None else v}" for k, v in args.items()
+                ))
+        for arg, note in reg.notes.items():  # once per slot, not under every variant
+            if arg in shown:
+                label = f"  {reg.slot}.{arg}:"
+                click.echo(textwrap.fill(note, 100, initial_indent=f"{label:<25}",
+                                         subsequent_indent=indent))
 
 
 @cli.command(epilog=OVERRIDES_HELP)
@@ -70,12 +82,17 @@ def train(overrides: tuple[str, ...], dry_run: bool, quiet: bool) -> None:
     Examples:
       ablate train                                  # default: tiny backbone + tiny-sd15, CPU
       ablate train filter=no_mhsa weight=constant   # an ablation
+      ablate train recipe=baseline                  # the plain encoder + head (no guidance)
       ablate train recipe=official_code teacher.path=/models/sd15   # released-code setup
     """
     from ablate import recipe
     from ablate.train import train as run_training
 
     cfg = recipe.compose(overrides)
+    ignored = recipe.ignored_by_baseline(cfg, overrides)
+    if ignored:
+        click.secho(f"note: guide=none builds no teacher, filter or weight module; ignored: "
+                    f"{' '.join(ignored)}", fg="yellow", err=True)
     if dry_run:
         from ablate.model.build import build_detector
         from ablate.train import count_params
@@ -186,7 +203,8 @@ def sweep_cmd(space: str, trials: int | None, concurrency: int | None, db_url: s
 
 @cli.command("compare-teachers")
 @click.option("--teachers", required=True, metavar="A,B[key=value],...",
-              help="Teachers to compare; the first is the baseline of every difference. "
+              help="Teachers to compare; the first is the reference of every difference. "
+                   "`none` is the plain detector without guidance (the natural first row). "
                    "Arguments in brackets, e.g. sd15[path=/models/sd15],sd15[lora=PATH].")
 @click.option("--seeds", default=1, show_default=True, type=click.IntRange(min=1),
               help="Seeds per teacher (the same seeds and data for every teacher).")
@@ -218,7 +236,7 @@ def compare_teachers_cmd(teachers: str, seeds: int, recipe: tuple[str, ...], tes
 
     \b
     Examples:
-      ablate compare-teachers --teachers tiny-sd15,tiny-sd21,tiny-sdxl      # CPU, minutes
+      ablate compare-teachers --teachers none,tiny-sd15,tiny-sd21   # CPU, minutes; none = no guidance
       ablate compare-teachers --teachers "sd15[path=/m/sd15],sd21[path=/m/sd21]" \\
           --recipe recipe=paper --recipe data.train=ffpp --tests celebdf,dfd --gpus 1
     """

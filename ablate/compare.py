@@ -32,15 +32,25 @@ CPU_RECIPE = {
 CPU_TESTS = ["synth-blend", "synth-colour", "synth-warp", "synth-lowres"]
 
 
+NO_TEACHER = "none"  # the plain baseline row: the same recipe with guide=none
+
+
 @dataclass(frozen=True)
 class TeacherSpec:
-    """One compared teacher: `NAME` or `NAME[key=value,...]` (e.g. `sd15[path=/m/sd15]`)."""
+    """One compared teacher: `NAME` or `NAME[key=value,...]` (e.g. `sd15[path=/m/sd15]`);
+    `none` is the plain detector without guidance (no teacher at all)."""
 
     label: str
     name: str
     args: dict[str, str]
 
+    @property
+    def is_baseline(self) -> bool:
+        return self.name == NO_TEACHER
+
     def overrides(self) -> list[str]:
+        if self.is_baseline:
+            return ["guide=none"]
         return [f"teacher={self.name}", *(f"teacher.{k}={v}" for k, v in self.args.items())]
 
 
@@ -60,7 +70,7 @@ def parse_teachers(text: str) -> list[TeacherSpec]:
     specs = [_spec(item.strip()) for item in items if item.strip()]
     if len(specs) < 2:
         raise AblateError("compare-teachers needs at least two teachers, e.g. "
-                          "--teachers tiny-sd15,tiny-sd21")
+                          "--teachers none,tiny-sd15 (none = the plain baseline)")
     labels = [s.label for s in specs]
     if len(set(labels)) != len(labels):
         raise AblateError(f"a teacher is listed twice in --teachers: {', '.join(labels)}")
@@ -71,6 +81,8 @@ def _spec(item: str) -> TeacherSpec:
     if "[" not in item:
         return TeacherSpec(item, item, {})
     name, _, rest = item.partition("[")
+    if name.strip() == NO_TEACHER:
+        raise AblateError(f"{item!r}: `none` (the plain baseline) takes no arguments")
     if not rest.endswith("]"):
         raise AblateError(f"teacher {item!r}: write NAME[key=value,...]")
     args = {}
@@ -124,7 +136,7 @@ def check_teachers(space_path: Path, specs: list[TeacherSpec]) -> dict[str, dict
             cfg = compose([*space.overrides(), *spec.overrides()])
         except AblateError as err:
             raise AblateError(f"teacher {spec.label}: {err}") from None
-        teachers[spec.label] = result_dict(cfg)["teacher"]
+        teachers[spec.label] = result_dict(cfg).get("teacher")  # None: the baseline
         if spec.name.startswith("tiny-"):  # seconds; real teachers are checked when loaded
             kwargs = {k: v for k, v in teachers[spec.label].items() if k != "name"}
             try:

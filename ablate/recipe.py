@@ -20,8 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ablate.errors import AblateError
+from ablate.slots import GUIDANCE_ONLY, NO_GUIDE, SLOTS, is_guidance_key
 
-SLOTS = ("backbone", "filter", "weight", "guide", "teacher")
 # Keys that change where or how visibly a run happens, not what it computes.
 # Settings that change how fast a result comes, not what it is (beyond float rounding):
 # a recipe differing only in these is the same result and is reused, not re-run.
@@ -31,6 +31,11 @@ NON_RESULT_KEYS = (
     "train.grad_checkpointing", "train.compile", "train.latent_cache", "train.latent_cache_dir",
     "train.latent_cache_mb",
 )
+
+
+def is_guided(cfg: DictConfig) -> bool:
+    """False for the plain baseline (`guide=none`)."""
+    return str(cfg.guide.name) != NO_GUIDE
 
 
 def config_dir() -> Path:
@@ -72,12 +77,30 @@ def _explain(err: Exception, overrides: list[str] | tuple[str, ...]) -> str:
     )
     if bad_key:
         key = bad_key.group(1)
+        if key.startswith("guide.") and _composes_without_guide(overrides, key):
+            return _no_guide_message([key])
         parent = key.rsplit(".", 1)[0] if "." in key else ""
         valid = _keys_under(parent)
         hint = f"; valid keys{' under ' + parent if parent else ''}: {', '.join(valid)}"
         return f"unknown recipe key {key!r}{hint} (prefix with + to add a new key)"
     first = text.splitlines()[0] if text else type(err).__name__
     return f"cannot compose the recipe from {' '.join(overrides) or 'the defaults'}: {first}"
+
+
+def _no_guide_message(keys: list[str]) -> str:
+    return (f"{', '.join(keys)} does nothing without a guide (guide=none is the plain baseline); "
+            "drop it, or pick a guide: guide=controlnet or guide=adapter")
+
+
+def _composes_without_guide(overrides: list[str] | tuple[str, ...], key: str) -> bool:
+    """Whether the overrides minus those setting `key` compose to guide=none."""
+    rest = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] != key]
+    if len(rest) == len(overrides):
+        return False
+    try:
+        return not is_guided(compose(rest))
+    except AblateError:
+        return False
 
 
 def _keys_under(parent: str) -> list[str]:
@@ -99,13 +122,39 @@ def validate(cfg: DictConfig) -> None:
         registry(slot).get(cfg[slot].name)
     if not isinstance(cfg.image_size, int) or cfg.image_size <= 0:
         raise AblateError(f"image_size must be a positive integer, not {cfg.image_size!r}")
+    _check_choices(cfg)
+    if not is_guided(cfg):
+        extra = sorted(f"guide.{k}" for k in cfg.guide if k != "name")
+        if extra:
+            raise AblateError(_no_guide_message(extra))
+
+
+def _check_choices(cfg: DictConfig) -> None:
+    """Settings whose bad values would only surface minutes later, when data or
+    evaluation starts: the augmentation preset and the validation interval."""
+    from ablate.data.augment import build_augment
+
+    build_augment(cfg.data.get("augment", "none"), int(cfg.image_size))
+    every = cfg.train.get("eval_every", 0)
+    if every != "epoch" and (isinstance(every, bool) or not isinstance(every, int) or every < 0):
+        raise AblateError(f"train.eval_every must be a number of steps >= 0 or 'epoch', "
+                          f"not {every!r}")
+
+
+def ignored_by_baseline(cfg: DictConfig, overrides: list[str] | tuple[str, ...]) -> list[str]:
+    """Overrides that a baseline recipe composes but never uses (to warn about)."""
+    if is_guided(cfg):
+        return []
+    return [o for o in overrides if is_guidance_key(o.lstrip("+~").split("=", 1)[0])]
 
 
 def result_dict(cfg: DictConfig) -> dict:
-    """The parts of a recipe that define its result (no paths, no logging)."""
+    """The parts of a recipe that define its result (no paths, no logging; for the
+    baseline, nothing of the modules it does not build)."""
     data = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(data, dict)
-    for dotted in NON_RESULT_KEYS:
+    dropped = NON_RESULT_KEYS + (() if is_guided(cfg) else GUIDANCE_ONLY)
+    for dotted in dropped:
         *parents, leaf = dotted.split(".")
         node = data
         for p in parents:

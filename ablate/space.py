@@ -650,6 +650,7 @@ def validate_space(space: SearchSpace, build: bool = True) -> list[str]:
     params = _composable(check, params)
     cfgs = _probe_configs(check, params)
     _check_teachers(check, list(cfgs.values()))
+    _check_encoders(check, list(cfgs.values()))
     _check_datasets(check, list(cfgs.values()))
     if cfgs and space.early_stopping.enabled:
         _check_rungs(check, next(iter(cfgs.values())))
@@ -677,8 +678,8 @@ def validate_space(space: SearchSpace, build: bool = True) -> list[str]:
 
 def _registered(check: _Check) -> list[Param]:
     """Slot choices must name registered variants; returns the params left to probe."""
-    from ablate.recipe import SLOTS
     from ablate.registry import registry
+    from ablate.slots import SLOTS
 
     for key, value in check.space.fixed.items():
         if key in SLOTS and value not in registry(key):
@@ -865,9 +866,11 @@ def _dry_run_all(check: _Check, cfgs: dict[str, Any]) -> None:
     teachers: dict[str, Any] = {}
     built: set[str] = set()
     skipped: dict[str, int] = {}
+    from ablate.recipe import is_guided
+
     for label, cfg in cfgs.items():
         name = str(cfg.teacher.name)
-        if not name.startswith(TINY_PREFIX):
+        if is_guided(cfg) and not name.startswith(TINY_PREFIX):
             skipped[name] = skipped.get(name, 0) + 1
             continue
         identity = _model_identity(cfg)
@@ -890,30 +893,62 @@ def _dry_run_all(check: _Check, cfgs: dict[str, Any]) -> None:
 
 
 def _model_identity(cfg: Any) -> str:
-    """The recipe parts a build depends on (train.lr and friends do not change it)."""
+    """The recipe parts a build depends on (train.lr and friends do not change it; the
+    baseline builds only the encoder, so its filter or teacher do not either)."""
     from omegaconf import OmegaConf
 
+    from ablate.recipe import is_guided
+
+    keys = MODEL_KEYS if is_guided(cfg) else ("backbone", "guide", "image_size")
     parts = {k: OmegaConf.to_container(cfg[k], resolve=True) if k != "image_size" else cfg[k]
-             for k in MODEL_KEYS}
+             for k in keys}
     return json.dumps(parts, sort_keys=True, default=str)
 
 
 def _check_rungs(check: _Check, cfg: Any) -> None:
     """ASHA can only stop a trial between val reports; say when it never gets to."""
-    every, steps = cfg.train.get("eval_every") or 0, cfg.train.get("steps")
     grace = check.space.early_stopping.grace_period
-    if every <= 0:
+    reports = planned_evaluations(cfg.train)
+    if not cfg.train.get("eval_every"):
         check.notes.append("early_stopping is on but train.eval_every is 0: one val report "
                            "per trial, so ASHA stops nothing (set train.eval_every in fixed)")
-    elif steps and steps // every <= grace:
-        check.notes.append(f"early_stopping: {steps // every} val reports per trial <= "
+    elif reports <= grace:
+        check.notes.append(f"early_stopping: {reports} val reports per trial <= "
                            f"grace_period {grace}, so ASHA stops nothing")
 
 
+def planned_evaluations(train_cfg) -> int:  # noqa: ANN001
+    """Source-val evaluations a trial will make (ASHA's time axis): per epoch with
+    `eval_every: epoch` and `epochs`, else steps // eval_every; at least one (the last)."""
+    every, epochs = train_cfg.get("eval_every") or 0, train_cfg.get("epochs")
+    if every == "epoch":
+        return max(int(epochs or 1), 1)
+    steps = int(train_cfg.get("steps") or 0)
+    return max(steps // int(every), 1) if every and steps else 1
+
+
 def _check_teachers(check: _Check, cfgs: list[Any]) -> None:
+    from ablate.recipe import is_guided
+
     for cfg in cfgs:
-        if not str(cfg.teacher.name).startswith(TINY_PREFIX):
+        if is_guided(cfg) and not str(cfg.teacher.name).startswith(TINY_PREFIX):
             _check_real_teacher(check, cfg)
+
+
+def _check_encoders(check: _Check, cfgs: list[Any]) -> None:
+    """A paper encoder (one that takes random_init) needs local ImageNet weights."""
+    where = check.space.source_path or check.space.name
+    for b in {str(c.backbone): c.backbone for c in cfgs}.values():
+        if "random_init" not in b or b.get("random_init"):
+            continue
+        path = b.get("pretrained_path")
+        if not path:
+            check.problem(f"backbone {b.name} has no weights: set backbone.pretrained_path to a "
+                          f"local timm file (under fixed: in {where}), or "
+                          "backbone.random_init: true to train from scratch on purpose")
+        elif not Path(str(path)).expanduser().is_file():
+            check.problem(f"backbone.pretrained_path {path} does not exist: set it in {where} "
+                          f"to your local {b.name} weights")
 
 
 def _check_real_teacher(check: _Check, cfg: Any) -> None:
@@ -941,12 +976,15 @@ def _build_and_forward(cfg: Any, teachers: dict[str, Any]) -> None:
     from omegaconf import OmegaConf
 
     from ablate.model.build import build_detector, build_teacher
+    from ablate.recipe import is_guided
 
-    key = json.dumps(OmegaConf.to_container(cfg.teacher, resolve=True), sort_keys=True)
-    if key not in teachers:
-        teachers[key] = build_teacher(cfg)
-    teacher = teachers[key]
-    teacher.check_image_size(cfg.image_size)  # build_detector skips it for a passed teacher
+    teacher = None
+    if is_guided(cfg):  # the baseline builds no teacher
+        key = json.dumps(OmegaConf.to_container(cfg.teacher, resolve=True), sort_keys=True)
+        if key not in teachers:
+            teachers[key] = build_teacher(cfg)
+        teacher = teachers[key]
+        teacher.check_image_size(cfg.image_size)  # build_detector skips it for a passed teacher
     detector = build_detector(cfg, teacher=teacher)
     g = torch.Generator().manual_seed(0)
     size = int(cfg.image_size)

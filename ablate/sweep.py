@@ -598,8 +598,9 @@ def _scheduler(space, cfg, ASHAScheduler):  # noqa: ANN001, ANN202, N803
     stop = space.early_stopping
     if not stop.enabled:
         return None
-    every, steps = int(cfg.train.eval_every or 0), int(cfg.train.steps or 0)
-    evaluations = max(steps // every, 1) if every and steps else 1
+    from ablate.space import planned_evaluations
+
+    evaluations = planned_evaluations(cfg.train)
     return ASHAScheduler(
         metric="val_auc", mode="max", max_t=evaluations + 1,
         grace_period=max(min(int(stop.grace_period), evaluations), 1),

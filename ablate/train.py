@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from ablate.checkpoint import save_run
-from ablate.device import pick_device
+from ablate.device import pick_device, supports_dtype
 from ablate.errors import AblateError
 from ablate.model.build import build_detector
 from ablate.model.detector import DiffusionFakeDetector
@@ -28,7 +28,8 @@ from ablate.model.speed import (
     memory_format,
     tune_kernels,
 )
-from ablate.recipe import recipe_hash
+from ablate.model.teacher import DTYPES
+from ablate.recipe import is_guided, recipe_hash
 from ablate.scoring import Selection, score, validation_point
 
 
@@ -101,22 +102,24 @@ def train_step(
     configured on the modules, fp32, with a fresh VAE encode.
     """
     fmt = memory_format(speed)
-    images, sources, targets = (
-        batch[k].to(device, non_blocking=True).contiguous(memory_format=fmt)
-        for k in ("image", "source", "target")
-    )
+    # the un-augmented frame feeds the weight targets; batches without one are un-augmented
+    clean = batch.get("clean", batch["image"])
+    names = ("image", "source", "target") if detector.guided else ("image",)
+    moved = [batch[k].to(device, non_blocking=True).contiguous(memory_format=fmt) for k in names]
+    images, sources, targets = moved if detector.guided else (moved[0], None, None)
     labels = batch["label"].to(device)
     # the last step's gradients go now, not after the forward: a model's worth less at peak
     optimizer.zero_grad(set_to_none=True)
     posteriors = None
-    if cache is not None:  # keys hash the CPU tensors, before they move
+    if cache is not None and detector.guided:  # keys hash the CPU tensors, before they move
         posteriors = cache.posteriors(
-            detector.teacher, torch.cat([batch["image"], batch["source"], batch["target"]]),
+            detector.teacher, torch.cat([clean, batch["source"], batch["target"]]),
             device)  # [3B, 2C, h', w']
     with autocast(device, speed):
         losses = detector.guided_losses(images, sources, targets, labels, generator,
                                         posteriors=posteriors,
-                                        batched=speed.batched if speed is not None else True)
+                                        batched=speed.batched if speed is not None else True,
+                                        clean=clean.to(device) if detector.guided else None)
     total = losses["total"]
     if not torch.isfinite(total):
         raise TrainingDiverged(
@@ -157,6 +160,7 @@ def train(
     """
     seed_everything(cfg.seed)
     device = pick_device(cfg.train.device)
+    check_teacher_precision(cfg, device)
     if loader is None:
         from ablate.data.loader import make_loader, train_and_val
 
@@ -166,16 +170,17 @@ def train(
     speed = Speed.from_config(cfg.train, device)
     configure_detector(detector, speed)
     tune_kernels(device)
-    cache = latent_cache_for(speed)
+    cache = latent_cache_for(speed) if detector.guided else None
     params = [p for p in detector.parameters() if p.requires_grad]
     optimizer = make_optimizer(cfg, params, speed.fused_optimizer)
     steps = total_steps(cfg, len(loader))
+    every = eval_every_steps(cfg.train, len(loader))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
     detector.train()
     curves: list[tuple[int, str, float]] = []
-    selector = ValidationSelector(detector.classifier, val, cfg, device, progress)
+    selector = ValidationSelector(detector, val, cfg, device)
     batches = cycle(loader)
     start = time.perf_counter()
     bar = tqdm(range(1, steps + 1), desc="train", unit="step", disable=not progress)
@@ -188,7 +193,6 @@ def train(
         bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items()}, refresh=False)
         if step % max(cfg.train.log_every, 1) == 0 or step == steps:
             curves += [(step, f"loss/{k}", v) for k, v in terms.items()]
-        every = cfg.train.eval_every
         if val is not None and ((every and step % every == 0) or step == steps):
             val_auc = selector.evaluate(step)
             curves.append((step, "val/auc", val_auc))
@@ -215,27 +219,54 @@ def train(
                 speed=speed.as_dict(),
                 # what a teacher path/adapter held when trained (fit key, adapter base)
                 teacher_origin=getattr(detector.teacher, "origin", None),
-                selection=selector.selection.as_dict() if selector.selection else None)
+                selection=selector.selection.as_dict() if selector.selection else None,
+                checkpoint_step=selector.selection.step if selector.selection else steps)
     result.selection = info["selection"]
-    save_run(result.folder, cfg, detector.trainable_state_dict(),
-             selector.best_state or detector.classifier.state_dict(), info)
+    trainable = selector.best_state or detector.trainable_state_dict()
+    save_run(result.folder, cfg, trainable, classifier_state(trainable), info)
     return result
 
 
-class ValidationSelector:
-    """Keeps the classifier state with the best source-validation AUC (never a test set)."""
+def classifier_state(trainable: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The encoder + head part of a trainable state dict, keyed as `Classifier` keys it."""
+    prefix = "classifier."
+    return {k[len(prefix):]: v for k, v in trainable.items() if k.startswith(prefix)}
 
-    def __init__(self, classifier: torch.nn.Module, val, cfg: DictConfig,  # noqa: ANN001
-                 device: torch.device, progress: bool) -> None:
-        self.classifier, self.val, self.cfg = classifier, val, cfg
-        self.device, self.progress = device, progress
+
+def eval_every_steps(train_cfg: DictConfig, batches_per_epoch: int) -> int:
+    """`train.eval_every`: a number of steps, `epoch` (once per pass over the train split,
+    as the released code validates), or 0 (only at the end)."""
+    every = train_cfg.get("eval_every", 0)  # checked by recipe.validate
+    return max(batches_per_epoch, 1) if every == "epoch" else int(every)
+
+
+def check_teacher_precision(cfg: DictConfig, device: torch.device) -> None:
+    """A reduced-precision teacher needs a device that computes in it natively."""
+    name = str(cfg.teacher.get("dtype", "float32")) if is_guided(cfg) else "float32"
+    dtype = DTYPES.get(name, torch.float32)
+    if not supports_dtype(device, dtype):
+        raise AblateError(
+            f"teacher.dtype={name} but this {device.type} has no native {name} compute "
+            "(it would be emulated, far slower); use teacher.dtype=float32 here"
+        )
+
+
+class ValidationSelector:
+    """Keeps the trainable state of the step with the best source-validation AUC (never a
+    test set): both saved checkpoints (trainable and inference) come from that one step."""
+
+    def __init__(self, detector: DiffusionFakeDetector, val, cfg: DictConfig,  # noqa: ANN001
+                 device: torch.device) -> None:
+        self.detector, self.val, self.cfg, self.device = detector, val, cfg, device
         self.best_state: dict[str, torch.Tensor] | None = None
         self.selection: Selection | None = None
 
     def evaluate(self, step: int) -> float:
-        scores = score(self.classifier, self.val, device=self.device, progress=False)
+        scores = score(self.detector.classifier, self.val, device=self.device, progress=False)
         auc, threshold = validation_point(scores)
         if self.selection is None or auc > self.selection.val_auc:
-            self.best_state = {k: v.detach().clone() for k, v in self.classifier.state_dict().items()}
+            # a CPU copy: the selected step must not change as training goes on
+            self.best_state = {k: v.detach().to("cpu", copy=True)
+                               for k, v in self.detector.trainable_state_dict().items()}
             self.selection = Selection(step, auc, threshold, len(scores), str(self.cfg.data.train))
         return auc

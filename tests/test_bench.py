@@ -158,11 +158,12 @@ def test_bench_json_runs_on_a_tiny_recipe():
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     report = json.loads(result.output[result.output.index("{"):])
-    phases = {"encoder", "eval", "eval_model", "bare", "guided", "guided_cold",
+    phases = {"encoder", "baseline", "eval", "eval_model", "bare", "guided", "guided_cold",
               "straightforward"}
     assert set(report["results"]) == phases
     assert all(r["median_s"] > 0 and r["repeats"] == 2 for r in report["results"].values())
     assert report["ratios"]["straightforward_over_guided"] > 0
+    assert report["ratios"]["baseline_over_encoder"] > 0  # guide=none through train_step
     assert report["goals"]["gpu_peak"]["met"] is None  # no GPU: pending, with its command
     assert report["batch_size"] == 2 and report["speed"]["latent_cache"] is True
 

@@ -32,6 +32,10 @@ def test_teacher_specs_split_outside_brackets():
 def test_teacher_spec_overrides():
     spec = parse_teachers("tiny-sd15[seed=3,lora=/a/b],tiny-sd21")[0]
     assert spec.overrides() == ["teacher=tiny-sd15", "teacher.seed=3", "teacher.lora=/a/b"]
+    none = parse_teachers("none,tiny-sd15")[0]
+    assert none.is_baseline and none.overrides() == ["guide=none"]
+    with pytest.raises(AblateError, match="takes no arguments"):
+        parse_teachers("none[seed=1],tiny-sd15")
 
 
 @pytest.mark.parametrize("text,message", [
@@ -53,18 +57,20 @@ def test_recipe_overrides_are_typed_and_may_not_set_the_teacher():
 
 
 @pytest.mark.slow
-def test_two_tiny_twins_one_seed_fill_the_db_and_the_report(tmp_path, monkeypatch):
+def test_baseline_and_two_twins_one_seed_fill_the_db_and_the_report(tmp_path, monkeypatch):
     monkeypatch.setenv("ABLATE_CACHE", str(Path("results").resolve()))
     monkeypatch.chdir(tmp_path)
     url = f"sqlite:///{tmp_path / 'r.db'}"
-    specs = parse_teachers("tiny-sd15,tiny-sd21")
+    specs = parse_teachers("none,tiny-sd15,tiny-sd21")  # none: the plain baseline row
     table, folder = compare_teachers(specs, TINY_RECIPE, ["synth-colour", "synth-warp"], 1, url,
                                      None, "cmp", 1, 0, n_boot=200)
     db = ResultsDB(url)
     trials = db.trials("cmp")
-    assert list(trials["status"]) == ["finished", "finished"]
+    assert list(trials["status"]) == ["finished"] * 3
     teachers = {json_teacher(t) for t in trials["recipe_json"]}
-    assert teachers == {"tiny-sd15", "tiny-sd21"}
+    assert teachers == {"none", "tiny-sd15", "tiny-sd21"}
+    base = trials[trials["recipe_json"].map(json_teacher) == "none"].iloc[0]
+    assert base["params_trainable"] == base["params_inference"]  # encoder + head only
 
     # the table's AUCs are the AUCs of each run's stored scores (sklearn, independently)
     scores = {json_teacher(t.recipe_json): pd.read_csv(Path(t.run_dir) / "scores.csv")
@@ -84,21 +90,23 @@ def test_two_tiny_twins_one_seed_fill_the_db_and_the_report(tmp_path, monkeypatc
                                 trials[trials["recipe_json"].map(json_teacher) == teacher]
                                 ["tune_trial_id"]))]
             assert stored["value"].iloc[0] == pytest.approx(aucs[teacher], abs=1e-9)
-        second = table[(table["teacher"] == "tiny-sd21") & (table["test_set"] == dataset)].iloc[0]
-        assert second["d_auc"] == pytest.approx(aucs["tiny-sd21"] - aucs["tiny-sd15"], abs=1e-9)
-        assert second["d_auc_low"] <= second["d_auc"] <= second["d_auc_high"]
-        first = table[(table["teacher"] == "tiny-sd15") & (table["test_set"] == dataset)].iloc[0]
+        for guided in ("tiny-sd15", "tiny-sd21"):
+            row = table[(table["teacher"] == guided) & (table["test_set"] == dataset)].iloc[0]
+            assert row["d_auc"] == pytest.approx(aucs[guided] - aucs["none"], abs=1e-9)
+            assert row["d_auc_low"] <= row["d_auc"] <= row["d_auc_high"]
+        first = table[(table["teacher"] == "none") & (table["test_set"] == dataset)].iloc[0]
         assert first["d_auc"] == 0 and first["d_auc_low"] == 0 == first["d_auc_high"]
     assert np.isfinite(table["step_time_s"]).all() and (table["params_trainable"] > 0).all()
     md = (folder / "compare.md").read_text()
-    assert "tiny-sd21" in md and "ΔAUC vs tiny-sd15" in md
+    assert "tiny-sd21" in md and "ΔAUC vs none" in md
     assert (folder / "compare.png").stat().st_size > 1000
 
 
 def json_teacher(recipe_json: str) -> str:
     import json
 
-    return json.loads(recipe_json)["teacher"]["name"]
+    recipe = json.loads(recipe_json)
+    return recipe["teacher"]["name"] if "teacher" in recipe else "none"  # none: the baseline
 
 
 def test_unknown_teacher_is_one_line_error(tmp_path):

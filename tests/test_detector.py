@@ -21,8 +21,8 @@ def detector_for(overrides, teachers):
 
 def variant_overrides():
     cases = []
-    for slot in ("filter", "weight", "guide"):
-        cases += [[f"{slot}={name}"] for name in registry(slot).names()]
+    for slot in ("filter", "weight", "guide"):  # guide=none (the baseline): tests/test_method.py
+        cases += [[f"{slot}={name}"] for name in registry(slot).names() if name != "none"]
     cases += [["guide=controlnet", "guide.shared=false"], ["guide=adapter", "guide.shared=false"],
               ["weight=code", "weight.detach=true"], ["weight=paper", "weight.target=cos01"]]
     return cases

@@ -2,7 +2,7 @@
 configs) complete one guided forward pass at a small latent size (8x8 latents).
 
 Memory tricks: no gradients (torch.no_grad), batch 1, 64 px images; SDXL runs
-in bfloat16 (teacher and guide). Peak memory stays under ~12 GB.
+in bfloat16 (the teacher; the trained guide keeps fp32 weights). Peak ~11 GB.
 """
 
 import gc

@@ -441,3 +441,54 @@ def test_report_never_imports_torch(db_url: str, tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+# ---------------------------------------------------------------- the plain baseline
+
+BASE_AUC = {"synth-colour": [0.74, 0.77, 0.78], "synth-warp": [0.69, 0.66, 0.70]}
+
+
+def baseline_recipe(seed: int) -> dict:
+    """What result_dict stores for guide=none: no filter, weight or teacher."""
+    return {"backbone": {"name": "tiny"}, "guide": {"name": "none"}, "train": {"lr": 1e-4},
+            "data": {"train": "synth-blend", "tests": TESTS}, "image_size": 64, "seed": seed}
+
+
+def test_report_measures_guidance_against_the_matched_baseline(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    with ResultsDB(url) as db:
+        sid = db.start_sweep("withbase", "ablation", {"objectives": [
+            {"metric": "val_auc", "mode": "max"}]}, "v1")
+        for seed in SEEDS:
+            for key in (REF, NO_MHSA):
+                record(db, sid, f"{key[0]}:{seed}", key, seed, metrics=metrics_of(key, seed))
+            rows = [{"dataset": "synth-blend", "split": "val", "level": "frame",
+                     "metric": "auc", "value": 0.9}]
+            for test in TESTS:
+                auc = BASE_AUC[test][seed]
+                rows += [{"dataset": test, "split": "test", "level": "frame", "metric": "auc",
+                          "value": auc},
+                         {"dataset": test, "split": "test", "level": "frame", "metric": "eer",
+                          "value": eer_of(auc)}]
+            db.record_trial(sid, f"base:{seed}", recipe_hash=f"base-{seed}",
+                            recipe=baseline_recipe(seed), seed=seed, status="finished",
+                            started=T0, ended=T0, metrics=rows)
+    report = build_report("withbase", url, tmp_path / "rep")
+    effects = pd.read_csv(report.folder / "guidance.csv")
+    auc = effects[effects["metric"] == "auc"].set_index("variant")
+    for key in (REF, NO_MHSA):
+        diffs = [AUC[key][t][s] - BASE_AUC[t][s] for s in SEEDS for t in TESTS]
+        row = auc.loc[f"filter={key[0]} guide={key[2]}"]
+        assert row["reference"] == "guide=none" and row["n_pairs"] == 6
+        assert row["mean"] == pytest.approx(np.mean(diffs))
+        assert row["ci_low"] < row["mean"] < row["ci_high"]
+    ablation = pd.read_csv(report.folder / "ablation.csv")
+    none_row = ablation[(ablation["factor"] == "guide") & (ablation["metric"] == "auc")].iloc[0]
+    assert none_row["variant"] == "none" and none_row["matching"] == "paired"
+    ref_diffs = [BASE_AUC[t][s] - AUC[REF][t][s] for s in SEEDS for t in TESTS]
+    assert none_row["mean"] == pytest.approx(np.mean(ref_diffs))
+    # the filter factor is compared among guided recipes only: paired, not a hint
+    filt = ablation[(ablation["factor"] == "filter") & (ablation["metric"] == "auc")]
+    assert list(filt["variant"]) == ["no_mhsa"] and list(filt["matching"]) == ["paired"]
+    text = (report.folder / "report.md").read_text()
+    assert "Does guidance help?" in text and "vs the plain baseline" in text

@@ -271,7 +271,26 @@ def test_paper_space_needs_teacher_path():
         validate_space(load_space("paper"))
     message = str(info.value)
     assert "teacher sd15 has no weights: set teacher.path" in message
+    assert "backbone efficientnet_b4 has no weights: set backbone.pretrained_path" in message
     assert "paper.yaml" in message
+
+
+def test_baseline_is_a_choice_next_to_the_guides(tmp_path):
+    """guide=none in a space: composes, builds (no teacher), and hashes apart from the guides."""
+    path = write(tmp_path, """
+fixed: {teacher: tiny-sd15, backbone: tiny, image_size: 32, train.steps: 2}
+params:
+  guide: {choice: [controlnet, none]}
+  filter: {choice: [paper, code], when: {guide: controlnet}}
+""")
+    space = load_space(str(path))
+    notes = validate_space(space)
+    assert any("dry-run built 3 distinct detector(s)" in n for n in notes), notes
+    from ablate.recipe import recipe_hash
+
+    base = compose(space.overrides({"guide": "none"}))
+    assert recipe_hash(base) == recipe_hash(compose([*space.overrides({"guide": "none"}),
+                                                      "filter=code"]))
 
 
 def test_paper_space_with_teacher_path_skips_the_build(tmp_path):

@@ -83,6 +83,10 @@ def _ablate(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     (["teacher=sd15", "teacher.path=/no/such/folder"], "/no/such/folder"),
     (["filter.heads=7"], "heads"),                        # width the filter cannot split
     (["image_size=60"], "image_size"),                    # not a multiple of the VAE factor
+    (["guide=none", "guide.shared=false"], "does nothing without a guide"),
+    (["recipe=paper", "teacher=tiny-sd15"], "backbone.pretrained_path"),  # no ImageNet weights
+    (["data.augment=true"], "augment"),                   # presets, not booleans
+    (["train.eval_every=weekly"], "eval_every"),
 ])
 def test_train_bad_input_is_one_line(overrides, message, tmp_path):
     proc = _ablate("train", "--dry-run", *overrides, cwd=tmp_path)
@@ -91,3 +95,16 @@ def test_train_bad_input_is_one_line(overrides, message, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "results" / "runs").exists()
+
+
+def test_train_baseline_from_the_cli(tmp_path):
+    proc = _ablate("train", "--quiet", "recipe=baseline", "backbone=tiny", "image_size=32",
+                   "train.steps=3", "train.eval_every=0", "train.batch_size=4",
+                   "filter=code", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "ignored: filter=code" in proc.stderr  # said once, not silently dropped
+    run = Path(proc.stdout.strip().splitlines()[-1].split("run saved to ")[1])
+    info = json.loads((tmp_path / run / RUN_INFO).read_text())
+    assert info["params_trainable"] == info["params_inference"]  # encoder + head, nothing else
+    assert set(load_file(tmp_path / run / TRAINABLE)) == {
+        f"classifier.{k}" for k in load_file(tmp_path / run / INFERENCE)}

@@ -52,7 +52,7 @@ def bench(overrides: tuple[str, ...], recipe: tuple[str, ...], device: str, warm
       ablate bench                                   # default CPU recipe
       ablate bench --json --repeats 3 train.batch_size=4
       ablate bench teacher=sd15 teacher.random_init=true backbone=efficientnet_b4 \\
-          image_size=256 train.batch_size=16 --device cuda
+          backbone.random_init=true image_size=256 train.batch_size=16 --device cuda
     """
     if sweep:
         _sweep_overhead(sweep, wall, concurrency, as_json)

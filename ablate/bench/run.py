@@ -5,11 +5,12 @@ values; half the batch fake, whose source and target differ from the image),
 medians over `repeats` timed calls after `warmup` untimed ones:
 
   encoder          encoder-only train step: backbone + head + BCE, backward, optimiser
+  baseline         the plain detector (guide=none) through `train_step`: should equal encoder
   guided           guided train step with the recipe's speed settings, latent cache warm
   guided_cold      the same with an empty latent cache (the first epoch's cost)
   straightforward  the guided step the plain way: no cache, one branch after the
                    other, fp32, contiguous memory, not compiled
-  eval             `ablate.evaluate.score` over `eval_batches` batches of PNG frames
+  eval             `ablate.scoring.score` over `eval_batches` batches of PNG frames
                    read through a ManifestDataset (decoded once, as in `ablate eval`)
   eval_model       what `score` does per batch without the data pipeline: the shipped
                    Classifier's forward (encoder + head, its inference precision) + sigmoid
@@ -46,6 +47,7 @@ from PIL import Image
 from ablate.data.dataset import ManifestDataset
 from ablate.device import pick_device
 from ablate.model.build import build_classifier, build_detector
+from ablate.model.detector import DiffusionFakeDetector, LossWeights
 from ablate.model.latent_cache import LatentCache
 from ablate.model.speed import (
     Speed,
@@ -64,6 +66,7 @@ SPEEDUP_GOAL = 1.5  # straightforward / guided
 EVAL_GOAL = 0.9  # eval throughput / bare forward throughput
 GPU_PEAK_GOAL_GB = 24.0
 GPU_GOAL_RECIPE = ("teacher=sd15", "teacher.random_init=true", "backbone=efficientnet_b4",
+                   "backbone.random_init=true",
                    "image_size=256", "train.batch_size=16")
 
 
@@ -185,10 +188,19 @@ def encoder_phases(cfg: Any, device: torch.device, speed: Speed, batch: dict,
         state["optimizer"].step()
         return float(loss.detach())
 
+    # the plain baseline (guide=none) through the real train_step: it must cost what the
+    # hand-written encoder step costs, since nothing but the classifier is built
+    baseline_detector = DiffusionFakeDetector(classifier, loss_weights=LossWeights(ce=1.0))
+    state["baseline"] = make_optimizer(cfg, params, speed.fused_optimizer)
+
+    def baseline_step() -> None:
+        train_step(baseline_detector, batch, state["baseline"], device, grad_clip, speed)
+
     encoder = Phase("encoder", len(batch["image"]), encoder_step)
+    baseline = Phase("baseline", len(batch["image"]), baseline_step)
     classifier.train()
-    measure([encoder], device, warmup, repeats, interleave=False)
-    state.clear()  # the optimiser's states leave the device before evaluation
+    measure([encoder, baseline], device, warmup, repeats, interleave=True)
+    state.clear()  # the optimisers' states leave the device before evaluation
     classifier.zero_grad(set_to_none=True)
     _free(device)
 
@@ -217,7 +229,7 @@ def encoder_phases(cfg: Any, device: torch.device, speed: Speed, batch: dict,
     phases = [Phase("eval", n, evaluate), Phase("eval_model", n, eval_model),
               Phase("bare", n, bare)]
     measure(phases, device, warmup, repeats, interleave=True)
-    return {p.name: p.summary() for p in [encoder, *phases]}
+    return {p.name: p.summary() for p in [encoder, baseline, *phases]}
 
 
 def guided_phases(cfg: Any, device: torch.device, speed: Speed, batch: dict,
@@ -317,6 +329,7 @@ def ratios_and_goals(results: dict[str, dict], cfg: Any, device: torch.device) -
     t = {name: r["median_s"] for name, r in results.items()}
     ratios = {
         "guided_over_encoder": t["guided"] / t["encoder"],  # what guidance costs per step
+        "baseline_over_encoder": t["baseline"] / t["encoder"],  # ~1: the baseline adds nothing
         "straightforward_over_guided": t["straightforward"] / t["guided"],  # the speed-up
         "eval_over_bare": results["eval"]["images_per_s"] / results["bare"]["images_per_s"],
         "eval_model_over_bare": (results["eval_model"]["images_per_s"]

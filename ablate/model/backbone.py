@@ -23,7 +23,8 @@ class TimmBackbone(nn.Module):
     """A timm model's `forward_features`, with ViT tokens reshaped to their grid."""
 
     def __init__(
-        self, model_name: str, image_size: int, pretrained_path: str | None = None
+        self, model_name: str, image_size: int, pretrained_path: str | None = None,
+        warn: bool = True,
     ) -> None:
         super().__init__()
         self.model_name = model_name
@@ -38,7 +39,7 @@ class TimmBackbone(nn.Module):
                     ".safetensors/.pth file of timm weights, or null for random init"
                 )
             kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(path)})
-        else:
+        elif warn:
             log.warning("backbone %s: no pretrained_path, random init", model_name)
         try:
             self.model = timm.create_model(model_name, **kwargs)
@@ -92,6 +93,23 @@ def timm_backbone(
     "vit_base_patch16_224", "ViT-B/16 (paper), tokens reshaped to a grid; 768 ch",
     model_name="vit_base_patch16_224",
 )
+def paper_encoder(
+    model_name: str, image_size: int = 256, pretrained_path: str | None = None,
+    random_init: bool = False,
+) -> TimmBackbone:
+    """The paper's encoders start from ImageNet weights; from scratch they reproduce
+    nothing, so that takes an explicit `random_init=true` (speed and memory runs)."""
+    if not pretrained_path and not random_init:
+        raise AblateError(
+            f"backbone {model_name} needs backbone.pretrained_path=/local/weights.safetensors "
+            "(ImageNet timm weights, as in the paper; nothing is downloaded), or "
+            "backbone.random_init=true to train from scratch on purpose (reproduces nothing)"
+        )
+    if pretrained_path and random_init:
+        raise AblateError("give backbone.pretrained_path or backbone.random_init=true, not both")
+    return TimmBackbone(model_name, image_size, pretrained_path, warn=not random_init)
+
+
 @BACKBONES.register("small", "ResNet-10t, 4.9M params: CPU-friendly; 512 ch", model_name="resnet10t")
 @BACKBONES.register(
     "tiny", "timm test_efficientnet, 0.1M params: tests and smoke runs; 256 ch",

@@ -8,6 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ablate.errors import AblateError
 from ablate.model.detector import Classifier, DiffusionFakeDetector, LossWeights
+from ablate.recipe import is_guided
 from ablate.registry import build
 
 
@@ -33,9 +34,15 @@ def build_teacher(cfg: DictConfig):  # noqa: ANN201
 
 
 def build_detector(cfg: DictConfig, teacher=None) -> DiffusionFakeDetector:  # noqa: ANN001
-    """The full guided detector of a recipe; pass `teacher` to reuse a loaded one."""
-    teacher = teacher if teacher is not None else build_teacher(cfg)
+    """The detector of a recipe; pass `teacher` to reuse a loaded one.
+
+    `guide=none` (the baseline): the classifier alone, nothing else is built or loaded.
+    """
     classifier = build_classifier(cfg)
+    loss_weights = _loss_weights(cfg)
+    if not is_guided(cfg):
+        return DiffusionFakeDetector(classifier, loss_weights=loss_weights)
+    teacher = teacher if teacher is not None else build_teacher(cfg)
     channels = classifier.backbone.num_features
     grid = classifier.backbone.grid_size(cfg.image_size)
     latent = cfg.image_size // teacher.vae_factor
@@ -51,8 +58,11 @@ def build_detector(cfg: DictConfig, teacher=None) -> DiffusionFakeDetector:  # n
     weights = tuple(build("weight", w_name, in_channels=channels, **w_args) for _ in range(2))
     g_name, g_args = _slot(cfg, "guide")
     guide = build("guide", g_name, teacher=teacher, **g_args)
+    return DiffusionFakeDetector(classifier, filters, weights, guide, teacher, loss_weights)
+
+
+def _loss_weights(cfg: DictConfig) -> LossWeights:
     try:
-        loss_weights = LossWeights(**OmegaConf.to_container(cfg.loss, resolve=True))
+        return LossWeights(**OmegaConf.to_container(cfg.loss, resolve=True))
     except TypeError as err:
         raise AblateError(f"bad loss settings: {err}") from None
-    return DiffusionFakeDetector(classifier, filters, weights, guide, teacher, loss_weights)

@@ -48,24 +48,36 @@ class Classifier(nn.Module):
 
 
 class DiffusionFakeDetector(nn.Module):
-    """Everything a guided training step needs; `classifier` is all that ships."""
+    """Everything a training step needs; `classifier` is all that ships.
+
+    Without guidance (`guide=none`, the plain baseline) only the classifier exists:
+    no teacher, VAE, guide, filter or weight module is built, and the loss is L_ce.
+    """
 
     def __init__(
         self,
         classifier: Classifier,
-        filters: tuple[nn.Module, nn.Module],
-        weights: tuple[nn.Module, nn.Module],
-        guide: nn.Module,
-        teacher: nn.Module,
-        loss_weights: LossWeights,
+        filters: tuple[nn.Module, nn.Module] | None = None,
+        weights: tuple[nn.Module, nn.Module] | None = None,
+        guide: nn.Module | None = None,
+        teacher: nn.Module | None = None,
+        loss_weights: LossWeights = LossWeights(),
     ) -> None:
         super().__init__()
+        parts = (filters, weights, guide, teacher)
+        if any(p is None for p in parts) and any(p is not None for p in parts):
+            raise ValueError("give filters, weights, guide and teacher together, or none of them")
         self.classifier = classifier
-        self.filter_source, self.filter_target = filters
-        self.weight_source, self.weight_target = weights
+        self.filter_source, self.filter_target = filters or (None, None)
+        self.weight_source, self.weight_target = weights or (None, None)
         self.guide = guide
         self.teacher = teacher
         self.loss_weights = loss_weights
+
+    @property
+    def guided(self) -> bool:
+        """False for the plain baseline (encoder + head, CE only)."""
+        return self.guide is not None
 
     def forward(self, images: Tensor) -> Tensor:
         """Inference: logits [B] from the encoder and head alone."""
@@ -78,35 +90,44 @@ class DiffusionFakeDetector(nn.Module):
     def guided_losses(
         self, images: Tensor, sources: Tensor, targets: Tensor, labels: Tensor,
         generator: torch.Generator | None = None, posteriors: Tensor | None = None,
-        batched: bool = True,
+        batched: bool = True, clean: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """images/sources/targets [B, 3, H, W] in [-1, 1], labels [B] (1 = fake).
 
-        `posteriors` [3B, 2C, h', w']: VAE posteriors of images, sources and targets
-        (mean ++ logvar, e.g. from a LatentCache); computed here when None. Either
-        way one latent per row is drawn from them with `generator`, then one noise
-        [B] and one timestep [B] shared by both branches: the same random stream, so
-        cached and uncached steps agree. `batched=False` runs the source and target
-        branches one after the other (the straightforward reference).
+        `images` is what the encoder sees (augmented); `clean` [B, 3, H, W] is the same
+        frame un-augmented (default: `images`), from which the weight targets come, as
+        the released code computes them offline. `posteriors` [3B, 2C, h', w']: VAE
+        posteriors of clean images, sources and targets (mean ++ logvar, e.g. from a
+        LatentCache); computed here when None. Weight targets use the posterior means
+        (deterministic); the diffusion latents of sources and targets are drawn from
+        their posteriors with `generator`, then one noise and one timestep [B] shared
+        by both branches: the same random stream, so cached and uncached steps agree.
+        `batched=False` runs the two branches one after the other (the reference).
+        Without guidance only "ce" and "total" are returned.
         """
-        b, size = images.shape[0], images.shape[-1]
-        teacher, lw = self.teacher, self.loss_weights
+        lw = self.loss_weights
         feats = self.classifier.backbone(images)  # [B, C, h, w]
         ce = F.binary_cross_entropy_with_logits(self.classifier.logits(feats), labels.float())
-
+        if not self.guided:
+            return {"ce": ce, "total": lw.ce * ce}
+        b, size = images.shape[0], images.shape[-1]
+        teacher = self.teacher
         if posteriors is None:
-            posteriors = vae_posterior(teacher, torch.cat([images, sources, targets]))
+            clean = images if clean is None else clean
+            posteriors = vae_posterior(teacher, torch.cat([clean, sources, targets]))
         with torch.no_grad():  # nothing below needs a gradient until the guide
-            latents = sample_latents(teacher, posteriors.to(feats.device), generator)
-            lat_x, lat_s, lat_t = latents.chunk(3)  # [B, C_lat, h', w'] each
+            posteriors = posteriors.to(feats.device)
+            mean_x, mean_s, mean_t = posteriors[:, : teacher.latent_channels].chunk(3)
+            latents = sample_latents(teacher, posteriors[b:], generator)
+            lat_s, lat_t = latents.chunk(2)  # [B, C_lat, h', w'] each
             noise = randn_tensor(lat_s.shape, generator=generator, device=lat_s.device,
                                  dtype=lat_s.dtype)  # the same noise for both branches
             t = _timesteps(teacher.scheduler.config.num_train_timesteps, b, generator,
                            lat_s.device)  # [B], the same for both branches
-            cosines = {
+            cosines = {  # posterior means of the un-augmented x vs s (resp. t); reals: 1
                 key: torch.where(labels > 0, F.cosine_similarity(
-                    lat_x.flatten(1).float(), lat.flatten(1).float(), dim=1), 1.0)  # reals: 1
-                for key, lat in (("weight_source", lat_s), ("weight_target", lat_t))
+                    mean_x.flatten(1), mean.flatten(1), dim=1), 1.0)
+                for key, mean in (("weight_source", mean_s), ("weight_target", mean_t))
             }
         w_s, w_t = self.weight_source(feats), self.weight_target(feats)  # [B] each
         losses = {"ce": ce}
@@ -114,7 +135,7 @@ class DiffusionFakeDetector(nn.Module):
         for key, module, w in (("weight_source", self.weight_source, w_s),
                                ("weight_target", self.weight_target, w_t)):
             if module.has_loss:
-                losses[key] = F.mse_loss(w, module.target(cosines[key]).to(w.dtype))
+                losses[key] = F.mse_loss(w.float(), module.target(cosines[key]).float())
                 weight_losses.append(getattr(lw, key) * losses[key])
 
         scales = (w_s.detach() if self.weight_source.detach else w_s,
@@ -129,39 +150,38 @@ class DiffusionFakeDetector(nn.Module):
         return losses
 
     def _diffusion_batched(
-        self, feats: Tensor, clean: tuple[Tensor, Tensor], noise: Tensor, t: Tensor,
+        self, feats: Tensor, branch_latents: tuple[Tensor, Tensor], noise: Tensor, t: Tensor,
         scales: tuple[Tensor, Tensor], size: int,
     ) -> Tensor:
         """Both branches as one [2B] batch: one guide call, one teacher call. -> MSE [2B]."""
         teacher, b = self.teacher, noise.shape[0]
-        dtype = teacher.unet.dtype  # a reduced-precision teacher gets inputs in its own dtype
-        cond = torch.cat([self.filter_source(feats), self.filter_target(feats)]).to(dtype)
-        # cond: [2B, C0, h', w']
+        # cond [2B, C0, h', w'] stays in the trained modules' precision (fp32 weights; autocast
+        # decides the compute dtype): the guide casts its inputs, the teacher its residuals
+        cond = torch.cat([self.filter_source(feats), self.filter_target(feats)])
         with torch.no_grad():
-            latents, noise2, t2 = torch.cat(clean), noise.repeat(2, 1, 1, 1), t.repeat(2)
+            latents, noise2, t2 = torch.cat(branch_latents), noise.repeat(2, 1, 1, 1), t.repeat(2)
             noisy = teacher.add_noise(latents, noise2, t2)  # [2B, C_lat, h', w']
             target = teacher.diffusion_target(latents, noise2, t2)
         downs, mid = self.guide(noisy, t2, cond, teacher.conditioning(2 * b, size))
-        scale = torch.cat(scales).view(-1, 1, 1, 1).to(dtype)  # [2B, 1, 1, 1]
+        scale = torch.cat(scales).view(-1, 1, 1, 1)  # [2B, 1, 1, 1]
         pred = teacher.predict(noisy, t2, [d * scale for d in downs], mid * scale)
         return F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
 
     def _diffusion_sequential(
-        self, feats: Tensor, clean: tuple[Tensor, Tensor], noise: Tensor, t: Tensor,
+        self, feats: Tensor, branch_latents: tuple[Tensor, Tensor], noise: Tensor, t: Tensor,
         scales: tuple[Tensor, Tensor], size: int,
     ) -> Tensor:
         """The same losses, one branch after the other: B-sized guide and teacher calls."""
         teacher, b = self.teacher, noise.shape[0]
-        dtype = teacher.unet.dtype
         out = []
         for index, (filt, latents, w) in enumerate(
-            zip((self.filter_source, self.filter_target), clean, scales, strict=True)
+            zip((self.filter_source, self.filter_target), branch_latents, scales, strict=True)
         ):
-            cond = filt(feats).to(dtype)  # [B, C0, h', w']
+            cond = filt(feats)  # [B, C0, h', w']
             noisy = teacher.add_noise(latents, noise, t)
             target = teacher.diffusion_target(latents, noise, t)
             downs, mid = self.guide.branch(index, noisy, t, cond, teacher.conditioning(b, size))
-            scale = w.view(-1, 1, 1, 1).to(dtype)  # [B, 1, 1, 1]
+            scale = w.view(-1, 1, 1, 1)  # [B, 1, 1, 1]
             pred = teacher.predict(noisy, t, [d * scale for d in downs], mid * scale)
             out.append(F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3)))
         return torch.cat(out)  # [2B]

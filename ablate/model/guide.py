@@ -20,7 +20,7 @@ Residuals = tuple[list[Tensor], Tensor]
 
 
 class Guide(nn.Module):
-    """Base: one network shared by both branches, or one per branch."""
+    """Base: one network shared by both branches, or one per branch. Always fp32 weights."""
 
     def __init__(self, nets: list[nn.Module]) -> None:
         super().__init__()
@@ -30,10 +30,18 @@ class Guide(nn.Module):
     def shared(self) -> bool:
         return len(self.nets) == 1
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The guide's weights' dtype: fp32 always (it trains; autocast sets the compute)."""
+        return next(self.parameters()).dtype
+
     def forward(
         self, noisy: Tensor, timesteps: Tensor, cond: Tensor, unet_kwargs: dict[str, Any]
     ) -> Residuals:
-        """noisy [2B, 4, h, w], timesteps [2B], cond [2B, C0, h, w] -> residuals."""
+        """noisy [2B, 4, h, w], timesteps [2B], cond [2B, C0, h, w] -> residuals.
+
+        Inputs arrive in the teacher's dtype (maybe bf16); they are cast to the guide's own."""
+        noisy, cond, unet_kwargs = _cast((noisy, cond, unet_kwargs), self.dtype)
         if self.shared:
             return self._run(self.nets[0], noisy, timesteps, cond, unet_kwargs)
         halves = [
@@ -50,10 +58,22 @@ class Guide(nn.Module):
         """One branch alone (0 = source, 1 = target): noisy [B, 4, h, w] -> its residuals.
         What `forward` computes for that half, without batching the two."""
         net = self.nets[0 if self.shared else index]
+        noisy, cond, unet_kwargs = _cast((noisy, cond, unet_kwargs), self.dtype)
         return self._run(net, noisy, timesteps, cond, unet_kwargs)
 
     def _run(self, net, noisy, timesteps, cond, unet_kwargs) -> Residuals:  # noqa: ANN001
         raise NotImplementedError
+
+
+def _cast(value: Any, dtype: torch.dtype) -> Any:
+    """Floating tensors inside tuples/dicts -> `dtype` (timesteps and other ints untouched)."""
+    if isinstance(value, Tensor):
+        return value.to(dtype) if value.is_floating_point() else value
+    if isinstance(value, dict):
+        return {k: _cast(v, dtype) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return type(value)(_cast(v, dtype) for v in value)
+    return value
 
 
 def _half(kwargs: dict[str, Any], index: int) -> dict[str, Any]:
@@ -80,7 +100,9 @@ class ControlNetGuide(Guide):
         for _ in range(1 if shared else 2):
             net = ControlNetModel.from_unet(teacher.unet, load_weights_from_unet=True)
             net.controlnet_cond_embedding = nn.Identity()  # features are already latent-sized
-            net.to(dtype=teacher.unet.dtype).requires_grad_(True)
+            # fp32 master weights even under a bf16/fp16 teacher: at lr 1e-5 most bf16
+            # weights could not move at all (reduced precision is for compute: autocast)
+            nn.Module.to(net, torch.float32).requires_grad_(True)  # plain cast, no diffusers warning
             nets.append(net)
         super().__init__(nets)
 
@@ -158,6 +180,12 @@ class AdapterGuide(Guide):
 @GUIDES.register("controlnet", "trainable copy of the teacher UNet encoder + zero 1x1 convs")
 def controlnet_guide(teacher: nn.Module, shared: bool = True) -> ControlNetGuide:
     return ControlNetGuide(teacher, shared)
+
+
+@GUIDES.register("none", "no guidance: the plain encoder + head trained with CE only (baseline)")
+def no_guide() -> None:
+    """The baseline: `build_detector` builds no teacher, guide, filter or weight module."""
+    return None
 
 
 @GUIDES.register("adapter", "light conv pyramid to the same residual shapes, zero-initialised")

@@ -114,6 +114,8 @@ def configure_detector(detector: nn.Module, speed: Speed) -> None:
     """Every setting, both ways (on or off), except compile, which is only ever switched
     on: run a reference step under `torch.compiler.set_stance("force_eager")` instead."""
     configure_classifier(detector.classifier, speed)
+    if not detector.guided:  # the baseline: nothing else was built
+        return
     fmt = memory_format(speed)
     for module in (detector.filter_source, detector.filter_target, detector.weight_source,
                    detector.weight_target, detector.guide, detector.teacher.unet):

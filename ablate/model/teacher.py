@@ -370,18 +370,24 @@ def sdxl(
 
 
 @TEACHERS.register("tiny-sd15", "CPU-sized SD 1.5 twin, random or fitted (path=), 768-d context")
-def tiny_sd15(seed: int = 0, path: str | None = None, lora: str | None = None) -> Teacher:
-    return with_lora(tiny_or_fitted("sd15", seed, path), lora)
+def tiny_sd15(
+    seed: int = 0, path: str | None = None, lora: str | None = None, dtype: str = "float32"
+) -> Teacher:
+    return in_dtype(with_lora(tiny_or_fitted("sd15", seed, path), lora), dtype)
 
 
 @TEACHERS.register("tiny-sd21", "CPU-sized SD 2.1 twin, random or fitted (path=), v-prediction")
-def tiny_sd21(seed: int = 0, path: str | None = None, lora: str | None = None) -> Teacher:
-    return with_lora(tiny_or_fitted("sd21", seed, path), lora)
+def tiny_sd21(
+    seed: int = 0, path: str | None = None, lora: str | None = None, dtype: str = "float32"
+) -> Teacher:
+    return in_dtype(with_lora(tiny_or_fitted("sd21", seed, path), lora), dtype)
 
 
 @TEACHERS.register("tiny-sdxl", "CPU-sized SDXL twin, random or fitted (path=), text_time cond.")
-def tiny_sdxl(seed: int = 0, path: str | None = None, lora: str | None = None) -> Teacher:
-    return with_lora(tiny_or_fitted("sdxl", seed, path), lora)
+def tiny_sdxl(
+    seed: int = 0, path: str | None = None, lora: str | None = None, dtype: str = "float32"
+) -> Teacher:
+    return in_dtype(with_lora(tiny_or_fitted("sdxl", seed, path), lora), dtype)
 
 
 # --- builders ------------------------------------------------------------------------------------
@@ -882,6 +888,20 @@ def tiny_or_fitted(family: str, seed: int = 0, path: str | None = None) -> Teach
         "path": str(folder),
         "fit": read_json(meta).get("key") if meta.is_file() else None,
     }
+    return teacher
+
+
+def in_dtype(teacher: Teacher, dtype: str) -> Teacher:
+    """The twin in `dtype` (built and LoRA-fused in fp32 first): tests and CPU runs of the
+    reduced-precision path that real teachers take with `teacher.dtype`."""
+    torch_dtype = _dtype(dtype)
+    if torch_dtype == torch.float32:
+        return teacher
+    nn.Module.to(teacher.unet, torch_dtype)
+    nn.Module.to(teacher.vae, _vae_dtype(teacher.family, torch_dtype))
+    teacher.context = teacher.context.to(torch_dtype)
+    if teacher.pooled is not None:
+        teacher.pooled = teacher.pooled.to(torch_dtype)
     return teacher
 
 

@@ -26,6 +26,7 @@ from ablate.report.display import Table, pm
 from ablate.report.reference import Reference
 from ablate.report.stats import bootstrap_mean
 from ablate.report.tables import AVG, MAIN_METRICS
+from ablate.slots import is_baseline_flat, is_guidance_key, without_guidance
 
 MAX_LEVELS = 6  # a non-slot key with more distinct values (a continuous lr) is not ablated
 PAIR_KEYS = ["seed", "dataset", "level", "metric"]
@@ -54,7 +55,20 @@ def _rest(flat: dict[str, Any], factor: str) -> dict[str, Any]:
     return {k: v for k, v in flat.items() if not _in_factor(k, factor)}
 
 
-def _per_seed(data: SweepData, seed_vals: pd.DataFrame, configs: list[str]) -> pd.DataFrame:
+def _guidance_factor(factor: str) -> bool:
+    """A factor only guided recipes have (filter, weight, teacher, loss.source, ...)."""
+    return is_guidance_key(f"{factor}.name" if factor in SLOTS else factor)
+
+
+def same_rest(flat: dict[str, Any], ref_flat: dict[str, Any], factor: str) -> bool:
+    """Whether two configs agree on everything but `factor`; against the plain baseline,
+    on everything the baseline has (it has no filter, teacher, ... to agree on)."""
+    if is_baseline_flat(flat) or is_baseline_flat(ref_flat):
+        flat, ref_flat = without_guidance(flat), without_guidance(ref_flat)
+    return _rest(flat, factor) == _rest(ref_flat, factor)
+
+
+def per_seed(data: SweepData, seed_vals: pd.DataFrame, configs: list[str]) -> pd.DataFrame:
     """Per-seed test values of the main metrics for these configs (no avg pseudo-set)."""
     v = seed_vals[seed_vals["config"].isin(configs) & (seed_vals["dataset"] != AVG)
                   & (seed_vals["level"] == "frame") & seed_vals["metric"].isin(MAIN_METRICS)]
@@ -66,22 +80,26 @@ def pair_differences(data: SweepData, seed_vals: pd.DataFrame,
     """Every (factor, variant) difference per (seed, test set, metric), with its matching."""
     flats = data.flat
     ref_flat = flats[ref.config]
-    ref_vals = _per_seed(data, seed_vals, [ref.config])[[*PAIR_KEYS, "value"]]
+    ref_vals = per_seed(data, seed_vals, [ref.config])[[*PAIR_KEYS, "value"]]
     parts = []
     for factor in factors(data):
+        pool = flats
+        if _guidance_factor(factor):  # among guided configs: the baseline has no filter
+            if is_baseline_flat(ref_flat):
+                continue
+            pool = {c: f for c, f in flats.items() if not is_baseline_flat(f)}
         ref_value = _value(ref_flat, factor)
-        variants = sorted({_value(f, factor) for f in flats.values()} - {ref_value}, key=str)
+        variants = sorted({_value(f, factor) for f in pool.values()} - {ref_value}, key=str)
         for variant in variants:
-            with_variant = [c for c, f in flats.items() if _value(f, factor) == variant]
-            matched = [c for c in with_variant
-                       if _rest(flats[c], factor) == _rest(ref_flat, factor)]
+            with_variant = [c for c, f in pool.items() if _value(f, factor) == variant]
+            matched = [c for c in with_variant if same_rest(flats[c], ref_flat, factor)]
             if matched:
-                cand = _per_seed(data, seed_vals, matched)[["config", *PAIR_KEYS, "value"]]
+                cand = per_seed(data, seed_vals, matched)[["config", *PAIR_KEYS, "value"]]
                 diffs = cand.merge(ref_vals, on=PAIR_KEYS, suffixes=("", "_ref"))
                 diffs["diff"] = diffs["value"] - diffs["value_ref"]
                 matching, used = "paired", matched
             else:
-                same_as_ref = [c for c, f in flats.items() if _value(f, factor) == ref_value]
+                same_as_ref = [c for c, f in pool.items() if _value(f, factor) == ref_value]
                 diffs = _unmatched(data, seed_vals, with_variant, same_as_ref)
                 matching, used = "unmatched", with_variant
             diffs = diffs.assign(factor=factor, variant=format_value(variant),
@@ -96,8 +114,8 @@ def pair_differences(data: SweepData, seed_vals: pd.DataFrame,
 
 def _unmatched(data: SweepData, seed_vals: pd.DataFrame, variant_configs: list[str],
                ref_configs: list[str]) -> pd.DataFrame:
-    a = _per_seed(data, seed_vals, variant_configs).groupby(PAIR_KEYS)["value"].mean()
-    b = _per_seed(data, seed_vals, ref_configs).groupby(PAIR_KEYS)["value"].mean()
+    a = per_seed(data, seed_vals, variant_configs).groupby(PAIR_KEYS)["value"].mean()
+    b = per_seed(data, seed_vals, ref_configs).groupby(PAIR_KEYS)["value"].mean()
     joined = pd.concat([a.rename("value"), b.rename("value_ref")], axis=1, join="inner")
     return joined.assign(diff=joined["value"] - joined["value_ref"]).reset_index()
 
@@ -113,7 +131,7 @@ def ablation(pairs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def _excludes_zero(row: pd.Series) -> bool:
+def excludes_zero(row: pd.Series) -> bool:
     return bool(pd.notna(row["ci_low"]) and (row["ci_low"] > 0 or row["ci_high"] < 0))
 
 
@@ -130,7 +148,7 @@ def ablation_table(abl: pd.DataFrame, ref: Reference) -> Table:
             if metric in by_metric.index:
                 r = by_metric.loc[metric]
                 row.append(pm(r["mean"], r["ci_low"], r["ci_high"], signed=True))
-                marks.append(_excludes_zero(r))
+                marks.append(excludes_zero(r))
             else:
                 row.append("-")
                 marks.append(False)

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from ablate.errors import AblateError
 from ablate.report import EVALUATORS, FORMATS, tables
 from ablate.report import ablation as abl_mod
+from ablate.report import guidance as guidance_mod
 from ablate.report.data import SweepData, load_sweep
 from ablate.report.display import Table, number
 from ablate.report.importance import Importance, param_importance
@@ -115,14 +116,17 @@ def _write(data: SweepData, folder: Path, formats: tuple[str, ...], evaluator: s
     summ = tables.summary(data)
     ref = choose_reference(data)
     main = tables.main_table(summ, data, ref.label)
-    pairs = abl_mod.pair_differences(data, tables.seed_values(data), ref)
+    seed_vals = tables.seed_values(data)
+    pairs = abl_mod.pair_differences(data, seed_vals, ref)
     abl = abl_mod.ablation(pairs)
+    guided_pairs = guidance_mod.guidance_pairs(data, seed_vals)
+    effects = abl_mod.ablation(guided_pairs)  # mean and bootstrap CI per guided recipe
     imp = param_importance(data, evaluator)
     front = tables.pareto(data)
     counts, errs = tables.status_counts(data), tables.errors(data)
     images = _plots(data, summ, abl, imp, front, ref, folder) if {"md", "html"} & set(formats) \
         else {}
-    doc = _document(data, main, ref, abl, imp, front, counts, errs, images)
+    doc = _document(data, main, ref, abl, effects, imp, front, counts, errs, images)
     report = Report(data.name, folder, main_markdown=markdown_table(main))
     report.files += [p for p in images.values() if p is not None]
     if "md" in formats:
@@ -133,7 +137,8 @@ def _write(data: SweepData, folder: Path, formats: tuple[str, ...], evaluator: s
         report.files += write_latex(folder, _latex_tables(doc))
     if "csv" in formats:
         report.files += write_csvs(folder, {
-            "main": summ, "ablation": abl, "ablation_pairs": pairs, "importance": imp.table,
+            "main": summ, "guidance": effects, "guidance_pairs": guided_pairs,
+            "ablation": abl, "ablation_pairs": pairs, "importance": imp.table,
             "pareto": front, "status": counts, "errors": errs, "trials": trial_table(data)})
     return report
 
@@ -160,8 +165,9 @@ def _images(images: dict[str, Path | None], *keys: str) -> list[Path]:
     return [images[k] for k in keys if images.get(k) is not None]
 
 
-def _document(data: SweepData, main: Table, ref: Reference, abl: pd.DataFrame, imp: Importance,
-              front: pd.DataFrame | None, counts: pd.DataFrame, errs: pd.DataFrame,
+def _document(data: SweepData, main: Table, ref: Reference, abl: pd.DataFrame,
+              effects: pd.DataFrame, imp: Importance, front: pd.DataFrame | None,
+              counts: pd.DataFrame, errs: pd.DataFrame,
               images: dict[str, Path | None]) -> Document:
     objectives = ", ".join(f"{o.get('metric')} ({o.get('mode')})" for o in data.objectives)
     meta = [("sweep", data.name), ("space", str(data.info.get("space") or "-")),
@@ -177,6 +183,7 @@ def _document(data: SweepData, main: Table, ref: Reference, abl: pd.DataFrame, i
         Section("Cross-dataset results", tables=[main], images=_images(images, "heatmap"),
                 text=["Trained on the source domain, tested on each test set; checkpoints and "
                       "thresholds chosen on the source validation split, never on a test set."]),
+        *_guidance_section(effects),
         _ablation_section(abl, ref, images),
         Section("Parameter importance", text=imp.notes, tables=[_importance_table(imp)],
                 images=_images(images, "importance")),
@@ -199,6 +206,17 @@ def _document(data: SweepData, main: Table, ref: Reference, abl: pd.DataFrame, i
         "(Student t over seeds; one seed: the run's video bootstrap). Ablation differences are "
         "paired per seed and test set, with a bootstrap 95% CI of their mean. See docs/report.md."]))
     return Document(f"Sweep report: {data.name}", meta, sections)
+
+
+def _guidance_section(effects: pd.DataFrame) -> list[Section]:
+    """'Does guidance help?' when the sweep holds a matched plain baseline (guide=none)."""
+    if effects.empty:
+        return []
+    return [Section("Does guidance help?", bullets=guidance_mod.sentences(effects),
+                    tables=[guidance_mod.guidance_table(effects)],
+                    text=["Each guided recipe against the plain detector of the same setup "
+                          "(guide=none: encoder + head, CE only), on matched seeds and test "
+                          "sets."])]
 
 
 def _ablation_section(abl: pd.DataFrame, ref: Reference,

@@ -17,8 +17,8 @@ import pandas as pd
 
 from ablate.errors import AblateError
 from ablate.results import ResultsDB
+from ablate.slots import SLOTS, is_baseline_flat, is_guidance_key
 
-SLOTS = ("backbone", "filter", "weight", "guide", "teacher")  # = ablate.recipe.SLOTS (no hydra)
 RESULT_STATUSES = ("finished", "reused")
 _STATUS_RANK = {"finished": 0, "reused": 1}
 
@@ -153,9 +153,19 @@ def varying_keys(flats: list[dict[str, Any]]) -> list[str]:
 
     A slot argument that only some configs have because the slot's variant changed
     (filter.heads exists for filter=paper, not for no_mhsa) varies only if it takes
-    two values: the variant name already tells those configs apart.
+    two values: the variant name already tells those configs apart. Settings only a
+    guided recipe has (filter, teacher, ...) are compared among guided configs: the
+    plain baseline (guide=none) lacks them, and guide.name already tells it apart.
     """
+    guided = [f for f in flats if not is_baseline_flat(f)]
     keys = sorted({k for f in flats for k in f})
+    varying = [k for k in _varying(keys, flats) if not is_guidance_key(k)]
+    varying += [k for k in _varying(keys, guided) if is_guidance_key(k)]
+    return sorted(varying, key=_key_order)
+
+
+def _varying(keys: list[str], flats: list[dict[str, Any]]) -> list[str]:
+    keys = [k for k in keys if any(k in f for f in flats)]
     named = {k.split(".", 1)[0] for k in keys if k.endswith(".name") and k.count(".") == 1
              and len({json.dumps(f.get(k)) for f in flats}) > 1}
     varying = []
@@ -164,7 +174,7 @@ def varying_keys(flats: list[dict[str, Any]]) -> list[str]:
         partly = len(present) < len(flats) and key.split(".", 1)[0] not in named
         if len(set(present)) > 1 or partly:
             varying.append(key)
-    return sorted(varying, key=_key_order)
+    return varying
 
 
 def _key_order(key: str) -> tuple[int, int, str]:
