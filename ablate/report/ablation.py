@@ -135,6 +135,20 @@ def excludes_zero(row: pd.Series) -> bool:
     return bool(pd.notna(row["ci_low"]) and (row["ci_low"] > 0 or row["ci_high"] < 0))
 
 
+def effect_cells(by_metric: pd.DataFrame) -> tuple[list[str], list[bool]]:
+    """ΔAUC and ΔEER cells (points, ± CI half-width) and whether each CI excludes 0."""
+    cells, marks = [], []
+    for metric in MAIN_METRICS:
+        if metric in by_metric.index:
+            r = by_metric.loc[metric]
+            cells.append(pm(r["mean"], r["ci_low"], r["ci_high"], signed=True))
+            marks.append(excludes_zero(r))
+        else:
+            cells.append("-")
+            marks.append(False)
+    return cells, marks
+
+
 def ablation_table(abl: pd.DataFrame, ref: Reference) -> Table:
     """One row per (factor, variant): ΔAUC and ΔEER in points; bold where the CI excludes 0."""
     rows, bold = [], []
@@ -143,17 +157,9 @@ def ablation_table(abl: pd.DataFrame, ref: Reference) -> Table:
         first = group.iloc[0]
         row = [factor, f"{variant} (vs {first['reference']})", first["matching"],
                str(int(by_metric["n_pairs"].max()))]
-        marks = [False] * 4
-        for metric in MAIN_METRICS:
-            if metric in by_metric.index:
-                r = by_metric.loc[metric]
-                row.append(pm(r["mean"], r["ci_low"], r["ci_high"], signed=True))
-                marks.append(excludes_zero(r))
-            else:
-                row.append("-")
-                marks.append(False)
-        rows.append(row)
-        bold.append(marks)
+        cells, marks = effect_cells(by_metric)
+        rows.append(row + cells)
+        bold.append([False] * len(row) + marks)
     return Table(f"Ablation against the reference ({ref.label})",
                  ["Slot", "Variant", "Matching", "Pairs", "ΔAUC (pts)", "ΔEER (pts)"], rows, bold,
                  note="variant minus reference per (seed, test set), mean ± half-width of a "

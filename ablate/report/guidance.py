@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ablate.report.ablation import PAIR_KEYS, excludes_zero, per_seed
+from ablate.report.ablation import PAIR_KEYS, effect_cells, per_seed
 from ablate.report.data import SweepData
 from ablate.report.display import Table, pm
-from ablate.report.tables import MAIN_METRICS
 from ablate.slots import is_baseline_flat, without_guidance
 
 COLUMNS = ["factor", "variant", "reference", "matching", "n_configs", *PAIR_KEYS, "diff"]
@@ -55,17 +54,9 @@ def guidance_table(effects: pd.DataFrame) -> Table:
         by_metric = group.set_index("metric")
         row = [str(variant), str(group.iloc[0]["reference"]),
                str(int(by_metric["n_pairs"].max()))]
-        marks = [False] * 3
-        for metric in MAIN_METRICS:
-            if metric in by_metric.index:
-                r = by_metric.loc[metric]
-                row.append(pm(r["mean"], r["ci_low"], r["ci_high"], signed=True))
-                marks.append(excludes_zero(r))
-            else:
-                row.append("-")
-                marks.append(False)
-        rows.append(row)
-        bold.append(marks)
+        cells, marks = effect_cells(by_metric)
+        rows.append(row + cells)
+        bold.append([False] * len(row) + marks)
     return Table("Guidance against the plain baseline",
                  ["Guided recipe", "Baseline", "Pairs", "ΔAUC (pts)", "ΔEER (pts)"], rows, bold,
                  note="guided minus baseline (the same recipe with guide=none) per (seed, test "
