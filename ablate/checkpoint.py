@@ -67,8 +67,10 @@ def load_classifier(path: str | Path, device: str = "cpu"):  # noqa: ANN201
     folder = resolve_run(path)
     cfg = load_yaml(folder / RECIPE)
     cfg.backbone.pretrained_path = None  # the checkpoint holds the trained weights
-    if "random_init" in cfg.backbone:  # ...so a paper encoder needs no ImageNet file here
-        cfg.backbone.random_init = True
+    from ablate.registry import registry
+
+    if "random_init" in registry("backbone").get(cfg.backbone.name).arguments():
+        cfg.backbone.random_init = True  # ...so a paper encoder needs no ImageNet file here
     logger = logging.getLogger("ablate.model.backbone")
     level = logger.level
     logger.setLevel(logging.ERROR)

@@ -19,6 +19,7 @@ import pandas as pd
 import yaml
 
 from ablate.errors import AblateError
+from ablate.slots import NO_GUIDE
 from ablate.space import parse_settings
 
 SPACES_DIR = Path("results/spaces")
@@ -32,9 +33,6 @@ CPU_RECIPE = {
 CPU_TESTS = ["synth-blend", "synth-colour", "synth-warp", "synth-lowres"]
 
 
-NO_TEACHER = "none"  # the plain baseline row: the same recipe with guide=none
-
-
 @dataclass(frozen=True)
 class TeacherSpec:
     """One compared teacher: `NAME` or `NAME[key=value,...]` (e.g. `sd15[path=/m/sd15]`);
@@ -46,7 +44,7 @@ class TeacherSpec:
 
     @property
     def is_baseline(self) -> bool:
-        return self.name == NO_TEACHER
+        return self.name == NO_GUIDE
 
     def overrides(self) -> list[str]:
         if self.is_baseline:
@@ -81,7 +79,7 @@ def _spec(item: str) -> TeacherSpec:
     if "[" not in item:
         return TeacherSpec(item, item, {})
     name, _, rest = item.partition("[")
-    if name.strip() == NO_TEACHER:
+    if name.strip() == NO_GUIDE:
         raise AblateError(f"{item!r}: `none` (the plain baseline) takes no arguments")
     if not rest.endswith("]"):
         raise AblateError(f"teacher {item!r}: write NAME[key=value,...]")
@@ -159,6 +157,11 @@ def compare_teachers(
 
     name = name or f"compare-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
     fixed = parse_recipe(recipe) if recipe else dict(CPU_RECIPE)
+    guide_settings = sorted(k for k in fixed if k.startswith("guide."))
+    if guide_settings and any(s.is_baseline for s in specs):
+        raise AblateError(f"--recipe sets {', '.join(guide_settings)}, which the `none` row "
+                          "(no guide) cannot take; compare the baseline with the default guide, "
+                          "or drop `none` from --teachers")
     tests = tests or ([] if recipe else CPU_TESTS)
     if not tests:
         raise AblateError("give the test sets with --tests when --recipe is set")
@@ -176,9 +179,10 @@ def compare_teachers(
 # ---------------------------------------------------------------- the comparison
 
 
-def _teacher_label(recipe: dict, teachers: dict[str, dict]) -> str | None:
+def _teacher_label(recipe: dict, teachers: dict[str, dict | None]) -> str | None:
+    baseline = (recipe.get("guide") or {}).get("name") == NO_GUIDE
     for label, cfg in teachers.items():
-        if recipe.get("teacher") == cfg:
+        if (cfg is None and baseline) or (cfg is not None and recipe.get("teacher") == cfg):
             return label
     return None
 

@@ -29,7 +29,13 @@ def supports_dtype(device: torch.device, dtype: torch.dtype) -> bool:
     if dtype == torch.float32:
         return True
     if device.type == "cuda":
-        return dtype != torch.bfloat16 or torch.cuda.is_bf16_supported()
+        if dtype != torch.bfloat16:
+            return True
+        with torch.cuda.device(device):  # emulated bf16 (pre-Ampere) does not count
+            try:
+                return torch.cuda.is_bf16_supported(including_emulation=False)
+            except TypeError:  # older torch: no emulation flag
+                return torch.cuda.get_device_capability(device)[0] >= 8
     if dtype == torch.bfloat16:
         check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
         return bool(check()) if check is not None else False

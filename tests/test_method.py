@@ -346,3 +346,82 @@ def test_paper_encoders_need_weights_or_an_explicit_random_init(backbone):
     _, det = _detector([f"backbone={backbone}", "backbone.random_init=true", "image_size=64",
                         "recipe=baseline"])
     assert det.classifier.backbone.num_features in (1792, 768)
+
+
+# --------------------------------------------------------------- the training step's plumbing
+
+
+def test_train_step_encodes_the_clean_frame_not_the_augmented_one(tiny_teachers, monkeypatch):
+    """The VAE (or the latent cache) gets [clean, sources, targets]; the encoder the image."""
+    from ablate.model import detector as detector_module
+    from ablate.model.latent_cache import LatentCache
+
+    cfg, det = _detector([], tiny_teachers)
+    batch = fixed_batch()
+    batch["clean"], batch["image"] = batch["image"], batch["image"].flip(-2)  # "augmented"
+    seen = {}
+    real = detector_module.vae_posterior
+
+    def spy(teacher, images):
+        seen["vae"] = images.clone()
+        return real(teacher, images)
+
+    monkeypatch.setattr(detector_module, "vae_posterior", spy)
+    encoder_inputs = []
+    det.classifier.backbone.register_forward_pre_hook(lambda m, a: encoder_inputs.append(a[0]))
+    opt = make_optimizer(cfg, [p for p in det.parameters() if p.requires_grad])
+    train_step(det, batch, opt, torch.device("cpu"), None)
+    b = len(batch["label"])
+    assert torch.equal(seen["vae"][:b], batch["clean"])
+    assert torch.equal(seen["vae"][b:], torch.cat([batch["source"], batch["target"]]))
+    assert torch.equal(encoder_inputs[0], batch["image"])
+    cache = LatentCache()
+    train_step(det, batch, opt, torch.device("cpu"), None, cache=cache)
+    keys = cache._memory  # what the cache encoded: the clean frames' content, not the flips
+    from ablate.model.latent_cache import content_keys, vae_fingerprint
+
+    wanted = {(vae_fingerprint(det.teacher), k) for k in content_keys(batch["clean"])}
+    assert wanted <= set(keys)
+    flipped = {(vae_fingerprint(det.teacher), k) for k in content_keys(batch["image"])}
+    assert not flipped & set(keys)
+
+
+@pytest.mark.parametrize("guide", ["controlnet", "adapter"])
+def test_bf16_autocast_with_a_bf16_teacher_still_moves_every_fp32_parameter(guide):
+    from ablate.model.speed import Speed
+
+    cfg, det = _detector(["teacher.dtype=bfloat16", "train.lr=1e-5", f"guide={guide}"])
+    g = torch.Generator().manual_seed(0)
+    zero_convs = ("down_convs", "mid_conv", "controlnet_down_blocks", "controlnet_mid_block")
+    with torch.no_grad():
+        for name, p in det.guide.named_parameters():
+            if any(z in name for z in zero_convs):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.01)
+    trained = {n: p for n, p in det.named_parameters() if p.requires_grad}
+    before = {n: p.detach().clone() for n, p in trained.items()}
+    opt = make_optimizer(cfg, list(trained.values()))
+    terms = train_step(det, fixed_batch(), opt, torch.device("cpu"), None,
+                       speed=Speed(precision="bf16"))
+    assert np.isfinite(terms["total"])
+    assert all(p.dtype == torch.float32 for p in trained.values())
+    moved = [n for n, p in trained.items() if p.grad is not None and p.grad.abs().sum() > 0
+             and not torch.equal(p, before[n])]
+    with_grad = [n for n, p in trained.items() if p.grad is not None and p.grad.abs().sum() > 0]
+    assert with_grad and moved == with_grad
+
+
+def test_report_matching_agrees_with_the_recipe_hash_rules():
+    """What the report pairs as 'the baseline of a guided recipe' is what composing the same
+    recipe with guide=none stores: one rule for identity and for matching."""
+    from ablate.recipe import result_dict
+    from ablate.report.data import flatten
+    from ablate.slots import without_guidance
+
+    setup = ["backbone=tiny", "train.lr=3e-4", "data.augment=paper", "seed=2"]
+    for guided in (["filter=code", "weight=code"], ["guide=adapter", "guide.width=32"],
+                   ["teacher=tiny-sd21", "data.source_is=A", "loss.source=0.2"]):
+        flat = flatten(result_dict(compose([*setup, *guided])))
+        base = flatten(result_dict(compose([*setup, "guide=none"])))
+        assert without_guidance(flat) == base, guided
+    other = flatten(result_dict(compose([*setup[:-1], "seed=3", "guide=none"])))
+    assert without_guidance(flatten(result_dict(compose(setup)))) != other

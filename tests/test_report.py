@@ -448,9 +448,9 @@ def test_report_never_imports_torch(db_url: str, tmp_path: Path) -> None:
 BASE_AUC = {"synth-colour": [0.74, 0.77, 0.78], "synth-warp": [0.69, 0.66, 0.70]}
 
 
-def baseline_recipe(seed: int) -> dict:
+def baseline_recipe(seed: int, lr: float = 1e-4) -> dict:
     """What result_dict stores for guide=none: no filter, weight or teacher."""
-    return {"backbone": {"name": "tiny"}, "guide": {"name": "none"}, "train": {"lr": 1e-4},
+    return {"backbone": {"name": "tiny"}, "guide": {"name": "none"}, "train": {"lr": lr},
             "data": {"train": "synth-blend", "tests": TESTS}, "image_size": 64, "seed": seed}
 
 
@@ -473,13 +473,17 @@ def test_report_measures_guidance_against_the_matched_baseline(tmp_path) -> None
             db.record_trial(sid, f"base:{seed}", recipe_hash=f"base-{seed}",
                             recipe=baseline_recipe(seed), seed=seed, status="finished",
                             started=T0, ended=T0, metrics=rows)
+            # a baseline at another lr: never paired with a guided recipe as "the lr effect"
+            db.record_trial(sid, f"base2:{seed}", recipe_hash=f"base2-{seed}",
+                            recipe=baseline_recipe(seed, lr=2e-4), seed=seed, status="finished",
+                            started=T0, ended=T0, metrics=rows)
     report = build_report("withbase", url, tmp_path / "rep")
     effects = pd.read_csv(report.folder / "guidance.csv")
     auc = effects[effects["metric"] == "auc"].set_index("variant")
     for key in (REF, NO_MHSA):
         diffs = [AUC[key][t][s] - BASE_AUC[t][s] for s in SEEDS for t in TESTS]
-        row = auc.loc[f"filter={key[0]} guide={key[2]}"]
-        assert row["reference"] == "guide=none" and row["n_pairs"] == 6
+        row = auc.loc[f"filter={key[0]} guide={key[2]} train.lr=0.0001"]
+        assert row["reference"] == "guide=none train.lr=0.0001" and row["n_pairs"] == 6
         assert row["mean"] == pytest.approx(np.mean(diffs))
         assert row["ci_low"] < row["mean"] < row["ci_high"]
     ablation = pd.read_csv(report.folder / "ablation.csv")
@@ -490,5 +494,7 @@ def test_report_measures_guidance_against_the_matched_baseline(tmp_path) -> None
     # the filter factor is compared among guided recipes only: paired, not a hint
     filt = ablation[(ablation["factor"] == "filter") & (ablation["metric"] == "auc")]
     assert list(filt["variant"]) == ["no_mhsa"] and list(filt["matching"]) == ["paired"]
+    lr = ablation[ablation["factor"] == "train.lr"]
+    assert not lr.empty and set(lr["matching"]) == {"unmatched"}  # baseline@2e-4 vs guided
     text = (report.folder / "report.md").read_text()
     assert "Does guidance help?" in text and "vs the plain baseline" in text

@@ -46,8 +46,9 @@ from PIL import Image
 
 from ablate.data.dataset import ManifestDataset
 from ablate.device import pick_device
-from ablate.model.build import build_classifier, build_detector
-from ablate.model.detector import DiffusionFakeDetector, LossWeights
+from ablate.errors import AblateError
+from ablate.model.build import build_classifier, build_detector, loss_weights
+from ablate.model.detector import DiffusionFakeDetector
 from ablate.model.latent_cache import LatentCache
 from ablate.model.speed import (
     Speed,
@@ -58,7 +59,7 @@ from ablate.model.speed import (
     reference_stance,
     tune_kernels,
 )
-from ablate.recipe import compose, recipe_hash
+from ablate.recipe import compose, is_guided, recipe_hash
 from ablate.scoring import score
 from ablate.train import make_optimizer, seed_everything, train_step
 
@@ -190,7 +191,7 @@ def encoder_phases(cfg: Any, device: torch.device, speed: Speed, batch: dict,
 
     # the plain baseline (guide=none) through the real train_step: it must cost what the
     # hand-written encoder step costs, since nothing but the classifier is built
-    baseline_detector = DiffusionFakeDetector(classifier, loss_weights=LossWeights(ce=1.0))
+    baseline_detector = DiffusionFakeDetector(classifier, loss_weights=loss_weights(cfg))
     state["baseline"] = make_optimizer(cfg, params, speed.fused_optimizer)
 
     def baseline_step() -> None:
@@ -299,6 +300,9 @@ def run_bench(overrides: list[str] | tuple[str, ...] = (), device: str = "auto",
     if threads:
         torch.set_num_threads(threads)
     cfg = compose(list(overrides))
+    if not is_guided(cfg):
+        raise AblateError("ablate bench times the plain baseline in every run (phase "
+                          "'baseline', beside 'encoder'); give it a guided recipe, not guide=none")
     dev = pick_device(device if device != "auto" else cfg.train.device)
     speed = Speed.from_config(cfg.train, dev)
     seed_everything(cfg.seed)

@@ -39,9 +39,9 @@ def build_detector(cfg: DictConfig, teacher=None) -> DiffusionFakeDetector:  # n
     `guide=none` (the baseline): the classifier alone, nothing else is built or loaded.
     """
     classifier = build_classifier(cfg)
-    loss_weights = _loss_weights(cfg)
+    weights = loss_weights(cfg)
     if not is_guided(cfg):
-        return DiffusionFakeDetector(classifier, loss_weights=loss_weights)
+        return DiffusionFakeDetector(classifier, loss_weights=weights)
     teacher = teacher if teacher is not None else build_teacher(cfg)
     channels = classifier.backbone.num_features
     grid = classifier.backbone.grid_size(cfg.image_size)
@@ -55,13 +55,15 @@ def build_detector(cfg: DictConfig, teacher=None) -> DiffusionFakeDetector:  # n
         for _ in range(2)
     )
     w_name, w_args = _slot(cfg, "weight")
-    weights = tuple(build("weight", w_name, in_channels=channels, **w_args) for _ in range(2))
+    branch_weights = tuple(build("weight", w_name, in_channels=channels, **w_args)
+                           for _ in range(2))
     g_name, g_args = _slot(cfg, "guide")
     guide = build("guide", g_name, teacher=teacher, **g_args)
-    return DiffusionFakeDetector(classifier, filters, weights, guide, teacher, loss_weights)
+    return DiffusionFakeDetector(classifier, filters, branch_weights, guide, teacher, weights)
 
 
-def _loss_weights(cfg: DictConfig) -> LossWeights:
+def loss_weights(cfg: DictConfig) -> LossWeights:
+    """The recipe's loss weights (`configs/loss/`)."""
     try:
         return LossWeights(**OmegaConf.to_container(cfg.loss, resolve=True))
     except TypeError as err:

@@ -395,7 +395,7 @@ def tiny_sdxl(
 
 def build_teacher(family: str, path: str | None, random_init: bool, dtype: str) -> Teacher:
     """Real-family teacher from a folder, a single file, or full-size random weights."""
-    torch_dtype = _dtype(dtype)
+    torch_dtype = parse_dtype(dtype)
     if path and random_init:
         raise AblateError(f"teacher {family}: give teacher.path or random_init=true, not both")
     if random_init:
@@ -497,7 +497,7 @@ def _scheduler(prediction_type: str, config: dict[str, Any] | None = None) -> DD
     )
 
 
-def _dtype(name: str) -> torch.dtype:
+def parse_dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
         raise AblateError(f"teacher.dtype {name!r} is unknown; valid: {', '.join(DTYPES)}")
     return DTYPES[name]
@@ -894,7 +894,7 @@ def tiny_or_fitted(family: str, seed: int = 0, path: str | None = None) -> Teach
 def in_dtype(teacher: Teacher, dtype: str) -> Teacher:
     """The twin in `dtype` (built and LoRA-fused in fp32 first): tests and CPU runs of the
     reduced-precision path that real teachers take with `teacher.dtype`."""
-    torch_dtype = _dtype(dtype)
+    torch_dtype = parse_dtype(dtype)
     if torch_dtype == torch.float32:
         return teacher
     nn.Module.to(teacher.unet, torch_dtype)

@@ -61,9 +61,12 @@ def _guidance_factor(factor: str) -> bool:
 
 
 def same_rest(flat: dict[str, Any], ref_flat: dict[str, Any], factor: str) -> bool:
-    """Whether two configs agree on everything but `factor`; against the plain baseline,
-    on everything the baseline has (it has no filter, teacher, ... to agree on)."""
-    if is_baseline_flat(flat) or is_baseline_flat(ref_flat):
+    """Whether two configs agree on everything but `factor`. The plain baseline differs from
+    a guided config in the guide itself, so it matches one only when the factor is the
+    guide, and then on everything the baseline has (it has no filter, teacher, ...)."""
+    if is_baseline_flat(flat) != is_baseline_flat(ref_flat):
+        if factor != "guide":
+            return False
         flat, ref_flat = without_guidance(flat), without_guidance(ref_flat)
     return _rest(flat, factor) == _rest(ref_flat, factor)
 
