@@ -7,6 +7,8 @@ import sys
 
 import click
 
+from ablate import locations
+from ablate import plugins as plugin_loader
 from ablate.errors import AblateError
 
 OVERRIDES_HELP = """
@@ -20,10 +22,28 @@ class _State:
     debug = False
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from ablate.version import code_version, package_version
+
+    click.echo(f"ablate {package_version()} (code version recorded with results: "
+               f"{code_version()})")
+    ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
-@click.version_option(package_name="ablate")
-def cli(debug: bool) -> None:
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE_OR_FILE",
+              help="Import a module or .py file that registers variants (repeatable; also "
+                   "$ABLATE_PLUGINS). Installed packages with an `ablate.variants` entry "
+                   "point load by themselves.")
+@click.option("--config-path", "config_paths", multiple=True, metavar="DIR",
+              help="A folder of config groups (DIR/filter/mine.yaml) searched after the "
+                   "built-in configs (repeatable; also $ABLATE_CONFIG_PATH).")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=_print_version, help="Show the version and the code version runs record.")
+def cli(debug: bool, plugins: tuple[str, ...], config_paths: tuple[str, ...]) -> None:
     """Ablation and architecture search for diffusion-guided deepfake detectors.
 
     \b
@@ -37,6 +57,10 @@ def cli(debug: bool) -> None:
     """
     _State.debug = debug
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for folder in config_paths:
+        locations.add_config_path(folder)
+    for item in plugins:
+        plugin_loader.add(item)
 
 
 @cli.command("list")
@@ -53,7 +77,8 @@ def list_cmd(slot: str | None) -> None:
         click.secho(f"{reg.slot}", bold=True)
         shown: set[str] = set()
         for entry in reg.entries():
-            click.echo(f"  {entry.name:<22} {entry.description}")
+            origin = "" if entry.origin == "built-in" else f"  [from {entry.origin}]"
+            click.echo(f"  {entry.name:<22} {entry.description}{origin}")
             args = {
                 k: v for k, v in entry.arguments().items()
                 if k not in ("in_channels", "out_channels", "in_size", "out_size", "teacher",
@@ -171,10 +196,14 @@ def spaces_cmd() -> None:
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Add a fixed recipe setting to every trial (repeatable), e.g. "
                    "--set teacher.path=/models/sd15 --set train.steps=30.")
+@click.option("--mlflow", metavar="URI", help="Also log every trial to MLflow: a folder "
+              "(e.g. mlruns) or a tracking server URL (needs ablate[tracking]).")
+@click.option("--wandb", metavar="PROJECT", help="Also log every trial to Weights & Biases "
+              "(offline unless $WANDB_MODE says otherwise; needs wandb).")
 def sweep_cmd(space: str, trials: int | None, concurrency: int | None, db_url: str | None,
               address: str | None, name: str | None, resume: bool, force: bool,
               cpus: float | None, gpus: float | None, bootstrap: int,
-              settings: tuple[str, ...]) -> None:
+              settings: tuple[str, ...], mlflow: str | None, wandb: str | None) -> None:
     """Run recipes from a search space as Ray Tune trials chosen by Optuna.
 
     \b
@@ -189,16 +218,37 @@ def sweep_cmd(space: str, trials: int | None, concurrency: int | None, db_url: s
       ablate sweep --space modules --db postgresql://me@dbhost/ablate
       ablate sweep --space paper --address ray://head:10001 --gpus 1
       ablate sweep --space quick --name quick-1 --resume   # after Ctrl-C
+      ablate sweep --space quick --mlflow mlruns       # also in MLflow (mlflow ui)
     """
     from ablate.space import parse_settings
     from ablate.sweep import run_sweep
 
     summary = run_sweep(space, trials, concurrency, db_url, address, name, resume, force,
-                        cpus, gpus, bootstrap, settings=parse_settings(settings, "--set"))
+                        cpus, gpus, bootstrap, settings=parse_settings(settings, "--set"),
+                        mlflow=mlflow, wandb=wandb)
     if not summary.table.empty:
         click.echo(summary.table.to_string(index=False))
     click.echo(f"sweep {summary.name} done in {summary.wall_s:.0f}s; results in {summary.db_url}")
     click.echo(f"next: ablate report --sweep {summary.name}")
+
+
+@cli.command("dashboard")
+@click.option("--db", "db_url", metavar="URL",
+              help="Results DB URL (default: $ABLATE_DB or sqlite:///results/ablate.db).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to listen on (0.0.0.0 to reach it from other machines).")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+def dashboard_cmd(db_url: str | None, host: str, port: int) -> None:
+    """Open optuna-dashboard on the results DB: every sweep's study, live (Ctrl-C stops).
+
+    \b
+    Example:
+      ablate dashboard --port 8080        # then browse http://127.0.0.1:8080
+    """
+    from ablate.dashboard import serve
+
+    click.echo(f"optuna-dashboard on http://{host}:{port}  (Ctrl-C stops)")
+    serve(db_url, host, port)
 
 
 @cli.command("compare-teachers")

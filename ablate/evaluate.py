@@ -18,6 +18,7 @@ from ablate.data.dataset import FrameCache, ManifestDataset
 from ablate.data.loader import resolve_dataset, split_rows
 from ablate.metrics import evaluate_scores
 from ablate.scoring import score
+from ablate.tracking import write_metrics
 
 
 def test_rows(name: str, image_size: int, cache: FrameCache | None = None,
@@ -94,4 +95,5 @@ def evaluate_run(
     )
     metrics.insert(0, "threshold_from", "source val" if threshold is not None else "none")
     metrics.to_csv(folder / "metrics.csv", index=False)
+    write_metrics(folder, metrics.to_dict("records"), int(info.get("checkpoint_step") or 0))
     return metrics, folder

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ablate import locations
 from ablate.errors import AblateError
 from ablate.slots import GUIDANCE_ONLY, NO_GUIDE, SLOTS, is_guidance_key
 
@@ -39,29 +39,38 @@ def is_guided(cfg: DictConfig) -> bool:
 
 
 def config_dir() -> Path:
-    """`configs/` of the checkout (or $ABLATE_CONFIG_DIR)."""
-    env = os.environ.get("ABLATE_CONFIG_DIR")
-    path = Path(env) if env else Path(__file__).resolve().parent.parent / "configs"
+    """The built-in `configs/` (checkout, packaged copy, or $ABLATE_CONFIG_DIR)."""
+    path = locations.builtin("configs")
     if not (path / "config.yaml").is_file():
         raise AblateError(f"no config.yaml in {path}; set ABLATE_CONFIG_DIR to the configs/ folder")
     return path
 
 
 def options(group: str) -> list[str]:
-    """Variant names available for one config group (the YAML files in it)."""
-    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+    """Variant names available for one config group, over the whole config search path."""
+    return locations.names("configs", group)
+
+
+def _hydra_compose(overrides: list[str]) -> DictConfig:
+    """Hydra's compose on the built-in configs plus the plugin and user config folders."""
+    primary = config_dir()
+    extra = [p for p in locations.search_path("configs") if p != primary]
+    if extra:
+        overrides = [f"hydra.searchpath=[{','.join(f'file://{p}' for p in extra)}]", *overrides]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(primary), version_base="1.3"):
+            return hydra_compose("config", overrides=overrides)
+    finally:
+        GlobalHydra.instance().clear()
 
 
 def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """Compose the recipe; every Hydra complaint becomes a one-line AblateError."""
-    GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            cfg = hydra_compose("config", overrides=list(overrides))
+        cfg = _hydra_compose(list(overrides))
     except (HydraException, OmegaConfBaseException) as err:
         raise AblateError(_explain(err, overrides)) from None
-    finally:
-        GlobalHydra.instance().clear()
     validate(cfg)
     return cfg
 
@@ -104,10 +113,7 @@ def _composes_without_guide(overrides: list[str] | tuple[str, ...], key: str) ->
 
 
 def _keys_under(parent: str) -> list[str]:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = hydra_compose("config")
-    GlobalHydra.instance().clear()
+    cfg = _hydra_compose([])
     node = OmegaConf.select(cfg, parent) if parent else cfg
     return sorted(node.keys()) if isinstance(node, DictConfig) else []
 
@@ -160,7 +166,28 @@ def result_dict(cfg: DictConfig) -> dict:
         for p in parents:
             node = node.get(p, {})
         node.pop(leaf, None)
+    used = plugin_identities(data)
+    if used:
+        data["plugins"] = used
     return data
+
+
+def plugin_identities(data: dict) -> dict[str, dict[str, str]]:
+    """slot -> (module, version, sha256) of the plugin behind that slot's variant, for the
+    slots of `data` (a result dict) whose variant a plugin registered."""
+    from ablate import plugins
+    from ablate.registry import registry
+
+    out = {}
+    for slot in SLOTS:
+        name = (data.get(slot) or {}).get("name") if isinstance(data.get(slot), dict) else None
+        if name is None or name not in registry(slot):
+            continue
+        factory = registry(slot).get(name).factory
+        plugin = plugins.plugin_of(getattr(factory, "__module__", "") or "")
+        if plugin is not None:
+            out[slot] = plugin.identity()
+    return out
 
 
 def recipe_hash(cfg: DictConfig) -> str:

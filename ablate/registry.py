@@ -25,6 +25,14 @@ class Entry:
     description: str
     defaults: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def origin(self) -> str:
+        """`built-in`, or the plugin that registered this variant (its entry point name)."""
+        from ablate.plugins import plugin_of
+
+        plugin = plugin_of(getattr(self.factory, "__module__", "") or "")
+        return "built-in" if plugin is None else plugin.name
+
     def arguments(self) -> dict[str, Any]:
         """Keyword arguments of the factory with their defaults (preset defaults win)."""
         params = inspect.signature(self.factory).parameters
@@ -114,5 +122,9 @@ def build(slot: str, name: str, **kwargs: Any) -> Any:
 
 
 def _load_variants() -> None:
-    """Import the modules whose decorators fill the registries."""
+    """Import the modules whose decorators fill the registries: ablate's own, then plugins
+    (entry points `ablate.variants`, $ABLATE_PLUGINS)."""
     import ablate.model  # noqa: F401  (registers every model variant)
+    from ablate.plugins import load_all
+
+    load_all()

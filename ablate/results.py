@@ -636,3 +636,18 @@ def _trial_curves(conn: sa.Connection, trial_id: int) -> list[tuple[int, str, fl
             .where(curves_table.c.trial_id == trial_id)
             .order_by(curves_table.c.name, curves_table.c.step))
     return [tuple(r) for r in conn.execute(stmt)]
+
+
+def require_existing_db(url: str) -> None:
+    """Readers (report, dashboard) never create a database: a mistyped SQLite path is an
+    error, not an empty DB."""
+    text = url if "://" in url else f"sqlite:///{url}"
+    try:
+        parsed = sa.make_url(text)
+    except (sa.exc.ArgumentError, ValueError):
+        return  # ResultsDB explains bad URLs
+    path = parsed.database
+    if (parsed.get_backend_name() == "sqlite" and path and path != ":memory:"
+            and not path.startswith("file:") and not Path(path).expanduser().is_file()):
+        raise AblateError(f"no results database at {path}; run a sweep first "
+                          "(`ablate sweep --space quick`) or pass --db / set $ABLATE_DB")

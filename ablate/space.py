@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 import warnings
 from collections.abc import Iterator
@@ -231,24 +230,24 @@ def format_value(value: Any) -> str:
 # --- finding and loading -------------------------------------------------------------------------
 
 
-def spaces_dir() -> Path:
-    """`search_spaces/` of the checkout (or $ABLATE_SPACES_DIR)."""
-    env = os.environ.get("ABLATE_SPACES_DIR")
-    if env:
-        return Path(env)
-    import ablate
+def spaces_dirs() -> list[Path]:
+    """Folders searched for spaces by name: built-in, plugins', $ABLATE_SPACES_PATH."""
+    from ablate.locations import search_path
 
-    return Path(ablate.__file__).resolve().parent.parent / "search_spaces"
+    return search_path("search_spaces")
 
 
 def list_spaces() -> list[tuple[str, str]]:
-    """(name, description) of every shipped space; a broken file says so instead."""
+    """(name, description) of every space on the search path; a broken file says so."""
+    from ablate.locations import find, names
+
     out = []
-    for path in sorted(spaces_dir().glob("*.yaml")):
+    for name in names("search_spaces"):
+        path = find("search_spaces", f"{name}.yaml")
         try:
-            out.append((path.stem, load_space(str(path)).description))
+            out.append((name, load_space(str(path)).description))
         except AblateError as err:
-            out.append((path.stem, f"(invalid: {err})"))
+            out.append((name, f"(invalid: {err})"))
     return out
 
 
@@ -269,11 +268,14 @@ def _find(name_or_path: str) -> Path:
         if not path.is_file():
             raise AblateError(f"search space file {path} does not exist")
         return path
-    candidate = spaces_dir() / f"{name_or_path}.yaml"
-    if not candidate.is_file():
-        known = ", ".join(p.stem for p in sorted(spaces_dir().glob("*.yaml"))) or "none"
+    from ablate.locations import find, names
+
+    candidate = find("search_spaces", f"{name_or_path}.yaml")
+    if candidate is None:
+        known = ", ".join(names("search_spaces")) or "none"
+        where = ", ".join(str(p) for p in spaces_dirs())
         raise AblateError(
-            f"unknown search space {name_or_path!r}; spaces in {spaces_dir()}: {known} "
+            f"unknown search space {name_or_path!r}; spaces in {where}: {known} "
             "(or give a path to a .yaml file)"
         )
     return candidate
@@ -806,7 +808,8 @@ def _probe_configs(check: _Check, params: list[Param]) -> dict[str, Any]:
 
 def _check_datasets(check: _Check, cfgs: list[Any]) -> None:
     """Every train/test set must be a manifest, a benchmark family or a ready dataset config."""
-    from ablate.recipe import config_dir, options
+    from ablate.locations import find
+    from ablate.recipe import options
 
     names = [n for cfg in cfgs for n in (cfg.data.train, *cfg.data.tests)]
     try:
@@ -825,7 +828,7 @@ def _check_datasets(check: _Check, cfgs: list[Any]) -> None:
             check.problem(f"unknown dataset {name!r}; use a manifest path or one of: "
                           f"{', '.join(benchmark + options('data'))}")
         elif name not in benchmark:
-            _check_dataset_config(check, name, config_dir() / "data" / f"{name}.yaml", MANIFEST_DIR)
+            _check_dataset_config(check, name, find("configs", f"data/{name}.yaml"), MANIFEST_DIR)
 
 
 def _check_dataset_config(check: _Check, name: str, config: Path, manifest_dir: Path) -> None:

@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from ablate.errors import AblateError
+from ablate.tracking import tune_callbacks, write_metrics
+from ablate.version import code_version
 
 RAY_DIR = Path("results/ray")
 RUNS_DIR = Path("results/runs")
@@ -52,20 +53,6 @@ def trial_overrides(space, config: dict[str, Any], grid: dict[str, list[str]],  
     params = {k: v for k, v in config.items() if k != GRID_KEY}
     extra = grid[config[GRID_KEY]] if GRID_KEY in config else []
     return [*space.overrides(params, seed=seed), *extra]
-
-
-def code_version() -> str:
-    """git describe of the checkout, or the package version."""
-    from ablate import __version__
-
-    try:
-        out = subprocess.run(
-            ["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
-            cwd=Path(__file__).resolve().parent, timeout=5,
-        )
-        return out.stdout.strip() or __version__
-    except (OSError, subprocess.SubprocessError):
-        return __version__
 
 
 # ------------------------------------------------------------------ worker side
@@ -102,10 +89,12 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
                 tune.report({"val_auc": stored["val_auc"], "step": 0, "seed": seed})
             continue
 
-        def report(step: int, val_auc: float, _seed: int = seed, _last: int = cfg.train.steps) -> None:
+        def report(step: int, val_auc: float, _seed: int = seed,
+                   _last: int | None = cfg.train.steps) -> None:
             # the early-stopping signal: first seed only, and not the last evaluation
-            # (the final report carries it; pruning a fully trained trial saves nothing)
-            if _seed == context.report_seed and step < _last:
+            # (the final report carries it; pruning a fully trained trial saves nothing).
+            # Epoch-based recipes (train.steps null) report every evaluation.
+            if _seed == context.report_seed and (_last is None or step < _last):
                 tune.report({"val_auc": val_auc, "step": step, "seed": _seed})
 
         try:
@@ -122,6 +111,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         val_row = {"dataset": cfg.data.train, "split": "val", "level": "frame", "metric": "auc",
                    "value": selection.get("val_auc"), "ci_low": None, "ci_high": None,
                    "n": selection.get("n_frames")}
+        write_metrics(run.folder, metrics.to_dict("records"), selection.get("step") or run.steps)
         seed_results.append({
             **base, "status": "finished", "ended": _now(), "run_dir": str(run.folder),
             "wall_s": run.wall_s, "train_steps": run.steps, "step_time_s": run.step_time_s,
@@ -318,7 +308,8 @@ def connect_ray(address: str | None) -> None:
     address = address or os.environ.get("RAY_ADDRESS") or None
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own live lines replace Tune's tables
-    env = {"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0", "ABLATE_CONFIG_DIR": _abs_config_dir()}}
+    env = {"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0", "ABLATE_CONFIG_DIR": _abs_config_dir(),
+                        **_plugin_env()}}
     if address:
         _probe_ray(address)
     try:
@@ -355,6 +346,17 @@ def _probe_ray(address: str, timeout_s: float = 5.0) -> None:
             f"cannot reach a Ray cluster at {address} ({err.strerror or err}); start one with "
             "`ray start --head` or drop --address to run locally"
         ) from None
+
+
+def _plugin_env() -> dict[str, str]:
+    """Plugins and extra config/space folders of this process, for every worker: each
+    node must be able to import the plugin (installed there, or the .py file on a path
+    it sees), as it must be able to import ablate itself."""
+    from ablate.locations import CONFIG_PATH_ENV, SPACES_PATH_ENV
+    from ablate.plugins import ENV
+
+    return {k: os.environ[k] for k in (ENV, CONFIG_PATH_ENV, SPACES_PATH_ENV)
+            if os.environ.get(k)}
 
 
 def _abs_config_dir() -> str:
@@ -399,7 +401,7 @@ def run_sweep(
     db_url: str | None = None, address: str | None = None, name: str | None = None,
     resume: bool = False, force: bool = False, cpus: float | None = None,
     gpus: float | None = None, n_boot: int = 1000, grid: dict[str, list[str]] | None = None,
-    settings: dict[str, Any] | None = None,
+    settings: dict[str, Any] | None = None, mlflow: str | None = None, wandb: str | None = None,
 ) -> SweepSummary:
     """Validate, connect, run every trial, and return the summary (see module doc).
 
@@ -434,6 +436,7 @@ def run_sweep(
     per_trial = {"cpu": cpus if cpus is not None else space.resources.cpu,
                  "gpu": gpus if gpus is not None else space.resources.gpu}
     reference = compose(space.overrides())
+    loggers = tune_callbacks(mlflow, wandb, name)  # a missing package fails here, not in Ray
     _prepare_data(reference, space)
     connect_ray(address)
     sweep_id = None
@@ -447,7 +450,7 @@ def run_sweep(
             code_version(), resume=resume,
         )
         tuner, limit = _tuner(space, db, name, sweep_id, n_trials, per_trial, concurrency,
-                              force, n_boot, resume, reference, experiment, grid or {})
+                              force, n_boot, resume, reference, experiment, grid or {}, loggers)
         _say(f"sweep {name}: {n_trials} trials of space {space.name} x {space.seeds} seed(s), "
              f"up to {limit} at once, {per_trial} per trial; results in {db.url}")
         with _sigterm_as_interrupt(), _quiet_tune():
@@ -504,7 +507,7 @@ def _prepare_data(reference, space) -> None:  # noqa: ANN001
 
 
 def _tuner(space, db, name, sweep_id, n_trials, per_trial, concurrency, force, n_boot,  # noqa: ANN001, ANN202, PLR0913
-           resume, reference, experiment, grid):
+           resume, reference, experiment, grid, loggers=()):
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -538,7 +541,7 @@ def _tuner(space, db, name, sweep_id, n_trials, per_trial, concurrency, force, n
         ),
         param_space={GRID_KEY: tune.grid_search(list(grid))} if grid else None,
         run_config=tune.RunConfig(
-            name=name, storage_path=str(RAY_DIR.resolve()), callbacks=[callback],
+            name=name, storage_path=str(RAY_DIR.resolve()), callbacks=[callback, *loggers],
             failure_config=tune.FailureConfig(max_failures=0), verbose=0,
         ),
     )

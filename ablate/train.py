@@ -28,9 +28,10 @@ from ablate.model.speed import (
     memory_format,
     tune_kernels,
 )
-from ablate.model.teacher import DTYPES
+from ablate.model.teacher import parse_dtype as teacher_dtype
 from ablate.recipe import is_guided, recipe_hash
 from ablate.scoring import Selection, score, validation_point
+from ablate.tracking import write_curves
 
 
 class TrainingDiverged(AblateError):
@@ -119,7 +120,8 @@ def train_step(
         losses = detector.guided_losses(images, sources, targets, labels, generator,
                                         posteriors=posteriors,
                                         batched=speed.batched if speed is not None else True,
-                                        clean=clean.to(device) if detector.guided else None)
+                                        clean=clean.to(device) if posteriors is None
+                                        and detector.guided else None)
     total = losses["total"]
     if not torch.isfinite(total):
         raise TrainingDiverged(
@@ -224,6 +226,7 @@ def train(
     result.selection = info["selection"]
     trainable = selector.best_state or detector.trainable_state_dict()
     save_run(result.folder, cfg, trainable, classifier_state(trainable), info)
+    write_curves(result.folder, curves)  # tensorboard --logdir results/runs
     return result
 
 
@@ -243,7 +246,7 @@ def eval_every_steps(train_cfg: DictConfig, batches_per_epoch: int) -> int:
 def check_teacher_precision(cfg: DictConfig, device: torch.device) -> None:
     """A reduced-precision teacher needs a device that computes in it natively."""
     name = str(cfg.teacher.get("dtype", "float32")) if is_guided(cfg) else "float32"
-    dtype = DTYPES.get(name, torch.float32)
+    dtype = teacher_dtype(name)  # unknown names: a one-line error listing the valid ones
     if not supports_dtype(device, dtype):
         raise AblateError(
             f"teacher.dtype={name} but this {device.type} has no native {name} compute "

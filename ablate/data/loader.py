@@ -42,10 +42,11 @@ def resolve_dataset(name: str, settings: dict | None = None) -> pd.DataFrame:
 
         table = load_manifest(ensure_benchmark())
         return table[table["dataset"] == name].reset_index(drop=True)
-    from ablate.recipe import config_dir, options
+    from ablate.locations import find
+    from ablate.recipe import options
 
-    config = config_dir() / "data" / f"{name}.yaml"
-    if not config.is_file():
+    config = find("configs", f"data/{name}.yaml")
+    if config is None:
         known = ", ".join(benchmark_datasets() + options("data"))
         raise AblateError(f"unknown dataset {name!r}; use a manifest path or one of: {known}")
     data_cfg = OmegaConf.to_container(OmegaConf.load(config), resolve=True)
@@ -91,10 +92,15 @@ def _dataset(cfg: DictConfig, rows: pd.DataFrame, guided: bool, augment: str,
 
 
 def train_and_val(cfg: DictConfig) -> tuple[ManifestDataset, ManifestDataset]:
-    """The source domain's train split (guided) and val split (for selection only)."""
+    """The source domain's train split (guided unless the recipe is the baseline) and val
+    split (for selection only)."""
     table = source_table(cfg)
     cache = FrameCache()
-    train = _dataset(cfg, split_rows(table, "train", cfg.data.train), True, cfg.data.augment, cache)
+    from ablate.recipe import is_guided
+
+    # the baseline needs no source/target frames: fakes without pairs are training rows too
+    train = _dataset(cfg, split_rows(table, "train", cfg.data.train), is_guided(cfg),
+                     cfg.data.augment, cache)
     val = _dataset(cfg, split_rows(table, "val", cfg.data.train), False, "none", cache)
     return train, val
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-import sqlalchemy as sa
 
 from ablate.errors import AblateError
 from ablate.report import EVALUATORS, FORMATS, tables
@@ -32,7 +31,7 @@ from ablate.report.render import (
     write_latex,
     write_text,
 )
-from ablate.results import ResultsDB, default_url
+from ablate.results import ResultsDB, default_url, require_existing_db
 
 REPORTS_DIR = Path("results/reports")
 
@@ -87,7 +86,7 @@ def build_report(sweep: str | None = None, db_url: str | None = None,
     if importance not in EVALUATORS:
         raise AblateError(f"unknown importance evaluator {importance!r}; choose from "
                           f"{', '.join(EVALUATORS)}")
-    _require_sqlite_file(db_url or default_url())
+    require_existing_db(db_url or default_url())
     with ResultsDB(db_url) as db:
         data = load_sweep(db, sweep)
     folder = prepare_folder(Path(out) if out else default_folder(data.name))
@@ -96,20 +95,6 @@ def build_report(sweep: str | None = None, db_url: str | None = None,
     except OSError as exc:
         raise AblateError(f"cannot write the report to {folder}: "
                           f"{exc.strerror or exc}; choose another --out") from None
-
-
-def _require_sqlite_file(url: str) -> None:
-    """A report never creates a database: a mistyped SQLite path is an error, not an empty DB."""
-    text = url if "://" in url else f"sqlite:///{url}"
-    try:
-        parsed = sa.make_url(text)
-    except (sa.exc.ArgumentError, ValueError):
-        return  # ResultsDB explains bad URLs
-    path = parsed.database
-    if (parsed.get_backend_name() == "sqlite" and path and path != ":memory:"
-            and not path.startswith("file:") and not Path(path).expanduser().is_file()):
-        raise AblateError(f"no results database at {path}; run a sweep first "
-                          "(`ablate sweep --space quick`) or pass --db / set $ABLATE_DB")
 
 
 def _write(data: SweepData, folder: Path, formats: tuple[str, ...], evaluator: str) -> Report:

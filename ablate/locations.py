@@ -1,0 +1,70 @@
+"""Where recipes' config groups and search spaces are found.
+
+The built-in ones come first: the checkout's `configs/` and `search_spaces/` when
+running from a checkout (or an editable install), else the copies the wheel ships
+as `ablate/configs` / `ablate/search_spaces` (the same files: pyproject maps the
+top-level folders into the package). `$ABLATE_CONFIG_DIR` / `$ABLATE_SPACES_DIR`
+replace the built-in folder. After it, in order: each plugin's own `configs/` or
+`search_spaces/`, then the folders in `$ABLATE_CONFIG_PATH` / `$ABLATE_SPACES_PATH`
+(separated by `os.pathsep`; `ablate --config-path DIR` adds to the first).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ablate.errors import AblateError
+
+CONFIG_PATH_ENV = "ABLATE_CONFIG_PATH"
+SPACES_PATH_ENV = "ABLATE_SPACES_PATH"
+_PACKAGE = Path(__file__).resolve().parent
+_CHECKOUT = _PACKAGE.parent
+
+
+def builtin(kind: str) -> Path:
+    """`configs` or `search_spaces`: the env override, the checkout's, or the packaged copy."""
+    env = os.environ.get("ABLATE_CONFIG_DIR" if kind == "configs" else "ABLATE_SPACES_DIR")
+    if env:
+        return Path(env).expanduser()
+    if (_CHECKOUT / kind).is_dir() and (_CHECKOUT / "pyproject.toml").is_file():
+        return _CHECKOUT / kind
+    return _PACKAGE / kind  # the wheel's copy (pyproject maps the top-level folder here)
+
+
+def search_path(kind: str) -> list[Path]:
+    """Every folder searched for `kind`, built-in first (see the module doc)."""
+    from ablate import plugins
+
+    plugins.load_all()
+    env = CONFIG_PATH_ENV if kind == "configs" else SPACES_PATH_ENV
+    extra = [Path(p).expanduser() for p in os.environ.get(env, "").split(os.pathsep) if p]
+    return list(dict.fromkeys([builtin(kind), *plugins.folders(kind), *extra]))
+
+
+def add_config_path(folder: str) -> None:
+    """`--config-path DIR`: a folder of config groups (`DIR/filter/mine.yaml`) joins the path."""
+    path = Path(folder).expanduser().resolve()
+    if not path.is_dir() or not any(path.rglob("*.yaml")):
+        raise AblateError(f"--config-path {folder}: no .yaml files in it; give a folder of "
+                          "config groups, e.g. DIR/filter/myfilter.yaml")
+    current = [p for p in os.environ.get(CONFIG_PATH_ENV, "").split(os.pathsep) if p]
+    if str(path) not in current:
+        os.environ[CONFIG_PATH_ENV] = os.pathsep.join([*current, str(path)])
+
+
+def find(kind: str, relative: str) -> Path | None:
+    """The first `relative` file (e.g. `data/ffpp.yaml`) on the search path, or None."""
+    for folder in search_path(kind):
+        if (folder / relative).is_file():
+            return folder / relative
+    return None
+
+
+def names(kind: str, group: str = "") -> list[str]:
+    """Stems of the .yaml files in `group` over the whole search path (first one wins)."""
+    found: dict[str, None] = {}
+    for folder in search_path(kind):
+        for path in sorted((folder / group).glob("*.yaml")):
+            found.setdefault(path.stem, None)
+    return sorted(found)
