@@ -247,8 +247,7 @@ def dashboard_cmd(db_url: str | None, host: str, port: int) -> None:
     """
     from ablate.dashboard import serve
 
-    click.echo(f"optuna-dashboard on http://{host}:{port}  (Ctrl-C stops)")
-    serve(db_url, host, port)
+    serve(db_url, host, port, announce=click.echo)
 
 
 @cli.command("compare-teachers")

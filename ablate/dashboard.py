@@ -12,8 +12,9 @@ from ablate.errors import AblateError
 from ablate.results import ResultsDB, default_url, require_existing_db
 
 
-def serve(db_url: str | None, host: str = "127.0.0.1", port: int = 8080) -> None:
-    """Serve until interrupted (Ctrl-C)."""
+def serve(db_url: str | None, host: str = "127.0.0.1", port: int = 8080,
+          announce=print) -> None:  # noqa: ANN001
+    """Serve until interrupted (Ctrl-C); `announce(line)` once the DB checks passed."""
     if importlib.util.find_spec("optuna_dashboard") is None:
         raise AblateError("ablate dashboard needs optuna-dashboard, which is not installed; "
                           "pip install 'ablate[dashboard]'")
@@ -22,6 +23,7 @@ def serve(db_url: str | None, host: str = "127.0.0.1", port: int = 8080) -> None
 
     with ResultsDB(db_url) as db:
         storage = db.optuna_storage_url
+    announce(f"optuna-dashboard on http://{host}:{port}  (Ctrl-C stops)")
     try:
         optuna_dashboard.run_server(storage, host=host, port=port)
     except OSError as err:

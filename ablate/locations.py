@@ -11,20 +11,24 @@ replace the built-in folder. After it, in order: each plugin's own `configs/` or
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 from ablate.errors import AblateError
 
-CONFIG_PATH_ENV = "ABLATE_CONFIG_PATH"
-SPACES_PATH_ENV = "ABLATE_SPACES_PATH"
+log = logging.getLogger(__name__)
+_WARNED: set[Path] = set()
+
+CONFIG_DIR_ENV, SPACES_DIR_ENV = "ABLATE_CONFIG_DIR", "ABLATE_SPACES_DIR"  # replace built-in
+CONFIG_PATH_ENV, SPACES_PATH_ENV = "ABLATE_CONFIG_PATH", "ABLATE_SPACES_PATH"  # added after
 _PACKAGE = Path(__file__).resolve().parent
 _CHECKOUT = _PACKAGE.parent
 
 
 def builtin(kind: str) -> Path:
     """`configs` or `search_spaces`: the env override, the checkout's, or the packaged copy."""
-    env = os.environ.get("ABLATE_CONFIG_DIR" if kind == "configs" else "ABLATE_SPACES_DIR")
+    env = os.environ.get(CONFIG_DIR_ENV if kind == "configs" else SPACES_DIR_ENV)
     if env:
         return Path(env).expanduser()
     if (_CHECKOUT / kind).is_dir() and (_CHECKOUT / "pyproject.toml").is_file():
@@ -38,8 +42,13 @@ def search_path(kind: str) -> list[Path]:
 
     plugins.load_all()
     env = CONFIG_PATH_ENV if kind == "configs" else SPACES_PATH_ENV
-    extra = [Path(p).expanduser() for p in os.environ.get(env, "").split(os.pathsep) if p]
+    extra = [Path(p).expanduser() for p in env_list(env)]
     return list(dict.fromkeys([builtin(kind), *plugins.folders(kind), *extra]))
+
+
+def env_list(name: str) -> list[str]:
+    """An `os.pathsep`-separated environment variable as its non-empty items."""
+    return [p for p in os.environ.get(name, "").split(os.pathsep) if p.strip()]
 
 
 def add_config_path(folder: str) -> None:
@@ -48,7 +57,7 @@ def add_config_path(folder: str) -> None:
     if not path.is_dir() or not any(path.rglob("*.yaml")):
         raise AblateError(f"--config-path {folder}: no .yaml files in it; give a folder of "
                           "config groups, e.g. DIR/filter/myfilter.yaml")
-    current = [p for p in os.environ.get(CONFIG_PATH_ENV, "").split(os.pathsep) if p]
+    current = env_list(CONFIG_PATH_ENV)
     if str(path) not in current:
         os.environ[CONFIG_PATH_ENV] = os.pathsep.join([*current, str(path)])
 
@@ -61,10 +70,23 @@ def find(kind: str, relative: str) -> Path | None:
     return None
 
 
+def warn_shadowed(kind: str) -> None:
+    """Warn (once per file) about every config file an earlier folder shadows."""
+    groups = {p.parent.relative_to(folder) for folder in search_path(kind)
+              for p in folder.rglob("*.yaml")}
+    for group in groups:
+        names(kind, str(group))
+
+
 def names(kind: str, group: str = "") -> list[str]:
     """Stems of the .yaml files in `group` over the whole search path (first one wins)."""
-    found: dict[str, None] = {}
+    found: dict[str, Path] = {}
     for folder in search_path(kind):
         for path in sorted((folder / group).glob("*.yaml")):
-            found.setdefault(path.stem, None)
+            if path.stem not in found:
+                found[path.stem] = path
+            elif path not in _WARNED:  # never silent: say which file wins
+                _WARNED.add(path)
+                log.warning("%s is shadowed by %s (the earlier folder on the %s search path "
+                            "wins); rename one of them", path, found[path.stem], kind)
     return sorted(found)

@@ -17,6 +17,7 @@ uses one of its variants, so a changed plugin never passes for the old one.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -48,6 +49,7 @@ class Plugin:
 
 _LOADED: dict[str, Plugin] = {}  # module -> plugin
 _DONE: set[str] = set()  # specs already handled (entry points and env items)
+_CURRENT: list[str] = []  # modules of the plugins being imported right now (innermost last)
 
 
 def load_all() -> list[Plugin]:
@@ -60,7 +62,7 @@ def load_all() -> list[Plugin]:
         if key not in _DONE:
             _DONE.add(key)
             dist = ep.dist.version if ep.dist is not None else "unknown"
-            _load_module(ep.value, ep.name, dist)
+            _load_module(ep.module, ep.name, dist)  # `pkg.mod` or `pkg.mod:attr`: the module
     for item in explicit():
         key = f"env:{item}"
         if key not in _DONE:
@@ -86,13 +88,19 @@ def loaded() -> list[Plugin]:
     return list(_LOADED.values())
 
 
-def plugin_of(module: str) -> Plugin | None:
-    """The plugin a module (e.g. a factory's __module__) belongs to, or None for ablate's own."""
-    for plugin in _LOADED.values():
-        top = plugin.module.split(".")[0]
-        if module == plugin.module or module == top or module.startswith(top + "."):
-            return plugin
-    return None
+def loading(factory: object = None) -> str | None:
+    """Who is registering a variant right now: the plugin being imported (its module), None
+    for ablate's own modules, else the factory's module (registered outside a plugin load,
+    e.g. a notebook import: recorded by module, with no version)."""
+    if _CURRENT:
+        return _CURRENT[-1]
+    module = str(getattr(factory, "__module__", "") or "")
+    return None if module == "ablate" or module.startswith("ablate.") else module
+
+
+def get(module: str) -> Plugin | None:
+    """The loaded plugin with this module, or None."""
+    return _LOADED.get(module)
 
 
 def folders(kind: str) -> list[Path]:
@@ -107,7 +115,9 @@ def folders(kind: str) -> list[Path]:
 # ------------------------------------------------------------------ internals
 
 
+@functools.cache
 def _entry_points() -> list[metadata.EntryPoint]:
+    """Scanned once per process (a scan reads every installed distribution)."""
     return sorted(metadata.entry_points(group=GROUP), key=lambda ep: ep.name)
 
 
@@ -126,9 +136,9 @@ def _load_module(module: str, name: str, version: str) -> None:
     if module in _LOADED:
         return
     try:
-        imported = _import(name, lambda: importlib.import_module(module))
+        imported = _import(name, module, lambda: importlib.import_module(module))
     except ModuleNotFoundError as err:
-        if err.name and module.startswith(err.name):
+        if err.name and (module == err.name or module.startswith(err.name + ".")):
             raise AblateError(f"plugin {name}: no module named {module!r}; install its package "
                               "or fix --plugin / $ABLATE_PLUGINS / its entry point") from None
         raise AblateError(f"plugin {name}: importing {module} failed: {err}") from None
@@ -136,13 +146,15 @@ def _load_module(module: str, name: str, version: str) -> None:
     source = Path(getattr(top, "__file__", None) or getattr(imported, "__file__", "")).resolve()
     if source.name == "__init__.py":  # a package: all its code, its own configs/ and spaces
         root, files = source.parent, sorted(source.parent.rglob("*.py"))
-    else:  # a top-level single-file module
-        root, files = source.parent, [source]
-    _LOADED[module] = Plugin(name, module, version, _sha256(files), root)
+    else:  # a top-level single-file module: no folder of its own to search
+        root, files = source.with_suffix(""), [source]
+    _LOADED[module] = Plugin(name, module, version, _sha256(files, root), root)
 
 
 def _load_file(path: Path) -> None:
-    module = f"ablate_plugin_{path.stem}"
+    path = path.resolve()
+    tag = hashlib.sha1(str(path).encode()).hexdigest()[:8]  # two files may share a name
+    module = f"ablate_plugin_{path.stem}_{tag}"
     if module in _LOADED:
         return
     spec = importlib.util.spec_from_file_location(module, path)
@@ -153,24 +165,34 @@ def _load_file(path: Path) -> None:
     def run() -> None:
         spec.loader.exec_module(loaded_module)  # type: ignore[union-attr]
 
-    _import(path.name, run)
-    _LOADED[module] = Plugin(path.name, module, "file", _sha256([path]), path.parent.resolve())
+    try:
+        _import(path.name, module, run)
+    except ModuleNotFoundError as err:
+        raise AblateError(f"plugin {path.name}: importing it failed: {err}") from None
+    # the file's own folder holds configs/ and search_spaces/ only when named <stem>/
+    _LOADED[module] = Plugin(path.name, module, "file", _sha256([path], path.parent),
+                             path.parent / path.stem)
 
 
-def _import(name: str, action):  # noqa: ANN001, ANN202
-    """Run an import; a registry clash or any error in the plugin names the plugin."""
+def _import(name: str, module: str, action):  # noqa: ANN001, ANN202
+    """Run a plugin's import (its registrations recorded as its own); a registry clash or
+    any error in the plugin names the plugin."""
+    _CURRENT.append(module)
     try:
         return action()
     except AblateError as err:
         raise AblateError(f"plugin {name}: {err}") from None
     except ModuleNotFoundError:
         raise
-    except ValueError as err:  # Registry.register: a name registered twice
-        raise AblateError(f"plugin {name}: {err}; rename the variant") from None
+    except ValueError as err:
+        hint = "; rename the variant" if "registered twice" in str(err) else ""
+        raise AblateError(f"plugin {name}: {err}{hint}") from None
     except Exception as err:  # noqa: BLE001 - whatever the user's module raises
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise AblateError(f"plugin {name}: importing it failed: {type(err).__name__}: "
                           f"{first}") from None
+    finally:
+        _CURRENT.pop()
 
 
 def _dist_version(module: str) -> str:
@@ -183,9 +205,10 @@ def _dist_version(module: str) -> str:
     return "unknown"
 
 
-def _sha256(files: list[Path]) -> str:
+def _sha256(files: list[Path], root: Path) -> str:
+    """Of the files' paths relative to `root` and their bytes (not where they are installed)."""
     h = hashlib.sha256()
     for file in files:
-        h.update(file.name.encode())
+        h.update(str(file.relative_to(root) if file.is_relative_to(root) else file.name).encode())
         h.update(file.read_bytes())
     return h.hexdigest()

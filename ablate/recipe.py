@@ -55,14 +55,26 @@ def _hydra_compose(overrides: list[str]) -> DictConfig:
     """Hydra's compose on the built-in configs plus the plugin and user config folders."""
     primary = config_dir()
     extra = [p for p in locations.search_path("configs") if p != primary]
-    if extra:
-        overrides = [f"hydra.searchpath=[{','.join(f'file://{p}' for p in extra)}]", *overrides]
+    if extra and not _SHADOW_CHECKED:
+        _SHADOW_CHECKED.append(True)
+        locations.warn_shadowed("configs")
+    if extra:  # quoted: a folder may hold commas, spaces or brackets
+        quoted = ",".join(_quote(f"file://{p}") for p in extra)
+        overrides = [f"hydra.searchpath=[{quoted}]", *overrides]
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(primary), version_base="1.3"):
             return hydra_compose("config", overrides=overrides)
     finally:
         GlobalHydra.instance().clear()
+
+
+_SHADOW_CHECKED: list[bool] = []  # warn about shadowed config files once per process
+
+
+def _quote(text: str) -> str:
+    """A Hydra override string in single quotes (backslashes and quotes escaped)."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
@@ -183,10 +195,10 @@ def plugin_identities(data: dict) -> dict[str, dict[str, str]]:
         name = (data.get(slot) or {}).get("name") if isinstance(data.get(slot), dict) else None
         if name is None or name not in registry(slot):
             continue
-        factory = registry(slot).get(name).factory
-        plugin = plugins.plugin_of(getattr(factory, "__module__", "") or "")
-        if plugin is not None:
-            out[slot] = plugin.identity()
+        key = registry(slot).get(name).plugin
+        if key is not None:  # no plugin object: registered outside a plugin load
+            plugin = plugins.get(key)
+            out[slot] = plugin.identity() if plugin else {"module": key, "version": "unknown"}
     return out
 
 

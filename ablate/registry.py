@@ -24,14 +24,15 @@ class Entry:
     factory: Callable[..., Any]
     description: str
     defaults: dict[str, Any] = field(default_factory=dict)
+    plugin: str | None = None  # key of the plugin whose import registered it (None: ablate's)
 
     @property
     def origin(self) -> str:
         """`built-in`, or the plugin that registered this variant (its entry point name)."""
-        from ablate.plugins import plugin_of
+        from ablate.plugins import get
 
-        plugin = plugin_of(getattr(self.factory, "__module__", "") or "")
-        return "built-in" if plugin is None else plugin.name
+        found = get(self.plugin) if self.plugin else None
+        return "built-in" if self.plugin is None else (found.name if found else self.plugin)
 
     def arguments(self) -> dict[str, Any]:
         """Keyword arguments of the factory with their defaults (preset defaults win)."""
@@ -61,7 +62,10 @@ class Registry:
         def decorator(factory: Callable[..., Any]) -> Callable[..., Any]:
             if name in self._entries:
                 raise ValueError(f"{self.slot} variant {name!r} is registered twice")
-            self._entries[name] = Entry(name, factory, description, dict(defaults))
+            from ablate.plugins import loading
+
+            self._entries[name] = Entry(name, factory, description, dict(defaults),
+                                        loading(factory))
             return factory
 
         return decorator

@@ -308,8 +308,7 @@ def connect_ray(address: str | None) -> None:
     address = address or os.environ.get("RAY_ADDRESS") or None
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own live lines replace Tune's tables
-    env = {"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0", "ABLATE_CONFIG_DIR": _abs_config_dir(),
-                        **_plugin_env()}}
+    env = {"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0", **_plugin_env()}}
     if address:
         _probe_ray(address)
     try:
@@ -352,17 +351,11 @@ def _plugin_env() -> dict[str, str]:
     """Plugins and extra config/space folders of this process, for every worker: each
     node must be able to import the plugin (installed there, or the .py file on a path
     it sees), as it must be able to import ablate itself."""
-    from ablate.locations import CONFIG_PATH_ENV, SPACES_PATH_ENV
+    from ablate.locations import CONFIG_DIR_ENV, CONFIG_PATH_ENV, SPACES_DIR_ENV, SPACES_PATH_ENV
     from ablate.plugins import ENV
 
-    return {k: os.environ[k] for k in (ENV, CONFIG_PATH_ENV, SPACES_PATH_ENV)
-            if os.environ.get(k)}
-
-
-def _abs_config_dir() -> str:
-    from ablate.recipe import config_dir
-
-    return str(config_dir().resolve())
+    names = (ENV, CONFIG_PATH_ENV, SPACES_PATH_ENV, CONFIG_DIR_ENV, SPACES_DIR_ENV)
+    return {k: os.environ[k] for k in names if os.environ.get(k)}
 
 
 def _reuse_table(db) -> dict[str, dict]:  # noqa: ANN001
@@ -436,6 +429,9 @@ def run_sweep(
     per_trial = {"cpu": cpus if cpus is not None else space.resources.cpu,
                  "gpu": gpus if gpus is not None else space.resources.gpu}
     reference = compose(space.overrides())
+    if resume and (mlflow or wandb):
+        raise AblateError("--mlflow / --wandb are fixed when a sweep starts (Ray keeps them in "
+                          "its saved state); resume without them: the sweep logs where it began")
     loggers = tune_callbacks(mlflow, wandb, name)  # a missing package fails here, not in Ray
     _prepare_data(reference, space)
     connect_ray(address)

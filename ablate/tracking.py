@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -19,6 +20,8 @@ from typing import Any
 
 from ablate.errors import AblateError
 
+log = logging.getLogger(__name__)
+
 EVENTS_DIR = "tensorboard"  # inside a run folder
 
 
@@ -27,12 +30,15 @@ def write_curves(folder: Path, curves: Iterable[tuple[int, str, float]]) -> Path
     from tensorboardX import SummaryWriter
 
     out = Path(folder) / EVENTS_DIR
-    # event files are named by the second and host: a unique suffix keeps a second write
-    # (evaluation right after training) from replacing the first
-    with SummaryWriter(str(out), filename_suffix=f".{os.getpid()}.{time.time_ns()}") as writer:
-        for step, name, value in curves:
-            if value is not None and math.isfinite(float(value)):
-                writer.add_scalar(name, float(value), int(step))
+    try:
+        # event files are named by the second and host: a unique suffix keeps a second write
+        # (evaluation right after training) from replacing the first
+        with SummaryWriter(str(out), filename_suffix=f".{os.getpid()}.{time.time_ns()}") as w:
+            for step, name, value in curves:
+                if value is not None and math.isfinite(float(value)):
+                    w.add_scalar(name, float(value), int(step))
+    except OSError as err:  # a viewer's copy must never fail a finished run
+        log.warning("no TensorBoard events in %s: %s", out, err.strerror or err)
     return out
 
 

@@ -134,12 +134,17 @@ def test_plugin_filter_trains_and_its_identity_is_in_the_hash(site, tmp_path):
     trained = load_file(run / "trainable.safetensors")
     assert "filter_source.gain" in trained  # the plugin's own parameter was trained
 
-    def dry_hash(where: Path) -> str:
-        out = _ablate("train", "--dry-run", "filter=gainfilter", *TINY, cwd=tmp_path, site=where)
+    def dry_hash(where: Path | None, variant: str = "gainfilter") -> str:
+        out = _ablate("train", "--dry-run", f"filter={variant}", *TINY, cwd=tmp_path,
+                      site=where)
         assert out.returncode == 0, out.stderr
         return next(ln for ln in out.stdout.splitlines() if ln.startswith("recipe hash:"))
 
     before = dry_hash(site)
+    # the same code installed elsewhere (another node, another venv): the same identity
+    again = _install(_write_package(tmp_path / "again"), tmp_path / "site-again")
+    assert dry_hash(again) == before
+    assert dry_hash(site, "paper") == dry_hash(None, "paper")  # built-ins are not the plugin's
     changed = _write_package(tmp_path / "changed", VARIANTS.replace(
         "self.inner(feats) * self.gain", "self.inner(feats) * self.gain * 2"))
     assert dry_hash(_install(changed, tmp_path / "site2")) != before  # new code, new identity
@@ -161,15 +166,16 @@ def test_two_trial_sweep_with_the_plugin_space(site, tmp_path):
 
 
 def test_loose_file_plugin_and_config_path(tmp_path):
-    (tmp_path / "conf" / "filter").mkdir(parents=True)
-    (tmp_path / "conf" / "filter" / "gainfilter.yaml").write_text("name: gainfilter\ngain: 2\n")
+    conf = tmp_path / "my conf, v2 [draft]"  # Hydra's override grammar must not see these
+    (conf / "filter").mkdir(parents=True)
+    (conf / "filter" / "gainfilter.yaml").write_text("name: gainfilter\ngain: 2\n")
     (tmp_path / "myfilter.py").write_text(VARIANTS)
-    proc = _ablate("--plugin", "myfilter.py", "--config-path", "conf", "train", "--dry-run",
+    proc = _ablate("--plugin", "myfilter.py", "--config-path", conf.name, "train", "--dry-run",
                    "filter=gainfilter", *TINY, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     env = _ablate("train", "--dry-run", "filter=gainfilter", *TINY, cwd=tmp_path,
                   ABLATE_PLUGINS=str(tmp_path / "myfilter.py"),
-                  ABLATE_CONFIG_PATH=str(tmp_path / "conf"))
+                  ABLATE_CONFIG_PATH=str(conf))
     assert env.returncode == 0, env.stderr
     assert "gain: 2" in proc.stdout and "gain: 2" in env.stdout
 

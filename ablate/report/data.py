@@ -158,7 +158,8 @@ def varying_keys(flats: list[dict[str, Any]]) -> list[str]:
     plain baseline (guide=none) lacks them, and guide.name already tells it apart.
     """
     guided = [f for f in flats if not is_baseline_flat(f)]
-    keys = sorted({k for f in flats for k in f})
+    # plugins.<slot>.*: the code identity of a variant the slot already names, not a factor
+    keys = sorted({k for f in flats for k in f if not k.startswith("plugins.")})
     varying = [k for k in _varying(keys, flats) if not is_guidance_key(k)]
     varying += [k for k in _varying(keys, guided) if is_guidance_key(k)]
     return sorted(varying, key=_key_order)
