@@ -84,10 +84,6 @@ def add(item: str) -> None:
     load_all()
 
 
-def loaded() -> list[Plugin]:
-    return list(_LOADED.values())
-
-
 def loading(factory: object = None) -> str | None:
     """Who is registering a variant right now: the plugin being imported (its module), None
     for ablate's own modules, else the factory's module (registered outside a plugin load,
