@@ -1,0 +1,89 @@
+"""Checks that what the recipes read from disk is there before a sweep starts: datasets
+(manifest, benchmark family or configured root), real teacher weights, encoder weights.
+Nothing is downloaded, so a missing file is a problem to report, with the key to set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ablate.space.check import _Check
+from ablate.space.model import TINY_PREFIX
+
+
+def _check_datasets(check: _Check, cfgs: list[Any]) -> None:
+    """Every train/test set must be a manifest, a benchmark family or a ready dataset config."""
+    from ablate.locations import find
+    from ablate.recipe import options
+
+    names = [n for cfg in cfgs for n in (cfg.data.train, *cfg.data.tests)]
+    try:
+        from ablate.data.loader import MANIFEST_DIR, benchmark_datasets
+
+        benchmark = benchmark_datasets()
+    except Exception as err:  # noqa: BLE001 (data layer broken: say so, do not hide the rest)
+        check.notes.append(f"datasets not checked ({type(err).__name__}: {err})")
+        return
+    for name in dict.fromkeys(str(n) for n in names):
+        path = Path(name).expanduser()
+        if path.suffix in (".csv", ".parquet"):
+            if not path.is_file():
+                check.problem(f"dataset manifest {path} does not exist")
+        elif name not in benchmark and name not in options("data"):
+            check.problem(f"unknown dataset {name!r}; use a manifest path or one of: "
+                          f"{', '.join(benchmark + options('data'))}")
+        elif name not in benchmark:
+            _check_dataset_config(check, name, find("configs", f"data/{name}.yaml"), MANIFEST_DIR)
+
+
+def _check_dataset_config(check: _Check, name: str, config: Path, manifest_dir: Path) -> None:
+    data = yaml.safe_load(config.read_text()) or {}
+    manifest = data.get("manifest") or manifest_dir / f"{name}.csv"
+    if not Path(manifest).is_file() and not data.get("root"):
+        check.problem(f"dataset {name} has no manifest ({manifest}) and no root: set root "
+                      f"(the extracted face frames) or manifest in {config}")
+
+
+def _check_teachers(check: _Check, cfgs: list[Any]) -> None:
+    from ablate.recipe import is_guided
+
+    for cfg in cfgs:
+        if is_guided(cfg) and not str(cfg.teacher.name).startswith(TINY_PREFIX):
+            _check_real_teacher(check, cfg)
+
+
+def _check_encoders(check: _Check, cfgs: list[Any]) -> None:
+    """A paper encoder (one that takes random_init) needs local ImageNet weights."""
+    where = check.space.source_path or check.space.name
+    for b in {str(c.backbone): c.backbone for c in cfgs}.values():
+        if "random_init" not in b or b.get("random_init"):
+            continue
+        path = b.get("pretrained_path")
+        if not path:
+            check.problem(f"backbone {b.name} has no weights: set backbone.pretrained_path to a "
+                          f"local timm file (under fixed: in {where}), or "
+                          "backbone.random_init: true to train from scratch on purpose")
+        elif not Path(str(path)).expanduser().is_file():
+            check.problem(f"backbone.pretrained_path {path} does not exist: set it in {where} "
+                          f"to your local {b.name} weights")
+
+
+def _check_real_teacher(check: _Check, cfg: Any) -> None:
+    """A real teacher needs local weights (or random_init); nothing is downloaded."""
+    t = cfg.teacher
+    if t.get("random_init"):
+        return
+    path = t.get("path")
+    where = check.space.source_path or check.space.name
+    if not path:
+        check.problem(
+            f"teacher {t.name} has no weights: set teacher.path to a local diffusers folder or "
+            f".safetensors file (under fixed: in {where}, or path: in "
+            f"configs/teacher/{t.name}.yaml), or teacher.random_init: true for speed runs; "
+            "nothing is downloaded"
+        )
+    elif not Path(str(path)).expanduser().exists():
+        check.problem(f"teacher.path {path} does not exist: set teacher.path in {where} "
+                      f"to your local {t.name} weights")

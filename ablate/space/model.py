@@ -1,0 +1,201 @@
+"""The data model of a search space: frozen dataclasses a parsed YAML file becomes, the
+vocabulary of the format (top-level keys, param fields, metrics, samplers) and
+format_value, which turns a value back into Hydra override text.
+
+Nothing here reads files or imports Optuna; SearchSpace's sampling methods delegate to
+ablate.space.samplers so that the model stays plain data.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ablate.errors import AblateError
+
+KNOWN_METRICS = (
+    "val_auc", "test_auc_mean", "params_trainable", "params_inference",
+    "step_time_s", "wall_s", "peak_mem_mb",
+)
+SAMPLERS = ("tpe", "random", "grid", "nsga2")
+TOP_KEYS = ("description", "fixed", "params", "objectives", "budget", "seeds",
+            "early_stopping", "resources", "tests", "sampler")
+PARAM_FIELDS = ("choice", "int", "float", "log", "step", "when")
+TINY_PREFIX = "tiny-"  # teachers not starting with it load real weights (minutes)
+MODEL_KEYS = ("backbone", "filter", "weight", "guide", "teacher", "loss", "image_size")
+_BARE = re.compile(r"^[A-Za-z_/.~][\w\-./~]*$")
+_INTERPOLATION = re.compile(r"^\$\{[^${}]+\}$")  # ${image_size}: passed through, resolved
+_RESERVED = {"true", "false", "null", "inf", "-inf", "+inf", "nan"}
+
+Scalar = str | int | float | bool | None
+
+
+# --- the data model ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Param:
+    """One recipe key the search chooses; `when` makes it conditional on earlier params."""
+
+    key: str
+    kind: str  # choice | int | float
+    choices: tuple[Scalar, ...] = ()
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    step: float | int | None = None
+    when: dict[str, tuple[Scalar, ...]] = field(default_factory=dict)
+
+    def active(self, chosen: dict[str, Any]) -> bool:
+        """True when every `when` key was chosen and took one of the listed values."""
+        return all(k in chosen and chosen[k] in allowed for k, allowed in self.when.items())
+
+    def suggest(self, trial: Any) -> Any:
+        """Ask the Optuna trial (or Ray's captor of it) for a value; nothing else."""
+        if self.kind == "choice":
+            return trial.suggest_categorical(self.key, list(self.choices))
+        if self.kind == "int":
+            return trial.suggest_int(self.key, self.low, self.high, step=self.step or 1, log=self.log)
+        return trial.suggest_float(self.key, self.low, self.high, step=self.step, log=self.log)
+
+    @property
+    def default(self) -> Any:
+        """The value used for this param when validation varies another one."""
+        return self.choices[0] if self.kind == "choice" else self.low
+
+    def probe_values(self) -> list[Any]:
+        """Values the dry run tries: every choice, or both ends of a range."""
+        if self.kind == "choice":
+            return list(self.choices)
+        return [self.low] if self.low == self.high else [self.low, self.high]
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str
+    mode: str  # min | max
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    """ASHA on the val metric reported at each eval (needs train.eval_every > 0)."""
+
+    enabled: bool = False
+    grace_period: int = 1
+    reduction_factor: float = 2
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Per trial; fractions allowed (two trials can share one GPU with gpu: 0.5)."""
+
+    cpu: float = 1
+    gpu: float = 0
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    name: str = "tpe"
+    seed: int | None = 0
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A parsed search space; `trials` configurations, each run with `seeds` seeds."""
+
+    name: str
+    description: str
+    fixed: dict[str, Any]
+    params: list[Param]
+    objectives: list[Objective]
+    trials: int
+    max_concurrent: int
+    seeds: int
+    early_stopping: EarlyStopping
+    resources: Resources
+    tests: list[str] | None
+    sampler: SamplerSpec
+    source_path: Path | None = None
+
+    @property
+    def metrics(self) -> list[str]:
+        return [o.metric for o in self.objectives]
+
+    @property
+    def modes(self) -> list[str]:
+        return [o.mode for o in self.objectives]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    @property
+    def total_runs(self) -> int:
+        """Training runs the budget pays for: configurations x seeds."""
+        return self.trials * self.seeds
+
+    def param(self, key: str) -> Param:
+        for p in self.params:
+            if p.key == key:
+                return p
+        raise AblateError(f"search space {self.name} has no param {key!r}")
+
+    def define_by_run(self, trial: Any) -> dict[str, Any]:
+        """Optuna define-by-run (see ablate.space.samplers.define_by_run)."""
+        from ablate.space.samplers import define_by_run
+
+        return define_by_run(self, trial)
+
+    def overrides(self, params: dict[str, Any] | None = None, seed: int | None = None) -> list[str]:
+        """Hydra overrides of one trial: fixed, then params, then tests and seed."""
+        params = dict(params or {})
+        unknown = sorted(set(params) - {p.key for p in self.params})
+        if unknown:
+            raise AblateError(
+                f"search space {self.name} has no param(s) {', '.join(unknown)}; "
+                f"its params: {', '.join(p.key for p in self.params) or 'none'}"
+            )
+        values: dict[str, Any] = {**self.fixed, **params}
+        if self.tests is not None:
+            values["data.tests"] = list(self.tests)
+        if seed is not None:
+            values["seed"] = seed
+        return [f"{k}={format_value(v)}" for k, v in values.items()]
+
+    def make_sampler(self) -> Any:
+        """The Optuna sampler the space asks for (see ablate.space.samplers.make_sampler)."""
+        from ablate.space.samplers import make_sampler
+
+        return make_sampler(self)
+
+    def grid(self) -> dict[str, list[Scalar]]:
+        """Every param's choices (see ablate.space.samplers.grid)."""
+        from ablate.space.samplers import grid
+
+        return grid(self)
+
+
+def format_value(value: Any) -> str:
+    """A Python value as Hydra override text that parses back to the same value."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else str(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(format_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{format_value(v)}" for k, v in value.items()) + "}"
+    text = str(value)
+    if (_BARE.match(text) and text.lower() not in _RESERVED) or _INTERPOLATION.match(text):
+        return text
+    text = text.replace("${", "\\${")  # a literal ${ inside a quoted value
+    # Hydra unescapes only backslashes that precede a quote (or the closing quote)
+    quoted = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", text)
+    return "'" + re.sub(r"(\\+)$", lambda m: m.group(1) * 2, quoted) + "'"

@@ -1,0 +1,274 @@
+"""parse_space: YAML text -> SearchSpace, section by section; every mistake is one
+AblateError naming the file and the key, so a user can fix it without reading code."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from ablate.space.model import (
+    KNOWN_METRICS,
+    PARAM_FIELDS,
+    SAMPLERS,
+    TOP_KEYS,
+    EarlyStopping,
+    Objective,
+    Param,
+    Resources,
+    SamplerSpec,
+    Scalar,
+    SearchSpace,
+)
+from ablate.space.reader import _read_yaml, _Where
+
+_KEY = re.compile(r"^\+{0,2}[A-Za-z_][\w\-]*(\.[A-Za-z_][\w\-]*)*$")
+
+
+def parse_space(text: str, path: Path) -> SearchSpace:
+    """The parse behind load_space; every mistake is one AblateError naming file and key."""
+    where = _Where(path)
+    data = _read_yaml(text, where)
+    unknown = sorted(set(data) - set(TOP_KEYS))
+    if unknown:
+        where.fail(unknown[0], f"unknown top-level key; valid keys: {', '.join(TOP_KEYS)}")
+    fixed = _fixed(data.get("fixed"), where)
+    params = _params(data.get("params"), where)
+    clash = sorted(set(fixed) & {p.key for p in params})
+    if clash:
+        where.fail(f"params.{clash[0]}", "is also in fixed; keep it in one place")
+    objectives = _objectives(data.get("objectives"), where)
+    trials, max_concurrent = _budget(data.get("budget"), where)
+    seeds = _int(data.get("seeds", 1), "seeds", where, minimum=1)
+    if seeds > 1 and ("seed" in fixed or any(p.key == "seed" for p in params)):
+        where.fail("seeds", "seeds > 1 sets the recipe's seed itself; remove `seed` from fixed/params")
+    tests = _tests(data.get("tests"), where)
+    if tests is not None and "data.tests" in fixed:
+        where.fail("tests", "give the test sets either as tests: or as fixed data.tests, not both")
+    return SearchSpace(
+        name=path.stem,
+        description=_description(data.get("description", ""), where),
+        fixed=fixed,
+        params=params,
+        objectives=objectives,
+        trials=trials,
+        max_concurrent=max_concurrent,
+        seeds=seeds,
+        early_stopping=_early_stopping(data.get("early_stopping"), where),
+        resources=_resources(data.get("resources"), where),
+        tests=tests,
+        sampler=_sampler(data.get("sampler"), params, len(objectives), where),
+        source_path=path,
+    )
+
+
+# --- the sections --------------------------------------------------------------------------------
+
+
+def _description(value: Any, where: _Where) -> str:
+    if not isinstance(value, str):
+        where.fail("description", "must be a string")
+    return value.strip()
+
+
+def _fixed(value: Any, where: _Where) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        where.fail("fixed", "must be a mapping of recipe overrides, e.g. `train.steps: 40`")
+    for key in value:
+        if not isinstance(key, str) or not _KEY.match(key):
+            where.fail(f"fixed.{key}", "is not a recipe key (dotted names like train.lr)")
+    return dict(value)
+
+
+def _params(value: Any, where: _Where) -> list[Param]:
+    if value is None:
+        return []
+    if not isinstance(value, dict):
+        where.fail("params", "must be a mapping of key: {choice|int|float: ...}")
+    params: list[Param] = []
+    for key, spec in value.items():
+        params.append(_param(key, spec, params, where))
+    return params
+
+
+def _param(key: Any, spec: Any, earlier: list[Param], where: _Where) -> Param:
+    at = f"params.{key}"
+    if not isinstance(key, str) or not _KEY.match(key):
+        where.fail(at, "is not a recipe key (dotted names like train.lr; no '/')")
+    if not isinstance(spec, dict):
+        where.fail(at, "must be a mapping like {choice: [a, b]} or {float: [1e-5, 1e-3], log: true}")
+    unknown = sorted(set(spec) - set(PARAM_FIELDS))
+    if unknown:
+        where.fail(at, f"unknown field {unknown[0]!r}; fields: {', '.join(PARAM_FIELDS)}")
+    kinds = [k for k in ("choice", "int", "float") if k in spec]
+    if len(kinds) != 1:
+        where.fail(at, "needs exactly one of choice:, int: or float:")
+    kind = kinds[0]
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        where.fail(f"{at}.log", "must be true or false")
+    when = _when(spec.get("when"), at, earlier, where)
+    if kind == "choice":
+        if "log" in spec or "step" in spec:
+            where.fail(at, "log/step apply to int/float ranges, not to choice")
+        return Param(key, kind, _choices(spec["choice"], at, where), when=when)
+    low, high = _range(spec[kind], kind, at, where)
+    step = _step(spec.get("step"), kind, at, where)
+    if log and low <= 0:
+        where.fail(at, f"log scale needs low > 0 (got {low})")
+    if log and step is not None and not (kind == "int" and step == 1):
+        where.fail(at, "log scale cannot have a step (Optuna samples it continuously)")
+    return Param(key, kind, low=low, high=high, log=log, step=step, when=when)
+
+
+def _choices(value: Any, at: str, where: _Where) -> tuple[Scalar, ...]:
+    if not isinstance(value, list) or not value:
+        where.fail(at, "choice must be a non-empty list, e.g. {choice: [paper, code]}")
+    for v in value:
+        if isinstance(v, (list, dict)):
+            where.fail(at, f"choice values must be scalars (Optuna's categorical), not {v!r}")
+    if len({json.dumps(v) for v in value}) != len(value):
+        where.fail(at, "choice lists a value twice")
+    return tuple(value)
+
+
+def _range(value: Any, kind: str, at: str, where: _Where) -> tuple[Any, Any]:
+    ok_type = int if kind == "int" else (int, float)
+    if (
+        not isinstance(value, list) or len(value) != 2
+        or any(isinstance(v, bool) or not isinstance(v, ok_type) for v in value)
+    ):
+        where.fail(at, f"{kind} must be [low, high] of {kind}s, e.g. {{{kind}: "
+                       f"{'[16, 64]' if kind == 'int' else '[1.0e-5, 1.0e-3]'}}}")
+    low, high = value
+    if low > high:
+        where.fail(at, f"range low {low} > high {high}")
+    return (low, high) if kind == "int" else (float(low), float(high))
+
+
+def _step(value: Any, kind: str, at: str, where: _Where) -> float | int | None:
+    if value is None:
+        return None
+    ok_type = int if kind == "int" else (int, float)
+    if isinstance(value, bool) or not isinstance(value, ok_type) or value <= 0:
+        where.fail(f"{at}.step", f"must be a positive {kind}")
+    return value if kind == "int" else float(value)
+
+
+def _when(value: Any, at: str, earlier: list[Param], where: _Where) -> dict[str, tuple]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not value:
+        where.fail(f"{at}.when", "must map an earlier param to its value(s), e.g. {guide: adapter}")
+    known = {p.key: p for p in earlier}
+    out: dict[str, tuple] = {}
+    for key, allowed in value.items():
+        if key not in known:
+            where.fail(f"{at}.when.{key}", "is not a param listed before this one (params are "
+                                           f"chosen in order); earlier params: "
+                                           f"{', '.join(known) or 'none'}")
+        values = tuple(allowed) if isinstance(allowed, list) else (allowed,)
+        parent = known[key]
+        bad = [v for v in values if parent.kind == "choice" and v not in parent.choices]
+        if not values or bad:
+            where.fail(f"{at}.when.{key}", f"value {bad[0] if bad else '[]'!r} is not one of "
+                                           f"{key}'s choices {list(parent.choices)}")
+        out[key] = values
+    return out
+
+
+def _objectives(value: Any, where: _Where) -> list[Objective]:
+    if value is None:
+        return [Objective("val_auc", "max")]
+    if not isinstance(value, list) or not value:
+        where.fail("objectives", "must be a list like [{metric: val_auc, mode: max}]")
+    if len(value) > 2:
+        where.fail("objectives", f"at most 2 objectives (a Pareto pair), got {len(value)}")
+    out = []
+    for i, item in enumerate(value):
+        at = f"objectives[{i}]"
+        if not isinstance(item, dict) or set(item) != {"metric", "mode"}:
+            where.fail(at, "must be {metric: <name>, mode: min|max}")
+        if item["metric"] not in KNOWN_METRICS:
+            where.fail(f"{at}.metric", f"unknown metric {item['metric']!r}; "
+                                       f"known: {', '.join(KNOWN_METRICS)}")
+        if item["mode"] not in ("min", "max"):
+            where.fail(f"{at}.mode", f"must be min or max, not {item['mode']!r}")
+        out.append(Objective(item["metric"], item["mode"]))
+    if len({o.metric for o in out}) != len(out):
+        where.fail("objectives", "the same metric is listed twice")
+    return out
+
+
+def _section(value: Any, name: str, fields: tuple[str, ...], where: _Where) -> dict:
+    """A small mapping section with a fixed set of fields."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        where.fail(name, f"must be a mapping with fields {', '.join(fields)}")
+    unknown = sorted(set(value) - set(fields))
+    if unknown:
+        where.fail(f"{name}.{unknown[0]}", f"unknown field; fields: {', '.join(fields)}")
+    return value
+
+
+def _int(value: Any, at: str, where: _Where, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        where.fail(at, f"must be an integer >= {minimum}, not {value!r}")
+    return value
+
+
+def _number(value: Any, at: str, where: _Where, minimum: float, strict: bool = False) -> float:
+    bad = isinstance(value, bool) or not isinstance(value, (int, float))
+    if bad or value < minimum or (strict and value == minimum):
+        where.fail(at, f"must be a number {'>' if strict else '>='} {minimum}, not {value!r}")
+    return value
+
+
+def _budget(value: Any, where: _Where) -> tuple[int, int]:
+    b = _section(value, "budget", ("trials", "max_concurrent"), where)
+    trials = _int(b.get("trials", 8), "budget.trials", where, minimum=1)
+    return trials, _int(b.get("max_concurrent", 1), "budget.max_concurrent", where, minimum=1)
+
+
+def _early_stopping(value: Any, where: _Where) -> EarlyStopping:
+    e = _section(value, "early_stopping", ("enabled", "grace_period", "reduction_factor"), where)
+    enabled = e.get("enabled", bool(e))
+    if not isinstance(enabled, bool):
+        where.fail("early_stopping.enabled", "must be true or false")
+    grace = _int(e.get("grace_period", 1), "early_stopping.grace_period", where, minimum=1)
+    factor = _number(e.get("reduction_factor", 2), "early_stopping.reduction_factor", where, 1,
+                     strict=True)
+    return EarlyStopping(enabled, grace, factor)
+
+
+def _resources(value: Any, where: _Where) -> Resources:
+    r = _section(value, "resources", ("cpu", "gpu"), where)
+    cpu = _number(r.get("cpu", 1), "resources.cpu", where, 0, strict=True)
+    return Resources(cpu, _number(r.get("gpu", 0), "resources.gpu", where, 0))
+
+
+def _tests(value: Any, where: _Where) -> list[str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        where.fail("tests", "must be a non-empty list of dataset names, e.g. [synth-blend, celebdf]")
+    return list(value)
+
+
+def _sampler(value: Any, params: list[Param], n_objectives: int, where: _Where) -> SamplerSpec:
+    s = _section(value, "sampler", ("name", "seed"), where)
+    name = s.get("name", "nsga2" if n_objectives > 1 else "tpe")
+    if name not in SAMPLERS:
+        where.fail("sampler.name", f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
+    seed = s.get("seed", 0)
+    if seed is not None:
+        seed = _int(seed, "sampler.seed", where, minimum=0)
+    if name == "grid" and any(p.kind != "choice" or p.when for p in params):
+        where.fail("sampler.name", "grid needs every param to be an unconditional choice")
+    if name == "grid" and not params:
+        where.fail("sampler.name", "grid needs at least one param")
+    return SamplerSpec(name, seed)
