@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -156,6 +157,8 @@ def compare_teachers(
     from ablate.sweep import run_sweep
 
     name = name or f"compare-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
+    folder = Path(out) if out else REPORTS_DIR / name
+    require_free(folder)  # before any training: a taken folder costs seconds, not hours
     fixed = parse_recipe(recipe) if recipe else dict(CPU_RECIPE)
     guide_settings = sorted(k for k in fixed if k.startswith("guide."))
     if guide_settings and any(s.is_baseline for s in specs):
@@ -172,8 +175,7 @@ def compare_teachers(
               n_boot=n_boot, grid=grid)
     db = ResultsDB(db_url)
     table = comparison_table(db, name, teachers, n_boot)
-    folder = write_comparison(table, Path(out) if out else REPORTS_DIR / name)
-    return table, folder
+    return table, write_comparison(table, folder)
 
 
 # ---------------------------------------------------------------- the comparison
@@ -338,23 +340,45 @@ def markdown(frame: pd.DataFrame) -> str:
     return "\n".join([head, rule, *body])
 
 
+COMPARISON_FILES = ("compare.csv", "compare.md", "compare.png")
+
+
+def require_free(folder: Path) -> None:
+    """AblateError when `folder` already holds a comparison's files: they are never replaced."""
+    taken = [n for n in COMPARISON_FILES if (folder / n).exists()]
+    if taken:
+        raise AblateError(f"{folder} already holds a comparison ({', '.join(taken)}); "
+                          "choose another --out (an existing comparison is never overwritten)")
+
+
 def write_comparison(table: pd.DataFrame, folder: Path) -> Path:
-    """compare.csv (numbers), compare.md (the table and how CIs were computed), compare.png."""
+    """compare.csv (numbers), compare.md (the table and how CIs were computed), compare.png.
+
+    Every file is created exclusively, so a comparison already in `folder` (or one that
+    another process writes there meanwhile) is never overwritten: AblateError instead.
+    """
+    methods = ", ".join(sorted(set(table["ci_method"])))
+    note = (f"CIs: 95% percentile bootstrap over test videos ({methods}); deltas are paired "
+            "(the same video resamples for both teachers), averaged over matched seeds.")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        table.to_csv(folder / "compare.csv", index=False)
-        methods = ", ".join(sorted(set(table["ci_method"])))
-        note = (f"CIs: 95% percentile bootstrap over test videos ({methods}); deltas are paired "
-                "(the same video resamples for both teachers), averaged over matched seeds.")
-        (folder / "compare.md").write_text(markdown(display_table(table)) + "\n\n" + note + "\n")
-        _plot(table, folder / "compare.png")
+        require_free(folder)
+        with open(folder / "compare.csv", "x", newline="") as fh:  # claims the folder
+            table.to_csv(fh, index=False)
+        with open(folder / "compare.md", "x") as fh:
+            fh.write(markdown(display_table(table)) + "\n\n" + note + "\n")
+        with open(folder / "compare.png", "xb") as fh:
+            _plot(table, fh)
+    except FileExistsError:
+        require_free(folder)  # raises, naming what is there
+        raise
     except OSError as err:
         raise AblateError(f"cannot write the comparison to {folder}: {err.strerror or err}; "
                           "choose another --out") from None
     return folder
 
 
-def _plot(table: pd.DataFrame, path: Path) -> None:
+def _plot(table: pd.DataFrame, path: Path | BinaryIO) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -378,5 +402,5 @@ def _plot(table: pd.DataFrame, path: Path) -> None:
     ax.axhline(0.5, color="grey", lw=0.8, ls="--")
     ax.legend(title="teacher", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, format="png")
     plt.close(fig)

@@ -120,3 +120,56 @@ def test_unknown_teacher_is_one_line_error(tmp_path):
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not (tmp_path / "r.db").exists() or ResultsDB(
         f"sqlite:///{tmp_path / 'r.db'}").list_sweeps().empty
+
+
+def tiny_table(auc_b: float = 0.7) -> pd.DataFrame:
+    """A two-teacher, one-test-set comparison table, as comparison_table returns it."""
+    rows = []
+    for teacher, auc in (("none", 0.6), ("tiny-sd15", auc_b)):
+        rows.append({"teacher": teacher, "test_set": "synth-warp", "seeds": 1, "auc": auc,
+                     "auc_low": auc - 0.05, "auc_high": auc + 0.05, "eer": 1 - auc,
+                     "eer_low": 0.9 - auc, "eer_high": 1.1 - auc, "d_auc": auc - 0.6,
+                     "d_auc_low": auc - 0.65, "d_auc_high": auc - 0.55, "d_eer": 0.6 - auc,
+                     "d_eer_low": 0.55 - auc, "d_eer_high": 0.65 - auc,
+                     "ci_method": "paired video bootstrap", "step_time_s": 0.1,
+                     "peak_mem_mb": 100.0, "params_trainable": 1000})
+    return pd.DataFrame(rows)
+
+
+def test_second_comparison_never_overwrites_the_first(tmp_path):
+    from ablate.compare import COMPARISON_FILES, write_comparison
+
+    folder = tmp_path / "cmp"
+    assert write_comparison(tiny_table(0.7), folder) == folder
+    before = {n: (folder / n).read_bytes() for n in COMPARISON_FILES}
+    assert all(before.values()) and b"0.700" in before["compare.md"]
+    with pytest.raises(AblateError) as err:
+        write_comparison(tiny_table(0.9), folder)  # other numbers, same place
+    message = str(err.value)
+    assert str(folder) in message and "--out" in message and "\n" not in message
+    assert {n: (folder / n).read_bytes() for n in COMPARISON_FILES} == before
+    # one file of an earlier comparison is enough to keep the folder
+    (tmp_path / "partial").mkdir()
+    (tmp_path / "partial" / "compare.png").write_bytes(b"old plot")
+    with pytest.raises(AblateError, match="compare.png"):
+        write_comparison(tiny_table(), tmp_path / "partial")
+    assert (tmp_path / "partial" / "compare.png").read_bytes() == b"old plot"
+    assert not (tmp_path / "partial" / "compare.csv").exists()
+
+
+def test_taken_out_folder_fails_before_any_training(tmp_path, monkeypatch):
+    import ablate.sweep
+
+    def no_sweep(*_a, **_k):
+        raise AssertionError("the sweep ran although --out holds a comparison")
+
+    monkeypatch.setattr(ablate.sweep, "run_sweep", no_sweep)
+    monkeypatch.chdir(tmp_path)
+    taken = tmp_path / "results" / "reports" / "cmp"  # the default folder of --name cmp
+    taken.mkdir(parents=True)
+    (taken / "compare.csv").write_text("teacher\nnone\n")
+    specs = parse_teachers("none,tiny-sd15")
+    with pytest.raises(AblateError, match=f"{taken.relative_to(tmp_path)} already holds"):
+        compare_teachers(specs, [], None, 1, f"sqlite:///{tmp_path / 'r.db'}", None, "cmp", 1, 0)
+    assert (taken / "compare.csv").read_text() == "teacher\nnone\n"
+    assert not (tmp_path / "results" / "spaces").exists()  # stopped before writing the space

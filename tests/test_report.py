@@ -498,3 +498,140 @@ def test_report_measures_guidance_against_the_matched_baseline(tmp_path) -> None
     assert not lr.empty and set(lr["matching"]) == {"unmatched"}  # baseline@2e-4 vs guided
     text = (report.folder / "report.md").read_text()
     assert "Does guidance help?" in text and "vs the plain baseline" in text
+
+
+# ---------------------------------------------------------------- Pareto front, by hand
+
+
+def test_pareto_mask_hand_worked_ties_and_directions() -> None:
+    # (a, b): hand-worked for every direction pair; rows 0 and 1 are an exact tie
+    pts = np.array([[0.9, 100.0], [0.9, 100.0], [0.8, 50.0], [0.8, 80.0], [0.7, 50.0],
+                    [1.0, 200.0], [0.85, 120.0], [np.nan, 1.0]])
+    # a max, b min: 3 loses to 2 (same a, more b), 4 to 2 (same b, lower a), 6 to 0
+    assert pareto_mask(pts, [True, False]).tolist() == [
+        True, True, True, False, False, True, False, False]
+    # both max: 5 beats everything on both
+    assert pareto_mask(pts, [True, True]).tolist() == [
+        False, False, False, False, False, True, False, False]
+    # both min: 4 (0.7, 50) beats all others
+    assert pareto_mask(pts, [False, False]).tolist() == [
+        False, False, False, False, True, False, False, False]
+    # a min, b max: 0 and 1 lose to 6 (lower a, higher b), 2 to 3 (same a, higher b);
+    # 3, 4 (lowest a), 5 (highest b) and 6 lose to nobody
+    assert pareto_mask(pts, [False, True]).tolist() == [
+        False, False, False, True, True, True, True, False]
+    # means over seeds that differ only by float rounding are a tie, not a win
+    noisy = np.array([[(0.89 + 0.91) / 2, 10.0], [(0.85 + 0.95) / 2, 10.0]])
+    assert noisy[0, 0] != noisy[1, 0]
+    assert pareto_mask(noisy, [True, False]).tolist() == [True, True]
+
+
+# recipe (filter, weight) -> val AUC per seed (0, 1), trainable params, test AUC per seed
+FRONT_RECIPES = {
+    "A": (("paper", "paper"), [0.89, 0.91], 1000, [0.70, 0.72]),
+    "B": (("no_mhsa", "paper"), [0.85, 0.95], 1000, [0.69, 0.71]),  # ties A (float noise)
+    "C": (("paper", "constant"), [0.85, 0.85], 500, [0.66, 0.68]),
+    "D": (("no_mhsa", "constant"), [0.85, 0.85], 700, [0.65, 0.65]),  # C: same AUC, fewer
+    "E": (("conv_only", "constant"), [0.80, 0.80], 500, [0.60, 0.62]),  # C: same params
+    "F": (("paper", "code"), [0.95, 0.95], 2000, [0.75, 0.77]),
+    "G": (("conv_only", "paper"), [0.88, 0.88], 1200, [0.68, 0.69]),  # A: better on both
+}
+FRONT = {"A", "B", "C", "F"}  # worked by hand from the comments above
+
+
+def front_label(name: str) -> str:
+    filt, weight = FRONT_RECIPES[name][0]
+    return f"filter={filt} weight={weight}"
+
+
+def test_two_objective_report_shows_the_hand_worked_front(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'front.db'}"
+    with ResultsDB(url) as db:
+        sid = db.start_sweep("front", "modules", {"objectives": [
+            {"metric": "val_auc", "mode": "max"},
+            {"metric": "params_trainable", "mode": "min"}]}, "v1")
+        for name, ((filt, weight), vals, params, tests) in FRONT_RECIPES.items():
+            key = (filt, weight, "controlnet")
+            for seed in (0, 1):
+                rows = [{"dataset": "synth-blend", "split": "val", "level": "frame",
+                         "metric": "auc", "value": vals[seed]},
+                        {"dataset": "synth-colour", "split": "test", "level": "frame",
+                         "metric": "auc", "value": tests[seed]}]
+                record(db, sid, f"{name}:{seed}", key, seed, metrics=rows,
+                       params_trainable=params, step_time_s=0.1 + seed * 0.1)
+        # a failed seed of D: not a result, so it must not pull D's params down to the front
+        db.record_trial(sid, "D:2", recipe_hash="D2", recipe=recipe(
+            (*FRONT_RECIPES["D"][0], "controlnet"), 2), seed=2, status="failed", started=T0,
+            ended=T0, params_trainable=100, error="boom", metrics=[
+                {"dataset": "synth-blend", "split": "val", "level": "frame", "metric": "auc",
+                 "value": 0.99}])
+    report = build_report("front", url, tmp_path / "rep", formats="md,html,csv")
+    front = pd.read_csv(report.folder / "pareto.csv").set_index("label")
+    assert len(front) == len(FRONT_RECIPES)  # every recipe, with its flag
+    assert set(front.index[front["on_front"]]) == {front_label(n) for n in FRONT}
+    for name, (_, vals, params, tests) in FRONT_RECIPES.items():
+        row = front.loc[front_label(name)]
+        assert row["val_auc"] == pytest.approx(np.mean(vals))
+        assert row["params_trainable"] == params
+        assert row["test_auc_mean"] == pytest.approx(np.mean(tests))
+        assert row["step_time_s"] == pytest.approx(0.15) and row["n_seeds"] == 2
+
+    md = (report.folder / "report.md").read_text()
+    section = md.split("## Pareto front", 1)[1].split("\n## ", 1)[0]
+    assert "**Pareto front (4 of 7 recipes)**" in section
+    table = [line for line in section.splitlines() if line.startswith("| filter=")]
+    assert [line.split("|")[1].strip() for line in table][0] == front_label("F")  # best AUC
+    assert {line.split("|")[1].strip() for line in table} == {front_label(n) for n in FRONT}
+    cells = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+             for line in table}
+    # Val AUC (%), params, test AUC mean (%), step time, seeds
+    assert cells[front_label("F")] == ["95.00", "2,000", "76.00", "0.15", "2"]
+    assert cells[front_label("C")] == ["85.00", "500", "67.00", "0.15", "2"]
+    assert "![pareto](pareto.png)" in section
+    assert (report.folder / "pareto.png").stat().st_size > 1000
+    assert "Pareto front (4 of 7 recipes)" in (report.folder / "report.html").read_text()
+
+
+# ---------------------------------------------------------------- code versions
+
+
+def test_report_names_every_code_version_its_numbers_come_from(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'versions.db'}"
+    single = [{"metric": "val_auc", "mode": "max"}]
+    with ResultsDB(url) as db:
+        first = db.start_sweep("first", "quick", {"objectives": single}, "v1.0-abc")
+        origin = record(db, first, "o:0", REF, 0, metrics=metrics_of(REF, 0))
+        record(db, first, "o:1", REF, 1, metrics=metrics_of(REF, 1))
+        second = db.start_sweep("second", "quick", {"objectives": single}, "v1.1-def")
+        for seed in SEEDS:
+            record(db, second, f"n:{seed}", NO_MHSA, seed, metrics=metrics_of(NO_MHSA, seed))
+        # the reference's seed 0 copied from the first sweep: computed by v1.0-abc
+        record(db, second, "r:0", REF, 0, status="reused", reused_from=origin,
+               metrics=metrics_of(REF, 0))
+    one = build_report("first", url, tmp_path / "one", formats="md")
+    head = (one.folder / "report.md").read_text().split("\n## ", 1)[0]
+    assert "- **code versions**: v1.0-abc (2 trials)" in head and "numbers from" not in head
+    two = build_report("second", url, tmp_path / "two", formats="md,html,csv")
+    head = (two.folder / "report.md").read_text().split("\n## ", 1)[0]
+    assert ("- **code versions**: numbers from 2 code versions: v1.1-def (3 trials), "
+            "v1.0-abc (1 trial)") in head
+    assert "numbers from 2 code versions" in (two.folder / "report.html").read_text()
+    trials = pd.read_csv(two.folder / "trials.csv").set_index("tune_trial_id")
+    assert trials["code_version"].to_dict() == {"n:0": "v1.1-def", "n:1": "v1.1-def",
+                                                "n:2": "v1.1-def", "r:0": "v1.0-abc"}
+
+
+def test_trial_code_version_column_wins_over_the_sweeps() -> None:
+    """The trials table may carry its own code_version (optional): it wins when filled."""
+    from ablate.report.versions import result_versions
+
+    sweeps = {"s": "sweep-v", "old": "old-v"}
+    trials = pd.DataFrame({"id": [1, 2, 3], "sweep": ["s", "s", "s"],
+                           "code_version": ["trial-v", None, None],
+                           "reused_from": [None, None, 9]})
+    origins = pd.DataFrame({"id": [9], "sweep": ["old"], "code_version": ["origin-v"]})
+    assert result_versions(trials, origins, sweeps).tolist() == ["trial-v", "sweep-v",
+                                                                 "origin-v"]
+    bare = trials.drop(columns="code_version")  # a trials table without the column
+    assert result_versions(bare, origins.drop(columns="code_version"), sweeps).tolist() == [
+        "sweep-v", "sweep-v", "old-v"]

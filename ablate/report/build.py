@@ -31,6 +31,7 @@ from ablate.report.render import (
     write_latex,
     write_text,
 )
+from ablate.report.versions import version_counts, versions_line
 from ablate.results import ResultsDB, default_url, require_existing_db
 
 REPORTS_DIR = Path("results/reports")
@@ -124,7 +125,8 @@ def _write(data: SweepData, folder: Path, formats: tuple[str, ...], evaluator: s
         report.files += write_csvs(folder, {
             "main": summ, "guidance": effects, "guidance_pairs": guided_pairs,
             "ablation": abl, "ablation_pairs": pairs, "importance": imp.table,
-            "pareto": front, "status": counts, "errors": errs, "trials": trial_table(data)})
+            "pareto": front, "status": counts, "errors": errs, "trials": trial_table(data),
+            "code_versions": version_counts(data.counted)})
     return report
 
 
@@ -142,7 +144,7 @@ def _plots(data: SweepData, summ: pd.DataFrame, abl: pd.DataFrame, imp: Importan
     }
     if front is not None:
         out["pareto"] = plots.pareto_plot(front, [str(o["metric"]) for o in data.objectives],
-                                          folder)
+                                          tables.maximized(data.objectives), folder)
     return out
 
 
@@ -157,7 +159,7 @@ def _document(data: SweepData, main: Table, ref: Reference, abl: pd.DataFrame,
     objectives = ", ".join(f"{o.get('metric')} ({o.get('mode')})" for o in data.objectives)
     meta = [("sweep", data.name), ("space", str(data.info.get("space") or "-")),
             ("status", str(data.info.get("status"))), ("created", str(data.info.get("created"))),
-            ("code version", str(data.info.get("code_version") or "-")),
+            ("code versions", versions_line(version_counts(data.counted))),
             ("database", data.db_url), ("objectives", objectives or "-"),
             ("sampler", imp.sampler or "unknown"),
             ("results", f"{len(data.counted)} trials (finished or reused) of "
@@ -176,8 +178,10 @@ def _document(data: SweepData, main: Table, ref: Reference, abl: pd.DataFrame,
     if front is not None:
         names = [str(o["metric"]) for o in data.objectives]
         if front[names].notna().all(axis=1).any():
-            sections.append(Section("Pareto front", tables=[tables.pareto_table(front, names)],
-                                    images=_images(images, "pareto")))
+            sections.append(Section("Pareto front", tables=[
+                tables.pareto_table(front, data.objectives)], images=_images(images, "pareto"),
+                text=["The recipes no other recipe beats on both objectives; the plot shows "
+                      "every recipe, the front in red."]))
         else:
             sections.append(Section("Pareto front", text=[
                 f"No recipe has both objectives ({', '.join(names)}) recorded; no front."]))
@@ -240,5 +244,6 @@ def trial_table(data: SweepData) -> pd.DataFrame:
              "step_time_s", "error", "run_dir"]].copy()
     out.insert(5, "test_auc_mean", out["id"].map(test_auc))
     out["counted"] = out["id"].isin(data.counted["id"])
+    out["code_version"] = t["result_version"]  # the code that computed this row's numbers
     out["recipe"] = t["config"]
     return out

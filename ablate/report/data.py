@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from ablate.errors import AblateError
+from ablate.report.versions import result_versions
 from ablate.results import ResultsDB
 from ablate.slots import SLOTS, is_baseline_flat, is_guidance_key
 
@@ -32,7 +33,7 @@ class SweepData:
     settings: dict[str, Any]
     db_url: str
     optuna_url: str
-    trials: pd.DataFrame  # every trial, plus config, label and one column per slot
+    trials: pd.DataFrame  # every trial, plus config, label, result_version, one column per slot
     counted: pd.DataFrame  # the trials that are results: one per (config, seed)
     metrics: pd.DataFrame  # metrics of counted trials, with config and label
     curves: pd.DataFrame  # curve points of every trial, with label and status
@@ -58,6 +59,9 @@ def load_sweep(db: ResultsDB, sweep: str | None) -> SweepData:
     info = {k: row[k] for k in ("space", "status", "created", "code_version")}
     settings = _json_dict(row["settings_json"])
     _require_results(trials, sweep)
+    trials["result_version"] = result_versions(  # which code computed each trial's numbers
+        trials, _origins(db, trials), dict(zip(sweeps["name"], sweeps["code_version"],
+                                               strict=True)))
     trials = _annotate(trials)
     counted = _counted(trials)
     varying = varying_keys([_flat(c) for c in counted["config"].unique()])
@@ -71,6 +75,12 @@ def load_sweep(db: ResultsDB, sweep: str | None) -> SweepData:
     flat = {c: _flat(c) for c in counted["config"].unique()}
     return SweepData(sweep, info, settings, db.url, db.optuna_storage_url, trials, counted,
                      metrics, curves, _tests(counted, metrics), varying, flat)
+
+
+def _origins(db: ResultsDB, trials: pd.DataFrame) -> pd.DataFrame:
+    """The trials reused rows copy from: this sweep's, or every sweep's when one lies outside."""
+    outside = set(trials["reused_from"].dropna().astype(int)) - set(trials["id"])
+    return db.trials() if outside else trials
 
 
 def _json_dict(text: Any) -> dict[str, Any]:

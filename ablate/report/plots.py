@@ -81,23 +81,33 @@ def importance_plot(table: pd.DataFrame, evaluator: str, folder: Path) -> Path |
     return _save(fig, folder, "importance.png")
 
 
-def pareto_plot(front: pd.DataFrame, names: list[str], folder: Path) -> Path | None:
-    """Every recipe's two objectives; the non-dominated ones joined as the front."""
+def pareto_plot(front: pd.DataFrame, names: list[str], maximize: list[bool],
+                folder: Path) -> Path | None:
+    """Every recipe's two objectives; the non-dominated ones highlighted and joined as the front."""
     points = front.dropna(subset=names)
     if points.empty:
         return None
     y_name, x_name = names
+    points = points.assign(recipe=np.where(points["on_front"], "on the front", "dominated"))
+    kinds = ["on the front", "dominated"]
     fig, ax = plt.subplots(figsize=(7, 5))
-    sns.scatterplot(points, x=x_name, y=y_name, hue="on_front", style="on_front", s=70, ax=ax,
-                    palette={True: "C3", False: "C7"})
+    sns.scatterplot(points, x=x_name, y=y_name, hue="recipe", style="recipe", s=70, ax=ax,
+                    hue_order=kinds, style_order=kinds, palette=dict(zip(kinds, ["C3", "C7"],
+                                                                         strict=True)))
     best = points[points["on_front"]].sort_values(x_name)
-    ax.plot(best[x_name], best[y_name], color="C3", lw=1, drawstyle="steps-post")
-    for r in best.itertuples():
-        ax.annotate(r.label, (getattr(r, x_name), getattr(r, y_name)), fontsize=7,
-                    xytext=(4, 4), textcoords="offset points")
+    # the staircase runs through the corners both neighbours dominate: the worse x of a
+    # pair is the right one when x is minimised (steps-post), the left one when maximised
+    ax.plot(best[x_name], best[y_name], color="C3", lw=1,
+            drawstyle="steps-pre" if maximize[1] else "steps-post")
+    for _, r in best.iterrows():
+        ax.annotate(r["label"], (r[x_name], r[y_name]), fontsize=7, xytext=(4, 4),
+                    textcoords="offset points")
     if x_name.startswith("params") and points[x_name].max() > 10 * max(points[x_name].min(), 1):
         ax.set_xscale("log")
-    ax.set(title=f"Pareto front: {y_name} vs {x_name}")
+    arrows = ["higher is better" if up else "lower is better" for up in maximize]
+    ax.set(title=f"Pareto front: {y_name} vs {x_name} ({len(best)} of {len(points)} recipes)",
+           xlabel=f"{x_name} ({arrows[1]})", ylabel=f"{y_name} ({arrows[0]})")
+    ax.legend(title="recipe", loc="best")
     return _save(fig, folder, "pareto.png")
 
 

@@ -5,7 +5,7 @@
 - Paired differences (an ablation): a percentile bootstrap of the mean over
   (seed, test set) pairs, because the pairs are more numerous and need not be
   normal (one test set can move much more than the others).
-- Pareto front: the points no other point beats on both objectives.
+- Pareto front: the points no other point beats on both objectives (ties kept).
 """
 
 from __future__ import annotations
@@ -53,18 +53,22 @@ def bootstrap_mean(values: Sequence[float], n_boot: int = N_BOOT, seed: int = 0,
     return mean, float(low), float(high), n
 
 
-def pareto_mask(points: np.ndarray, maximize: Sequence[bool]) -> np.ndarray:
-    """True for points not dominated by any other (at least as good on all, better on one)."""
+def pareto_mask(points: np.ndarray, maximize: Sequence[bool], rtol: float = 1e-9) -> np.ndarray:
+    """True for points no other point dominates (as good on every objective, better on one).
+
+    points: (n_points, n_objectives). Ties stay on the front: two recipes with the same
+    values are both non-dominated, and values equal up to `rtol` (means over seeds that
+    differ only by float rounding) count as equal. A point with a NaN is never on it.
+    """
     p = np.asarray(points, dtype=float)
     signs = np.where(np.asarray(maximize), 1.0, -1.0)
-    q = p * signs  # now larger is better on every axis
-    keep = np.ones(len(q), dtype=bool)
-    for i in range(len(q)):
-        if not np.all(np.isfinite(q[i])):
-            keep[i] = False
-            continue
-        others = np.delete(q, i, axis=0)
-        others = others[np.all(np.isfinite(others), axis=1)]
-        dominated = np.all(others >= q[i], axis=1) & np.any(others > q[i], axis=1)
+    q = p * signs  # (n_points, n_objectives), now larger is better on every axis
+    finite = np.all(np.isfinite(q), axis=1)
+    keep = np.zeros(len(q), dtype=bool)
+    for i in np.flatnonzero(finite):
+        others = q[finite & (np.arange(len(q)) != i)]
+        diff = others - q[i]
+        tol = rtol * np.maximum(np.abs(others), np.abs(q[i])) + 1e-12
+        dominated = np.all(diff >= -tol, axis=1) & np.any(diff > tol, axis=1)
         keep[i] = not dominated.any()
     return keep

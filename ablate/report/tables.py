@@ -5,7 +5,7 @@
 - `summary`: mean and 95% CI over seeds of each of those; with a single seed
   the interval is that run's own video bootstrap, and `ci_kind` says which.
 - `main_table`: the paper-style cross-dataset table (frame AUC and EER, %).
-- `pareto`, `status_counts`, `errors`: the other sections.
+- `pareto` / `pareto_table`: the two-objective front; `status_counts`, `errors`.
 """
 
 from __future__ import annotations
@@ -120,9 +120,20 @@ def _main_note(kinds: set[str]) -> str:
 
 # ---------------------------------------------------------------- Pareto front
 
+# What a recipe costs and scores, each a mean over its counted seeds; any can be an objective.
+MEASURES = ("val_auc", "test_auc_mean", "params_trainable", "step_time_s", "peak_mem_mb")
+MEASURE_NAMES = {"val_auc": "Val AUC (%)", "test_auc_mean": "Test AUC mean (%)",
+                 "params_trainable": "Trainable params", "params_inference": "Inference params",
+                 "step_time_s": "Step time (s)", "wall_s": "Wall time (s)",
+                 "peak_mem_mb": "Peak mem (MB)"}
+
 
 def objective_values(data: SweepData, metrics: list[str]) -> pd.DataFrame:
-    """Per config (label), the mean over its seeds of each objective metric (NaN if unknown)."""
+    """Per config (label), the mean over its counted seeds of each metric (NaN if unknown).
+
+    val_auc: the frame AUC on the source val split; test_auc_mean: the trial's mean frame
+    AUC over its test sets; the rest are trial columns (params_trainable, step_time_s, ...).
+    """
     out = pd.DataFrame(index=pd.Index(list(dict.fromkeys(data.counted["label"])), name="label"))
     m = data.metrics
     frame_auc = m[(m["level"] == "frame") & (m["metric"] == "auc")]
@@ -144,28 +155,54 @@ def objective_values(data: SweepData, metrics: list[str]) -> pd.DataFrame:
     return out
 
 
+def maximized(objectives: list[dict]) -> list[bool]:
+    """Each objective's direction: its `mode`, or the metric's natural one when none is given."""
+    return [str(o.get("mode") or ("min" if o.get("metric") in LOWER_IS_BETTER else "max"))
+            == "max" for o in objectives]
+
+
 def pareto(data: SweepData) -> pd.DataFrame | None:
-    """Two-objective sweeps: each config's objectives and whether it is on the front."""
+    """Two-objective sweeps: every config's measures and whether it is on the front (else None).
+
+    Columns: label, the two objectives, the other MEASURES, n_seeds, on_front; the
+    front's rows first, best first on the first objective.
+    """
     objectives = data.objectives
     if len(objectives) != 2:
         return None
     names = [str(o["metric"]) for o in objectives]
-    values = objective_values(data, names)
-    maximize = [str(o.get("mode", "max")) == "max" for o in objectives]
+    maximize = maximized(objectives)
+    values = objective_values(data, [*names, *(m for m in MEASURES if m not in names)])
+    values["n_seeds"] = data.counted.groupby("label")["seed"].nunique()
     values["on_front"] = pareto_mask(values[names].to_numpy(), maximize)
-    return values.reset_index().sort_values(names[1], ascending=not maximize[1])
+    values = values.reset_index()
+    return values.sort_values(["on_front", *names, "label"],
+                              ascending=[False, *(not up for up in maximize), True],
+                              kind="stable", ignore_index=True)
 
 
-def pareto_table(front: pd.DataFrame, names: list[str]) -> Table:
-    rows = [[r["label"], *(_objective_text(n, r[n]) for n in names), "yes" if r["on_front"] else ""]
-            for _, r in front.iterrows()]
-    bold = [[bool(r["on_front"])] * (len(names) + 2) for _, r in front.iterrows()]
-    header = [f"{n} (%)" if "auc" in n else n for n in names]
-    return Table("Pareto front", ["Recipe", *header, "On front"], rows, bold,
-                 note="objectives are means over seeds; rows on the front in bold.", slug="pareto")
+def pareto_table(front: pd.DataFrame, objectives: list[dict]) -> Table:
+    """The non-dominated recipes: their two objectives, then what else they score and cost."""
+    names = [str(o["metric"]) for o in objectives]
+    modes = ["max" if up else "min" for up in maximized(objectives)]
+    others = [m for m in MEASURES if m not in names and front[m].notna().any()]
+    on = front[front["on_front"]]
+    rows = [[r["label"], *(_measure_text(n, r[n]) for n in [*names, *others]),
+             str(int(r["n_seeds"]))] for _, r in on.iterrows()]
+    header = [*(f"{MEASURE_NAMES.get(n, n)} [{mode}]" for n, mode in zip(names, modes,
+                                                                          strict=True)),
+              *(MEASURE_NAMES[m] for m in others)]
+    known = int(front[names].notna().all(axis=1).sum())
+    note = (f"{len(on)} of {known} recipes are on the front: no other recipe is at least as good "
+            f"on both {names[0]} ({modes[0]}) and {names[1]} ({modes[1]}) and better on one "
+            "(ties are kept). Every value is a mean over the recipe's finished seeds.")
+    if known < len(front):
+        note += f" {len(front) - known} recipe(s) lack an objective value and are left out."
+    return Table(f"Pareto front ({len(on)} of {known} recipes)",
+                 ["Recipe", *header, "Seeds"], rows, note=note, slug="pareto")
 
 
-def _objective_text(name: str, value: float) -> str:
+def _measure_text(name: str, value: float) -> str:
     if "auc" in name:
         return pm(value, None, None)
     return number(value)
