@@ -14,7 +14,20 @@ PostgreSQL (shared by several machines), with the same schema on both.
   (SQLite cannot store NaN, and both backends must read back the same thing).
 - `ablate_schema.version` is the schema version. `MIGRATIONS[v]` upgrades a
   database from version v to v+1; opening an older database applies them in
-  order, in one transaction. Version 1 is the first schema.
+  order, in one transaction. Version 1 is the first schema; version 2 adds the
+  reuse key (`identity`: recipe + data + teacher content) and content hashes
+  to trials, the driver's host / pid / heartbeat / error to sweeps, and
+  `ablate_checkpoints` (a sweep's latest checkpoint per recipe and seed).
+- A sweep whose status says "running" may have lost its driver (killed, host
+  rebooted): `list_sweeps` calls it `stale` when its heartbeat is older than
+  STALE_AFTER_S or its pid is gone on this host, so nobody waits for it.
+- Bad input fails when the database is opened, in one line, with nothing
+  written: a SQLite file in a missing folder (only the default location is
+  created), a read-only file or folder, an unknown driver, a dead server.
+- A password never travels in a pickle (Ray ships ResultsDB to workers): the
+  pickled form carries the URL without it; a copy in this process takes it
+  from a module-level registry, one in another process authenticates as libpq
+  does (PGPASSWORD, ~/.pgpass).
 
 This module must never import torch: reports and the sweep driver use it in
 processes that have no business loading a deep-learning stack.
@@ -26,6 +39,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import socket
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,8 +51,9 @@ from sqlalchemy import event
 
 from ablate.errors import AblateError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_URL = "sqlite:///results/ablate.db"
+STALE_AFTER_S = 90.0  # a running sweep whose heartbeat is older than this has lost its driver
 SQLITE_BUSY_TIMEOUT_S = 30.0  # how long a SQLite writer waits for another writer
 PG_CONNECT_TIMEOUT_S = 5
 _PG_LOCK_KEY = 0x61626C617465  # "ablate": serialises schema creation across processes
@@ -48,6 +63,8 @@ SWEEP_STATUSES = ("running", "finished", "interrupted", "failed")
 TRIAL_STATUSES = ("finished", "pruned", "failed", "nan", "reused", "running")
 LEVELS = ("frame", "video")
 METRIC_KEYS = ("dataset", "split", "level", "metric", "value", "ci_low", "ci_high", "n")
+SWEEP_ROW_KEYS = ("id", "tune_trial_id", "identity", "recipe_hash", "seed", "status", "started",
+                  "ended", "train_steps", "reused_from", "code_version", "run_dir")
 
 # ---------------------------------------------------------------- schema
 
@@ -67,6 +84,11 @@ sweeps = sa.Table(
     sa.Column("status", sa.String, nullable=False),
     sa.Column("code_version", sa.Text),
     sa.Column("settings_json", sa.Text),
+    # v2: where the driver runs and when it last said so, and why the sweep failed
+    sa.Column("host", sa.String),
+    sa.Column("pid", sa.Integer),
+    sa.Column("heartbeat", sa.DateTime),
+    sa.Column("error", sa.Text),
 )
 
 trials = sa.Table(
@@ -90,9 +112,15 @@ trials = sa.Table(
     sa.Column("step_time_s", sa.Float),
     sa.Column("reused_from", sa.Integer, sa.ForeignKey("ablate_trials.id", ondelete="SET NULL")),
     sa.Column("run_dir", sa.Text),
+    # v2: the reuse key (recipe hash + data content + teacher content) and its parts
+    sa.Column("identity", sa.String),
+    sa.Column("data_sha", sa.String),
+    sa.Column("teacher_sha", sa.String),
+    sa.Column("code_version", sa.Text),
     sa.UniqueConstraint("sweep_id", "tune_trial_id", name="uq_ablate_trials_tune_trial"),
-    sa.Index("ix_ablate_trials_identity", "recipe_hash", "seed"),
+    sa.Index("ix_ablate_trials_identity", "recipe_hash", "seed"),  # v1 name, on recipe_hash
     sa.Index("ix_ablate_trials_sweep", "sweep_id"),
+    sa.Index("ix_ablate_trials_reuse", "identity", "seed"),
 )
 
 metrics_table = sa.Table(
@@ -121,21 +149,53 @@ curves_table = sa.Table(
     sa.PrimaryKeyConstraint("trial_id", "name", "step", name="pk_ablate_curves"),
 )
 
+checkpoints_table = sa.Table(
+    "ablate_checkpoints", metadata,
+    sa.Column("sweep_id", sa.Integer, sa.ForeignKey("ablate_sweeps.id", ondelete="CASCADE"),
+              nullable=False),
+    sa.Column("identity", sa.String, nullable=False),
+    sa.Column("seed", sa.Integer, nullable=False),
+    sa.Column("step", sa.Integer, nullable=False),
+    sa.Column("uri", sa.Text, nullable=False),
+    sa.Column("created", sa.DateTime, nullable=False),
+    sa.PrimaryKeyConstraint("sweep_id", "identity", "seed", name="pk_ablate_checkpoints"),
+)
+
 # ---------------------------------------------------------------- migrations
 
 Migration = Callable[[sa.Connection], None]
-# MIGRATIONS[v] turns a version-v database into version v+1. Version 1 is the
-# first schema, so there are none yet. To change the schema: edit the tables
-# above (new databases get them from create_all), bump SCHEMA_VERSION, and add
-# the step that brings an old database to the same shape, e.g.
-#     MIGRATIONS[1] = lambda conn: add_column(conn, "ablate_trials", sa.Column("x", sa.Float))
-MIGRATIONS: dict[int, Migration] = {}
+# MIGRATIONS[v] turns a version-v database into version v+1. To change the
+# schema: edit the tables above (new databases get them from create_all), bump
+# SCHEMA_VERSION, and add the step that brings an old database to the same
+# shape. A step spells out its columns instead of reusing the live ones, so it
+# keeps meaning the same thing when later versions change those columns.
 
 
 def add_column(conn: sa.Connection, table: str, column: sa.Column) -> None:
     """ALTER TABLE ... ADD COLUMN, rendered for this backend (a building block for migrations)."""
     ddl = sa.schema.CreateColumn(column).compile(dialect=conn.dialect)
     conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {ddl}")
+
+
+def _v1_to_v2(conn: sa.Connection) -> None:
+    """Driver liveness on sweeps, the reuse key on trials, and the checkpoints table.
+
+    Old trials get identity = recipe_hash, which is what v1 reused them by.
+    (The checkpoints table is created from its live definition: a later
+    version that changes it must create it from a v2 copy here instead.)
+    """
+    for column in (sa.Column("host", sa.String), sa.Column("pid", sa.Integer),
+                   sa.Column("heartbeat", sa.DateTime), sa.Column("error", sa.Text)):
+        add_column(conn, "ablate_sweeps", column)
+    for column in (sa.Column("identity", sa.String), sa.Column("data_sha", sa.String),
+                   sa.Column("teacher_sha", sa.String), sa.Column("code_version", sa.Text)):
+        add_column(conn, "ablate_trials", column)
+    conn.exec_driver_sql("UPDATE ablate_trials SET identity = recipe_hash")
+    conn.exec_driver_sql("CREATE INDEX ix_ablate_trials_reuse ON ablate_trials (identity, seed)")
+    checkpoints_table.create(conn)
+
+
+MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2}
 
 
 def _apply_migrations(conn: sa.Connection, version: int) -> None:
@@ -176,27 +236,72 @@ def _parse_url(text: str) -> sa.URL:
 
     Absolute because Ray Tune and Optuna may open the same URL from another
     working folder. `postgresql://` picks psycopg 3 when psycopg2 is missing.
+    Parsing only: nothing on disk is touched (see _check_sqlite_file).
     """
     if "://" not in text:
         text = f"sqlite:///{text}"
     try:
         url = sa.make_url(text)
     except (sa.exc.ArgumentError, ValueError) as exc:
-        raise AblateError(_cannot_open(text, exc)) from exc
+        raise AblateError(_cannot_open(_mask_password(text), exc)) from exc
     if url.drivername == "postgresql" and not _has_module("psycopg2") and _has_module("psycopg"):
         url = url.set(drivername="postgresql+psycopg")
     if url.get_backend_name() == "sqlite" and _is_sqlite_file(url.database):
-        path = Path(url.database).expanduser().resolve()
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise AblateError(_cannot_open(text, exc)) from exc
-        url = url.set(database=str(path))
+        url = url.set(database=str(Path(url.database).expanduser().resolve()))
     return url
+
+
+def _mask_password(text: str) -> str:
+    """An unparseable URL for a message, with anything between user: and @ hidden."""
+    scheme, sep, rest = text.partition("://")
+    if not sep or "@" not in rest:
+        return text
+    userinfo, at, host = rest.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}{':***' if ':' in userinfo else ''}{at}{host}"
 
 
 def _is_sqlite_file(database: str | None) -> bool:
     return bool(database) and database != ":memory:" and not database.startswith("file:")
+
+
+def _default_sqlite_path() -> Path:
+    """Where DEFAULT_URL puts the database from the current folder."""
+    return Path(sa.make_url(DEFAULT_URL).database).resolve()
+
+
+def _check_sqlite_file(url: sa.URL) -> None:
+    """Refuse, in one line and before anything is written, a SQLite file we could not write.
+
+    SQLite itself would only fail later, mid-sweep, with a multi-line SQL
+    error. It needs to write the file and to create `-wal` / `-shm` /
+    `-journal` files next to it, so the folder must be writable too. Only the
+    default location's folder is created: any other missing folder is more
+    likely a typo than a wish.
+    """
+    if url.get_backend_name() != "sqlite" or not _is_sqlite_file(url.database):
+        return
+    path = Path(url.database)
+    folder = path.parent
+    if not folder.exists():
+        if path != _default_sqlite_path():
+            raise AblateError(f"folder {folder} does not exist; create it or pass another --db")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise AblateError(_cannot_open(url, exc)) from exc
+    if not folder.is_dir():
+        raise AblateError(f"{folder} is not a folder; pass another --db")
+    if path.is_dir():
+        raise AblateError(f"{path} is a folder, not a SQLite file; pass a file path to --db")
+    for part in (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm", "-journal"))):
+        if part.exists() and not os.access(part, os.R_OK | os.W_OK):
+            raise AblateError(f"results database file {part} is read-only (SQLite must write it); "
+                              f"make it writable (chmod u+rw {part}) or pass another --db")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise AblateError(f"folder {folder} is not writable, and SQLite must create its -wal and "
+                          f"-journal files next to {path.name}; make the folder writable "
+                          "(chmod u+wx) or pass another --db")
 
 
 def _cannot_open(url: str | sa.URL, exc: BaseException) -> str:
@@ -206,6 +311,26 @@ def _cannot_open(url: str | sa.URL, exc: BaseException) -> str:
     reason = " ".join(str(reason).split())[:300] or type(exc).__name__
     return (f"cannot open results database {shown}: {reason}; "
             "check the URL / that the server is running")
+
+
+def _without_password(url: sa.URL) -> sa.URL:
+    """The URL with no password at all (URL.set(password=None) would keep it)."""
+    return url._replace(password=None)
+
+
+# Passwords of the databases opened in this process, keyed by the URL without
+# the password: a ResultsDB unpickled here reconnects with it, while the
+# pickle itself never holds it.
+_PASSWORDS: dict[str, str] = {}
+
+
+def _unpickle(safe_url: str) -> ResultsDB:
+    """A pickled ResultsDB: its URL plus, in the process that opened it, its password."""
+    password = _PASSWORDS.get(safe_url)
+    if password is None:  # another process: libpq finds it (PGPASSWORD, ~/.pgpass)
+        return ResultsDB(safe_url)
+    url = _parse_url(safe_url).set(password=password)
+    return ResultsDB(url.render_as_string(hide_password=False))
 
 
 def _create_engine(url: sa.URL) -> sa.Engine:
@@ -349,6 +474,9 @@ class ResultsDB:
     def __init__(self, url: str | None = None) -> None:
         """Open (and if needed create or upgrade) the database; AblateError when it cannot."""
         self._url = _parse_url(url or default_url())
+        _check_sqlite_file(self._url)
+        if self._url.password is not None:
+            _PASSWORDS[self.safe_url] = str(self._url.password)
         self._engine = _create_engine(self._url)
         try:
             self.migrate()
@@ -363,12 +491,20 @@ class ResultsDB:
 
     @property
     def url(self) -> str:
-        """The database URL for messages (password hidden)."""
+        """The database URL for messages (password shown as ***)."""
         return self._url.render_as_string(hide_password=True)
 
     @property
+    def safe_url(self) -> str:
+        """The database URL with no password at all: safe to store, print or pickle."""
+        return _without_password(self._url).render_as_string(hide_password=False)
+
+    @property
     def optuna_storage_url(self) -> str:
-        """The same database as a URL for Optuna's RDBStorage (SQLite paths absolute)."""
+        """The same database as a URL for Optuna's RDBStorage (SQLite paths absolute).
+
+        It holds the password: hand it to Optuna, never store or print it.
+        """
         return self._url.render_as_string(hide_password=False)
 
     def close(self) -> None:
@@ -381,9 +517,10 @@ class ResultsDB:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
-    def __reduce__(self) -> tuple[type[ResultsDB], tuple[str]]:
-        """Pickle as the URL (engines cannot travel to Ray workers; the copy reconnects)."""
-        return (ResultsDB, (self.optuna_storage_url,))
+    def __reduce__(self) -> tuple[Callable[[str], ResultsDB], tuple[str]]:
+        """Pickle as the password-less URL (engines cannot travel to Ray workers; the copy
+        reconnects, see _unpickle)."""
+        return (_unpickle, (self.safe_url,))
 
     def __repr__(self) -> str:
         return f"ResultsDB({self.url!r})"
@@ -432,7 +569,11 @@ class ResultsDB:
 
     def start_sweep(self, name: str, space: str, settings: dict, code_version: str,
                     resume: bool = False) -> int:
-        """Create sweep `name` (or, with resume, reopen it as running); return its id."""
+        """Create sweep `name` (or, with resume, reopen it as running); return its id.
+
+        Either way the sweep records this process as its driver (host, pid,
+        heartbeat now), and a resumed sweep forgets its last error.
+        """
         try:
             with self._write() as conn:
                 existing = conn.execute(
@@ -449,9 +590,8 @@ class ResultsDB:
         if resume:
             raise AblateError(f"no sweep named {name!r} in {self.url}; drop --resume to start it, "
                               "or check --name and the database URL")
-        values = {"name": name, "space": space, "created": _utc(datetime.now(UTC)),
-                  "status": "running", "code_version": code_version,
-                  "settings_json": _json(settings)}
+        values = {"name": name, "space": space, "created": _now(), "status": "running",
+                  "code_version": code_version, "settings_json": _json(settings), **_driver()}
         return conn.execute(sweeps.insert().values(values)).inserted_primary_key[0]
 
     def _reopen_sweep(self, conn: sa.Connection, name: str, space: str, existing: sa.Row,
@@ -461,19 +601,28 @@ class ResultsDB:
         if existing.space and space and existing.space != space:
             raise AblateError(f"sweep {name!r} searched space {existing.space!r}, not {space!r}; "
                               "resume it with its own space or choose another --name")
-        conn.execute(sweeps.update().where(sweeps.c.id == existing.id).values(status="running"))
+        conn.execute(sweeps.update().where(sweeps.c.id == existing.id)
+                     .values(status="running", error=None, **_driver()))
         return existing.id
 
     def _exists_message(self, name: str) -> str:
         return (f"sweep {name!r} already exists in {self.url}; pass --resume to continue it "
                 "or choose another --name")
 
-    def set_sweep_status(self, sweep_id: int, status: str) -> None:
-        """Mark a sweep running / finished / interrupted / failed."""
+    def set_sweep_status(self, sweep_id: int, status: str, error: str | None = None) -> None:
+        """Mark a sweep running / finished / interrupted / failed, with why when `error` is given
+        (without it a stored error stays)."""
         _check_status(status, SWEEP_STATUSES, "sweep")
+        values = {"status": status} if error is None else {"status": status, "error": str(error)}
+        self._update_sweep(sweep_id, values)
+
+    def heartbeat(self, sweep_id: int) -> None:
+        """Say the sweep's driver is alive (call it well within STALE_AFTER_S; one UPDATE)."""
+        self._update_sweep(sweep_id, {"heartbeat": _now()})
+
+    def _update_sweep(self, sweep_id: int, values: dict[str, Any]) -> None:
         with self._write() as conn:
-            done = conn.execute(sweeps.update().where(sweeps.c.id == sweep_id)
-                                .values(status=status))
+            done = conn.execute(sweeps.update().where(sweeps.c.id == sweep_id).values(values))
             if done.rowcount == 0:
                 raise ValueError(f"no sweep with id {sweep_id}")
 
@@ -483,7 +632,11 @@ class ResultsDB:
             return conn.scalar(sa.select(sweeps.c.id).where(sweeps.c.name == name))
 
     def list_sweeps(self) -> pd.DataFrame:
-        """One row per sweep, oldest first, with n_trials and n_<status> trial counts."""
+        """One row per sweep, oldest first, with n_trials and n_<status> trial counts.
+
+        Column `stale` is True for a sweep that says "running" but whose driver is
+        gone: no heartbeat for STALE_AFTER_S, or its pid is dead on this host.
+        """
         counts = [sa.func.coalesce(sa.func.sum(sa.case((trials.c.status == s, 1), else_=0)), 0)
                   .label(f"n_{s}") for s in TRIAL_STATUSES]
         stmt = (sa.select(*sweeps.c, sa.func.count(trials.c.id).label("n_trials"), *counts)
@@ -494,6 +647,9 @@ class ResultsDB:
             df = _frame(conn, stmt)
         count_columns = ["n_trials", *(f"n_{s}" for s in TRIAL_STATUSES)]
         df[count_columns] = df[count_columns].astype("int64")
+        now, here = _now(), socket.gethostname()
+        df["stale"] = pd.Series([_stale(row, now, here) for row in df.itertuples()],
+                                index=df.index, dtype=bool)
         return df
 
     def _sweep_filter(self, conn: sa.Connection, sweep: str | None) -> sa.ColumnElement[bool]:
@@ -517,12 +673,16 @@ class ResultsDB:
         params_inference: int | None = None, peak_mem_mb: float | None = None,
         step_time_s: float | None = None, run_dir: str | None = None,
         reused_from: int | None = None, metrics: Iterable[Mapping[str, Any]] = (),
-        curves: Iterable[tuple[int, str, float]] = (),
+        curves: Iterable[tuple[int, str, float]] = (), identity: str | None = None,
+        data_sha: str | None = None, teacher_sha: str | None = None,
+        code_version: str | None = None,
     ) -> int:
         """Insert or replace trial (sweep_id, tune_trial_id), metrics and curves; return its id.
 
         One transaction, and idempotent: recording a trial again (a resumed
         sweep replaying callbacks) replaces its row, metrics and curves.
+        `identity` is the reuse key (recipe hash + data + teacher content);
+        without it the recipe hash is the key, as in schema v1.
         """
         _check_status(status, TRIAL_STATUSES, "trial")
         row = {
@@ -532,6 +692,8 @@ class ResultsDB:
             "params_trainable": _int(params_trainable), "params_inference": _int(params_inference),
             "peak_mem_mb": _float(peak_mem_mb), "step_time_s": _float(step_time_s),
             "reused_from": _int(reused_from), "run_dir": None if run_dir is None else str(run_dir),
+            "identity": recipe_hash if identity is None else identity, "data_sha": data_sha,
+            "teacher_sha": teacher_sha, "code_version": code_version,
         }
         metric_rows, curve_rows = _metric_rows(metrics), _curve_rows(curves)
         with self._write() as conn:
@@ -539,16 +701,23 @@ class ResultsDB:
             _replace_children(conn, trial_id, metric_rows, curve_rows)
         return trial_id
 
-    def finished_trial(self, recipe_hash: str, seed: int | None) -> dict[str, Any] | None:
+    def finished_trial(self, identity: str, seed: int | None,
+                       code_version: str | None = None) -> dict[str, Any] | None:
         """The latest finished (not reused) trial with this identity in any sweep, or None.
 
+        `identity` is matched against the reuse key, never the bare recipe hash,
+        so a recipe trained on other data or another teacher is not reused; with
+        `code_version`, only trials recorded with that code version count.
         The dict holds the trial's columns, `sweep` (its name), `recipe` (parsed),
         `metrics` (list of dicts with METRIC_KEYS) and `curves` ((step, name, value)
         tuples), so the driver can reuse the result instead of training again.
         """
+        match = [trials.c.identity == identity, trials.c.seed == _int(seed),
+                 trials.c.status == "finished"]
+        if code_version is not None:
+            match.append(trials.c.code_version == code_version)
         stmt = (sa.select(trials, sweeps.c.name.label("sweep")).join(sweeps)
-                .where(trials.c.recipe_hash == recipe_hash, trials.c.seed == _int(seed),
-                       trials.c.status == "finished")
+                .where(*match)
                 .order_by(trials.c.ended.desc().nulls_last(), trials.c.id.desc())
                 .limit(1))
         with self._read() as conn:
@@ -560,6 +729,55 @@ class ResultsDB:
             found["metrics"] = _trial_metrics(conn, row["id"])
             found["curves"] = _trial_curves(conn, row["id"])
         return found
+
+    def sweep_rows(self, sweep_id: int) -> list[dict[str, Any]]:
+        """A sweep's trials as plain dicts in insertion order, for reconciling on resume.
+
+        Keys: SWEEP_ROW_KEYS (no recipes, metrics or curves: one cheap query).
+        """
+        stmt = (sa.select(*(trials.c[k] for k in SWEEP_ROW_KEYS))
+                .where(trials.c.sweep_id == sweep_id).order_by(trials.c.id))
+        with self._read() as conn:
+            if conn.scalar(sa.select(sweeps.c.id).where(sweeps.c.id == sweep_id)) is None:
+                raise ValueError(f"no sweep with id {sweep_id}")
+            return [dict(row) for row in conn.execute(stmt).mappings()]
+
+    # -------------------------------------------------------- checkpoints
+
+    def save_checkpoint(self, sweep_id: int, identity: str, seed: int, step: int,
+                        uri: str) -> None:
+        """Record `uri` as the latest checkpoint of (identity, seed) in the sweep (an upsert).
+
+        One atomic statement, so two writers of the same key cannot both insert.
+        """
+        values = {"sweep_id": int(sweep_id), "identity": str(identity), "seed": int(seed),
+                  "step": int(step), "uri": str(uri), "created": _now()}
+        try:
+            with self._write() as conn:
+                insert = _dialect_insert(conn)(checkpoints_table).values(values)
+                conn.execute(insert.on_conflict_do_update(
+                    index_elements=["sweep_id", "identity", "seed"],
+                    set_={k: insert.excluded[k] for k in ("step", "uri", "created")}))
+        except sa.exc.IntegrityError as exc:  # the foreign key: no such sweep
+            raise ValueError(f"no sweep with id {sweep_id}; call start_sweep first") from exc
+
+    def checkpoints(self, sweep_id: int) -> dict[tuple[str, int], dict[str, Any]]:
+        """The sweep's latest checkpoints: (identity, seed) -> {"step", "uri", "created"}."""
+        c = checkpoints_table.c
+        stmt = sa.select(c.identity, c.seed, c.step, c.uri, c.created).where(c.sweep_id == sweep_id)
+        with self._read() as conn:
+            return {(r.identity, r.seed): {"step": r.step, "uri": r.uri, "created": r.created}
+                    for r in conn.execute(stmt)}
+
+    def delete_checkpoint(self, sweep_id: int, identity: str, seed: int) -> bool:
+        """Forget the checkpoint of (identity, seed) in the sweep; whether there was one."""
+        c = checkpoints_table.c
+        with self._write() as conn:
+            done = conn.execute(checkpoints_table.delete().where(
+                c.sweep_id == sweep_id, c.identity == identity, c.seed == int(seed)))
+        return done.rowcount > 0
+
+    # -------------------------------------------------------- reading
 
     def trials(self, sweep: str | None = None) -> pd.DataFrame:
         """All trials (of one sweep when named), with their sweep's name in column `sweep`."""
@@ -589,7 +807,49 @@ class ResultsDB:
             return _frame(conn, stmt)
 
 
+# ---------------------------------------------------------------- sweep helpers
+
+
+def _now() -> datetime:
+    """Now as a naive UTC datetime (how times are stored)."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _driver() -> dict[str, Any]:
+    """This process as a sweep's driver."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "heartbeat": _now()}
+
+
+def _stale(sweep: Any, now: datetime, here: str) -> bool:
+    """A running sweep whose driver is gone (a list_sweeps row; NaT/NA for missing values)."""
+    if sweep.status != "running":
+        return False
+    if _missing(sweep.heartbeat) or (now - sweep.heartbeat).total_seconds() > STALE_AFTER_S:
+        return True  # no heartbeat at all: a v1 driver or one that died before its first
+    return sweep.host == here and not _missing(sweep.pid) and not _pid_alive(int(sweep.pid))
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host (another user's process counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, it just is not ours
+        return True
+    return True
+
+
 # ---------------------------------------------------------------- trial helpers
+
+
+def _dialect_insert(conn: sa.Connection) -> Callable[[sa.Table], Any]:
+    """The backend's INSERT, which knows ON CONFLICT DO UPDATE (SQLite and PostgreSQL both do)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
 
 
 def _trial_identity() -> list[sa.ColumnElement]:

@@ -6,10 +6,14 @@ or $ABLATE_TEST_PG_URL), because the schema and behaviour must be the same.
 
 from __future__ import annotations
 
+import os
 import pickle
+import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -18,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import schema_v1
 import sqlalchemy as sa
 from pg import fresh_postgres_url, postgres_url  # noqa: F401  (fixtures)
 
@@ -302,7 +307,8 @@ def test_newer_schema_is_refused(url: str) -> None:
 
 
 def test_version_0_database_is_migrated(url: str, monkeypatch) -> None:
-    """A fake v0 database lacking two columns gains them through the injected migration 0->1."""
+    """A fake v0 database lacking two columns gains them through the injected migration 0->1
+    (this ablate pretending to be schema 1: the machinery, not the real steps)."""
     with ResultsDB(url) as db:
         record(db, db.start_sweep("old", "s", {}, "v"), "t", metrics=[metric()])
     execute(url, "ALTER TABLE ablate_trials DROP COLUMN run_dir",
@@ -313,6 +319,7 @@ def test_version_0_database_is_migrated(url: str, monkeypatch) -> None:
         results.add_column(conn, "ablate_trials", sa.Column("run_dir", sa.Text))
         results.add_column(conn, "ablate_trials", sa.Column("step_time_s", sa.Float))
 
+    monkeypatch.setattr(results, "SCHEMA_VERSION", 1)
     monkeypatch.setattr(results, "MIGRATIONS", {0: zero_to_one})
     with ResultsDB(url) as db:
         assert stored_version(url) == 1
@@ -324,6 +331,7 @@ def test_version_0_database_is_migrated(url: str, monkeypatch) -> None:
 
 def test_migrations_run_in_order_in_one_transaction(url: str, monkeypatch) -> None:
     ResultsDB(url).close()
+    v = results.SCHEMA_VERSION  # the database's version; the test adds two fake steps on top
     ran: list[int] = []
 
     def step(version: int, fail: bool = False):
@@ -334,21 +342,21 @@ def test_migrations_run_in_order_in_one_transaction(url: str, monkeypatch) -> No
                 raise RuntimeError("migration bug")
         return migration
 
-    monkeypatch.setattr(results, "SCHEMA_VERSION", 3)
-    monkeypatch.setattr(results, "MIGRATIONS", {1: step(1), 2: step(2, fail=True)})
+    monkeypatch.setattr(results, "SCHEMA_VERSION", v + 2)
+    monkeypatch.setattr(results, "MIGRATIONS", {v: step(v), v + 1: step(v + 1, fail=True)})
     with pytest.raises(RuntimeError, match="migration bug"):
         ResultsDB(url)
-    assert ran == [1, 2] and stored_version(url) == 1  # rolled back, DDL included
-    assert "extra1" not in {c["name"] for c in _columns(url, "ablate_sweeps")}
+    assert ran == [v, v + 1] and stored_version(url) == v  # rolled back, DDL included
+    assert f"extra{v}" not in {c["name"] for c in _columns(url, "ablate_sweeps")}
 
     ran.clear()
-    monkeypatch.setattr(results, "MIGRATIONS", {1: step(1), 2: step(2)})
+    monkeypatch.setattr(results, "MIGRATIONS", {v: step(v), v + 1: step(v + 1)})
     ResultsDB(url).close()
-    assert ran == [1, 2] and stored_version(url) == 3
-    assert {"extra1", "extra2"} <= {c["name"] for c in _columns(url, "ablate_sweeps")}
+    assert ran == [v, v + 1] and stored_version(url) == v + 2
+    assert {f"extra{v}", f"extra{v + 1}"} <= {c["name"] for c in _columns(url, "ablate_sweeps")}
 
-    monkeypatch.setattr(results, "SCHEMA_VERSION", 4)
-    with pytest.raises(AblateError, match="no migration 3->4"):
+    monkeypatch.setattr(results, "SCHEMA_VERSION", v + 3)
+    with pytest.raises(AblateError, match=f"no migration {v + 2}->{v + 3}"):
         ResultsDB(url)
 
 
@@ -362,27 +370,152 @@ def _columns(url: str, table: str) -> list[dict]:
 # ---------------------------------------------------------------- URLs and errors
 
 
-@pytest.mark.parametrize("bad", ["postgresql://u@127.0.0.1:1/x", "notadb://x",
-                                 "sqlite:////proc/ablate-no-such-dir/x.db"])
+def _refused_port() -> int:
+    """A local TCP port nothing listens on (it was free a moment ago)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("bad", [
+    "postgresql://u@127.0.0.1:1/x", f"postgresql://u:pw@127.0.0.1:{_refused_port()}/x",
+    "notadb://x", "mysql+nope://x", "postgresql://u:pw@h:notaport/x", "://x"])
 def test_bad_urls_are_quick_one_line_ablate_errors(bad: str) -> None:
     start = time.monotonic()
     with pytest.raises(AblateError, match="cannot open results database") as info:
         ResultsDB(bad)
     assert time.monotonic() - start < 6 and "\n" not in str(info.value)
-    assert "check the URL" in str(info.value)
+    assert "check the URL" in str(info.value) and ":pw@" not in str(info.value)
+
+
+def test_sqlite_in_a_missing_folder_is_refused_and_nothing_is_made(tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for given, folder in [(f"sqlite:///{tmp_path / 'nope' / 'deeper' / 'x.db'}", "nope/deeper"),
+                          ("elsewhere/x.db", "elsewhere"),  # a bare path is a SQLite file
+                          ("results/sub/ablate.db", "results/sub")]:  # not the default file
+        with pytest.raises(AblateError) as info:
+            ResultsDB(given)
+        assert str(info.value) == (f"folder {tmp_path / folder} does not exist; create it or "
+                                   "pass another --db")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing made, not even results/
+    (tmp_path / "elsewhere").mkdir()
+    with ResultsDB("elsewhere/x.db") as db:
+        assert db.url == f"sqlite:///{tmp_path / 'elsewhere' / 'x.db'}"
+    assert (tmp_path / "elsewhere" / "x.db").is_file()
 
 
 def test_default_url_and_paths(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("ABLATE_DB", raising=False)
     assert results.default_url() == "sqlite:///results/ablate.db"
-    with ResultsDB() as db:
+    with ResultsDB() as db:  # the default location is the one folder made for you
         assert (tmp_path / "results" / "ablate.db").is_file()
         assert db.optuna_storage_url == f"sqlite:///{tmp_path / 'results' / 'ablate.db'}"
         assert pickle.loads(pickle.dumps(db)).url == db.url
-    monkeypatch.setenv("ABLATE_DB", "elsewhere/x.db")  # a bare path is a SQLite file
-    with ResultsDB() as db:
-        assert db.url == f"sqlite:///{tmp_path / 'elsewhere' / 'x.db'}"
+    shutil.rmtree(tmp_path / "results")
+    with ResultsDB("results/ablate.db"):  # the same file named explicitly
+        assert (tmp_path / "results" / "ablate.db").is_file()
+    monkeypatch.setenv("ABLATE_DB", "elsewhere/x.db")
+    with pytest.raises(AblateError, match="folder .*elsewhere does not exist"):
+        ResultsDB()
+
+
+def _permissions_ignored() -> bool:
+    """Whether we can write a read-only file: root can (unless it lacks CAP_DAC_OVERRIDE)."""
+    if os.geteuid() != 0:
+        return False
+    with tempfile.TemporaryDirectory() as folder:
+        probe = Path(folder) / "probe"
+        probe.touch(mode=0o444)
+        try:
+            probe.open("a").close()
+        except PermissionError:
+            return False
+        return True
+
+
+needs_non_root = pytest.mark.skipif(_permissions_ignored(), reason="root ignores file permissions")
+
+
+@needs_non_root
+def test_read_only_sqlite_file_is_refused_when_opened(tmp_path: Path) -> None:
+    path = tmp_path / "ablate.db"
+    with ResultsDB(f"sqlite:///{path}") as db:
+        db.start_sweep("s", "s", {}, "v")
+    before = path.read_bytes()
+    path.chmod(0o444)
+    try:
+        with pytest.raises(AblateError) as info:
+            ResultsDB(f"sqlite:///{path}")
+        assert str(info.value) == (f"results database file {path} is read-only (SQLite must "
+                                   f"write it); make it writable (chmod u+rw {path}) or pass "
+                                   "another --db")
+        assert path.read_bytes() == before
+    finally:
+        path.chmod(0o644)
+
+
+@needs_non_root
+def test_sqlite_in_a_read_only_folder_is_refused_when_opened(tmp_path: Path) -> None:
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    with ResultsDB(f"sqlite:///{folder / 'old.db'}") as db:  # an existing database in it, too
+        db.start_sweep("s", "s", {}, "v")
+    folder.chmod(0o555)
+    try:
+        for name in ("new.db", "old.db"):
+            with pytest.raises(AblateError) as info:
+                ResultsDB(f"sqlite:///{folder / name}")
+            assert str(info.value) == (f"folder {folder} is not writable, and SQLite must create "
+                                       f"its -wal and -journal files next to {name}; make the "
+                                       "folder writable (chmod u+wx) or pass another --db")
+        assert sorted(p.name for p in folder.iterdir()) == ["old.db"]
+    finally:
+        folder.chmod(0o755)
+
+
+def test_sqlite_path_that_is_a_folder_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(AblateError, match=f"^{tmp_path} is a folder, not a SQLite file"):
+        ResultsDB(f"sqlite:///{tmp_path}")
+
+
+# ---------------------------------------------------------------- passwords
+
+
+def test_pickled_postgres_db_carries_no_password(request: pytest.FixtureRequest) -> None:
+    """The test server trusts every local login, so any password connects: only where it goes
+    is tested, not that libpq would find it."""
+    password = f"s3cret-{uuid.uuid4().hex[:8]}"
+    with_password = sa.make_url(request.getfixturevalue("fresh_postgres_url")).set(
+        password=password)
+    with ResultsDB(with_password.render_as_string(hide_password=False)) as db:
+        assert password.encode() not in pickle.dumps(db)
+        assert password not in db.safe_url and password not in db.url and "***" in db.url
+        assert sa.make_url(db.safe_url).password is None
+        assert sa.make_url(db.optuna_storage_url).password == password
+        copy = pickle.loads(pickle.dumps(db))  # same process: the password comes back
+        assert sa.make_url(copy.optuna_storage_url).password == password
+        copy.start_sweep("s", "s", {}, "v")
+        assert db.sweep_id("s") is not None
+        copy.close()
+        code = ("import pickle, sys; import sqlalchemy as sa; "
+                "db = pickle.loads(sys.stdin.buffer.read()); "
+                "print(sa.make_url(db.optuna_storage_url).password, db.sweep_id('s'))")
+        env = {k: val for k, val in os.environ.items() if k != "PGPASSWORD"}
+        other = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(db), cwd=ROOT,
+                               env=env, capture_output=True, timeout=60)
+        assert other.returncode == 0, other.stderr.decode()
+        assert other.stdout.decode().split() == ["None", str(db.sweep_id("s"))]
+
+
+def test_safe_url_strips_the_password_without_connecting() -> None:
+    url = sa.make_url("postgresql+psycopg://me:p%40ss@db.example:5432/ablate")
+    safe = results._without_password(url)
+    assert safe.render_as_string(hide_password=False) == (
+        "postgresql+psycopg://me@db.example:5432/ablate")
+    assert url.password == "p@ss"  # the original keeps it for Optuna
+    assert results._mask_password("postgresql://me:hunter2@h:x/db") == "postgresql://me:***@h:x/db"
 
 
 def test_importing_the_db_layer_does_not_import_torch() -> None:
@@ -421,3 +554,276 @@ def test_timestamps_are_utc(db: ResultsDB) -> None:
     created = db.list_sweeps().loc[0, "created"]
     assert abs((created - datetime.now(UTC).replace(tzinfo=None)).total_seconds()) < 60
 
+
+
+# ---------------------------------------------------------------- schema v2
+
+
+def test_v1_database_is_migrated_to_v2(url: str) -> None:
+    """A database written by the v1 ablate (frozen in tests/schema_v1.py) opens as v2."""
+    engine = sa.create_engine(url)
+    schema_v1.metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(schema_v1.schema_table.insert().values(version=1))
+        sid = conn.execute(schema_v1.sweeps.insert().values(
+            name="old", space="quick", created=T0, status="running", code_version="v1")
+        ).inserted_primary_key[0]
+        old = [conn.execute(schema_v1.trials.insert().values(
+            sweep_id=sid, tune_trial_id=f"t{i}", recipe_hash=h, seed=0, status=status, ended=T0,
+            recipe_json='{"filter": "code"}')).inserted_primary_key[0]
+            for i, (h, status) in enumerate([("h1", "finished"), ("h2", "failed")])]
+        conn.execute(schema_v1.metrics.insert().values(
+            trial_id=old[0], dataset="celebdf", split="test", level="frame", metric="auc",
+            value=0.8))
+    engine.dispose()
+
+    with ResultsDB(url) as db:
+        assert stored_version(url) == 2
+        found = db.finished_trial("h1", 0)  # v1 rows are reused by recipe hash, as before
+        assert found["id"] == old[0] and found["identity"] == "h1"
+        assert found["code_version"] is None and [m["value"] for m in found["metrics"]] == [0.8]
+        assert [r["identity"] for r in db.sweep_rows(sid)] == ["h1", "h2"]
+        sweep = db.list_sweeps().iloc[0]
+        assert sweep["name"] == "old" and sweep["n_trials"] == 2
+        assert sweep["heartbeat"] is pd.NaT and bool(sweep["stale"])  # running, never beat
+        new = record(db, sid, "t2", recipe_hash="h1", identity="h1+data+teacher", data_sha="d",
+                     teacher_sha="t", code_version="v2")
+        db.save_checkpoint(sid, "h1+data+teacher", 0, 50, "file:///ckpt/50")
+        assert {k: (v["step"], v["uri"]) for k, v in db.checkpoints(sid).items()} == {
+            ("h1+data+teacher", 0): (50, "file:///ckpt/50")}
+        assert db.finished_trial("h1+data+teacher", 0, code_version="v2")["id"] == new
+        assert db.start_sweep("old", "quick", {}, "v2", resume=True) == sid
+    with ResultsDB(url):  # opening again migrates nothing
+        assert stored_version(url) == 2
+
+    inspector = sa.inspect(sa.create_engine(url))
+    expected_new = {"ablate_sweeps": {"host", "pid", "heartbeat", "error"},
+                    "ablate_trials": {"identity", "data_sha", "teacher_sha", "code_version"}}
+    for table, new_columns in expected_new.items():
+        migrated = {c["name"] for c in inspector.get_columns(table)}
+        v1 = set(schema_v1.metadata.tables[table].c.keys())
+        assert migrated == v1 | new_columns
+    assert {c["name"] for c in inspector.get_columns("ablate_checkpoints")} == {
+        "sweep_id", "identity", "seed", "step", "uri", "created"}
+    assert inspector.get_pk_constraint("ablate_checkpoints")["constrained_columns"] == [
+        "sweep_id", "identity", "seed"]
+    (fk,) = inspector.get_foreign_keys("ablate_checkpoints")
+    assert fk["referred_table"] == "ablate_sweeps" and fk["options"]["ondelete"] == "CASCADE"
+    indexes = {ix["name"]: ix["column_names"] for ix in inspector.get_indexes("ablate_trials")}
+    assert indexes["ix_ablate_trials_reuse"] == ["identity", "seed"]
+
+
+def test_migrated_and_new_databases_have_the_same_shape(tmp_path: Path) -> None:
+    """What MIGRATIONS[1] builds equals what create_all builds for a new database."""
+    old, new = f"sqlite:///{tmp_path / 'old.db'}", f"sqlite:///{tmp_path / 'new.db'}"
+    engine = sa.create_engine(old)
+    schema_v1.metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(schema_v1.schema_table.insert().values(version=1))
+    engine.dispose()
+    ResultsDB(old).close()
+    ResultsDB(new).close()
+
+    def shape(url: str) -> dict:
+        inspector = sa.inspect(sa.create_engine(url))
+        return {table: ({(c["name"], str(c["type"]), c["nullable"])
+                         for c in inspector.get_columns(table)},
+                        sorted((ix["name"], tuple(ix["column_names"]))
+                               for ix in inspector.get_indexes(table)),
+                        inspector.get_pk_constraint(table)["constrained_columns"])
+                for table in sorted(inspector.get_table_names())}
+
+    assert shape(old) == shape(new)
+
+
+def test_identity_not_recipe_hash_is_the_reuse_key(db: ResultsDB) -> None:
+    sid = db.start_sweep("s", "s", {}, "v")
+    hour = timedelta(hours=1)
+    a = record(db, sid, "a", identity="h1|dataA|teacherX", data_sha="dataA", teacher_sha="X",
+               code_version="c1", ended=T0, metrics=[metric(value=0.6)])
+    b = record(db, sid, "b", identity="h1|dataB|teacherX", data_sha="dataB", teacher_sha="X",
+               code_version="c1", ended=T0 + hour)
+    a2 = record(db, sid, "a2", identity="h1|dataA|teacherX", code_version="c2", ended=T0 + hour)
+    record(db, sid, "a3", identity="h1|dataA|teacherX", code_version="c3", ended=T0 + 2 * hour,
+           status="reused", reused_from=a)
+    old_caller = record(db, sid, "old", recipe_hash="h9")  # no identity: the recipe hash is it
+
+    assert db.finished_trial("h1|dataA|teacherX", 0)["id"] == a2  # newest finished, not reused
+    found = db.finished_trial("h1|dataA|teacherX", 0, code_version="c1")
+    assert found["id"] == a and found["data_sha"] == "dataA" and found["teacher_sha"] == "X"
+    assert found["identity"] == "h1|dataA|teacherX" and found["code_version"] == "c1"
+    assert found["recipe_hash"] == "h1" and [m["value"] for m in found["metrics"]] == [0.6]
+    assert db.finished_trial("h1|dataB|teacherX", 0)["id"] == b
+    assert db.finished_trial("h1|dataA|teacherX", 0, code_version="c3") is None  # only reused
+    assert db.finished_trial("h1", 0) is None  # the bare recipe hash matches nothing
+    assert db.finished_trial("h9", 0)["id"] == old_caller
+    assert db.finished_trial("h9", 0, code_version="c1") is None  # NULL code version
+    assert db.trials().set_index("tune_trial_id").loc["old", "identity"] == "h9"
+
+
+def test_sweep_rows_are_that_sweeps_trials(db: ResultsDB) -> None:
+    a, b = db.start_sweep("a", "s", {}, "v"), db.start_sweep("b", "s", {}, "v")
+    first = record(db, a, "t0", identity="i0", status="running", ended=T0 - timedelta(hours=1))
+    record(db, b, "t0", identity="other")
+    second = record(db, a, "t1", identity="i1", seed=2, status="failed", code_version="c")
+    rows = db.sweep_rows(a)
+    assert [(r["id"], r["tune_trial_id"], r["identity"], r["seed"], r["status"]) for r in rows] == [
+        (first, "t0", "i0", 0, "running"), (second, "t1", "i1", 2, "failed")]
+    assert rows[0]["ended"] == T0 - timedelta(hours=1) and rows[1]["code_version"] == "c"
+    assert rows[0]["recipe_hash"] == "h1" and "recipe_json" not in rows[0]
+    assert db.sweep_rows(db.start_sweep("empty", "s", {}, "v")) == []
+    with pytest.raises(ValueError, match="no sweep with id"):
+        db.sweep_rows(b + 99)
+
+
+def test_checkpoints_keep_the_latest_per_recipe_and_seed(db: ResultsDB) -> None:
+    a, b = db.start_sweep("a", "s", {}, "v"), db.start_sweep("b", "s", {}, "v")
+    before = datetime.now(UTC).replace(tzinfo=None) - timedelta(seconds=1)
+    db.save_checkpoint(a, "i0", 0, 10, "file:///c/i0-0-10")
+    db.save_checkpoint(a, "i0", 0, 20, "file:///c/i0-0-20")  # replaces step 10
+    db.save_checkpoint(a, "i0", 1, 5, "file:///c/i0-1-5")
+    db.save_checkpoint(a, "i1", 0, 7, "s3://bucket/i1")
+    db.save_checkpoint(b, "i0", 0, 99, "file:///c/b")
+    found = db.checkpoints(a)
+    assert {k: (v["step"], v["uri"]) for k, v in found.items()} == {
+        ("i0", 0): (20, "file:///c/i0-0-20"), ("i0", 1): (5, "file:///c/i0-1-5"),
+        ("i1", 0): (7, "s3://bucket/i1")}
+    assert all(before <= v["created"] <= before + timedelta(minutes=1) for v in found.values())
+    assert db.delete_checkpoint(a, "i0", 0) is True
+    assert db.delete_checkpoint(a, "i0", 0) is False
+    assert set(db.checkpoints(a)) == {("i0", 1), ("i1", 0)}
+    assert {k: v["step"] for k, v in db.checkpoints(b).items()} == {("i0", 0): 99}
+    with pytest.raises(ValueError, match="no sweep with id"):
+        db.save_checkpoint(b + 99, "i0", 0, 1, "file:///x")
+    assert db.checkpoints(b + 99) == {}
+
+
+def test_concurrent_checkpoint_saves_of_one_key_leave_one_row(db: ResultsDB, url: str) -> None:
+    sid = db.start_sweep("s", "s", {}, "v")
+    errors: list[BaseException] = []
+    start = threading.Barrier(3)
+
+    def save(worker: int) -> None:
+        try:
+            with ResultsDB(url) as own:
+                start.wait()
+                for step in range(6):
+                    own.save_checkpoint(sid, "i", 0, step, f"file:///w{worker}/{step}")
+        except BaseException as exc:  # noqa: BLE001  (reported below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=save, args=(w,)) for w in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    (only,) = db.checkpoints(sid).values()
+    assert only["step"] == 5 and only["uri"].endswith("/5")
+
+
+# ---------------------------------------------------------------- driver liveness
+
+
+DYING_DRIVER = """
+import os, sys
+from ablate.results import ResultsDB
+ResultsDB(sys.argv[1]).start_sweep(sys.argv[2], "quick", {}, "v")
+print(os.getpid(), flush=True)
+os._exit(0)  # gone without a word, as if killed
+"""
+
+
+def start_dead_sweep(url: str, name: str) -> int:
+    """A sweep whose driver (another process on this host) started it and died; its pid."""
+    proc = subprocess.run([sys.executable, "-c", DYING_DRIVER, url, name], cwd=ROOT, timeout=60,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return int(proc.stdout)
+
+
+def set_driver(url: str, name: str, *, age_s: float, host: str | None = None) -> None:
+    """Backdate a sweep's heartbeat by age_s seconds (and move it to `host`), behind our back."""
+    beat = datetime.now(UTC).replace(tzinfo=None) - timedelta(seconds=age_s)
+    stmt = sa.text("UPDATE ablate_sweeps SET heartbeat = :beat, host = coalesce(:host, host) "
+                   "WHERE name = :name").bindparams(sa.bindparam("beat", type_=sa.DateTime),
+                                                    sa.bindparam("host", type_=sa.String))
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(stmt, {"beat": beat, "host": host, "name": name})
+    engine.dispose()
+
+
+def test_sweeps_record_their_driver_and_heartbeat(db: ResultsDB, url: str) -> None:
+    sid = db.start_sweep("s", "s", {}, "v")
+    row = db.list_sweeps().iloc[0]
+    now = datetime.now(UTC).replace(tzinfo=None)
+    assert row["host"] == socket.gethostname() and row["pid"] == os.getpid()
+    assert abs((row["heartbeat"] - now).total_seconds()) < 30 and not row["stale"]
+
+    set_driver(url, "s", age_s=3600)
+    assert db.list_sweeps().loc[0, "stale"]
+    db.heartbeat(sid)
+    beat = db.list_sweeps().loc[0, "heartbeat"]
+    assert abs((beat - datetime.now(UTC).replace(tzinfo=None)).total_seconds()) < 30
+    assert not db.list_sweeps().loc[0, "stale"]
+    with pytest.raises(ValueError, match="no sweep with id"):
+        db.heartbeat(sid + 99)
+
+    db.set_sweep_status(sid, "failed", error="CUDA OOM in trial 3")
+    db.set_sweep_status(sid, "failed")  # without an error the stored one stays
+    set_driver(url, "s", age_s=3600, host="elsewhere")
+    row = db.list_sweeps().iloc[0]
+    assert row["error"] == "CUDA OOM in trial 3" and not row["stale"]  # only running ones go stale
+    assert db.start_sweep("s", "s", {}, "v", resume=True) == sid
+    row = db.list_sweeps().iloc[0]
+    assert row["status"] == "running" and pd.isna(row["error"]) and not row["stale"]
+    assert row["host"] == socket.gethostname() and row["pid"] == os.getpid()
+
+
+def test_running_sweeps_whose_driver_is_gone_are_stale(db: ResultsDB, url: str,
+                                                       monkeypatch) -> None:
+    monkeypatch.setattr(results, "STALE_AFTER_S", 90.0)
+    db.start_sweep("alive", "s", {}, "v")
+    dead_pid = start_dead_sweep(url, "dead")  # fresh heartbeat, but its pid is gone here
+    for name, age_s in [("remote", 60), ("remote-silent", 120)]:  # pids we cannot check
+        db.start_sweep(name, "s", {}, "v")
+        set_driver(url, name, age_s=age_s, host="another-host")
+    db.start_sweep("old-beat", "s", {}, "v")  # this process, alive, but silent for 120 s
+    set_driver(url, "old-beat", age_s=120)
+    db.set_sweep_status(db.start_sweep("done", "s", {}, "v"), "finished")
+    set_driver(url, "done", age_s=3600)
+
+    sweeps = db.list_sweeps().set_index("name")
+    assert sweeps["stale"].to_dict() == {"alive": False, "dead": True, "remote": False,
+                                         "remote-silent": True, "old-beat": True, "done": False}
+    assert sweeps.loc["dead", "pid"] == dead_pid and sweeps["stale"].dtype == bool
+    assert sweeps.loc["dead", "status"] == "running"  # stale is a verdict, not a stored status
+    assert {"n_trials", "n_finished", "n_running"} <= set(sweeps.columns)
+
+
+def test_sweeps_command_shows_stale_sweeps_and_errors(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from ablate.cli import cli
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    with ResultsDB(url) as db:
+        db.start_sweep("alive", "quick", {}, "v")
+        dead_pid = start_dead_sweep(url, "gone")
+        failed = db.start_sweep("broke", "filters", {}, "v")
+        db.set_sweep_status(failed, "failed", error="Traceback (most recent call last):\n  "
+                            + "x" * 300)
+    with sqlite3.connect(tmp_path / "r.db") as conn:
+        (beat,) = conn.execute("SELECT heartbeat FROM ablate_sweeps WHERE name = 'gone'").fetchone()
+
+    out = CliRunner().invoke(cli, ["sweeps", "--db", url])
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    statuses = {line.split()[0]: line.split()[2] for line in lines[1:4]}
+    assert statuses == {"alive": "running", "gone": "stale", "broke": "failed"}
+    assert lines[4] == (f"sweep gone: its driver is gone (host {socket.gethostname()}, pid "
+                        f"{dead_pid}, last heartbeat {beat[:19]} UTC); resume it with: ablate "
+                        f"sweep --space quick --name gone --resume --db {url}")
+    assert lines[5].startswith("sweep broke failed: Traceback (most recent call last): xxx")
+    assert len(lines[5]) < 200 and lines[5].endswith("...") and len(lines) == 6

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import random
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,21 +98,30 @@ def load_manifest(path: str | Path) -> pd.DataFrame:
 
 
 def save_manifest(df: pd.DataFrame, path: str | Path) -> Path:
-    """Validate and write `df`; paths under the manifest's folder are written relative."""
+    """Validate and write `df`; paths under the manifest's folder are written relative.
+
+    Written to a temporary file beside `path`, then renamed over it: concurrent trials may
+    build the same manifest, and a reader never sees a half-written one."""
     path = Path(path).expanduser().resolve()
     out = validate(df, where="the table to save")[COLUMNS]
     for col in PATH_COLUMNS:
         out[col] = [_relative(p, path.parent) for p in out[col]]
     path.parent.mkdir(parents=True, exist_ok=True)
-    if _is_parquet(path):
-        try:
-            out.to_parquet(path, index=False)
-        except ImportError as err:
-            raise AblateError(
-                f"cannot write Parquet manifest {path} ({err}); install pyarrow or use .csv"
-            ) from None
-    else:
-        out.to_csv(path, index=False)
+    # same suffix, so pandas infers the same compression (.csv.gz) as for `path`
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{path.suffix}")
+    try:
+        if _is_parquet(path):
+            try:
+                out.to_parquet(tmp, index=False)
+            except ImportError as err:
+                raise AblateError(
+                    f"cannot write Parquet manifest {path} ({err}); install pyarrow or use .csv"
+                ) from None
+        else:
+            out.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -4,10 +4,12 @@ the sampler the space names, and the grid of a grid search. Optuna is imported l
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from ablate.space.model import Scalar, SearchSpace
+# `space` is an ablate.space.model.SearchSpace; not imported, because model's methods
+# call into this module (the two must not import each other)
+SearchSpace = Any
+Scalar = Any
 
 
 def define_by_run(space: SearchSpace, trial: Any) -> dict[str, Any]:
