@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import random
 import resource
+import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +33,7 @@ from ablate.model.teacher import parse_dtype as teacher_dtype
 from ablate.recipe import is_guided, recipe_hash
 from ablate.scoring import Selection, score, validation_point
 from ablate.tracking import write_curves
+from ablate.train_state import TrainState, capture_rng, load_state, restore_rng, save_state
 
 
 class TrainingDiverged(AblateError):
@@ -68,15 +70,32 @@ def make_optimizer(
                                       fused=fused or None)
 
 
-def cycle(loader) -> Iterator[dict]:  # noqa: ANN001
-    """Endless batches; each pass over the loader is one epoch."""
+def cycle(loader, done: int = 0) -> Iterator[dict]:  # noqa: ANN001
+    """Endless batches; each pass over the loader is one epoch. The first `done` batches
+    (what a resumed run already trained on) are skipped without loading them."""
+    first = _first_pass(loader, done)
     while True:
         empty = True
-        for batch in loader:
+        for batch in first:
             empty = False
             yield batch
         if empty:
             raise AblateError("the training set is empty; check data settings")
+        first = loader
+
+
+def _first_pass(loader, done: int) -> Iterable:  # noqa: ANN001
+    """What is left of the epoch in which batch `done` + 1 falls: a loader with `seek`
+    (make_loader's) moves its sampler there, a list is sliced."""
+    if hasattr(loader, "seek"):
+        loader.seek(done)  # also for done=0: a loader reused by a second run starts over
+        return loader
+    if not done:
+        return loader
+    if isinstance(loader, Sequence) and len(loader):
+        return loader[done % len(loader):]
+    raise AblateError(f"cannot resume on a {type(loader).__name__}: it cannot skip to batch "
+                      f"{done + 1}; build the loader with ablate.data.loader.make_loader")
 
 
 def total_steps(cfg: DictConfig, batches_per_epoch: int) -> int:
@@ -152,6 +171,8 @@ def run_name(cfg: DictConfig) -> str:
 def train(
     cfg: DictConfig, loader=None, val=None, progress: bool = True,  # noqa: ANN001
     on_eval: Callable[[int, float], None] | None = None,
+    on_checkpoint: Callable[[int, float, Path], None] | None = None,
+    resume_from: str | Path | None = None,
 ) -> RunResult:
     """Train `cfg` and save a run folder.
 
@@ -159,6 +180,13 @@ def train(
     which the exported checkpoint and the decision threshold are chosen. Tests
     may pass `loader` (and optionally `val`) directly. `on_eval(step, val_auc)`
     is called after each validation (a sweep reports it to its scheduler).
+
+    `on_checkpoint(step, val_auc, state_dir)` is called after `on_eval` with a temporary
+    folder holding the full training state at `step` (ablate/train_state.py); it is
+    deleted when the call returns, so copy it. `resume_from` (a copy of such a folder,
+    of this recipe and seed) continues at step + 1; on the CPU the run then ends exactly
+    as the uninterrupted one: same weights, curves and selection. Callbacks must not draw
+    from torch's global RNG (the saved state does not see those draws).
     """
     seed_everything(cfg.seed)
     device = pick_device(cfg.train.device)
@@ -181,12 +209,22 @@ def train(
         torch.cuda.reset_peak_memory_stats(device)
 
     detector.train()
-    curves: list[tuple[int, str, float]] = []
+    identity = recipe_hash(cfg)
     selector = ValidationSelector(detector, val, cfg, device)
-    batches = cycle(loader)
+    state = None
+    if resume_from is not None:
+        state = load_state(resume_from, identity, cfg.seed)
+        resume(state, detector, optimizer, selector, len(loader))
+    done = state.step if state else 0
+    curves: list[tuple[int, str, float]] = list(state.curves) if state else []
+    step_times: list[float] = list(state.step_times) if state else []
+    wall_before = state.wall_s if state else 0.0
+    batches = cycle(loader, done)
+    bar = tqdm(range(done + 1, steps + 1), desc="train", unit="step", disable=not progress,
+               initial=done, total=steps)
+    if state is not None:  # last: nothing may draw between here and step done + 1
+        restore_rng(state.rng)
     start = time.perf_counter()
-    bar = tqdm(range(1, steps + 1), desc="train", unit="step", disable=not progress)
-    step_times: list[float] = []
     for step in bar:
         batch = next(batches)
         tick = time.perf_counter()
@@ -200,7 +238,12 @@ def train(
             curves.append((step, "val/auc", val_auc))
             if on_eval is not None:
                 on_eval(step, val_auc)
-    wall = time.perf_counter() - start
+            if on_checkpoint is not None:
+                checkpoint(on_checkpoint, step, val_auc, identity, cfg.seed, TrainState(
+                    step, len(loader), detector.trainable_state_dict(), optimizer.state_dict(),
+                    selector.best_state, selector.selection, list(curves), list(step_times),
+                    wall_before + time.perf_counter() - start, capture_rng()))
+    wall = wall_before + time.perf_counter() - start
 
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2**20
@@ -217,7 +260,7 @@ def train(
         curves=curves,
     )
     info = {k: v for k, v in result.__dict__.items() if k != "folder"}
-    info.update(recipe_hash=recipe_hash(cfg), seed=cfg.seed, device=str(device),
+    info.update(recipe_hash=identity, seed=cfg.seed, device=str(device),
                 speed=speed.as_dict(),
                 # what a teacher path/adapter held when trained (fit key, adapter base)
                 teacher_origin=getattr(detector.teacher, "origin", None),
@@ -228,6 +271,33 @@ def train(
     save_run(result.folder, cfg, trainable, classifier_state(trainable), info)
     write_curves(result.folder, curves)  # tensorboard --logdir results/runs
     return result
+
+
+def checkpoint(on_checkpoint: Callable[[int, float, Path], None], step: int, val_auc: float,
+               identity: str, seed: int, state: TrainState) -> None:
+    """Hand `state` to `on_checkpoint` in a folder that exists only during the call."""
+    with tempfile.TemporaryDirectory(prefix=f"ablate-state-{step}-") as tmp:
+        folder = save_state(Path(tmp) / "state", state, identity, seed)
+        on_checkpoint(step, val_auc, folder)
+
+
+def resume(state: TrainState, detector: DiffusionFakeDetector, optimizer: torch.optim.Optimizer,
+           selector: ValidationSelector, batches_per_epoch: int) -> None:
+    """Put the trained modules, optimiser and selection back as they were at `state.step`
+    (the RNGs are restored by the caller, right before the next step)."""
+    if state.batches_per_epoch != batches_per_epoch:
+        raise AblateError(
+            f"the saved state had {state.batches_per_epoch} batches per epoch, this training "
+            f"set has {batches_per_epoch}: the data changed; resume on the data it was saved on")
+    expected = set(detector.trainable_state_dict())
+    if set(state.trainable) != expected:
+        raise AblateError(
+            f"the saved state's modules do not match this recipe's "
+            f"({len(expected - set(state.trainable))} missing, "
+            f"{len(set(state.trainable) - expected)} unexpected tensors); was the code changed?")
+    detector.load_state_dict(state.trainable, strict=False)  # copies into the live tensors
+    optimizer.load_state_dict(state.optimizer)
+    selector.best_state, selector.selection = state.best_state, state.selection
 
 
 def classifier_state(trainable: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -1,74 +1,21 @@
-"""Dataset names -> manifests -> loaders. The only place a recipe meets the data layer.
+"""Manifests -> datasets -> loaders. The only place a recipe meets the torch side of the data layer.
 
-A dataset is named in one of three ways:
-- a manifest file (`.csv`/`.parquet`) path: used as it is;
-- a family of the embedded benchmark (`synth-blend`, `synth-colour`, ...): built once, cached;
-- a dataset config `configs/data/<name>.yaml` (adapter + root): its manifest is
-  built from the frame folders on first use and reused after.
+Names become manifests in `ablate.data.sources` (torch-free; its names are re-exported here).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
-import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from ablate.data.dataset import FrameCache, ManifestDataset
-from ablate.data.manifest import load_manifest
+from ablate.data.sampler import ResumableLoader
+from ablate.data.sources import MANIFEST_DIR, benchmark_datasets, recipe_overrides, resolve_dataset
 from ablate.errors import AblateError
 
-MANIFEST_DIR = Path("results/manifests")
-
-
-def benchmark_datasets() -> list[str]:
-    """Names of the embedded benchmark's datasets (no build needed to list them)."""
-    from ablate.data.synthetic import DEFAULT_METHODS, dataset_name
-
-    return [dataset_name(m) for m in DEFAULT_METHODS]
-
-
-def resolve_dataset(name: str, settings: dict | None = None) -> pd.DataFrame:
-    """The frame table of one dataset (all splits), as described in the module doc."""
-    path = Path(name).expanduser()
-    if path.suffix in (".csv", ".parquet"):
-        if not path.is_file():
-            raise AblateError(f"manifest {path} does not exist; build one with `ablate data manifest`")
-        return load_manifest(path)
-    if name in benchmark_datasets():
-        from ablate.data.synthetic import ensure_benchmark
-
-        table = load_manifest(ensure_benchmark())
-        return table[table["dataset"] == name].reset_index(drop=True)
-    from ablate.locations import find
-    from ablate.recipe import options
-
-    config = find("configs", f"data/{name}.yaml")
-    if config is None:
-        known = ", ".join(benchmark_datasets() + options("data"))
-        raise AblateError(f"unknown dataset {name!r}; use a manifest path or one of: {known}")
-    data_cfg = OmegaConf.to_container(OmegaConf.load(config), resolve=True)
-    # recipe-level settings apply only where the dataset has them (source_is: FF++ only)
-    data_cfg.update({k: v for k, v in (settings or {}).items() if k in data_cfg})
-    manifest = data_cfg.get("manifest") or str(MANIFEST_DIR / f"{name}.csv")
-    if Path(manifest).is_file():
-        return load_manifest(manifest)
-    if not data_cfg.get("root"):
-        raise AblateError(
-            f"dataset {name} has no manifest yet and no root: set root in {config} "
-            f"(the folder of extracted face frames) or pass a manifest path instead of {name!r}"
-        )
-    from ablate.data.adapters import build_from_config
-
-    build_from_config({**data_cfg, "manifest": manifest})
-    return load_manifest(manifest)
-
-
-def _adapter_overrides(cfg: DictConfig) -> dict:
-    """Recipe-level data settings forwarded to an adapter (which original is the source)."""
-    return {"source_is": cfg.data.source_is} if cfg.data.get("source_is") else {}
+__all__ = ["MANIFEST_DIR", "benchmark_datasets", "resolve_dataset", "source_table",
+           "split_rows", "train_and_val", "make_loader"]
 
 
 def split_rows(table: pd.DataFrame, split: str, name: str) -> pd.DataFrame:
@@ -80,7 +27,7 @@ def split_rows(table: pd.DataFrame, split: str, name: str) -> pd.DataFrame:
 
 
 def source_table(cfg: DictConfig) -> pd.DataFrame:
-    return resolve_dataset(cfg.data.train, _adapter_overrides(cfg))
+    return resolve_dataset(cfg.data.train, recipe_overrides(cfg))
 
 
 def _dataset(cfg: DictConfig, rows: pd.DataFrame, guided: bool, augment: str,
@@ -106,8 +53,9 @@ def train_and_val(cfg: DictConfig) -> tuple[ManifestDataset, ManifestDataset]:
 
 
 def make_loader(dataset: ManifestDataset, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle and len(dataset) > batch_size,
-        generator=generator, num_workers=0,
+    """Each epoch's order is a function of (seed, epoch), so a resumed run can `seek` to
+    any batch without loading the ones before it (ablate/data/sampler.py)."""
+    return ResumableLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, seed=seed,
+        drop_last=shuffle and len(dataset) > batch_size, num_workers=0,
     )
