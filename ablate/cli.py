@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import click
 
@@ -196,6 +197,12 @@ def spaces_cmd() -> None:
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Add a fixed recipe setting to every trial (repeatable), e.g. "
                    "--set teacher.path=/models/sd15 --set train.steps=30.")
+@click.option("--storage", metavar="PATH_OR_URI",
+              help="Where run folders and trial checkpoints go: a folder, or s3://bucket/path "
+                   "(no shared file system needed; default: results/ray and results/runs).")
+@click.option("--reuse-any-version", is_flag=True,
+              help="Also reuse results computed by other ablate code versions (default: only "
+                   "this version's; the report lists the versions behind its numbers).")
 @click.option("--mlflow", metavar="URI", help="Also log every trial to MLflow: a folder "
               "(e.g. mlruns) or a tracking server URL (needs ablate[tracking]).")
 @click.option("--wandb", metavar="PROJECT", help="Also log every trial to Weights & Biases "
@@ -203,20 +210,25 @@ def spaces_cmd() -> None:
 def sweep_cmd(space: str, trials: int | None, concurrency: int | None, db_url: str | None,
               address: str | None, name: str | None, resume: bool, force: bool,
               cpus: float | None, gpus: float | None, bootstrap: int,
-              settings: tuple[str, ...], mlflow: str | None, wandb: str | None) -> None:
+              settings: tuple[str, ...], storage: str | None, reuse_any_version: bool,
+              mlflow: str | None, wandb: str | None) -> None:
     """Run recipes from a search space as Ray Tune trials chosen by Optuna.
 
     \b
     Each trial = one guided training (checkpoint and threshold chosen on the source
     validation split) + evaluation on every test set of the space, recorded in the
-    results DB with seeds and CIs. The space is validated (and every choice dry-run
-    built) before anything starts. A recipe+seed already in the DB is reused.
+    results DB with seeds and CIs, each seed as soon as it finishes. The space is
+    validated (and every choice dry-run built) before anything starts. A recipe+seed
+    already in the DB, computed on the same data, teacher weights and code version,
+    is reused. --resume continues from the DB (after Ctrl-C, kill -9 or a lost node):
+    finished seeds are kept, cut-off seeds continue from their last checkpoint.
 
     \b
     Examples:
       ablate sweep --space quick                       # CPU demo, ~5 min on 2 cores
       ablate sweep --space modules --db postgresql://me@dbhost/ablate
-      ablate sweep --space paper --address ray://head:10001 --gpus 1
+      ablate sweep --space paper --address ray://head:10001 --gpus 1 \\
+          --storage s3://bucket/sweeps             # a cluster without a shared disk
       ablate sweep --space quick --name quick-1 --resume   # after Ctrl-C
       ablate sweep --space quick --mlflow mlruns       # also in MLflow (mlflow ui)
     """
@@ -225,7 +237,8 @@ def sweep_cmd(space: str, trials: int | None, concurrency: int | None, db_url: s
 
     summary = run_sweep(space, trials, concurrency, db_url, address, name, resume, force,
                         cpus, gpus, bootstrap, settings=parse_settings(settings, "--set"),
-                        mlflow=mlflow, wandb=wandb)
+                        mlflow=mlflow, wandb=wandb, storage=storage,
+                        reuse_any_version=reuse_any_version)
     if not summary.table.empty:
         click.echo(summary.table.to_string(index=False))
     click.echo(f"sweep {summary.name} done in {summary.wall_s:.0f}s; results in {summary.db_url}")
@@ -321,16 +334,48 @@ def demo_cmd(db_url: str | None, trials: int | None, fit_steps: int | None) -> N
 @cli.command("sweeps")
 @click.option("--db", "db_url", metavar="URL", help="Results DB URL (default: $ABLATE_DB or results/ablate.db).")
 def sweeps_cmd(db_url: str | None) -> None:
-    """List the sweeps in the results DB with their trial counts."""
+    """List the sweeps in the results DB with their trial counts.
+
+    A sweep still marked running whose driver is gone shows as `stale`, with the
+    command that resumes it; a failed sweep shows why it failed.
+    """
     from ablate.results import ResultsDB
 
-    table = ResultsDB(db_url).list_sweeps()
+    with ResultsDB(db_url) as db:
+        table, safe_url = db.list_sweeps(), db.safe_url
     if table.empty:
         click.echo("no sweeps yet; start one with `ablate sweep --space quick`")
         return
+    shown = table.assign(status=table["status"].where(~table["stale"], "stale"))
     columns = ["name", "space", "status", "created", "n_trials", "n_finished", "n_pruned",
                "n_failed", "n_nan", "n_reused"]
-    click.echo(table[columns].to_string(index=False))
+    click.echo(shown[columns].to_string(index=False))
+    db_option = f" --db {safe_url}" if db_url else ""
+    for sweep in table.itertuples():
+        if sweep.stale:
+            click.echo(_stale_line(sweep, db_option))
+        elif sweep.status == "failed" and isinstance(sweep.error, str) and sweep.error.strip():
+            click.echo(f"sweep {sweep.name} failed: {_short(sweep.error)}")
+
+
+def _stale_line(sweep: Any, db_option: str) -> str:
+    """What happened to a stale sweep and the command that resumes it."""
+    import pandas as pd
+
+    heartbeat = sweep.heartbeat
+    when = "never" if pd.isna(heartbeat) else f"{heartbeat:%Y-%m-%d %H:%M:%S} UTC"
+    host = sweep.host if isinstance(sweep.host, str) else "unknown"
+    pid = "unknown" if pd.isna(sweep.pid) else int(sweep.pid)
+    space = sweep.space or "SPACE"
+    return (f"sweep {sweep.name}: its driver is gone (host {host}, pid {pid}, last heartbeat "
+            f"{when}); resume it with: ablate sweep --space {space} --name {sweep.name} "
+            f"--resume{db_option}")
+
+
+def _short(text: str, limit: int = 160) -> str:
+    """An error on one line, cut to `limit` characters."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _attach_groups() -> None:

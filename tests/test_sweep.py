@@ -7,11 +7,9 @@ machinery: rows, statuses, metrics per test set, reuse, resume, faults, errors.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -127,15 +125,28 @@ def test_sweep_records_failed_and_nan_trials_and_goes_on(in_tmp):
     assert '"lr": 1e+30' in nan["recipe_json"]
 
 
-def test_sweep_into_postgres(in_tmp, fresh_postgres_url):  # noqa: F811
+def test_sweep_into_postgres_keeps_its_password_out_of_every_file(in_tmp, fresh_postgres_url):  # noqa: F811
+    import sqlalchemy as sa
+
+    secret = "s3cr3t-pw-ablate"  # the test server trusts local users, so any password works
+    url = sa.make_url(fresh_postgres_url)._replace(password=secret).render_as_string(
+        hide_password=False)
     space = write_space(in_tmp, trials=2)
-    run_sweep(space, db_url=fresh_postgres_url, name="pg", n_boot=20)
-    db = ResultsDB(fresh_postgres_url)
+    run_sweep(space, db_url=url, name="pg", n_boot=20)
+    db = ResultsDB(url)
     check_filled(db, "pg", 2)
     import optuna  # the study lives in the same database
 
-    study = optuna.load_study(study_name="pg", storage=fresh_postgres_url)
+    study = optuna.load_study(study_name="pg", storage=url)
     assert len(study.trials) == 2
+    # not in Tune's pickled state, run folders, logs (ours and Ray's) or the results
+    ray_logs = Path("/tmp/ray/session_latest").resolve()
+    files = [p for folder in (in_tmp, ray_logs) for p in folder.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".pkl" for p in files)  # Tune did pickle its state here
+    leaked = [p for p in files if secret.encode() in p.read_bytes()]
+    assert not leaked, leaked
+    tables = [db.list_sweeps(), db.trials("pg"), db.metrics("pg"), db.curves("pg")]
+    assert not any(secret in t.to_csv() for t in tables)
 
 
 def _free_port() -> int:
@@ -156,6 +167,11 @@ def test_sweep_joins_a_ray_cluster_by_address(in_tmp):
         run_sweep(write_space(in_tmp), db_url=url, name="cluster",
                   address=f"127.0.0.1:{port}", n_boot=20)
         check_filled(ResultsDB(url), "cluster", 2)
+        # a trial larger than any node: an error naming what the cluster has, not a hang
+        with pytest.raises(AblateError, match="asks for 8 CPU.*node 1: 2 CPU"):
+            run_sweep(write_space(in_tmp), db_url=url, name="too-big", cpus=8,
+                      address=f"127.0.0.1:{port}", n_boot=20)
+        assert ResultsDB(url).sweep_id("too-big") is None
         # the cluster outlives the sweep: joining does not shut the head down
         with socket.create_connection(("127.0.0.1", port), timeout=5):
             pass
@@ -170,42 +186,93 @@ def _ablate(*args: str, cwd: Path) -> subprocess.Popen:
                             env={**os.environ, "ABLATE_CACHE": str(Path("results").resolve())})
 
 
-def test_killed_sweep_resumes_without_losing_or_repeating_trials(tmp_path):
-    url = f"sqlite:///{tmp_path / 'r.db'}"
-    space = write_space(tmp_path, trials=4, concurrent=1, steps=30)
-    proc = _ablate("sweep", "--space", space, "--db", url, "--name", "k", "--bootstrap", "20",
-                   cwd=tmp_path)
-    db_path = tmp_path / "r.db"
-    deadline = time.time() + 300
-    finished: list = []
-    while time.time() < deadline and proc.poll() is None:
-        time.sleep(1)
-        if db_path.is_file() and ResultsDB(url).sweep_id("k") is not None:
-            trials = ResultsDB(url).trials("k")
-            finished = list(trials[trials["status"] == "finished"]["tune_trial_id"])
-            if finished:
-                break
-    assert finished, "no trial finished before the deadline"
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=180)
-    assert proc.returncode == 2, out
-    assert "interrupted" in out and "--resume" in out
-    before = ResultsDB(url).trials("k")
-    assert ResultsDB(url).list_sweeps().set_index("name").loc["k", "status"] == "interrupted"
-    assert len(before) < 4
+def optuna_agrees_with_rows(url: str, name: str) -> list[str]:
+    """Check trial by trial that the sweep's Optuna study says what its rows say."""
+    import optuna
 
-    proc = _ablate("sweep", "--space", space, "--db", url, "--name", "k", "--resume",
-                   "--bootstrap", "20", cwd=tmp_path)
-    out, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, out
-    after = ResultsDB(url).trials("k")
-    assert len(after) == 4 and after["tune_trial_id"].is_unique
-    assert set(after["status"]) == {"finished"}
-    kept = after.set_index("tune_trial_id").loc[list(before["tune_trial_id"])]
-    assert list(kept["ended"]) == list(before["ended"])  # finished ones were not re-run
-    assert list(kept["id"]) == list(before["id"])
-    runs = {p.name.split("-seed")[0] for p in (tmp_path / "results/runs/k").iterdir()}
-    assert len(runs) >= 4
+    study = optuna.load_study(study_name=name, storage=url)
+    rows = ResultsDB(url).trials(name)
+    metrics = ResultsDB(url).metrics(name)
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    states = []
+    number = {t.number: t for t in study.trials}
+    for t in study.trials:
+        if t.user_attrs.get("interrupted"):
+            continue
+        # a retry of a trial cut off by a kill also owns the seeds that trial wrote
+        owners, chain = [t.user_attrs["tune_trial_id"]], t
+        while "retry_of" in chain.user_attrs:
+            chain = number[chain.user_attrs["retry_of"]]
+            owners.append(chain.user_attrs["tune_trial_id"])
+        mine = rows[rows["tune_trial_id"].str.split(":").str[0].isin(owners)]
+        tune_id = owners[0]
+        statuses = set(mine["status"])
+        expected = ("PRUNED" if "pruned" in statuses else
+                    "COMPLETE" if statuses & {"finished", "reused"} else "FAIL")
+        assert t.state.name == expected, (tune_id, statuses, t.state)
+        if expected == "COMPLETE" and len(t.values) == 1:
+            val = metrics[metrics["trial_id"].isin(mine["id"]) & (metrics["split"] == "val")]
+            assert t.values[0] == pytest.approx(val["value"].mean())
+        states.append(expected)
+    return states
+
+
+def test_asha_pruned_failed_and_reused_trials_are_told_to_optuna_as_such(in_tmp):
+    url = f"sqlite:///{in_tmp / 'r.db'}"
+    # a grid of ten: four learning rates that train (ASHA prunes some), one that diverges,
+    # and `bogus`, which fails
+    params = """  train.optimizer: {choice: [adam, bogus]}
+  train.lr: {choice: [0.001, 0.0003, 0.0001, 0.00003, 1.0e+30]}"""
+    space = write_space(in_tmp, params=params, trials=10, concurrent=1, steps=12, asha=True,
+                        sampler="grid")
+    run_sweep(space, db_url=url, name="told", n_boot=20)
+    states = optuna_agrees_with_rows(url, "told")
+    assert {"COMPLETE", "PRUNED", "FAIL"} <= set(states), states
+    # a reused trial shows ASHA and Optuna the evaluations it showed when computed,
+    # never its final AUC at the first rung
+    run_sweep(space, db_url=url, name="again", n_boot=20)
+    optuna_agrees_with_rows(url, "again")
+    import optuna
+
+    first = {t.params.__repr__(): t for t in
+             optuna.load_study(study_name="told", storage=url).trials
+             if t.state.name == "COMPLETE"}
+    reused = ResultsDB(url).trials("again")
+    assert (reused["status"] == "reused").any()
+    for t in optuna.load_study(study_name="again", storage=url).trials:
+        original = first.get(t.params.__repr__())
+        if t.state.name == "COMPLETE" and original is not None:
+            assert t.intermediate_values == original.intermediate_values
+
+
+def test_two_objective_sweep_with_early_stopping_and_its_pareto_front(in_tmp):
+    url = f"sqlite:///{in_tmp / 'r.db'}"
+    space = Path(write_space(in_tmp, trials=4, concurrent=2, steps=9, asha=True))
+    space.write_text(space.read_text().replace(
+        "  - {metric: val_auc, mode: max}",
+        "  - {metric: val_auc, mode: max}\n  - {metric: params_trainable, mode: min}"))
+    run_sweep(str(space), db_url=url, name="pareto", n_boot=20)
+    db = ResultsDB(url)
+    assert db.list_sweeps().set_index("name").loc["pareto", "status"] == "finished"
+    optuna_agrees_with_rows(url, "pareto")
+    import optuna
+
+    study = optuna.load_study(study_name="pareto", storage=url)
+    assert len(study.directions) == 2
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert done and all(t.values[1] > 1000 for t in done)  # params_trainable, not a rung AUC
+    from ablate.report.build import build_report
+
+    report = build_report("pareto", url, out=in_tmp / "report", formats="md")
+    assert "Pareto front" in (report.folder / "report.md").read_text()
+
+
+def test_resume_into_another_db_is_refused(in_tmp):
+    url = f"sqlite:///{in_tmp / 'r.db'}"
+    run_sweep(write_space(in_tmp), db_url=url, name="here", n_boot=20, trials=1)
+    with pytest.raises(AblateError, match="no sweep named 'here'.*other.db"):
+        run_sweep(write_space(in_tmp), db_url=f"sqlite:///{in_tmp / 'other.db'}",
+                  name="here", resume=True)
 
 
 @pytest.mark.parametrize("case,args,message", [
@@ -215,6 +282,14 @@ def test_killed_sweep_resumes_without_losing_or_repeating_trials(tmp_path):
     ("unreachable db", ["--space", "{good}", "--db", "postgresql://u@127.0.0.1:1/x"], "127.0.0.1"),
     ("unreachable ray", ["--space", "{good}", "--address", "127.0.0.1:1"], "Ray"),
     ("resume unknown", ["--space", "{good}", "--name", "ghost", "--resume"], "ghost"),
+    ("more cpus than here", ["--space", "{good}", "--cpus", "999"], "999 CPU"),
+    ("zero cpus", ["--space", "{good}", "--cpus", "0"], "--cpus must be a positive"),
+    ("negative gpus", ["--space", "{good}", "--gpus", "-1"], "--gpus must be 0 or more"),
+    ("db folder missing", ["--space", "{good}", "--db", "sqlite:///{tmp}/no/such/r.db"],
+     "does not exist"),
+    # the database is checked before the space's dry-run builds (seconds, not minutes)
+    ("bad db and bad space", ["--space", "{bad_variant}", "--db", "mysql+nope://x/y"], "mysql"),
+    ("storage not writable", ["--space", "{good}", "--storage", "/proc/ablate"], "storage"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, case, args, message):
     good = write_space(tmp_path)
@@ -224,7 +299,8 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, case, args, message)
                                   "  train.lr: {float: [1.0e-2, 1.0e-4]}"))
     bad_variant = tmp_path / "variant.yaml"
     bad_variant.write_text(Path(good).read_text().replace("conv_only", "no_such_filter"))
-    args = [a.format(good=good, bad_range=bad_range, bad_variant=bad_variant) for a in args]
+    args = [a.format(good=good, bad_range=bad_range, bad_variant=bad_variant, tmp=tmp_path)
+            for a in args]
     db_file = tmp_path / "r.db"
     if "--db" not in args:
         args += ["--db", f"sqlite:///{db_file}"]

@@ -1,0 +1,164 @@
+"""Optuna behind Ray Tune, told the truth about every trial.
+
+Ray's own OptunaSearch tells Optuna that a trial ASHA stopped is COMPLETE
+with the value of the rung it was stopped at, which biases TPE toward
+recipes that merely looked good early. This searcher asks and tells through
+Optuna's ask/tell API itself:
+
+- a trial whose final report arrived: COMPLETE with its objectives, or FAIL
+  when an objective is NaN (every seed diverged or failed);
+- a trial the scheduler stopped (it is in the `StopLedger`): PRUNED;
+- a trial that errored (its worker died after Tune's retries): FAIL;
+- a trial that simply stopped because the sweep was interrupted: left RUNNING,
+  for `ablate sweep --resume` to reconcile with the results database.
+
+The study lives in the results database, so it outlives the driver.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import Searcher
+
+from ablate.sweep.trial import KIND, RETRY_KEY, RUNG, RUNG_METRIC
+
+TUNE_ID_ATTR = "tune_trial_id"
+
+
+class StopLedger:
+    """Trial ids the scheduler stopped: what tells 'pruned' apart from 'interrupted'."""
+
+    def __init__(self) -> None:
+        self.stopped: set[str] = set()
+
+
+class RecordingASHA(ASHAScheduler):
+    """ASHA that writes each of its stop decisions into a StopLedger."""
+
+    def __init__(self, ledger: StopLedger, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.ledger = ledger
+
+    def on_trial_result(self, tune_controller, trial, result):  # noqa: ANN001, ANN201
+        action = super().on_trial_result(tune_controller, trial, result)
+        if action == self.STOP:
+            self.ledger.stopped.add(trial.trial_id)
+        return action
+
+
+def asha(ledger: StopLedger, max_t: int, grace_period: int,
+         reduction_factor: float) -> RecordingASHA:
+    """ASHA on the first seed's source-val AUC at each evaluation (see ablate.sweep.trial)."""
+    return RecordingASHA(ledger, time_attr=RUNG, metric=RUNG_METRIC, mode="max", max_t=max_t,
+                         grace_period=grace_period, reduction_factor=reduction_factor)
+
+
+class TruthfulOptunaSearch(Searcher):
+    """Ask/tell Optuna search over a SearchSpace; see the module docstring."""
+
+    def __init__(self, space, study_name: str, storage_url: str, ledger: StopLedger) -> None:  # noqa: ANN001
+        metrics = [o.metric for o in space.objectives]
+        modes = [o.mode for o in space.objectives]
+        super().__init__(metric=metrics if len(metrics) > 1 else metrics[0],
+                         mode=modes if len(modes) > 1 else modes[0])
+        self.space, self.study_name, self.ledger = space, study_name, ledger
+        self.objectives = metrics
+        self._storage_url = storage_url  # driver memory only: never pickled
+        self._study = None
+        self._live: dict[str, Any] = {}  # Tune trial id -> optuna.Trial
+
+    def __getstate__(self) -> dict:  # Tune pickles its search algorithm: no secrets in it
+        state = self.__dict__.copy()
+        state.update(_storage_url=None, _study=None, _live={})
+        return state
+
+    @property
+    def study(self):  # noqa: ANN202
+        if self._study is None:
+            self._study = open_study(self.space, self.study_name, self._storage_url)
+        return self._study
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        trial = self.study.ask()
+        trial.set_user_attr(TUNE_ID_ATTR, trial_id)
+        self._live[trial_id] = trial
+        config = self.space.define_by_run(trial)
+        owners = retried_trials(self.study, trial.user_attrs.get("retry_of"))
+        return {**config, RETRY_KEY: owners} if owners else config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """A single val_auc objective also gets its rung values, which TPE reads for pruned
+        trials; multi-objective studies cannot hold intermediate values."""
+        trial = self._live.get(trial_id)
+        if (trial is None or self.objectives != ["val_auc"] or not result.get(RUNG)
+                or not _finite(result.get(RUNG_METRIC))):
+            return
+        trial.report(float(result[RUNG_METRIC]), step=int(result[RUNG]))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        import optuna
+
+        trial = self._live.pop(trial_id, None)
+        if trial is None:
+            return
+        state, values = verdict(result, error, trial_id in self.ledger.stopped, self.objectives)
+        if state is None:
+            return  # interrupted: `ablate sweep --resume` reconciles it with the database
+        self.study.tell(trial, values=values,
+                        state=getattr(optuna.trial.TrialState, state))
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "w") as f:
+            json.dump({"study": self.study_name, "note": "state lives in the results DB"}, f)
+
+    def restore(self, checkpoint_path: str) -> None:  # resume rebuilds from the DB instead
+        pass
+
+
+def retried_trials(study, number: int | None) -> list[str]:  # noqa: ANN001
+    """Tune ids of the chain of cut-off trials that trial `number` continues (resume)."""
+    owners: list[str] = []
+    while number is not None:
+        trial = study.trials[number]
+        owners.append(trial.user_attrs.get(TUNE_ID_ATTR, ""))
+        number = trial.user_attrs.get("retry_of")
+    return owners
+
+
+def verdict(result: dict | None, error: bool, stopped: bool,
+            objectives: list[str]) -> tuple[str | None, list[float] | None]:
+    """(Optuna state name, values) for how a trial ended; (None, None) if it did not end."""
+    result = result or {}
+    if error:
+        return "FAIL", None
+    if result.get(KIND) == "final":
+        values = [result.get(m) for m in objectives]
+        if all(_finite(v) for v in values):
+            return "COMPLETE", [float(v) for v in values]
+        return "FAIL", None
+    if stopped:
+        return "PRUNED", None
+    return None, None
+
+
+def open_study(space, name: str, storage_url: str):  # noqa: ANN001, ANN201
+    """The sweep's study in the results DB (created on first use)."""
+    import optuna
+
+    directions = ["maximize" if o.mode == "max" else "minimize" for o in space.objectives]
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study(
+        study_name=name, storage=optuna.storages.RDBStorage(storage_url),
+        sampler=space.make_sampler(), directions=directions, load_if_exists=True)
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return value is not None and math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False

@@ -1,0 +1,306 @@
+"""The worker side of a sweep: one Tune trial trains and evaluates each seed of one recipe.
+
+Workers compute and report; the driver's callback is the only writer of the
+results database. Every report carries every metric Tune's strict metric check
+and the searcher may ask for (NaN where not known yet), and a `kind`:
+
+- `eval`: one validation of one seed, with the trial checkpoint of that step.
+  Only the first seed's evaluations before the last carry a positive `rung`,
+  the clock ASHA runs on; every other report has rung 0, which ASHA ignores.
+- `seed`: one seed finished (or failed, or was reused): recorded at once, so a
+  later failure or a killed driver never loses it.
+- `final`: the trial's summary over its seeds (the objectives Optuna is told).
+
+A trial does not raise for a bad recipe or a failing seed: the seed is
+recorded `failed` with its one-line error and the trial goes on. So a Tune
+error means the worker itself died (a lost node, the OOM killer), and Tune
+retries the trial from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import traceback
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ablate.tracking import write_metrics
+
+SCORES = "scores.csv"
+GRID_KEY = "recipe"  # a trial's config key naming one of an explicit grid's recipes
+RETRY_KEY = "ablate_retry_of"  # Tune ids of the cut-off trials a resumed trial continues
+KIND = "ablate_kind"
+RUNG = "rung"  # ASHA's time attribute: the first seed's evaluation index, else 0
+RUNG_METRIC = "rung_val_auc"  # ASHA's metric; only meaningful when rung > 0
+# every metric a trial reports; objectives must be among them
+REPORT_METRICS = ("val_auc", "test_auc_mean", "params_trainable", "params_inference",
+                  "step_time_s", "wall_s", "peak_mem_mb")
+DONE_STATUSES = ("finished", "nan", "reused", "failed")  # a seed row that needs no new run
+
+
+@dataclass
+class TrialContext:
+    """Everything a trial needs, shipped to workers once (tune.with_parameters).
+
+    Holds no path a worker must share with the driver: the space travels as
+    text, run folders go to `runs_location` (a folder or storage URI).
+    """
+
+    space_text: str
+    space_name: str
+    seeds: list[int]
+    runs_location: str
+    report_seed: int = 0
+    reuse: dict[str, dict] = field(default_factory=dict)  # "identity:seed" -> stored result
+    done: dict[str, dict] = field(default_factory=dict)  # in this sweep already: same shape
+    checkpoints: dict[str, str] = field(default_factory=dict)  # "identity:seed" -> uri
+    force: bool = False
+    threads: int = 1
+    n_boot: int = 1000
+    workdir: str | None = None  # the driver's folder, when workers share its machine
+    grid: dict[str, list[str]] = field(default_factory=dict)  # label -> extra overrides
+    benchmark: bool = False  # build the embedded benchmark on this node first
+
+
+def trial_overrides(space, config: dict[str, Any], grid: dict[str, list[str]],  # noqa: ANN001
+                    seed: int) -> list[str]:
+    """Hydra overrides of one trial: the space's, then an explicit grid recipe's, if any."""
+    params = {k: v for k, v in config.items() if k not in (GRID_KEY, RETRY_KEY)}
+    extra = grid[config[GRID_KEY]] if GRID_KEY in config else []
+    return [*space.overrides(params, seed=seed), *extra]
+
+
+def run_trial(config: dict[str, Any], context: TrialContext) -> None:
+    """One Tune trial: each seed of one configuration, reported seed by seed."""
+    import torch
+
+    from ablate.space import parse_space
+
+    torch.set_num_threads(max(int(context.threads), 1))
+    if context.workdir and Path(context.workdir).is_dir():
+        os.chdir(context.workdir)  # single machine: relative recipe paths mean the driver's
+    if context.benchmark:
+        from ablate.data.synthetic import ensure_benchmark
+
+        ensure_benchmark()  # race-safe: concurrent builders rename into place
+    space = parse_space(context.space_text, Path(f"{context.space_name}.yaml"))
+    trial = _Trial(config, context, space)
+    results = [trial.run_seed(seed) for seed in context.seeds]
+    trial.report("final", {**summarise(results),
+                           "seed_results": json.dumps(results, default=_jsonable)})
+
+
+class _Trial:
+    def __init__(self, config: dict[str, Any], context: TrialContext, space) -> None:  # noqa: ANN001
+        from ray import tune
+
+        self.config, self.context, self.space = config, context, space
+        self.name = tune.get_context().get_trial_name() or "trial"
+        self.done: list[dict] = []
+
+    def report(self, kind: str, values: dict[str, Any], checkpoint: Path | None = None) -> None:
+        from ray import tune
+
+        metrics = {**summarise(self.done), RUNG: 0, RUNG_METRIC: float("nan"), **values,
+                   KIND: kind}
+        if checkpoint is None:
+            tune.report(metrics)
+        else:
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint)))
+
+    def run_seed(self, seed: int) -> dict:
+        """Train + evaluate one seed (or reuse it); report it; never raise for the recipe."""
+        base: dict[str, Any] = {"seed": seed, "started": _now()}
+        try:
+            result = self._seed(seed, base)
+        except Exception as err:  # noqa: BLE001 - a failing seed is a result, not a crash
+            from ablate.train import TrainingDiverged
+
+            status = "nan" if isinstance(err, TrainingDiverged) else "failed"
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            result = {**base, "status": status, "error": f"{type(err).__name__}: {first}"[:500],
+                      "traceback": traceback.format_exc()[-4000:], "ended": _now()}
+        self.done.append(result)
+        self.report("seed", {"seed_result": json.dumps(result, default=_jsonable)})
+        return result
+
+    def _seed(self, seed: int, base: dict[str, Any]) -> dict:
+        from ablate.identity import trial_identity
+        from ablate.recipe import compose, result_dict
+
+        ctx = self.context
+        cfg = compose([*trial_overrides(self.space, self.config, ctx.grid, seed),
+                       f"run.name={self.name}-seed{seed}"])
+        base.update(recipe=result_dict(cfg), **trial_identity(cfg))
+        key = f"{base['identity']}:{seed}"
+        if key in ctx.done and self._continues(ctx.done[key]):
+            # written by this very trial before the sweep was cut off: read it back
+            return {**base, **_stored(ctx.done[key]), "status": "done"}
+        stored = None if ctx.force else ctx.reuse.get(key)
+        if stored:
+            self._replay(base, stored.get("curves") or [], cfg.train.steps)
+            return {**base, **_stored(stored), "status": "reused",
+                    "reused_from": stored["id"], "ended": _now()}
+        return self._train(cfg, seed, base, key)
+
+    def _continues(self, row: dict) -> bool:
+        """Whether a seed this sweep wrote belongs to this trial: the trial continues the
+        cut-off one that wrote it (a different trial of the same recipe reuses it instead)."""
+        if self.context.grid:
+            return True  # an explicit grid's recipes are distinct
+        return str(row.get("tune_trial_id", "")).split(":")[0] in self.config.get(RETRY_KEY, [])
+
+    def _replay(self, base: dict[str, Any], curves: list, last: int | None) -> None:
+        """A reused seed shows ASHA the same evaluations it showed when it was computed."""
+        seed = base["seed"]
+        if seed != self.context.report_seed:
+            return
+        evals = sorted((int(s), v) for s, name, v in curves if name == "val/auc" and v is not None)
+        for rung, (step, auc) in enumerate(evals, start=1):
+            if last is None or step < last:
+                self.report("eval", {RUNG: rung, RUNG_METRIC: auc, "seed": seed, "step": step,
+                                     "identity": base["identity"],
+                                     "recipe_hash": base["recipe_hash"]})
+
+    def _train(self, cfg, seed: int, base: dict[str, Any], key: str) -> dict:  # noqa: ANN001
+        from ablate.checkpoint import load_classifier
+        from ablate.evaluate import evaluate_classifier
+        from ablate.train import train
+
+        ctx = self.context
+        local_runs = Path(tempfile.mkdtemp(prefix="ablate-run-"))
+        cfg.run.out_dir = str(local_runs)
+        resume = self._resume_state(key, base["identity"], seed)
+        resumed_step, evaluated = _resumed(resume)
+        # ASHA's clock counts evaluations from step 0, also across a resume
+        evaluations = iter(range(evaluated + 1, 1 << 30))
+        last = cfg.train.steps
+
+        def on_checkpoint(step: int, val_auc: float, state_dir: Path) -> None:
+            # the first seed's evaluations drive ASHA, but not its last one: the final
+            # report carries that, and pruning a fully trained trial saves nothing
+            rung = next(evaluations) if seed == ctx.report_seed and (
+                last is None or step < last) else 0
+            (state_dir / "ablate_trial.json").write_text(json.dumps(
+                {"identity": base["identity"], "seed": seed, "step": step}))
+            self.report("eval", {RUNG: rung, RUNG_METRIC: val_auc if rung else float("nan"),
+                                 "seed": seed, "step": step, "identity": base["identity"],
+                                 "recipe_hash": base["recipe_hash"]},
+                        checkpoint=state_dir)
+
+        try:
+            run = train(cfg, progress=False, on_checkpoint=on_checkpoint, resume_from=resume)
+            selection = run.selection or {}
+            classifier, _ = load_classifier(run.folder)
+            metrics = evaluate_classifier(
+                classifier, cfg, list(cfg.data.tests), selection.get("threshold"),
+                n_boot=ctx.n_boot, progress=False,
+                scores_out=run.folder / SCORES,  # per-frame scores: paired comparisons need them
+            )
+            write_metrics(run.folder, metrics.to_dict("records"),
+                          selection.get("step") or run.steps)
+            from ablate import storage
+
+            run_dir = storage.upload_folder(run.folder,
+                                            storage.join(ctx.runs_location, run.folder.name))
+        finally:
+            shutil.rmtree(local_runs, ignore_errors=True)
+            if resume is not None:
+                shutil.rmtree(resume.parent, ignore_errors=True)
+        val_row = {"dataset": cfg.data.train, "split": "val", "level": "frame", "metric": "auc",
+                   "value": selection.get("val_auc"), "ci_low": None, "ci_high": None,
+                   "n": selection.get("n_frames")}
+        return {
+            **base, "status": "finished", "ended": _now(), "run_dir": run_dir,
+            "wall_s": run.wall_s, "train_steps": run.steps, "step_time_s": run.step_time_s,
+            "params_trainable": run.params_trainable, "params_inference": run.params_inference,
+            "peak_mem_mb": run.peak_mem_mb, "val_auc": selection.get("val_auc"),
+            "metrics": [val_row, *metrics.to_dict("records")], "curves": run.curves,
+            "resumed_from_step": resumed_step,
+        }
+
+    def _resume_state(self, key: str, identity: str, seed: int) -> Path | None:
+        """The latest checkpoint of this seed: Tune's own (a retried trial) or the DB's
+        (a resumed sweep); None to start at step 0."""
+        from ray import tune
+
+        from ablate import storage
+
+        checkpoint = tune.get_checkpoint()
+        folder = Path(tempfile.mkdtemp(prefix="ablate-resume-")) / "state"
+        if checkpoint is not None:
+            checkpoint.to_directory(str(folder))
+            if _matches(folder, identity, seed):
+                return folder
+            shutil.rmtree(folder)
+        uri = self.context.checkpoints.get(key)
+        if uri and storage.exists(uri):
+            storage.download_folder(uri, folder)
+            if _matches(folder, identity, seed):
+                return folder
+        shutil.rmtree(folder.parent, ignore_errors=True)
+        return None
+
+
+def _matches(folder: Path, identity: str, seed: int) -> bool:
+    meta = folder / "ablate_trial.json"
+    if not meta.is_file():
+        return False
+    info = json.loads(meta.read_text())
+    return info.get("identity") == identity and info.get("seed") == seed
+
+
+def _resumed(state: Path | None) -> tuple[int | None, int]:
+    """(step, evaluations so far) of a trial checkpoint; (None, 0) without one."""
+    if state is None or not (state / "ablate_trial.json").is_file():
+        return None, 0
+    step = int(json.loads((state / "ablate_trial.json").read_text())["step"])
+    curves = json.loads((state / "state.json").read_text()).get("curves", [])
+    return step, sum(1 for c in curves if c[1] == "val/auc")
+
+
+def _stored(row: dict) -> dict:
+    """The result fields of a stored seed (what reuse copies and summaries read)."""
+    keep = ("run_dir", "params_trainable", "params_inference", "step_time_s", "peak_mem_mb",
+            "wall_s", "train_steps", "val_auc", "metrics", "curves", "error")
+    return {k: row.get(k) for k in keep if k in row}
+
+
+def summarise(seed_results: list[dict]) -> dict[str, float]:
+    """Objective values of one configuration: means over its seeds that produced numbers."""
+
+    def values(key: str) -> list[float]:
+        out = []
+        for r in seed_results:
+            v = r.get(key)
+            if v is not None and not (isinstance(v, float) and math.isnan(v)):
+                out.append(float(v))
+        return out
+
+    summary: dict[str, float] = {}
+    for key in REPORT_METRICS:
+        if key == "test_auc_mean":
+            continue
+        vals = values(key)
+        summary[key] = sum(vals) / len(vals) if vals else float("nan")
+    tests = [m["value"] for r in seed_results for m in r.get("metrics") or []
+             if m.get("split") == "test" and m.get("level") == "frame"
+             and m.get("metric") == "auc" and m.get("value") is not None]
+    summary["test_auc_mean"] = sum(tests) / len(tests) if tests else float("nan")
+    return summary
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
