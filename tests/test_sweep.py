@@ -320,3 +320,34 @@ def test_resume_of_unknown_sweep_raises_before_ray(tmp_path, monkeypatch):
     with pytest.raises(AblateError, match="no sweep named 'ghost'"):
         run_sweep(write_space(tmp_path), db_url=f"sqlite:///{tmp_path / 'r.db'}",
                   name="ghost", resume=True)
+
+
+def test_results_of_another_code_version_are_reused_only_when_asked(tmp_path):
+    from ablate.sweep.driver import reuse_table
+    from ablate.version import code_version
+
+    db = ResultsDB(f"sqlite:///{tmp_path / 'r.db'}")
+    sweep = db.start_sweep("old", "tiny", {}, "v-old")
+    val = {"dataset": "synth-blend", "split": "val", "level": "frame", "metric": "auc",
+           "value": 0.7, "ci_low": None, "ci_high": None, "n": 10}
+    for identity, version in (("old-code", "v-old"), ("this-code", code_version())):
+        db.record_trial(sweep, f"{identity}:0", recipe_hash="h", recipe={}, seed=0,
+                        status="finished", started=None, ended=None, identity=identity,
+                        code_version=version, metrics=[val])
+    assert set(reuse_table(db)) == {"this-code:0"}
+    assert set(reuse_table(db, any_version=True)) == {"old-code:0", "this-code:0"}
+    assert reuse_table(db, any_version=True)["old-code:0"]["val_auc"] == 0.7
+
+
+def test_an_error_after_the_sweep_started_marks_it_failed_with_the_error(in_tmp, monkeypatch):
+    import ablate.sweep.driver as driver
+
+    def broken(*_args, **_kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise RuntimeError("storage went away")
+
+    monkeypatch.setattr(driver, "_run", broken)
+    url = f"sqlite:///{in_tmp / 'r.db'}"
+    with pytest.raises(RuntimeError, match="storage went away"):
+        run_sweep(write_space(in_tmp), db_url=url, name="broken", n_boot=20)
+    row = ResultsDB(url).list_sweeps().set_index("name").loc["broken"]
+    assert row["status"] == "failed" and "storage went away" in row["error"]
