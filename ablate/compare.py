@@ -241,17 +241,23 @@ def _test_sets(metrics: pd.DataFrame) -> list[str]:
 
 
 def _load_scores(done: pd.DataFrame) -> dict:
-    """(teacher, seed) -> per-frame scores table, where the run folder is readable here."""
+    """(teacher, seed) -> per-frame scores table, where the run folder is readable here
+    (a local folder, or the sweep's --storage, e.g. s3://...)."""
+    import io
+
+    from ablate import storage
     from ablate.sweep import SCORES
 
     out = {}
     for t in done.itertuples():
         run_dir = t.run_dir
-        if t.status == "reused" and (not run_dir or pd.isna(run_dir)):
+        if not run_dir or pd.isna(run_dir):
             continue
-        path = Path(str(run_dir)) / SCORES
-        if path.is_file():
-            out[(t.teacher, int(t.seed))] = pd.read_csv(path)
+        try:
+            raw = storage.read_bytes(storage.join(str(run_dir), SCORES))
+        except (OSError, AblateError):  # gone, or storage unreachable: the stored CIs
+            continue
+        out[(t.teacher, int(t.seed))] = pd.read_csv(io.BytesIO(raw))
     return out
 
 
