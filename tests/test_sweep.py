@@ -351,3 +351,45 @@ def test_an_error_after_the_sweep_started_marks_it_failed_with_the_error(in_tmp,
         run_sweep(write_space(in_tmp), db_url=url, name="broken", n_boot=20)
     row = ResultsDB(url).list_sweeps().set_index("name").loc["broken"]
     assert row["status"] == "failed" and "storage went away" in row["error"]
+
+
+SEED_FAULT = '''
+import torch
+
+from ablate.model.filter import FeatureFilter
+from ablate.registry import FILTERS
+
+
+@FILTERS.register("seedonefails", "a conv filter that refuses to build under seed 1 (a test)")
+class SeedOneFails(FeatureFilter):
+    def __init__(self, in_channels, out_channels, in_size, out_size):
+        if torch.initial_seed() == 1:  # train() seeds torch with the recipe's seed first
+            raise RuntimeError("this filter refuses seed 1")
+        super().__init__(in_channels, out_channels, in_size, out_size, width=16,
+                         channel_attn=False, spatial_attn=False, mhsa=False)
+'''
+
+
+def test_an_error_in_one_seed_keeps_the_trials_finished_seeds(tmp_path):
+    (tmp_path / "seedfault.py").write_text(SEED_FAULT)
+    (tmp_path / "conf" / "filter").mkdir(parents=True)
+    (tmp_path / "conf" / "filter" / "seedonefails.yaml").write_text("name: seedonefails\n")
+    space = Path(write_space(tmp_path, params="  guide: {choice: [controlnet, adapter]}",
+                             trials=1))
+    space.write_text(space.read_text().replace("seeds: 1", "seeds: 2")
+                     .replace("  teacher: tiny-sd15", "  teacher: tiny-sd15\n  filter: seedonefails"))
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    exe = Path(sys.executable).parent / "ablate"
+    proc = subprocess.run(
+        [str(exe), "sweep", "--space", str(space), "--db", url, "--name", "s", "--bootstrap",
+         "20"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "ABLATE_CACHE": str(Path("results").resolve()),
+             "ABLATE_PLUGINS": str(tmp_path / "seedfault.py"),
+             "ABLATE_CONFIG_PATH": str(tmp_path / "conf")})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = ResultsDB(url).trials("s").set_index("seed")
+    assert rows.loc[0, "status"] == "finished"
+    assert rows.loc[1, "status"] == "failed" and "refuses seed 1" in rows.loc[1, "error"]
+    metrics = ResultsDB(url).metrics("s")
+    assert set(metrics["seed"]) == {0} and (metrics["split"] == "test").any()
+    assert ResultsDB(url).list_sweeps().set_index("name").loc["s", "status"] == "finished"
