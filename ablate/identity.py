@@ -185,9 +185,10 @@ def weights_digest(path: Path, cache: DigestCache) -> str:
 
 
 def cache_folder() -> Path:
-    """$ABLATE_CACHE, else ./results (the base the benchmark cache uses too)."""
-    env = os.environ.get("ABLATE_CACHE")
-    return (Path(env).expanduser() if env else Path.cwd() / "results").resolve()
+    """Where the digest cache lives: the base the benchmark cache uses too."""
+    from ablate.locations import cache_base
+
+    return cache_base()
 
 
 def sha256_file(path: Path) -> str:

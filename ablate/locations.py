@@ -90,3 +90,10 @@ def names(kind: str, group: str = "") -> list[str]:
                 log.warning("%s is shadowed by %s (the earlier folder on the %s search path "
                             "wins); rename one of them", path, found[path.stem], kind)
     return sorted(found)
+
+
+def cache_base() -> Path:
+    """Where ablate caches what it builds (benchmark, file digests): $ABLATE_CACHE, else
+    ./results."""
+    env = os.environ.get("ABLATE_CACHE")
+    return (Path(env).expanduser() if env else Path.cwd() / "results").resolve()

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from ablate.errors import AblateError
+from ablate.errors import AblateError, first_line
 
 GROUP = "ablate.variants"
 ENV = "ABLATE_PLUGINS"
@@ -184,7 +184,7 @@ def _import(name: str, module: str, action):  # noqa: ANN001, ANN202
         hint = "; rename the variant" if "registered twice" in str(err) else ""
         raise AblateError(f"plugin {name}: {err}{hint}") from None
     except Exception as err:  # noqa: BLE001 - whatever the user's module raises
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        first = first_line(err, "")
         raise AblateError(f"plugin {name}: importing it failed: {type(err).__name__}: "
                           f"{first}") from None
     finally:

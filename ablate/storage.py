@@ -16,18 +16,23 @@ import shutil
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from ablate.errors import AblateError
+from ablate.errors import AblateError, first_line
 
 
 def is_uri(location: str | Path) -> bool:
-    """A `scheme://` location (s3, gs, ...) rather than a local path."""
+    """A `scheme://` location (s3, gs, ...) rather than a local path (`file://` is local)."""
     return "://" in str(location) and not str(location).startswith("file://")
+
+
+def local_path(location: str | Path) -> Path:
+    """A local location as an absolute path (a `file://` prefix dropped)."""
+    return Path(str(location).removeprefix("file://")).expanduser().resolve()
 
 
 def join(base: str, *parts: str) -> str:
     """`base/part/...`, keeping a URI's query (`?endpoint_override=...`) at the end."""
     if not is_uri(base):
-        return str(Path(base).joinpath(*parts))
+        return str(local_path(base).joinpath(*parts))
     split = urlsplit(base)
     path = "/".join([split.path.rstrip("/"), *(p.strip("/") for p in parts)])
     return urlunsplit((split.scheme, split.netloc, path, split.query, ""))
@@ -39,15 +44,24 @@ def _fs(location: str):  # noqa: ANN202
     try:
         return pyarrow.fs.FileSystem.from_uri(location)
     except (OSError, ValueError) as err:
-        raise AblateError(f"cannot open storage {location}: {str(err).splitlines()[0]}; "
+        raise AblateError(f"cannot open storage {location}: {first_line(err)}; "
                           "check the URI, its endpoint and the AWS_* credentials") from None
+
+
+def locate(fs_path: str, base: str) -> str:
+    """A path inside `base`'s file system (as Tune reports checkpoints) as a location
+    any node can open: an absolute path, or a URI with `base`'s scheme and query."""
+    if not is_uri(base):
+        return str(local_path(fs_path))
+    _, root = _fs(base)
+    return join(base, fs_path.removeprefix(root).lstrip("/"))
 
 
 def upload_folder(local: Path, location: str) -> str:
     """Copy folder `local` to `location` (a path or URI); return where it now is."""
     if not is_uri(location):
-        target = Path(location)
-        if target.resolve() != local.resolve():
+        target = local_path(location)
+        if target != local.resolve():
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copytree(local, target, dirs_exist_ok=True)
         return str(target.resolve())
@@ -63,7 +77,7 @@ def download_folder(location: str, local: Path) -> Path:
     """Copy `location` (a path or URI) into folder `local`; return `local`."""
     local.mkdir(parents=True, exist_ok=True)
     if not is_uri(location):
-        shutil.copytree(location, local, dirs_exist_ok=True)
+        shutil.copytree(local_path(location), local, dirs_exist_ok=True)
         return local
     import pyarrow.fs
 
@@ -75,7 +89,7 @@ def download_folder(location: str, local: Path) -> Path:
 def read_bytes(location: str) -> bytes:
     """The bytes of one file at a path or URI (FileNotFoundError when it is not there)."""
     if not is_uri(location):
-        return Path(location).read_bytes()
+        return local_path(location).read_bytes()
     import pyarrow.fs
 
     fs, path = _fs(location)
@@ -87,7 +101,7 @@ def read_bytes(location: str) -> bytes:
 
 def exists(location: str) -> bool:
     if not is_uri(location):
-        return Path(location).exists()
+        return local_path(location).exists()
     import pyarrow.fs
 
     fs, path = _fs(location)
@@ -99,7 +113,7 @@ def check_writable(location: str) -> None:
     probe = join(location, ".ablate-probe")
     try:
         if not is_uri(location):
-            Path(location).mkdir(parents=True, exist_ok=True)
+            local_path(location).mkdir(parents=True, exist_ok=True)
             Path(probe).write_text("ok")
             Path(probe).unlink()
             return
@@ -109,7 +123,6 @@ def check_writable(location: str) -> None:
             stream.write(b"ok")
         fs.delete_file(path)
     except OSError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise AblateError(f"cannot write to storage {location}: {first}; pass a writable "
+        raise AblateError(f"cannot write to storage {location}: {first_line(err)}; pass a writable "
                           "--storage (a folder, or s3://bucket/path with AWS_* credentials)"
                           ) from None

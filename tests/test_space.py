@@ -301,3 +301,15 @@ def test_paper_space_with_teacher_path_skips_the_build(tmp_path):
     with pytest.raises(AblateError) as info:  # the FF++ & co. roots are still unset here
         validate_space(load_space(str(path)))
     assert "teacher.path" not in str(info.value) and "dataset ffpp" in str(info.value)
+
+
+def test_validate_looks_for_the_manifest_where_the_loader_reads_it(tmp_path, monkeypatch):
+    """A cached manifest of an older layout (`<name>.csv`, keyed by name only) is never read
+    by the loader, so it must not make a dataset without a root look ready."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results/manifests").mkdir(parents=True)
+    (tmp_path / "results/manifests/celebdf.csv").write_text("path,label\nx.png,0\n")
+    path = write(tmp_path, "params:\n  guide: {choice: [controlnet]}\n"
+                 "tests: [celebdf]\n")
+    with pytest.raises(AblateError, match=r"dataset celebdf has no manifest \(.*celebdf-\w+\.csv"):
+        validate_space(load_space(str(path)), build=False)

@@ -89,7 +89,7 @@ def test_driver_killed_at_the_worst_moments_then_resumed_loses_and_repeats_nothi
     and nothing finished), kill -9 the moment a trial finished, Ctrl-C during the last
     trial; each time `--resume` goes on, and at the end every trial is there once."""
     url = f"sqlite:///{tmp_path / 'r.db'}"
-    space = write_space(tmp_path, trials=TRIALS, concurrent=1, steps=24, sampler="grid")
+    space = write_space(tmp_path, trials=TRIALS, concurrent=1, steps=15, sampler="grid")
     proc = _start(space, url, tmp_path)
     kept = _wait(proc, url, "k", "mid-training")
     _kill_driver(proc, signal.SIGKILL)

@@ -973,11 +973,11 @@ def _row(path, label, video_id, dataset, split, method, frame, source_path, targ
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
     """`cache_dir`, else $ABLATE_CACHE/benchmark, else ./results/benchmark."""
+    from ablate.locations import cache_base
+
     if cache_dir is not None:
         return Path(cache_dir).expanduser().resolve()
-    env = os.environ.get("ABLATE_CACHE")
-    base = Path(env).expanduser() if env else Path.cwd() / "results"
-    return (base / "benchmark").resolve()
+    return cache_base() / "benchmark"
 
 
 def is_complete(folder: Path) -> bool:

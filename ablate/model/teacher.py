@@ -34,7 +34,7 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from torch import Tensor, nn
 
-from ablate.errors import AblateError
+from ablate.errors import AblateError, first_line
 from ablate.registry import TEACHERS
 
 log = logging.getLogger(__name__)
@@ -565,7 +565,7 @@ def _load_folder(family: str, folder: Path, dtype: torch.dtype) -> Teacher:
         try:
             return loader(str(folder / sub), local_files_only=True, **kwargs)
         except (OSError, ValueError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            first = first_line(err)
             raise AblateError(f"teacher folder {folder}: cannot load {sub}/: {first}") from None
 
     unet = load(
@@ -958,7 +958,7 @@ def load_lora(
             state, prefix=None, adapter_name=ADAPTER_NAME, metadata=lora_config or None
         )
     except (ValueError, RuntimeError, KeyError, TypeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise AblateError(
             f"cannot load adapter {file} into teacher {teacher.name}: {first}"
         ) from None

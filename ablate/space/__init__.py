@@ -11,7 +11,7 @@ A param is `key: {choice: [...]}`, `{int: [lo, hi], step, log}` or
 chosen when an earlier param took one of those values).
 
 One job per module: model (the dataclasses, format_value), reader (strict YAML),
-parse (parse_space), files (find, load, derive), samplers (Optuna), budget (ASHA's time
+parse (parse_space), files (find, load, derive), budget (ASHA's time
 axis), and for validate_space: check (the collector), probe (composition), assets
 (files on disk), dryrun (one build and forward). Import from here, not from the modules.
 """

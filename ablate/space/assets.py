@@ -7,26 +7,28 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ablate.space.check import _Check
 from ablate.space.model import TINY_PREFIX
 
 
 def _check_datasets(check: _Check, cfgs: list[Any]) -> None:
-    """Every train/test set must be a manifest, a benchmark family or a ready dataset config."""
-    from ablate.locations import find
+    """Every train/test set must be a manifest, a benchmark family or a ready dataset config
+    (ready as the trial will read it: the train set with the recipe's data settings)."""
     from ablate.recipe import options
 
-    names = [n for cfg in cfgs for n in (cfg.data.train, *cfg.data.tests)]
     try:
-        from ablate.data.loader import MANIFEST_DIR, benchmark_datasets
+        from ablate.data.sources import benchmark_datasets, recipe_overrides
 
         benchmark = benchmark_datasets()
     except Exception as err:  # noqa: BLE001 (data layer broken: say so, do not hide the rest)
         check.notes.append(f"datasets not checked ({type(err).__name__}: {err})")
         return
-    for name in dict.fromkeys(str(n) for n in names):
+    wanted: dict[tuple[str, str], dict | None] = {}
+    for cfg in cfgs:
+        for name in (str(cfg.data.train), *map(str, cfg.data.tests)):
+            overrides = recipe_overrides(cfg) if name == str(cfg.data.train) else None
+            wanted.setdefault((name, repr(sorted((overrides or {}).items()))), overrides)
+    for (name, _), overrides in wanted.items():
         path = Path(name).expanduser()
         if path.suffix in (".csv", ".parquet"):
             if not path.is_file():
@@ -35,15 +37,25 @@ def _check_datasets(check: _Check, cfgs: list[Any]) -> None:
             check.problem(f"unknown dataset {name!r}; use a manifest path or one of: "
                           f"{', '.join(benchmark + options('data'))}")
         elif name not in benchmark:
-            _check_dataset_config(check, name, find("configs", f"data/{name}.yaml"), MANIFEST_DIR)
+            _check_dataset_config(check, name, overrides)
 
 
-def _check_dataset_config(check: _Check, name: str, config: Path, manifest_dir: Path) -> None:
-    data = yaml.safe_load(config.read_text()) or {}
-    manifest = data.get("manifest") or manifest_dir / f"{name}.csv"
-    if not Path(manifest).is_file() and not data.get("root"):
+def _check_dataset_config(check: _Check, name: str, overrides: dict | None) -> None:
+    """The manifest the loader will read (cached per settings) exists, or can be built."""
+    from ablate.data.sources import dataset_settings, manifest_cache_path
+    from ablate.errors import AblateError
+    from ablate.locations import find
+
+    try:
+        settings = dataset_settings(name, overrides) or {}
+    except AblateError as err:
+        check.problem(str(err))
+        return
+    manifest = Path(settings.get("manifest") or manifest_cache_path(name, settings)).expanduser()
+    if not manifest.is_file() and not settings.get("root"):
         check.problem(f"dataset {name} has no manifest ({manifest}) and no root: set root "
-                      f"(the extracted face frames) or manifest in {config}")
+                      f"(the extracted face frames) or manifest in "
+                      f"{find('configs', f'data/{name}.yaml')}")
 
 
 def _check_teachers(check: _Check, cfgs: list[Any]) -> None:

@@ -2,8 +2,8 @@
 vocabulary of the format (top-level keys, param fields, metrics, samplers) and
 format_value, which turns a value back into Hydra override text.
 
-Nothing here reads files or imports Optuna; SearchSpace's sampling methods delegate to
-ablate.space.samplers so that the model stays plain data.
+Nothing here reads files; Optuna is imported only inside SearchSpace's sampling methods,
+so that the model stays plain data.
 """
 
 from __future__ import annotations
@@ -144,10 +144,15 @@ class SearchSpace:
         raise AblateError(f"search space {self.name} has no param {key!r}")
 
     def define_by_run(self, trial: Any) -> dict[str, Any]:
-        """Optuna define-by-run (see ablate.space.samplers.define_by_run)."""
-        from ablate.space.samplers import define_by_run
+        """Optuna define-by-run: suggest params in order, skipping inactive ones.
 
-        return define_by_run(self, trial)
+        Only calls `trial.suggest_*` and returns constants (what Tune searchers expect).
+        """
+        chosen: dict[str, Any] = {}
+        for p in self.params:
+            if p.active(chosen):
+                chosen[p.key] = p.suggest(trial)
+        return chosen
 
     def overrides(self, params: dict[str, Any] | None = None, seed: int | None = None) -> list[str]:
         """Hydra overrides of one trial: fixed, then params, then tests and seed."""
@@ -166,16 +171,26 @@ class SearchSpace:
         return [f"{k}={format_value(v)}" for k, v in values.items()]
 
     def make_sampler(self) -> Any:
-        """The Optuna sampler the space asks for (see ablate.space.samplers.make_sampler)."""
-        from ablate.space.samplers import make_sampler
+        """The Optuna sampler the space asks for (TPE groups conditional params); Optuna is
+        imported here, so the model itself stays plain data."""
+        import warnings
 
-        return make_sampler(self)
+        import optuna
+
+        name, seed = self.sampler.name, self.sampler.seed
+        if name == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if name == "grid":
+            return optuna.samplers.GridSampler(self.grid(), seed=seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if name == "nsga2":
+                return optuna.samplers.NSGAIISampler(seed=seed)
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
 
     def grid(self) -> dict[str, list[Scalar]]:
-        """Every param's choices (see ablate.space.samplers.grid)."""
-        from ablate.space.samplers import grid
-
-        return grid(self)
+        """Every param's choices (grid sampler only: all params categorical)."""
+        return {p.key: list(p.choices) for p in self.params}
 
 
 def format_value(value: Any) -> str:

@@ -20,26 +20,22 @@ from ablate.errors import AblateError
 from ablate.sweep.searcher import StopLedger
 from ablate.sweep.trial import KIND, RUNG_METRIC, trial_overrides
 
-STATE_FILE = "ablate_trial.json"
-
 
 class ResultsCallback(Callback):
     """See the module docstring. Holds the database in driver memory only."""
 
     def __init__(self, db, sweep_id: int, total: int, space, grid: dict[str, list[str]],  # noqa: ANN001
-                 ledger: StopLedger, code_version: str, storage_uri: str,
-                 report_seed: int = 0) -> None:
+                 ledger: StopLedger, code_version: str, storage_uri: str) -> None:
         self._db, self.sweep_id, self.total = db, sweep_id, total
         self.space, self.grid, self.ledger = space, grid, ledger
-        self.code_version, self.storage_uri, self.report_seed = (
-            code_version, storage_uri, report_seed)
+        self.code_version, self.storage_uri = code_version, storage_uri
         self.recorded: set[tuple[str, int]] = set()  # (Tune trial id, seed) written
         self.settled: set[tuple[str, int]] = {  # (identity, seed) with a row: no checkpoints
             (r["identity"], int(r["seed"])) for r in db.sweep_rows(sweep_id)
             if r["seed"] is not None}
         self.ended: set[str] = set()
         self._curves: dict[str, list[tuple[int, str, float]]] = {}
-        self._identity_of: dict[str, tuple[str, str]] = {}  # trial -> (identity, recipe hash)
+        self._last_eval: dict[str, tuple[int, str, str]] = {}  # trial -> (seed, identity, hash)
         self.best: float | None = None
 
     def __getstate__(self) -> dict:  # Tune pickles callbacks with its experiment state
@@ -61,15 +57,15 @@ class ResultsCallback(Callback):
             self._on_eval(trial, result)
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:  # noqa: ANN001
-        """Tune stored a trial checkpoint: remember it, so a resumed sweep continues there."""
-        uri = self._uri(checkpoint)
-        try:
-            meta = json.loads(storage.read_bytes(storage.join(uri, STATE_FILE)))
-        except (OSError, ValueError):
-            return
-        key = (meta["identity"], int(meta["seed"]))
+        """Tune stored a trial checkpoint: remember it, so a resumed sweep continues there.
+        Tune hands callbacks the report that carried it first, so that says whose it is."""
+        result = trial.last_result or {}
+        if result.get(KIND) != "eval" or not result.get("identity"):
+            return  # a `seed` report's checkpoint: only the list of finished seeds
+        key = (result["identity"], int(result["seed"]))
         if key not in self.settled:
-            self._db.save_checkpoint(self.sweep_id, key[0], key[1], int(meta["step"]), uri)
+            uri = storage.locate(checkpoint.path, self.storage_uri)
+            self._db.save_checkpoint(self.sweep_id, *key, int(result["step"]), uri)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:  # noqa: ANN001
         result = trial.last_result or {}
@@ -97,7 +93,8 @@ class ResultsCallback(Callback):
 
     def _on_eval(self, trial, result: dict) -> None:  # noqa: ANN001
         if result.get("identity"):
-            self._identity_of[trial.trial_id] = (result["identity"], result.get("recipe_hash", ""))
+            self._last_eval[trial.trial_id] = (int(result["seed"]), result["identity"],
+                                               result.get("recipe_hash", ""))
         if not result.get("rung"):
             return
         auc = float(result[RUNG_METRIC])
@@ -108,14 +105,13 @@ class ResultsCallback(Callback):
              f"(best so far {self.best:.3f})")
 
     def _record_seed(self, trial, r: dict) -> None:  # noqa: ANN001
-        if r["status"] == "done":
-            return  # written before this sweep was resumed
-        if not r.get("identity"):  # the recipe itself failed to compose
-            r.update(zip(("recipe_hash", "recipe"), self._recipe(trial.config), strict=True))
-            r["identity"] = r["recipe_hash"]
         key = (trial.trial_id, int(r["seed"]))
-        if key in self.recorded:
-            return
+        if r["status"] == "done" or key in self.recorded:
+            return  # written before this sweep was resumed, or before Tune retried the trial
+        if not r.get("identity"):  # the recipe itself failed to compose
+            r.update(zip(("recipe_hash", "recipe"), self._recipe(trial.config, r["seed"]),
+                         strict=True))
+            r["identity"] = r["recipe_hash"]
         cost = {} if r["status"] == "reused" else r  # reused: the cost stays with the original
         self._db.record_trial(
             self.sweep_id, f"{trial.trial_id}:{r['seed']}",
@@ -128,7 +124,9 @@ class ResultsCallback(Callback):
             reused_from=r.get("reused_from"), metrics=r.get("metrics") or [],
             curves=[tuple(c) for c in r.get("curves") or []],
             identity=r["identity"], data_sha=r.get("data_sha"),
-            teacher_sha=r.get("teacher_sha"), code_version=self.code_version,
+            teacher_sha=r.get("teacher_sha"),
+            # a reused seed was computed by the code that first ran it
+            code_version=r.get("code_version") or self.code_version,
         )
         if r.get("resumed_from_step"):
             _say(f"    {trial.trial_id} seed {r['seed']} resumed at step "
@@ -140,13 +138,14 @@ class ResultsCallback(Callback):
     def _record_unfinished(self, trial, status: str, error: str | None) -> None:  # noqa: ANN001
         """A trial that ended without its final report (pruned, or its worker died),
         under the first seed it had not recorded."""
-        recipe_hash, recipe = self._recipe(trial.config)
-        identity = self._identity_of.get(trial.trial_id, (recipe_hash, recipe_hash))[0]
         seeds = [s for s in range(self.space.seeds)
                  if (trial.trial_id, s) not in self.recorded]
         if not seeds:
             return
         seed = seeds[0]
+        recipe_hash, recipe = self._recipe(trial.config, seed)
+        last = self._last_eval.get(trial.trial_id)
+        identity = last[1] if last and last[0] == seed else recipe_hash
         self._db.record_trial(
             self.sweep_id, f"{trial.trial_id}:{seed}", recipe_hash=recipe_hash, recipe=recipe,
             seed=seed, status=status, started=None, ended=datetime.now(UTC), error=error,
@@ -155,24 +154,14 @@ class ResultsCallback(Callback):
         )
         self.recorded.add((trial.trial_id, seed))
 
-    def _recipe(self, config: dict) -> tuple[str, dict]:
+    def _recipe(self, config: dict, seed: int) -> tuple[str, dict]:
         from ablate.recipe import compose, recipe_hash, result_dict
 
         try:
-            cfg = compose(trial_overrides(self.space, config, self.grid, seed=0))
+            cfg = compose(trial_overrides(self.space, config, self.grid, seed=seed))
             return recipe_hash(cfg), result_dict(cfg)
         except AblateError:  # the recipe itself is what failed: keep the choices
             return "", dict(config)
-
-    def _uri(self, checkpoint) -> str:  # noqa: ANN001
-        """A location a worker on any node can fetch the checkpoint from."""
-        if not storage.is_uri(self.storage_uri):
-            return str(Path(checkpoint.path).resolve())
-        from urllib.parse import urlsplit
-
-        split = urlsplit(self.storage_uri)
-        query = f"?{split.query}" if split.query else ""
-        return f"{split.scheme}://{checkpoint.path.lstrip('/')}{query}"
 
 
 def _params(config: dict) -> str:

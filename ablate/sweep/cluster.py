@@ -11,15 +11,15 @@ import os
 import socket
 from typing import Any
 
-from ablate.errors import AblateError
+from ablate.errors import AblateError, first_line
 
 
 def check_request(cpus: float, gpus: float) -> None:
     """--cpus / --gpus are positive (cpu) and non-negative (gpu) numbers."""
     if cpus is None or cpus <= 0:
-        raise AblateError(f"--cpus must be a positive number of CPUs per trial, not {cpus}")
+        raise AblateError(f"--cpus must be a positive number of CPUs per trial, not {cpus:g}")
     if gpus is None or gpus < 0:
-        raise AblateError(f"--gpus must be 0 or more GPUs per trial, not {gpus}")
+        raise AblateError(f"--gpus must be 0 or more GPUs per trial, not {gpus:g}")
 
 
 def local_capacity() -> dict[str, float]:
@@ -57,14 +57,14 @@ def _count(value: float) -> str:
     return f"{value:g}"
 
 
-def connect_ray(address: str | None, env_vars: dict[str, str] | None = None) -> None:
+def connect_ray(address: str | None) -> None:
     """Join the cluster at `address` (or $RAY_ADDRESS), else start a local Ray."""
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS") or None
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own live lines replace Tune's tables
-    env = {"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0", **plugin_env(), **(env_vars or {})}}
+    env = {"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0", **plugin_env()}}
     if address:
         probe_ray(address)
     try:
@@ -76,9 +76,8 @@ def connect_ray(address: str | None, env_vars: dict[str, str] | None = None) -> 
             ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
                      runtime_env=env, log_to_driver=False, ignore_reinit_error=True)
     except (ConnectionError, RuntimeError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise AblateError(
-            f"cannot reach a Ray cluster at {address}: {first}; start one with "
+            f"cannot reach a Ray cluster at {address}: {first_line(err)}; start one with "
             "`ray start --head` or drop --address to run locally"
         ) from None
 
@@ -131,8 +130,7 @@ def node_versions(timeout_s: float = 120.0) -> list[dict[str, Any]]:
     try:
         answers = ray.get(refs, timeout=timeout_s)
     except Exception as err:  # noqa: BLE001 - any failure to import ablate on a node
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise AblateError(f"a cluster node cannot run ablate ({first}); install the same "
+        raise AblateError(f"a cluster node cannot run ablate ({first_line(err)}); install the same "
                           "ablate on every node (see README: Ray cluster)") from None
     return [{"node": n.get("NodeManagerAddress"), "host": host, "version": version}
             for n, (host, version) in zip(nodes, answers, strict=True)]

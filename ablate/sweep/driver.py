@@ -36,8 +36,15 @@ from ablate.sweep.cluster import (
     local_capacity,
     node_versions,
 )
-from ablate.sweep.reconcile import Plan, plan_resume
-from ablate.sweep.trial import GRID_KEY, REPORT_METRICS, TrialContext, run_trial
+from ablate.sweep.reconcile import (
+    Plan,
+    counted_trials,
+    labels_left,
+    plain_value,
+    plan_resume,
+    stored_seeds,
+)
+from ablate.sweep.trial import GRID_KEY, TrialContext, run_trial
 from ablate.tracking import tune_callbacks
 from ablate.version import code_version
 
@@ -76,89 +83,111 @@ def run_sweep(
     db = ResultsDB(db_url)  # a bad URL or an unwritable DB: an error before anything else
     space = load_space(space_name)
     name = _sweep_name(db, space.name, name, resume)
-    stored = _stored_settings(db, name) if resume else {}
-    if resume and stored.get("space_text"):  # the very space the sweep started with
+    row = _sweep_row(db, name) if resume else {}
+    stored = json.loads(row["settings_json"]) if row.get("settings_json") else {}
+    if stored.get("space_text"):  # resume: the very space the sweep started with
         space = parse_space(stored["space_text"], Path(stored.get("space_file", space.name)))
     per_trial = {"cpu": cpus if cpus is not None else space.resources.cpu,
                  "gpu": gpus if gpus is not None else space.resources.gpu}
     check_request(per_trial["cpu"], per_trial["gpu"])
-    if not (address or os.environ.get("RAY_ADDRESS")):
+    local = not (address or os.environ.get("RAY_ADDRESS"))
+    if local:
         check_fits(per_trial, [local_capacity()], "this machine")
     storage = storage or stored.get("storage")
+    if storage and not store.is_uri(storage):  # workers and a later resume see the same folder
+        storage = str(store.local_path(storage))
     if storage:
         store.check_writable(storage)
     if resume and (mlflow or wandb):
         raise AblateError("--mlflow / --wandb are fixed when a sweep starts; resume without "
                           "them: the sweep logs where it began")
     if resume:
-        _refuse_live(db, name)
+        _refuse_live(row, name)
+    if settings and not resume:  # --set: the space with more fixed settings
+        space = load_space(derive_space(space, settings, SPACES_DIR / name))
     for note in validate_space(space):  # seconds; raises one error listing every problem
         _say(f"note: {note}")
-    if settings and not resume:  # --set: the space with more fixed settings, validated too
-        space = load_space(derive_space(space, settings, SPACES_DIR / name))
-        for note in validate_space(space):
-            _say(f"note: {note}")
     space_text = stored.get("space_text") or space.source_path.read_text()
     n_trials = len(grid) if grid else stored.get("trials") or trials or space.trials
     reference = compose(space.overrides())
     loggers = tune_callbacks(mlflow, wandb, name)  # a missing package fails here, not in Ray
-    local = not (address or os.environ.get("RAY_ADDRESS"))
-    if local and not storage:
+    version = code_version()  # one `git describe` for the sweep row, reuse and the nodes
+    if local:
         _prepare_data(reference)  # with a progress bar, before trials race to build it
     connect_ray(address)
     sweep_id = None
     heartbeat = _Heartbeat(db)
     try:
-        check_fits(per_trial, cluster_nodes(), "the Ray cluster")
         if not local:
-            check_versions(code_version(), node_versions())
+            check_fits(per_trial, cluster_nodes(), "the Ray cluster")
+            check_versions(version, node_versions())
         sweep_id = db.start_sweep(name, space.name, {
             "space_file": str(space.source_path), "space_text": space_text, "trials": n_trials,
             "resources": per_trial, "seeds": space.seeds, "force": force, "storage": storage,
             "objectives": [o.__dict__ for o in space.objectives],
             "sampler": "grid (explicit recipes)" if grid else space.sampler.name,
             "overrides": settings or stored.get("overrides") or {},
-        }, code_version(), resume=resume)
+        }, version, resume=resume)
         heartbeat.start(sweep_id)
-        study = None if grid else _study(space, name, db)
+        study = None if grid else _open_study(space, name, db)
         plan = (plan_resume(db, sweep_id, name, n_trials, space.seeds, study, space, grid)
                 if resume else Plan(n_trials, labels=list(grid) if grid else None))
         if plan.trials == 0:
             _say(f"sweep {name}: nothing left to run")
         else:
-            _run(space, space_text, db, name, sweep_id, plan, n_trials, per_trial, concurrency,
-                 force, n_boot, reference, grid or {}, loggers, storage, local,
-                 reuse_any_version)
+            _run(_Run(space, space_text, db, name, sweep_id, plan, n_trials, per_trial,
+                      concurrency, n_boot, reference, grid or {}, loggers, storage, local,
+                      version, study,
+                      {} if force else reuse_table(db, version, reuse_any_version)))
         status = _ended(db, name, sweep_id, n_trials, space, grid, study)
         db.set_sweep_status(sweep_id, status)
-        if status == "interrupted":
-            raise AblateError(_interrupted(name, space_name))
     except KeyboardInterrupt:
+        status = "interrupted"
         if sweep_id is not None:
-            db.set_sweep_status(sweep_id, "interrupted")
-        raise AblateError(_interrupted(name, space_name)) from None
-    except AblateError as err:
-        if sweep_id is not None and "interrupted" not in str(err):
-            db.set_sweep_status(sweep_id, "failed", error=str(err))
-        raise
+            db.set_sweep_status(sweep_id, status)
     except BaseException as err:
         if sweep_id is not None:
-            db.set_sweep_status(sweep_id, "failed", error=f"{type(err).__name__}: {err}"[:2000])
+            text = str(err) if isinstance(err, AblateError) else f"{type(err).__name__}: {err}"
+            db.set_sweep_status(sweep_id, "failed", error=text[:2000])
         raise
     finally:
         heartbeat.stop()
         if ray.is_initialized():
             ray.shutdown()
+    if status == "interrupted":
+        raise AblateError(f"sweep {name} interrupted; continue it with: ablate sweep --space "
+                          f"{space_name} --name {name} --resume")
     from ablate.sweep.table import summary_table
 
     return SweepSummary(name, sweep_id, db.url, time.perf_counter() - start,
                         summary_table(db, name))
 
 
-def _run(space, space_text: str, db, name: str, sweep_id: int, plan: Plan, n_trials: int,  # noqa: ANN001, PLR0913
-         per_trial: dict, concurrency: int | None, force: bool, n_boot: int, reference,  # noqa: ANN001
-         grid: dict[str, list[str]], loggers, storage: str | None, local: bool,  # noqa: ANN001
-         reuse_any_version: bool) -> None:
+@dataclass
+class _Run:
+    """Everything one Tune run of a sweep needs (see run_sweep)."""
+
+    space: Any
+    space_text: str
+    db: Any
+    name: str
+    sweep_id: int
+    plan: Plan
+    n_trials: int
+    per_trial: dict
+    concurrency: int | None
+    n_boot: int
+    reference: Any
+    grid: dict[str, list[str]]
+    loggers: Any
+    storage: str | None
+    local: bool
+    version: str
+    study: Any
+    reuse: dict[str, dict]
+
+
+def _run(r: _Run) -> None:
     import ray
     from ray import tune
 
@@ -167,40 +196,41 @@ def _run(space, space_text: str, db, name: str, sweep_id: int, plan: Plan, n_tri
     from ablate.sweep.searcher import StopLedger, TruthfulOptunaSearch
 
     available = ray.cluster_resources().get("CPU", 1)
-    limit = concurrency or space.max_concurrent or max(int(available // max(per_trial["cpu"], 1)), 1)
-    runs = store.join(storage, name, "runs") if storage else str((RUNS_DIR / name).resolve())
+    space, plan, per_trial = r.space, r.plan, r.per_trial
+    limit = r.concurrency or space.max_concurrent or max(int(available // max(per_trial["cpu"], 1)), 1)
+    runs = store.join(r.storage, r.name, "runs") if r.storage else str((RUNS_DIR / r.name).resolve())
     context = TrialContext(
-        space_text=space_text, space_name=space.name, seeds=list(range(space.seeds)),
-        runs_location=runs, reuse={} if force else reuse_table(db, reuse_any_version),
-        done=plan.done, checkpoints=plan.checkpoints, force=force,
-        threads=max(int(per_trial["cpu"]), 1), n_boot=n_boot,
-        workdir=str(Path.cwd()) if local and not storage else None, grid=grid,
-        benchmark=_uses_benchmark(reference),
+        space_text=r.space_text, space_name=space.name, seeds=list(range(space.seeds)),
+        runs_location=runs, reuse=r.reuse, done=plan.done, checkpoints=plan.checkpoints,
+        threads=max(int(per_trial["cpu"]), 1), n_boot=r.n_boot,
+        workdir=str(Path.cwd()) if r.local else None, grid=r.grid,
+        benchmark=_uses_benchmark(r.reference),
     )
     ledger = StopLedger()
-    callback = ResultsCallback(db, sweep_id, n_trials, space, grid, ledger, code_version(),
-                               storage or str(RAY_DIR.resolve()))
-    searcher = None if grid else TruthfulOptunaSearch(space, name, db.optuna_storage_url, ledger)
+    callback = ResultsCallback(r.db, r.sweep_id, r.n_trials, space, r.grid, ledger, r.version,
+                               r.storage or str(RAY_DIR.resolve()))
+    searcher = None if r.grid else TruthfulOptunaSearch(space, r.name, r.db.optuna_storage_url,
+                                                        ledger, r.study)
     trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), per_trial)
-    _say(f"sweep {name}: {plan.trials} of {n_trials} trials of space {space.name} x "
+    _say(f"sweep {r.name}: {plan.trials} of {r.n_trials} trials of space {space.name} x "
          f"{space.seeds} seed(s), up to {limit} at once, {per_trial} per trial; "
-         f"results in {db.url}")
+         f"results in {r.db.url}")
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             # an explicit grid (compare-teachers) runs every recipe once, in order
             search_alg=searcher,
-            scheduler=None if grid else _scheduler(space, reference, ledger),
-            num_samples=1 if grid else plan.trials, max_concurrent_trials=limit,
+            scheduler=None if r.grid else _scheduler(space, r.reference, ledger),
+            num_samples=1 if r.grid else plan.trials, max_concurrent_trials=limit,
             # keep worker processes between trials: each new one re-imports torch and
             # diffusers (seconds per trial, outside trial compute)
             reuse_actors=True,
         ),
-        param_space={GRID_KEY: tune.grid_search(plan.labels)} if grid else None,
+        param_space={GRID_KEY: tune.grid_search(plan.labels)} if r.grid else None,
         run_config=tune.RunConfig(
             # a fresh Tune experiment folder per (re)start: resume never reads Tune's state
-            name=f"{name}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}",
-            storage_path=storage or str(RAY_DIR.resolve()), callbacks=[callback, *loggers],
+            name=f"{r.name}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}",
+            storage_path=r.storage or str(RAY_DIR.resolve()), callbacks=[callback, *r.loggers],
             # a trial never raises for its recipe (ablate.sweep.trial): a Tune error is a
             # lost worker, retried from the trial's last checkpoint
             failure_config=tune.FailureConfig(max_failures=2),
@@ -211,8 +241,8 @@ def _run(space, space_text: str, db, name: str, sweep_id: int, plan: Plan, n_tri
         tuner.fit()
 
 
-def _study(space, name: str, db):  # noqa: ANN001, ANN202
-    from ablate.sweep.searcher import open_study
+def _open_study(space, name: str, db):  # noqa: ANN001, ANN202
+    from ablate.sweep.searcher import open_study  # imports Ray: not at module level
 
     return open_study(space, name, db.optuna_storage_url)
 
@@ -220,70 +250,68 @@ def _study(space, name: str, db):  # noqa: ANN001, ANN202
 def _ended(db, name: str, sweep_id: int, n_trials: int, space, grid, study) -> str:  # noqa: ANN001
     """finished when the database and the study say every planned trial is settled."""
     if grid:
-        left = plan_resume(db, sweep_id, name, n_trials, space.seeds, None, space, grid)
-        return "finished" if left.trials == 0 else "interrupted"
-    import optuna
-
-    from ablate.sweep.reconcile import INTERRUPTED_ATTR
-
-    states = optuna.trial.TrialState
-    settled = [t for t in study.get_trials(deepcopy=False,
-                                           states=(states.COMPLETE, states.PRUNED, states.FAIL))
-               if not t.user_attrs.get(INTERRUPTED_ATTR)]
-    return "finished" if len(settled) >= n_trials else "interrupted"
+        by_tune = stored_seeds(db, name)
+        return "interrupted" if labels_left(space, grid, space.seeds, by_tune) else "finished"
+    return "finished" if counted_trials(study) >= n_trials else "interrupted"
 
 
-def _interrupted(name: str, space_name: str) -> str:
-    return (f"sweep {name} interrupted; continue it with: ablate sweep --space {space_name} "
-            f"--name {name} --resume")
-
-
-def reuse_table(db, any_version: bool = False) -> dict[str, dict]:  # noqa: ANN001
+def reuse_table(db, version: str, any_version: bool = False) -> dict[str, dict]:  # noqa: ANN001
     """Finished trials already in the DB, keyed "identity:seed", for workers to reuse.
 
-    Only results of this code version, unless `any_version` (--reuse-any-version).
-    Only what a reused result needs travels: its id, metrics, curves, sizes and
-    source-val AUC (the scheduler's and Optuna's signal).
+    The latest finished (not reused) row of each identity and seed, of code version
+    `version` unless `any_version` (--reuse-any-version). Only what a reused result
+    needs travels: its id, metrics, curves, sizes and source-val AUC (the scheduler's
+    and Optuna's signal).
     """
-    table: dict[str, dict] = {}
     trials = db.trials()
     if trials.empty:
-        return table
-    version = None if any_version else code_version()
-    for row in trials[trials["status"] == "finished"].itertuples():
-        key = f"{row.identity}:{row.seed}"
-        if key in table or not row.identity:
-            continue
-        stored = db.finished_trial(row.identity, int(row.seed), code_version=version)
-        if not stored:
-            continue
-        val = [m["value"] for m in stored["metrics"]
+        return {}
+    rows = trials[(trials["status"] == "finished") & trials["identity"].notna()]
+    if not any_version:
+        rows = rows[rows["code_version"] == version]
+    if rows.empty:
+        return {}
+    rows = (rows.sort_values(["ended", "id"], ascending=False, na_position="last")
+            .drop_duplicates(["identity", "seed"]))
+    from ablate.results import METRIC_KEYS
+
+    metrics = _grouped(db.metrics(), METRIC_KEYS)
+    curves = _grouped(db.curves(), ("step", "name", "value"))
+    table: dict[str, dict] = {}
+    for row in rows.itertuples():
+        mine = metrics.get(int(row.id), [])
+        val = [m["value"] for m in mine
                if m["split"] == "val" and m["metric"] == "auc" and m["value"] is not None]
-        table[key] = {
-            "id": int(stored["id"]), "run_dir": stored["run_dir"],
-            "params_trainable": stored["params_trainable"],
-            "params_inference": stored["params_inference"],
-            "step_time_s": stored["step_time_s"], "peak_mem_mb": stored["peak_mem_mb"],
-            "wall_s": stored["wall_s"], "train_steps": stored["train_steps"],
-            "val_auc": val[0] if val else None, "code_version": stored.get("code_version"),
-            "metrics": stored["metrics"], "curves": [list(c) for c in stored["curves"]],
+        table[f"{row.identity}:{int(row.seed)}"] = {
+            "id": int(row.id), "run_dir": plain_value(row.run_dir),
+            **{k: plain_value(getattr(row, k)) for k in (
+                "params_trainable", "params_inference", "step_time_s", "peak_mem_mb",
+                "wall_s", "train_steps")},
+            "val_auc": val[0] if val else None, "metrics": mine,
+            "code_version": plain_value(row.code_version),  # the code that computed it
+            "curves": [[c["step"], c["name"], c["value"]] for c in curves.get(int(row.id), [])],
         }
     return table
 
 
-def _stored_settings(db, name: str) -> dict[str, Any]:  # noqa: ANN001
-    sweeps = db.list_sweeps()
-    row = sweeps[sweeps["name"] == name]
-    if row.empty or not row.iloc[0].get("settings_json"):
+def _grouped(frame, keys: tuple[str, ...]) -> dict[int, list[dict]]:  # noqa: ANN001
+    """trial id -> its rows of `frame` as plain dicts of `keys`."""
+    if frame.empty:
         return {}
-    return json.loads(row.iloc[0]["settings_json"])
+    return {int(trial_id): [{k: plain_value(v) for k, v in rec.items()}
+                            for rec in group[list(keys)].to_dict("records")]
+            for trial_id, group in frame.groupby("trial_id")}
 
 
-def _refuse_live(db, name: str) -> None:  # noqa: ANN001
-    """Two drivers on one sweep would both write it: resume only a sweep nobody runs."""
+def _sweep_row(db, name: str) -> dict[str, Any]:  # noqa: ANN001
     sweeps = db.list_sweeps()
-    row = sweeps[sweeps["name"] == name].iloc[0]
-    if row["status"] == "running" and not bool(row.get("stale", True)):
+    match = sweeps[sweeps["name"] == name]
+    return match.iloc[0].to_dict() if not match.empty else {}
+
+
+def _refuse_live(row: dict[str, Any], name: str) -> None:
+    """Two drivers on one sweep would both write it: resume only a sweep nobody runs."""
+    if row.get("status") == "running" and not bool(row.get("stale", True)):
         raise AblateError(f"sweep {name} is running now (host {row.get('host')}, pid "
                           f"{row.get('pid')}); wait for it, or stop that driver first")
 
@@ -310,7 +338,7 @@ def _sweep_name(db, space: str, name: str | None, resume: bool) -> str:  # noqa:
 
 
 def _uses_benchmark(reference) -> bool:  # noqa: ANN001
-    from ablate.data.loader import benchmark_datasets
+    from ablate.data.sources import benchmark_datasets  # torch-free
 
     names = {str(reference.data.train), *map(str, reference.data.tests)}
     return bool(names & set(benchmark_datasets()))
@@ -327,8 +355,8 @@ def _prepare_data(reference) -> None:  # noqa: ANN001
 def _scheduler(space, cfg, ledger):  # noqa: ANN001, ANN202
     """ASHA on the first seed's source-val AUC, whatever the objectives are.
 
-    Its clock is the evaluation index (`rung`); max_t is one past the last
-    evaluation, so ASHA never stops a trial at its final report.
+    Its clock is the evaluation index (`rung`); the last evaluation and the final
+    report have rung 0, which ASHA ignores, so it never stops a fully trained trial.
     """
     stop = space.early_stopping
     if not stop.enabled:
@@ -397,4 +425,4 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
-__all__ = ["REPORT_METRICS", "SweepSummary", "reuse_table", "run_sweep"]
+__all__ = ["SweepSummary", "reuse_table", "run_sweep"]

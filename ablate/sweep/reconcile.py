@@ -41,12 +41,14 @@ def stored_seeds(db, sweep_name: str) -> dict[str, list[dict]]:  # noqa: ANN001
     if rows.empty:
         return {}
     metrics = db.metrics(sweep_name)
+    by_trial = {} if metrics.empty else {
+        int(trial_id): [{k: plain_value(v) for k, v in m.items()} for m in group.to_dict("records")]
+        for trial_id, group in metrics.groupby("trial_id")}
     out: dict[str, list[dict]] = {}
     for row in rows.to_dict("records"):
-        mine = metrics[metrics["trial_id"] == row["id"]] if not metrics.empty else metrics
-        records = [{k: _plain(v) for k, v in m.items()} for m in mine.to_dict("records")]
+        records = by_trial.get(int(row["id"]), [])
         val = [m["value"] for m in records if m["split"] == "val" and m["metric"] == "auc"]
-        seed = {k: _plain(row.get(k)) for k in (
+        seed = {k: plain_value(row.get(k)) for k in (
             "id", "tune_trial_id", "seed", "status", "identity", "recipe_hash", "run_dir", "params_trainable",
             "params_inference", "step_time_s", "peak_mem_mb", "wall_s", "train_steps", "error")}
         seed.update(val_auc=val[0] if val else None, metrics=records,
@@ -64,7 +66,7 @@ def plan_resume(db, sweep_id: int, sweep_name: str, n_trials: int, seeds: int,  
     checkpoints = {f"{identity}:{seed}": c["uri"]
                    for (identity, seed), c in db.checkpoints(sweep_id).items()}
     if grid:
-        labels = [label for label in grid if not _label_done(space, grid, label, seeds, by_tune)]
+        labels = labels_left(space, grid, seeds, by_tune)
         return Plan(len(labels), done, checkpoints, labels)
     counted = settle_study(study, by_tune, seeds, [o.metric for o in space.objectives])
     return Plan(max(n_trials - counted, 0), done, checkpoints)
@@ -75,11 +77,13 @@ def settle_study(study, by_tune: dict[str, list[dict]], seeds: int,  # noqa: ANN
     """Tell Optuna how each RUNNING trial ended; return the trials that count as run."""
     import optuna
 
-    from ablate.sweep.searcher import TUNE_ID_ATTR
+    from ablate.sweep.searcher import RETRY_OF_ATTR, retried_trials
 
     states = optuna.trial.TrialState
     for trial in study.get_trials(deepcopy=False, states=(states.RUNNING,)):
-        rows = by_tune.get(trial.user_attrs.get(TUNE_ID_ATTR, ""), [])
+        # its own rows and those of the cut-off trials it continues
+        owners = retried_trials(study, trial.number)
+        rows = [r for owner in owners for r in by_tune.get(owner, [])]
         statuses = {r["status"] for r in rows}
         values = None
         if "pruned" in statuses:
@@ -91,32 +95,47 @@ def settle_study(study, by_tune: dict[str, list[dict]], seeds: int,  # noqa: ANN
             state, values = (states.COMPLETE, values) if ok else (states.FAIL, None)
         else:  # cut off: run the same recipe again, first
             study._storage.set_trial_user_attr(trial._trial_id, INTERRUPTED_ATTR, True)
-            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number},
+            study.enqueue_trial(trial.params, user_attrs={RETRY_OF_ATTR: trial.number},
                                 skip_if_exists=False)
             state = states.FAIL
         study.tell(trial.number, values=values, state=state)
+    return counted_trials(study)
+
+
+def counted_trials(study) -> int:  # noqa: ANN001
+    """Trials of the study that count toward its budget: settled, and not cut off by a kill."""
+    import optuna
+
+    states = optuna.trial.TrialState
     finished = (states.COMPLETE, states.PRUNED, states.FAIL)
     return sum(1 for t in study.get_trials(deepcopy=False, states=finished)
                if not t.user_attrs.get(INTERRUPTED_ATTR))
 
 
-def _label_done(space, grid: dict[str, list[str]], label: str, seeds: int,  # noqa: ANN001
-                by_tune: dict[str, list[dict]]) -> bool:
+def labels_left(space, grid: dict[str, list[str]], seeds: int,  # noqa: ANN001
+                by_tune: dict[str, list[dict]]) -> list[str]:
+    """An explicit grid's labels whose seeds the sweep has not all written."""
     from ablate.errors import AblateError
     from ablate.recipe import compose, recipe_hash
 
     rows = [r for group in by_tune.values() for r in group
             if r["status"] in (*DONE_STATUSES, "pruned")]
-    try:
-        wanted = {recipe_hash(compose(trial_overrides(space, {GRID_KEY: label}, grid, s)))
-                  for s in range(seeds)}
-    except AblateError:
-        return False
     have = {(r["recipe_hash"], r["seed"]) for r in rows}
-    return all(any((h, s) in have for h in wanted) for s in range(seeds))
+    left = []
+    for label in grid:
+        try:
+            wanted = {(recipe_hash(compose(trial_overrides(space, {GRID_KEY: label}, grid, s))), s)
+                      for s in range(seeds)}
+        except AblateError:  # written as the label's choices (ablate.sweep.callback._recipe)
+            if not any(r["recipe"] == {GRID_KEY: label} for r in rows):
+                left.append(label)
+            continue
+        if not wanted <= have:
+            left.append(label)
+    return left
 
 
-def _plain(value: Any) -> Any:
+def plain_value(value: Any) -> Any:
     """numpy scalars and pandas NaT/NaN as plain JSON-able values."""
     if value is None:
         return None

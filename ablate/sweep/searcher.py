@@ -27,6 +27,7 @@ from ray.tune.search import Searcher
 from ablate.sweep.trial import KIND, RETRY_KEY, RUNG, RUNG_METRIC
 
 TUNE_ID_ATTR = "tune_trial_id"
+RETRY_OF_ATTR = "retry_of"  # an enqueued trial's: the number of the cut-off trial it reruns
 
 
 class StopLedger:
@@ -60,7 +61,8 @@ def asha(ledger: StopLedger, max_t: int, grace_period: int,
 class TruthfulOptunaSearch(Searcher):
     """Ask/tell Optuna search over a SearchSpace; see the module docstring."""
 
-    def __init__(self, space, study_name: str, storage_url: str, ledger: StopLedger) -> None:  # noqa: ANN001
+    def __init__(self, space, study_name: str, storage_url: str, ledger: StopLedger,  # noqa: ANN001
+                 study=None) -> None:  # noqa: ANN001
         metrics = [o.metric for o in space.objectives]
         modes = [o.mode for o in space.objectives]
         super().__init__(metric=metrics if len(metrics) > 1 else metrics[0],
@@ -68,7 +70,7 @@ class TruthfulOptunaSearch(Searcher):
         self.space, self.study_name, self.ledger = space, study_name, ledger
         self.objectives = metrics
         self._storage_url = storage_url  # driver memory only: never pickled
-        self._study = None
+        self._study = study
         self._live: dict[str, Any] = {}  # Tune trial id -> optuna.Trial
 
     def __getstate__(self) -> dict:  # Tune pickles its search algorithm: no secrets in it
@@ -87,7 +89,7 @@ class TruthfulOptunaSearch(Searcher):
         trial.set_user_attr(TUNE_ID_ATTR, trial_id)
         self._live[trial_id] = trial
         config = self.space.define_by_run(trial)
-        owners = retried_trials(self.study, trial.user_attrs.get("retry_of"))
+        owners = retried_trials(self.study, trial.number)[1:]
         return {**config, RETRY_KEY: owners} if owners else config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -120,13 +122,14 @@ class TruthfulOptunaSearch(Searcher):
         pass
 
 
-def retried_trials(study, number: int | None) -> list[str]:  # noqa: ANN001
-    """Tune ids of the chain of cut-off trials that trial `number` continues (resume)."""
+def retried_trials(study, number: int) -> list[str]:  # noqa: ANN001
+    """Tune ids of trial `number` and of the chain of cut-off trials it continues."""
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     owners: list[str] = []
-    while number is not None:
-        trial = study.trials[number]
-        owners.append(trial.user_attrs.get(TUNE_ID_ATTR, ""))
-        number = trial.user_attrs.get("retry_of")
+    current: int | None = number
+    while current is not None:
+        owners.append(trials[current].user_attrs.get(TUNE_ID_ATTR, ""))
+        current = trials[current].user_attrs.get(RETRY_OF_ATTR)
     return owners
 
 

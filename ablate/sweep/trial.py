@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ablate.space.budget import planned_evaluations
 from ablate.tracking import write_metrics
 
 SCORES = "scores.csv"
@@ -42,6 +43,7 @@ RUNG_METRIC = "rung_val_auc"  # ASHA's metric; only meaningful when rung > 0
 REPORT_METRICS = ("val_auc", "test_auc_mean", "params_trainable", "params_inference",
                   "step_time_s", "wall_s", "peak_mem_mb")
 DONE_STATUSES = ("finished", "nan", "reused", "failed")  # a seed row that needs no new run
+STATE_FILE = "ablate_trial.json"  # in every trial checkpoint: whose state, and seeds done
 
 
 @dataclass
@@ -56,11 +58,9 @@ class TrialContext:
     space_name: str
     seeds: list[int]
     runs_location: str
-    report_seed: int = 0
     reuse: dict[str, dict] = field(default_factory=dict)  # "identity:seed" -> stored result
     done: dict[str, dict] = field(default_factory=dict)  # in this sweep already: same shape
     checkpoints: dict[str, str] = field(default_factory=dict)  # "identity:seed" -> uri
-    force: bool = False
     threads: int = 1
     n_boot: int = 1000
     workdir: str | None = None  # the driver's folder, when workers share its machine
@@ -91,7 +91,10 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         ensure_benchmark()  # race-safe: concurrent builders rename into place
     space = parse_space(context.space_text, Path(f"{context.space_name}.yaml"))
     trial = _Trial(config, context, space)
-    results = [trial.run_seed(seed) for seed in context.seeds]
+    try:
+        results = [trial.run_seed(seed) for seed in context.seeds]
+    finally:
+        trial.close()
     trial.report("final", {**summarise(results),
                            "seed_results": json.dumps(results, default=_jsonable)})
 
@@ -103,6 +106,14 @@ class _Trial:
         self.config, self.context, self.space = config, context, space
         self.name = tune.get_context().get_trial_name() or "trial"
         self.done: list[dict] = []
+        self.rung_seed = context.seeds[0]  # the seed whose evaluations drive ASHA
+        # a Tune retry (the worker died) starts again here: its last checkpoint says which
+        # seeds it already finished and reported, and holds the cut-off seed's state
+        self.retry_state, self.finished_before = _tune_checkpoint()
+
+    def close(self) -> None:
+        if self.retry_state is not None:
+            shutil.rmtree(self.retry_state.parent, ignore_errors=True)
 
     def report(self, kind: str, values: dict[str, Any], checkpoint: Path | None = None) -> None:
         from ray import tune
@@ -116,18 +127,25 @@ class _Trial:
 
     def run_seed(self, seed: int) -> dict:
         """Train + evaluate one seed (or reuse it); report it; never raise for the recipe."""
+        if seed in self.finished_before:  # reported before this retry: the driver has it
+            self.done.append(self.finished_before[seed])
+            return self.finished_before[seed]
         base: dict[str, Any] = {"seed": seed, "started": _now()}
         try:
             result = self._seed(seed, base)
         except Exception as err:  # noqa: BLE001 - a failing seed is a result, not a crash
+            from ablate.errors import first_line
             from ablate.train import TrainingDiverged
 
             status = "nan" if isinstance(err, TrainingDiverged) else "failed"
-            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            result = {**base, "status": status, "error": f"{type(err).__name__}: {first}"[:500],
+            result = {**base, "status": status,
+                      "error": f"{type(err).__name__}: {first_line(err)}"[:500],
                       "traceback": traceback.format_exc()[-4000:], "ended": _now()}
         self.done.append(result)
-        self.report("seed", {"seed_result": json.dumps(result, default=_jsonable)})
+        with tempfile.TemporaryDirectory(prefix="ablate-done-") as folder:
+            _write_meta(Path(folder), done=self.done)  # a retry skips what is done
+            self.report("seed", {"seed_result": json.dumps(result, default=_jsonable)},
+                        checkpoint=Path(folder))
         return result
 
     def _seed(self, seed: int, base: dict[str, Any]) -> dict:
@@ -142,9 +160,9 @@ class _Trial:
         if key in ctx.done and self._continues(ctx.done[key]):
             # written by this very trial before the sweep was cut off: read it back
             return {**base, **_stored(ctx.done[key]), "status": "done"}
-        stored = None if ctx.force else ctx.reuse.get(key)
+        stored = ctx.reuse.get(key)  # empty under --force
         if stored:
-            self._replay(base, stored.get("curves") or [], cfg.train.steps)
+            self._replay(base, stored.get("curves") or [], planned_evaluations(cfg.train))
             return {**base, **_stored(stored), "status": "reused",
                     "reused_from": stored["id"], "ended": _now()}
         return self._train(cfg, seed, base, key)
@@ -156,39 +174,41 @@ class _Trial:
             return True  # an explicit grid's recipes are distinct
         return str(row.get("tune_trial_id", "")).split(":")[0] in self.config.get(RETRY_KEY, [])
 
-    def _replay(self, base: dict[str, Any], curves: list, last: int | None) -> None:
-        """A reused seed shows ASHA the same evaluations it showed when it was computed."""
+    def _replay(self, base: dict[str, Any], curves: list, planned: int) -> None:
+        """A reused seed shows ASHA the same evaluations it showed when it was computed
+        (all but the last: the final report carries that one, see `_rung`)."""
         seed = base["seed"]
-        if seed != self.context.report_seed:
+        if seed != self.rung_seed:
             return
         evals = sorted((int(s), v) for s, name, v in curves if name == "val/auc" and v is not None)
         for rung, (step, auc) in enumerate(evals, start=1):
-            if last is None or step < last:
+            if rung < planned:
                 self.report("eval", {RUNG: rung, RUNG_METRIC: auc, "seed": seed, "step": step,
                                      "identity": base["identity"],
                                      "recipe_hash": base["recipe_hash"]})
 
     def _train(self, cfg, seed: int, base: dict[str, Any], key: str) -> dict:  # noqa: ANN001
+        from ablate import storage
         from ablate.checkpoint import load_classifier
         from ablate.evaluate import evaluate_classifier
         from ablate.train import train
 
         ctx = self.context
-        local_runs = Path(tempfile.mkdtemp(prefix="ablate-run-"))
-        cfg.run.out_dir = str(local_runs)
+        # run folders on a storage URI are trained locally, then uploaded
+        remote = storage.is_uri(ctx.runs_location)
+        local_runs = Path(tempfile.mkdtemp(prefix="ablate-run-")) if remote else None
+        cfg.run.out_dir = str(local_runs) if remote else ctx.runs_location
         resume = self._resume_state(key, base["identity"], seed)
         resumed_step, evaluated = _resumed(resume)
         # ASHA's clock counts evaluations from step 0, also across a resume
         evaluations = iter(range(evaluated + 1, 1 << 30))
-        last = cfg.train.steps
+        planned = planned_evaluations(cfg.train)
 
         def on_checkpoint(step: int, val_auc: float, state_dir: Path) -> None:
-            # the first seed's evaluations drive ASHA, but not its last one: the final
-            # report carries that, and pruning a fully trained trial saves nothing
-            rung = next(evaluations) if seed == ctx.report_seed and (
-                last is None or step < last) else 0
-            (state_dir / "ablate_trial.json").write_text(json.dumps(
-                {"identity": base["identity"], "seed": seed, "step": step}))
+            index = next(evaluations)
+            rung = _rung(index, planned) if seed == self.rung_seed else 0
+            _write_meta(state_dir, identity=base["identity"], seed=seed, step=step,
+                        done=self.done)
             self.report("eval", {RUNG: rung, RUNG_METRIC: val_auc if rung else float("nan"),
                                  "seed": seed, "step": step, "identity": base["identity"],
                                  "recipe_hash": base["recipe_hash"]},
@@ -205,13 +225,13 @@ class _Trial:
             )
             write_metrics(run.folder, metrics.to_dict("records"),
                           selection.get("step") or run.steps)
-            from ablate import storage
-
-            run_dir = storage.upload_folder(run.folder,
-                                            storage.join(ctx.runs_location, run.folder.name))
+            run_dir = (storage.upload_folder(run.folder,
+                                             storage.join(ctx.runs_location, run.folder.name))
+                       if remote else str(run.folder.resolve()))
         finally:
-            shutil.rmtree(local_runs, ignore_errors=True)
-            if resume is not None:
+            if local_runs is not None:
+                shutil.rmtree(local_runs, ignore_errors=True)
+            if resume is not None and resume != self.retry_state:
                 shutil.rmtree(resume.parent, ignore_errors=True)
         val_row = {"dataset": cfg.data.train, "split": "val", "level": "frame", "metric": "auc",
                    "value": selection.get("val_auc"), "ci_low": None, "ci_high": None,
@@ -228,17 +248,11 @@ class _Trial:
     def _resume_state(self, key: str, identity: str, seed: int) -> Path | None:
         """The latest checkpoint of this seed: Tune's own (a retried trial) or the DB's
         (a resumed sweep); None to start at step 0."""
-        from ray import tune
-
         from ablate import storage
 
-        checkpoint = tune.get_checkpoint()
+        if self.retry_state is not None and _matches(self.retry_state, identity, seed):
+            return self.retry_state
         folder = Path(tempfile.mkdtemp(prefix="ablate-resume-")) / "state"
-        if checkpoint is not None:
-            checkpoint.to_directory(str(folder))
-            if _matches(folder, identity, seed):
-                return folder
-            shutil.rmtree(folder)
         uri = self.context.checkpoints.get(key)
         if uri and storage.exists(uri):
             storage.download_folder(uri, folder)
@@ -248,19 +262,46 @@ class _Trial:
         return None
 
 
+def _rung(index: int, planned: int) -> int:
+    """ASHA's clock for the `index`-th evaluation of the rung seed: the index, except for the
+    last planned evaluation (0): the final report carries that one, and pruning a fully
+    trained trial would throw its result away."""
+    return index if index < planned else 0
+
+
+def _write_meta(folder: Path, **meta: Any) -> None:
+    (folder / STATE_FILE).write_text(json.dumps(meta, default=_jsonable))
+
+
+def _read_meta(folder: Path) -> dict:
+    path = folder / STATE_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _tune_checkpoint() -> tuple[Path | None, dict[int, dict]]:
+    """This trial's last Tune checkpoint, when Tune retries it: (its folder, or None;
+    the seed results it had reported, by seed)."""
+    from ray import tune
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None, {}
+    folder = Path(tempfile.mkdtemp(prefix="ablate-retry-")) / "state"
+    checkpoint.to_directory(str(folder))
+    done = {int(r["seed"]): {**r, "status": "done"} for r in _read_meta(folder).get("done", [])}
+    return folder, done
+
+
 def _matches(folder: Path, identity: str, seed: int) -> bool:
-    meta = folder / "ablate_trial.json"
-    if not meta.is_file():
-        return False
-    info = json.loads(meta.read_text())
+    info = _read_meta(folder)
     return info.get("identity") == identity and info.get("seed") == seed
 
 
 def _resumed(state: Path | None) -> tuple[int | None, int]:
     """(step, evaluations so far) of a trial checkpoint; (None, 0) without one."""
-    if state is None or not (state / "ablate_trial.json").is_file():
+    if state is None or "step" not in _read_meta(state):
         return None, 0
-    step = int(json.loads((state / "ablate_trial.json").read_text())["step"])
+    step = int(_read_meta(state)["step"])
     curves = json.loads((state / "state.json").read_text()).get("curves", [])
     return step, sum(1 for c in curves if c[1] == "val/auc")
 
@@ -268,7 +309,7 @@ def _resumed(state: Path | None) -> tuple[int | None, int]:
 def _stored(row: dict) -> dict:
     """The result fields of a stored seed (what reuse copies and summaries read)."""
     keep = ("run_dir", "params_trainable", "params_inference", "step_time_s", "peak_mem_mb",
-            "wall_s", "train_steps", "val_auc", "metrics", "curves", "error")
+            "wall_s", "train_steps", "val_auc", "metrics", "curves", "error", "code_version")
     return {k: row.get(k) for k in keep if k in row}
 
 
