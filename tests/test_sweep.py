@@ -384,3 +384,19 @@ def test_an_error_in_one_seed_keeps_the_trials_finished_seeds(tmp_path):
     metrics = ResultsDB(url).metrics("s")
     assert set(metrics["seed"]) == {0} and (metrics["split"] == "test").any()
     assert ResultsDB(url).list_sweeps().set_index("name").loc["s", "status"] == "finished"
+
+
+@pytest.mark.parametrize("train,rungs", [
+    ({"steps": 12, "eval_every": 3}, [1, 2, 3, 0]),            # evaluations at 3, 6, 9, 12
+    ({"steps": None, "epochs": 3, "eval_every": "epoch"}, [1, 2, 0]),  # paper / code recipes
+])
+def test_asha_never_sees_the_last_evaluation(train, rungs):
+    """The last evaluation has rung 0 (ASHA ignores it): pruning a fully trained trial would
+    throw its result away, for step- and epoch-based recipes alike."""
+    from omegaconf import OmegaConf
+
+    from ablate.space import planned_evaluations
+    from ablate.sweep.trial import _rung
+
+    planned = planned_evaluations(OmegaConf.create(train))
+    assert [_rung(i, planned) for i in range(1, planned + 1)] == rungs

@@ -125,3 +125,54 @@ def test_driver_killed_at_the_worst_moments_then_resumed_loses_and_repeats_nothi
     assert len(after) == TRIALS and set(after["status"]) <= {"finished", "reused"}, out
     _check_kept(url, kept)
     optuna_agrees_with_rows(url, "k")
+
+
+def _trial_workers(driver_pid: int) -> list:
+    """Ray worker processes running a Tune trial of one driver (its local Ray's children)."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        with contextlib.suppress(psutil.Error):
+            if cmd.startswith("ray::ImplicitFunc") and \
+                    driver_pid in {p.pid for p in proc.parents()}:
+                found.append(proc)
+    return found
+
+
+def test_a_trial_whose_worker_is_killed_is_retried_from_its_checkpoint(tmp_path):
+    """kill -9 of the worker process (a lost node) while seed 1 trains, seed 0 done: Tune
+    retries the trial, which skips seed 0 (its row and run folder untouched) and continues
+    seed 1 from its last trial checkpoint."""
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    space = Path(write_space(tmp_path, params="  guide: {choice: [controlnet]}", trials=1,
+                             concurrent=1, steps=15, sampler="grid"))
+    space.write_text(space.read_text().replace("seeds: 1", "seeds: 2"))
+    proc = _start(str(space), url, tmp_path)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()[0]
+        if Path(tmp_path / "r.db").is_file():
+            db = ResultsDB(url)
+            sweep = db.sweep_id("k")
+            if sweep and any(seed == 1 for _, seed in db.checkpoints(sweep)):
+                break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("seed 1 never saved a checkpoint")
+    before = _rows(url, "k")
+    assert list(before["status"]) == ["finished"] and list(before["seed"]) == [0]
+    run_json = Path(before.iloc[0]["run_dir"]) / "run.json"
+    stamp = run_json.stat().st_mtime_ns
+    workers = _trial_workers(proc.pid)
+    assert len(workers) == 1, workers
+    workers[0].kill()  # SIGKILL
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    assert "seed 1 resumed at step" in out, out
+    after = _rows(url, "k")
+    assert sorted(after["seed"]) == [0, 1] and set(after["status"]) == {"finished"}
+    kept = after[after["seed"] == 0].iloc[0]
+    assert kept["id"] == before.iloc[0]["id"] and kept["ended"] == before.iloc[0]["ended"]
+    assert run_json.stat().st_mtime_ns == stamp  # seed 0 was not trained again
