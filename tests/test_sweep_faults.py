@@ -89,7 +89,7 @@ def test_driver_killed_at_the_worst_moments_then_resumed_loses_and_repeats_nothi
     and nothing finished), kill -9 the moment a trial finished, Ctrl-C during the last
     trial; each time `--resume` goes on, and at the end every trial is there once."""
     url = f"sqlite:///{tmp_path / 'r.db'}"
-    space = write_space(tmp_path, trials=TRIALS, concurrent=1, steps=15, sampler="grid")
+    space = write_space(tmp_path, trials=TRIALS, concurrent=1, steps=9, sampler="grid")
     proc = _start(space, url, tmp_path)
     kept = _wait(proc, url, "k", "mid-training")
     _kill_driver(proc, signal.SIGKILL)
@@ -147,7 +147,7 @@ def test_a_trial_whose_worker_is_killed_is_retried_from_its_checkpoint(tmp_path)
     seed 1 from its last trial checkpoint."""
     url = f"sqlite:///{tmp_path / 'r.db'}"
     space = Path(write_space(tmp_path, params="  guide: {choice: [controlnet]}", trials=1,
-                             concurrent=1, steps=15, sampler="grid"))
+                             concurrent=1, steps=9, sampler="grid"))
     space.write_text(space.read_text().replace("seeds: 1", "seeds: 2"))
     proc = _start(str(space), url, tmp_path)
     deadline = time.time() + 300
