@@ -27,3 +27,34 @@ def fixed_batch(size: int = 64, batch: int = 4, seed: int = 0) -> dict:
     targets = torch.where(labels.view(-1, 1, 1, 1) > 0, images.flip(-1), images)
     return {"image": images, "source": sources, "target": targets, "label": labels,
             "video_id": [f"v{i}" for i in range(batch)], "path": [f"p{i}" for i in range(batch)]}
+
+
+def run_cli(*args: str, cwd, env: dict | None = None) -> tuple[int, str, str]:
+    """`ablate ARGS` through the real entry point (`ablate.cli.main`), in this process:
+    (exit code, stdout, stderr). For the many one-line-error cases, which would otherwise
+    each pay ~8 s of torch/diffusers imports in a fresh process; each test file keeps at
+    least one real-subprocess case of the same path."""
+    import contextlib
+    import io
+    import sys
+
+    from ablate import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    old_argv, old_cwd, old_env = sys.argv, os.getcwd(), dict(os.environ)
+    sys.argv = ["ablate", *args]
+    os.environ.update(env or {})
+    os.chdir(cwd)
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            cli.main()
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else 1
+    finally:
+        sys.argv = old_argv
+        os.chdir(old_cwd)
+        os.environ.clear()
+        os.environ.update(old_env)
+        cli._State.debug = False
+    return code, out.getvalue(), err.getvalue()

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 from test_sweep import write_space
 
 from ablate.results import ResultsDB
@@ -192,6 +193,16 @@ def test_sweep_on_a_two_node_cluster_keeps_every_run_in_s3(tmp_path):
         assert set(table["ci_method"]) == {"paired video bootstrap"}, table
         for row in table.itertuples():  # both trials are seed 0 of one teacher: either one
             assert any(row.auc == pytest.approx(a, abs=1e-9) for a in aucs[row.test_set])
+
+        # a trial larger than any node: one line naming what the cluster has, not a hang
+        code, _, err = run_cli("sweep", "--space", write_space(driver), "--db", url,
+                               "--address", f"127.0.0.1:{ray_port}", "--name", "too-big",
+                               "--cpus", "8", cwd=driver, env=driver_env)
+        assert code == 2 and re.search(r"asks for 8 CPU.*node \d+: 2 CPU", err), err
+        assert ResultsDB(url).sweep_id("too-big") is None
+        # the cluster outlives the sweeps: joining does not shut the head down
+        with socket.create_connection(("127.0.0.1", ray_port), timeout=5):
+            pass
     finally:
         _stop_cluster(ray_port)
         moto.terminate()

@@ -7,12 +7,12 @@ machinery: rows, statuses, metrics per test set, reuse, resume, faults, errors.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 from pg import fresh_postgres_url, postgres_url  # noqa: F401
 
 from ablate.errors import AblateError
@@ -129,36 +129,6 @@ def test_sweep_into_postgres_keeps_its_password_out_of_every_file(in_tmp, fresh_
     assert not leaked, leaked
     tables = [db.list_sweeps(), db.trials("pg"), db.metrics("pg"), db.curves("pg")]
     assert not any(secret in t.to_csv() for t in tables)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_sweep_joins_a_ray_cluster_by_address(in_tmp):
-    ray = Path(sys.executable).parent / "ray"
-    port = _free_port()
-    env = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
-    subprocess.run([str(ray), "start", "--head", f"--port={port}", "--num-cpus=2",
-                    "--include-dashboard=false", "--disable-usage-stats"],
-                   check=True, capture_output=True, env=env, timeout=120)
-    try:
-        url = f"sqlite:///{in_tmp / 'r.db'}"
-        run_sweep(write_space(in_tmp), db_url=url, name="cluster",
-                  address=f"127.0.0.1:{port}", n_boot=20)
-        check_filled(ResultsDB(url), "cluster", 2)
-        # a trial larger than any node: an error naming what the cluster has, not a hang
-        with pytest.raises(AblateError, match="asks for 8 CPU.*node 1: 2 CPU"):
-            run_sweep(write_space(in_tmp), db_url=url, name="too-big", cpus=8,
-                      address=f"127.0.0.1:{port}", n_boot=20)
-        assert ResultsDB(url).sweep_id("too-big") is None
-        # the cluster outlives the sweep: joining does not shut the head down
-        with socket.create_connection(("127.0.0.1", port), timeout=5):
-            pass
-    finally:
-        subprocess.run([str(ray), "stop", "--force"], capture_output=True, timeout=120)
 
 
 def _ablate(*args: str, cwd: Path) -> subprocess.Popen:
@@ -294,9 +264,15 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, case, args, message)
     db_file = tmp_path / "r.db"
     if "--db" not in args:
         args += ["--db", f"sqlite:///{db_file}"]
-    proc = _ablate("sweep", *args, cwd=tmp_path)
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 2, out
+    if case == "unknown space":  # one case through a real process and its exit code
+        proc = _ablate("sweep", *args, cwd=tmp_path)
+        out, _ = proc.communicate(timeout=120)
+        code = proc.returncode
+    else:
+        code, stdout, stderr = run_cli("sweep", *args, cwd=tmp_path, env={
+            "ABLATE_CACHE": str(Path("results").resolve())})
+        out = stdout + stderr
+    assert code == 2, out
     lines = [ln for ln in out.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1, out  # one error (a bad space lists each problem below it)
     assert message in out[out.index("error:"):], out
