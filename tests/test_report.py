@@ -454,7 +454,8 @@ def baseline_recipe(seed: int, lr: float = 1e-4) -> dict:
             "data": {"train": "synth-blend", "tests": TESTS}, "image_size": 64, "seed": seed}
 
 
-def test_report_measures_guidance_against_the_matched_baseline(tmp_path) -> None:
+def _report_with_baseline(tmp_path: Path):  # noqa: ANN202
+    """REF and NO_MHSA guided, their plain baseline (BASE_AUC) and one at another lr."""
     url = f"sqlite:///{tmp_path / 'b.db'}"
     with ResultsDB(url) as db:
         sid = db.start_sweep("withbase", "ablation", {"objectives": [
@@ -477,7 +478,11 @@ def test_report_measures_guidance_against_the_matched_baseline(tmp_path) -> None
             db.record_trial(sid, f"base2:{seed}", recipe_hash=f"base2-{seed}",
                             recipe=baseline_recipe(seed, lr=2e-4), seed=seed, status="finished",
                             started=T0, ended=T0, metrics=rows)
-    report = build_report("withbase", url, tmp_path / "rep")
+    return build_report("withbase", url, tmp_path / "rep")
+
+
+def test_report_measures_guidance_against_the_matched_baseline(tmp_path) -> None:
+    report = _report_with_baseline(tmp_path)
     effects = pd.read_csv(report.folder / "guidance.csv")
     auc = effects[effects["metric"] == "auc"].set_index("variant")
     for key in (REF, NO_MHSA):
@@ -498,6 +503,50 @@ def test_report_measures_guidance_against_the_matched_baseline(tmp_path) -> None
     assert not lr.empty and set(lr["matching"]) == {"unmatched"}  # baseline@2e-4 vs guided
     text = (report.folder / "report.md").read_text()
     assert "Does guidance help?" in text and "vs the plain baseline" in text
+
+
+def test_first_table_and_headline_equal_a_numpy_recomputation(tmp_path) -> None:
+    from scipy import stats
+
+    report = _report_with_baseline(tmp_path)
+    first = pd.read_csv(report.folder / "baseline_vs_guidance.csv")
+    frame_auc = first[(first["level"] == "frame") & (first["metric"] == "auc")]
+    cell = frame_auc.set_index(["dataset", "detector"])
+
+    def t_ci(x: list[float]) -> tuple[float, float, float]:
+        x = np.asarray(x)
+        half = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
+        return x.mean(), x.mean() - half, x.mean() + half
+
+    for test in TESTS:  # each detector's mean ± t CI over seeds, and the paired Δ per test set
+        for who, values in (("baseline", BASE_AUC[test]), ("guided", AUC[REF][test]),
+                            ("difference", np.subtract(AUC[REF][test], BASE_AUC[test]))):
+            row = cell.loc[(test, who)]
+            assert (row["mean"], row["ci_low"], row["ci_high"]) == pytest.approx(
+                t_ci(list(values)), abs=1e-12), (test, who)
+    # Avg: the mean over every (seed, test set) difference, its bootstrap CI by hand
+    diffs = np.sort([AUC[REF][t][s] - BASE_AUC[t][s] for s in SEEDS for t in TESTS])
+    means = diffs[np.random.default_rng(0).integers(0, 6, size=(2000, 6))].mean(axis=1)
+    avg = cell.loc[("avg", "difference")]
+    assert avg["mean"] == pytest.approx(diffs.mean(), abs=1e-12) and avg["n"] == 6
+    assert (avg["ci_low"], avg["ci_high"]) == pytest.approx(
+        tuple(np.quantile(means, [0.025, 0.975])), abs=1e-12)
+    # the guidance table (every guided recipe vs its baseline) agrees on the same pairs
+    guidance = pd.read_csv(report.folder / "guidance.csv")
+    ref_row = guidance[(guidance["metric"] == "auc") & guidance["variant"].str.startswith(
+        "filter=paper")].iloc[0]
+    assert (ref_row["mean"], ref_row["ci_low"], ref_row["ci_high"]) == pytest.approx(
+        (avg["mean"], avg["ci_low"], avg["ci_high"]), abs=1e-12)
+    # the headline sentence's numbers are that cell's, rounded to one decimal
+    found = re.search(r"mean test AUC by ([+-][\d.]+) points \(95% CI ([+-][\d.]+) to "
+                      r"([+-][\d.]+)\)", report.summary)
+    assert found, report.summary
+    assert [float(g) for g in found.groups()] == [
+        round(avg[k] * 100, 1) for k in ("mean", "ci_low", "ci_high")]
+    text = (report.folder / "report.md").read_text()
+    assert text.index("## Summary") < text.index("Baseline vs + guidance") < text.index(
+        "Cross-dataset results")
+    assert "Baseline vs + guidance" in report.first_markdown
 
 
 # ---------------------------------------------------------------- Pareto front, by hand

@@ -17,6 +17,7 @@ from ablate.errors import AblateError
 from ablate.report import EVALUATORS, FORMATS, tables
 from ablate.report import ablation as abl_mod
 from ablate.report import guidance as guidance_mod
+from ablate.report import headline as headline_mod
 from ablate.report.data import SweepData, load_sweep
 from ablate.report.display import Table, number
 from ablate.report.importance import Importance, param_importance
@@ -46,6 +47,8 @@ class Report:
     files: list[Path] = field(default_factory=list)
     main_markdown: str = ""
     notes: list[str] = field(default_factory=list)
+    summary: str = ""  # the generated paragraph at the top of the report
+    first_markdown: str = ""  # baseline vs + guidance and its paired difference, as Markdown
 
 
 def parse_formats(formats: str | Iterable[str] | None) -> tuple[str, ...]:
@@ -108,12 +111,19 @@ def _write(data: SweepData, folder: Path, formats: tuple[str, ...], evaluator: s
     guided_pairs = guidance_mod.guidance_pairs(data, seed_vals)
     effects = abl_mod.ablation(guided_pairs)  # mean and bootstrap CI per guided recipe
     imp = param_importance(data, evaluator)
+    head = headline_mod.headline(data, seed_vals, ref)
+    summary = headline_mod.summary_paragraph(head, abl, imp.table, imp.evaluator)
+    first = ([headline_mod.first_table(head, data.tests),
+              headline_mod.difference_table(head, data.tests)] if head else [])
     front = tables.pareto(data)
     counts, errs = tables.status_counts(data), tables.errors(data)
     images = _plots(data, summ, abl, imp, front, ref, folder) if {"md", "html"} & set(formats) \
         else {}
-    doc = _document(data, main, ref, abl, effects, imp, front, counts, errs, images)
-    report = Report(data.name, folder, main_markdown=markdown_table(main))
+    doc = _document(data, main, ref, abl, effects, imp, front, counts, errs, images,
+                    summary, first)
+    report = Report(data.name, folder, main_markdown=markdown_table(main), summary=summary,
+                    first_markdown="\n\n".join(f"{t.title}\n\n{markdown_table(t)}"
+                                                   for t in first))
     report.files += [p for p in images.values() if p is not None]
     if "md" in formats:
         report.files.append(write_text(folder, "report.md", to_markdown(doc)))
@@ -123,7 +133,9 @@ def _write(data: SweepData, folder: Path, formats: tuple[str, ...], evaluator: s
         report.files += write_latex(folder, _latex_tables(doc))
     if "csv" in formats:
         report.files += write_csvs(folder, {
-            "main": summ, "guidance": effects, "guidance_pairs": guided_pairs,
+            "main": summ, "baseline_vs_guidance": head.numbers if head else pd.DataFrame(
+                columns=headline_mod.COLUMNS),
+            "guidance": effects, "guidance_pairs": guided_pairs,
             "ablation": abl, "ablation_pairs": pairs, "importance": imp.table,
             "pareto": front, "status": counts, "errors": errs, "trials": trial_table(data),
             "code_versions": version_counts(data.counted)})
@@ -155,7 +167,7 @@ def _images(images: dict[str, Path | None], *keys: str) -> list[Path]:
 def _document(data: SweepData, main: Table, ref: Reference, abl: pd.DataFrame,
               effects: pd.DataFrame, imp: Importance, front: pd.DataFrame | None,
               counts: pd.DataFrame, errs: pd.DataFrame,
-              images: dict[str, Path | None]) -> Document:
+              images: dict[str, Path | None], summary: str, first: list[Table]) -> Document:
     objectives = ", ".join(f"{o.get('metric')} ({o.get('mode')})" for o in data.objectives)
     meta = [("sweep", data.name), ("space", str(data.info.get("space") or "-")),
             ("status", str(data.info.get("status"))), ("created", str(data.info.get("created"))),
@@ -167,6 +179,11 @@ def _document(data: SweepData, main: Table, ref: Reference, abl: pd.DataFrame,
                         f"{', '.join(data.tests) or 'none'}"),
             ("reference", f"{ref.label} ({ref.how})")]
     sections = [
+        Section("Summary", text=[summary, "Generated from the tables below; every number in "
+                                 "it is one of their cells."]),
+        *([Section("Does guidance help? Baseline vs + guidance", tables=first, text=[
+            "The guided recipe against the plain detector of the same setup (guide=none: "
+            "encoder + head, CE only), on the same seeds and test sets."])] if first else []),
         Section("Cross-dataset results", tables=[main], images=_images(images, "heatmap"),
                 text=["Trained on the source domain, tested on each test set; checkpoints and "
                       "thresholds chosen on the source validation split, never on a test set."]),
@@ -201,7 +218,8 @@ def _guidance_section(effects: pd.DataFrame) -> list[Section]:
     """'Does guidance help?' when the sweep holds a matched plain baseline (guide=none)."""
     if effects.empty:
         return []
-    return [Section("Does guidance help?", bullets=guidance_mod.sentences(effects),
+    return [Section("Every guided recipe against its baseline",
+                    bullets=guidance_mod.sentences(effects),
                     tables=[guidance_mod.guidance_table(effects)],
                     text=["Each guided recipe against the plain detector of the same setup "
                           "(guide=none: encoder + head, CE only), on matched seeds and test "

@@ -46,9 +46,10 @@ def bootstrap_mean(values: Sequence[float], n_boot: int = N_BOOT, seed: int = 0,
     x, n, early = _finite(values)
     if early is not None:
         return early
+    x = np.sort(x)  # the CI depends on the values only, not on the order they came in
     mean = float(x.mean())
     rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)
+    means = x[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)  # (n_boot,)
     low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
     return mean, float(low), float(high), n
 
