@@ -168,13 +168,56 @@ def eval_cmd(run: str, tests: tuple[str, ...], scores_out: str | None, bootstrap
 
 
 @cli.command("spaces")
-def spaces_cmd() -> None:
-    """List the search spaces (search_spaces/*.yaml) with one line each."""
-    from ablate.space import list_spaces
+@click.argument("space", required=False, metavar="[NAME_OR_PATH]")
+@click.option("--db", "db_url", metavar="URL",
+              help="Results DB whose finished runs give measured step times (default: "
+                   "$ABLATE_DB or sqlite:///results/ablate.db).")
+@click.option("--measure", is_flag=True,
+              help="Time the reference's guided and baseline steps now (ablate bench, one "
+                   "thread, seconds on CPU) for cells no finished run has measured.")
+def spaces_cmd(space: str | None, db_url: str | None, measure: bool) -> None:
+    """List the search spaces, or show one: a design's cells and what it will cost.
 
-    for name, description in list_spaces():
-        click.echo(f"  {name:<12} {description}")
-    click.echo("run one with: ablate sweep --space NAME   (or a path to your own YAML)")
+    \b
+    A space either samples recipes (params + sampler: TPE, random, grid, NSGA-II) or
+    lists them as a design (design: one-at-a-time | factorial, with factors and a
+    reference). For a design, the cost is cells x seeds x steps x the step time
+    measured on finished runs of the same recipe in the results DB.
+
+    \b
+    Examples:
+      ablate spaces                  # every space, one line each
+      ablate spaces ablation         # the cells of the CPU module ablation, with cost
+      ablate spaces ablation --measure   # ... timing the steps no finished run has timed
+    """
+    from ablate.space import list_spaces, load_space
+
+    if space is None:
+        for name, description in list_spaces():
+            click.echo(f"  {name:<15} {description}")
+        click.echo("show one with: ablate spaces NAME;  run one with: ablate sweep --space NAME"
+                   "   (or a path to your own YAML)")
+        return
+    found = load_space(space)
+    click.echo(f"{found.name}: {found.description}")
+    if found.design is None:
+        click.echo(f"sampler {found.sampler.name}, {found.trials} trials x {found.seeds} seeds; "
+                   f"params: {', '.join(p.key for p in found.params) or 'none'}")
+        return
+    from ablate.space import format_value
+    from ablate.space.cost import design_cost, minutes
+
+    d = found.design
+    click.echo(f"{d.kind} design around the reference "
+               f"{' '.join(f'{k}={format_value(v)}' for k, v in d.reference.items())}; "
+               f"{d.size} cells x {found.seeds} seeds = {d.size * found.seeds} runs "
+               "(the same seeds in every cell)")
+    cost = design_cost(found, db_url, measure)
+    click.echo(cost.table.to_string(index=False, na_rep="?"))
+    click.echo(f"estimated train compute {minutes(cost.compute_min)}, wall "
+               f"{minutes(cost.wall_min)} at {found.max_concurrent} trials at once "
+               "(evaluation not included)")
+    click.echo(cost.note)
 
 
 @cli.command("sweep")

@@ -64,8 +64,9 @@ def _dry_run_all(check: _Check, cfgs: dict[str, Any]) -> None:
             first = str(err).strip().splitlines()[0] if str(err).strip() else ""
             check.problem(f"dry-run build of {label}: {type(err).__name__}: {first}")
     if built:
+        how = "one per design cell" if check.space.design else "params varied one at a time"
         check.notes.append(f"dry-run built {len(built)} distinct detector(s), one guided "
-                           "forward each (params varied one at a time)")
+                           f"forward each ({how})")
     for name, n in skipped.items():
         check.notes.append(f"dry-run build skipped for {n} configuration(s) with real teacher "
                            f"{name} (loading it takes minutes); only teacher.path was checked")

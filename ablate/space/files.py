@@ -29,7 +29,10 @@ def list_spaces() -> list[tuple[str, str]]:
     for name in names("search_spaces"):
         path = find("search_spaces", f"{name}.yaml")
         try:
-            out.append((name, load_space(str(path)).description))
+            space = load_space(str(path))
+            size = (f"  [{space.design.kind} design: {space.design.size} cells x "
+                    f"{space.seeds} seeds]" if space.design else "")
+            out.append((name, space.description + size))
         except AblateError as err:
             out.append((name, f"(invalid: {err})"))
     return out

@@ -22,7 +22,7 @@ KNOWN_METRICS = (
 )
 SAMPLERS = ("tpe", "random", "grid", "nsga2")
 TOP_KEYS = ("description", "fixed", "params", "objectives", "budget", "seeds",
-            "early_stopping", "resources", "tests", "sampler")
+            "early_stopping", "resources", "tests", "sampler", "design", "factors", "reference")
 PARAM_FIELDS = ("choice", "int", "float", "log", "step", "when")
 TINY_PREFIX = "tiny-"  # teachers not starting with it load real weights (minutes)
 MODEL_KEYS = ("backbone", "filter", "weight", "guide", "teacher", "loss", "image_size")
@@ -119,6 +119,7 @@ class SearchSpace:
     tests: list[str] | None
     sampler: SamplerSpec
     source_path: Path | None = None
+    design: Any = None  # a space.design.Design: explicit cells instead of a sampler
 
     @property
     def metrics(self) -> list[str]:
@@ -131,6 +132,13 @@ class SearchSpace:
     @property
     def multi_objective(self) -> bool:
         return len(self.objectives) > 1
+
+    @property
+    def sampler_name(self) -> str:
+        """What picks the recipes: the sampler, or the design and its size."""
+        if self.design is not None:
+            return f"design {self.design.kind} ({self.design.size} cells)"
+        return self.sampler.name
 
     @property
     def total_runs(self) -> int:

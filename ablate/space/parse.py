@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ablate.space.design import DESIGNS, Design
 from ablate.space.model import (
     KNOWN_METRICS,
     PARAM_FIELDS,
@@ -34,12 +35,15 @@ def parse_space(text: str, path: Path) -> SearchSpace:
     if unknown:
         where.fail(unknown[0], f"unknown top-level key; valid keys: {', '.join(TOP_KEYS)}")
     fixed = _fixed(data.get("fixed"), where)
-    params = _params(data.get("params"), where)
+    design = _design(data, fixed, where)
+    params = _params(data.get("params"), where) if design is None else design.params()
     clash = sorted(set(fixed) & {p.key for p in params})
     if clash:
         where.fail(f"params.{clash[0]}", "is also in fixed; keep it in one place")
     objectives = _objectives(data.get("objectives"), where)
     trials, max_concurrent = _budget(data.get("budget"), where)
+    if design is not None:
+        trials = design.size
     seeds = _int(data.get("seeds", 1), "seeds", where, minimum=1)
     if seeds > 1 and ("seed" in fixed or any(p.key == "seed" for p in params)):
         where.fail("seeds", "seeds > 1 sets the recipe's seed itself; remove `seed` from fixed/params")
@@ -58,8 +62,10 @@ def parse_space(text: str, path: Path) -> SearchSpace:
         early_stopping=_early_stopping(data.get("early_stopping"), where),
         resources=_resources(data.get("resources"), where),
         tests=tests,
-        sampler=_sampler(data.get("sampler"), params, len(objectives), where),
+        sampler=(SamplerSpec("grid", None) if design is not None
+                 else _sampler(data.get("sampler"), params, len(objectives), where)),
         source_path=path,
+        design=design,
     )
 
 
@@ -272,3 +278,66 @@ def _sampler(value: Any, params: list[Param], n_objectives: int, where: _Where) 
     if name == "grid" and not params:
         where.fail("sampler.name", "grid needs at least one param")
     return SamplerSpec(name, seed)
+
+
+def _design(data: dict, fixed: dict[str, Any], where: _Where) -> Design | None:
+    """`design:` with its `factors:` and `reference:`; None for a sampled space."""
+    kind = data.get("design")
+    if kind is None:
+        for key in ("factors", "reference"):
+            if key in data:
+                where.fail(key, "belongs to a design; add `design: one-at-a-time` (or factorial)")
+        return None
+    if kind not in DESIGNS:
+        where.fail("design", f"unknown design {kind!r}; choose from {', '.join(DESIGNS)}")
+    for key, why in (("params", "lists factors, not params"),
+                     ("sampler", "runs every cell; it has no sampler"),
+                     ("early_stopping", "runs every cell in full; drop early_stopping")):
+        if key in data:
+            where.fail(key, f"a design {why}")
+    if "trials" in (data.get("budget") or {}):
+        where.fail("budget.trials", "a design runs each of its cells once; drop budget.trials "
+                                    "(budget.max_concurrent still applies)")
+    factors = _factors(data.get("factors"), where)
+    clash = sorted(set(fixed) & set(factors))
+    if clash:
+        where.fail(f"factors.{clash[0]}", "is also in fixed; keep it in one place")
+    return Design(kind, factors, _reference(data.get("reference"), kind, factors, where))
+
+
+def _factors(value: Any, where: _Where) -> dict[str, tuple[Scalar, ...]]:
+    if not isinstance(value, dict) or not value:
+        where.fail("factors", "a design needs factors: a mapping of recipe key -> levels, "
+                              "e.g. {filter: [paper, conv_only], guide: [controlnet, none]}")
+    out = {}
+    for key, levels in value.items():
+        at = f"factors.{key}"
+        if not isinstance(key, str) or not _KEY.match(key):
+            where.fail(at, "is not a recipe key (dotted names like guide.shared)")
+        out[key] = _choices(levels, at, where)
+        if len(out[key]) < 2:
+            where.fail(at, "needs at least two levels (the reference's and an alternative)")
+    return out
+
+
+def _reference(value: Any, kind: str, factors: dict[str, tuple[Scalar, ...]],
+               where: _Where) -> dict[str, Scalar]:
+    """Every factor's reference level; a factorial design defaults to each first level."""
+    if value is None:
+        if kind == "one-at-a-time":
+            where.fail("reference", "one-at-a-time needs a reference: a level for each factor, "
+                                    f"e.g. {{{', '.join(f'{k}: {v[0]}' for k, v in factors.items())}}}")
+        return {k: levels[0] for k, levels in factors.items()}
+    if not isinstance(value, dict):
+        where.fail("reference", "must map each factor to its reference level")
+    for key, level in value.items():
+        if key not in factors:
+            where.fail(f"reference.{key}", f"is not a factor of the design; factors: "
+                                           f"{', '.join(factors)}")
+        if level not in factors[key]:
+            where.fail(f"reference.{key}", f"{level!r} is not one of {key}'s levels "
+                                           f"{list(factors[key])}")
+    missing = [k for k in factors if k not in value]
+    if missing:
+        where.fail("reference", f"gives no level for factor(s) {', '.join(missing)}")
+    return {k: value[k] for k in factors}

@@ -138,3 +138,26 @@ def _probe_configs(check: _Check, params: list[Param]) -> dict[str, Any]:
             except AblateError as err:
                 check.problem(f"{label}: {err}")
     return cfgs
+
+
+def _design_configs(check: _Check) -> dict[str, Any]:
+    """Compose every cell of the space's design; two cells that make one recipe (a level the
+    recipe ignores, e.g. a filter with guide=none) are a problem, not a silent duplicate."""
+    from ablate.recipe import compose, recipe_hash
+
+    cfgs: dict[str, Any] = {}
+    by_hash: dict[str, str] = {}
+    for cell in check.space.design.cells():
+        try:
+            cfg = compose([*check.overrides({}), *cell.overrides()])
+        except AblateError as err:
+            check.problem(f"cell {cell.label}: {err}")
+            continue
+        digest = recipe_hash(cfg)
+        if digest in by_hash:
+            check.problem(f"cells {by_hash[digest]} and {cell.label} are the same recipe; "
+                          "drop the level that changes nothing")
+            continue
+        by_hash[digest] = cell.label
+        cfgs[cell.label] = cfg
+    return cfgs

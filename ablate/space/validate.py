@@ -13,7 +13,7 @@ from ablate.space.budget import planned_evaluations
 from ablate.space.check import _Check
 from ablate.space.dryrun import _dry_run
 from ablate.space.model import SearchSpace
-from ablate.space.probe import _composable, _probe_configs, _registered
+from ablate.space.probe import _composable, _design_configs, _probe_configs, _registered
 
 
 def validate_space(space: SearchSpace, build: bool = True) -> list[str]:
@@ -26,7 +26,7 @@ def validate_space(space: SearchSpace, build: bool = True) -> list[str]:
     check = _Check(space)
     params = _registered(check)
     params = _composable(check, params)
-    cfgs = _probe_configs(check, params)
+    cfgs = _design_configs(check) if space.design else _probe_configs(check, params)
     _check_teachers(check, list(cfgs.values()))
     _check_encoders(check, list(cfgs.values()))
     _check_datasets(check, list(cfgs.values()))
@@ -40,7 +40,7 @@ def validate_space(space: SearchSpace, build: bool = True) -> list[str]:
             "their test numbers are optimistically biased; use val_auc for honest cross-dataset "
             "claims"
         )
-    if space.sampler.name == "grid":
+    if space.sampler.name == "grid" and space.design is None:
         size = math.prod(len(p.choices) for p in space.params)
         if size != space.trials:
             check.notes.append(f"grid has {size} points but budget.trials is {space.trials}")

@@ -108,6 +108,11 @@ def run_sweep(
     for note in validate_space(space):  # seconds; raises one error listing every problem
         _say(f"note: {note}")
     space_text = stored.get("space_text") or space.source_path.read_text()
+    if space.design is not None and not grid:  # a design: its cells are the explicit grid
+        if trials:
+            raise AblateError(f"space {space.name} is a design of {space.design.size} cells; "
+                              "it runs every cell, so drop --trials")
+        grid = space.design.grid()
     n_trials = len(grid) if grid else stored.get("trials") or trials or space.trials
     reference = compose(space.overrides())
     loggers = tune_callbacks(mlflow, wandb, name)  # a missing package fails here, not in Ray
@@ -125,7 +130,9 @@ def run_sweep(
             "space_file": str(space.source_path), "space_text": space_text, "trials": n_trials,
             "resources": per_trial, "seeds": space.seeds, "force": force, "storage": storage,
             "objectives": [o.__dict__ for o in space.objectives],
-            "sampler": "grid (explicit recipes)" if grid else space.sampler.name,
+            "sampler": ("grid (explicit recipes)" if grid and space.design is None
+                        else space.sampler_name),
+            **_design_settings(space),
             "overrides": settings or stored.get("overrides") or {},
         }, version, resume=resume)
         heartbeat.start(sweep_id)
@@ -161,6 +168,16 @@ def run_sweep(
 
     return SweepSummary(name, sweep_id, db.url, time.perf_counter() - start,
                         summary_table(db, name))
+
+
+def _design_settings(space) -> dict[str, Any]:  # noqa: ANN001
+    """What the report needs of a design: its kind, factors, and the cell to compare with."""
+    if space.design is None:
+        return {}
+    d = space.design
+    return {"design": {"kind": d.kind, "factors": {k: list(v) for k, v in d.factors.items()},
+                       "reference": d.reference, "cells": d.size},
+            "reference": dict(d.reference)}  # report.reference matches the cell by its levels
 
 
 @dataclass
