@@ -357,3 +357,38 @@ def test_holm_bad_input(bad, match: str) -> None:
     with pytest.raises(AblateError, match=match) as err:
         holm(bad)
     assert "\n" not in str(err.value)
+
+
+# ---------------------------------------------------------------- several seeds per detector
+
+
+def _psi(y, s) -> np.ndarray:
+    """(m, n) DeLong kernel of one run: 1 if the real scores below the fake, 1/2 on a tie."""
+    x, r = s[y == 1], s[y == 0]
+    return (r[None, :] < x[:, None]) + 0.5 * (r[None, :] == x[:, None])
+
+
+def test_mean_over_seeds_is_delong_on_the_averaged_kernel() -> None:
+    from ablate.report.delong import delong_mean_test
+
+    y, a0, b0 = _tied_pair(5)
+    _, a1, b1 = _tied_pair(6)
+    a, b = np.vstack([a0, a1]), np.vstack([b0, b1, b0 + (y == 1)])  # 2 runs of A, 3 of B
+    got = delong_mean_test(y, a, b)
+    # by the 1988 definitions, with each detector's kernel averaged over its runs
+    psi_a = np.mean([_psi(y, s) for s in a], axis=0)  # (m, n)
+    psi_b = np.mean([_psi(y, s) for s in b], axis=0)
+    m, n = psi_a.shape
+    d10, d01 = psi_a.mean(axis=1) - psi_b.mean(axis=1), psi_a.mean(axis=0) - psi_b.mean(axis=0)
+    var = (np.sum((d10 - d10.mean()) ** 2) / (m - 1) / m
+           + np.sum((d01 - d01.mean()) ** 2) / (n - 1) / n)
+    z = (psi_a.mean() - psi_b.mean()) / math.sqrt(var)
+    assert got.auc_a == pytest.approx(np.mean([roc_auc_score(y, s) for s in a]), abs=1e-12)
+    assert got.auc_b == pytest.approx(np.mean([roc_auc_score(y, s) for s in b]), abs=1e-12)
+    assert got.z == pytest.approx(z, rel=1e-10)
+    assert got.p_value == pytest.approx(math.erfc(abs(z) / math.sqrt(2)), rel=1e-10)
+    # one run each: exactly the two-detector test
+    one = delong_mean_test(y, a0[None], b0[None])
+    two = delong_test(y, a0, b0)
+    assert (one.z, one.p_value, one.var_a, one.cov) == pytest.approx(
+        (two.z, two.p_value, two.var_a, two.cov), rel=1e-10)

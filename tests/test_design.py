@@ -220,3 +220,29 @@ def test_a_design_sweep_runs_every_cell_on_the_same_seeds_and_the_report_pairs_t
         assert (row["ci_low"], row["ci_high"]) == pytest.approx(
             tuple(np.quantile(means, [0.025, 0.975])), abs=1e-12)
     assert "Baseline vs + guidance" in (report.folder / "report.md").read_text()
+
+    # paired tests: ΔAUC from the runs' own per-frame scores (sklearn), Holm by hand
+    from sklearn.metrics import roc_auc_score
+
+    tests = pd.read_csv(report.folder / "paired_tests.csv")
+    assert set(tests["test"]) == {"DeLong (frames)", "paired video bootstrap"}
+    runs = {(r["guide"]["name"], (r.get("filter") or {}).get("name"), int(t.seed)): t.run_dir
+            for t, r in zip(trials.itertuples(), recipes, strict=True)}
+    conv = tests[tests["comparison"].str.startswith("filter=conv_only")]
+    assert len(conv) == 4  # 2 test sets x 2 tests
+    for row in conv.itertuples():
+        aucs = {}
+        for cell in (("controlnet", "conv_only"), ("controlnet", "paper")):
+            per_seed = []
+            for seed in (0, 1):
+                s = pd.read_csv(Path(runs[(*cell, seed)]) / "scores.csv")
+                s = s[s["dataset"] == row.dataset]
+                per_seed.append(roc_auc_score(s["label"], s["score"]))
+            aucs[cell] = np.mean(per_seed)
+        assert row.diff == pytest.approx(aucs[("controlnet", "conv_only")]
+                                         - aucs[("controlnet", "paper")], abs=1e-12)
+    for _, group in tests.groupby("test"):
+        p = group["p"].to_numpy()
+        order = np.argsort(p)
+        holm = np.minimum(1, np.maximum.accumulate((len(p) - np.arange(len(p))) * p[order]))
+        assert group["p_holm"].to_numpy()[order] == pytest.approx(holm, abs=1e-12)

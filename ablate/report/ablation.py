@@ -109,10 +109,18 @@ def pair_differences(data: SweepData, seed_vals: pd.DataFrame,
                                  reference=format_value(ref_value), matching=matching,
                                  n_configs=len(used))
             parts.append(diffs)
-    columns = ["factor", "variant", "reference", "matching", "n_configs", *PAIR_KEYS, "diff"]
+    columns = ["factor", "variant", "reference", "matching", "n_configs", "config", *PAIR_KEYS,
+               "diff"]  # config: the matched recipe (paired rows only)
     if not parts:
         return pd.DataFrame(columns=columns)
-    return pd.concat(parts, ignore_index=True)[columns]
+    return pd.concat(parts, ignore_index=True).reindex(columns=columns)
+
+
+def matched_comparisons(pairs: pd.DataFrame, ref: Reference) -> list[tuple[str, str, str]]:
+    """(row name, matched config, reference config) of every paired ablation row."""
+    paired = pairs[pairs["matching"] == "paired"].drop_duplicates(["factor", "variant", "config"])
+    return [(f"{r.factor}={r.variant} vs {r.reference}", str(r.config), ref.config)
+            for r in paired.itertuples()]
 
 
 def _unmatched(data: SweepData, seed_vals: pd.DataFrame, variant_configs: list[str],

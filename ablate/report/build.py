@@ -18,6 +18,7 @@ from ablate.report import EVALUATORS, FORMATS, tables
 from ablate.report import ablation as abl_mod
 from ablate.report import guidance as guidance_mod
 from ablate.report import headline as headline_mod
+from ablate.report import paired as paired_mod
 from ablate.report.data import SweepData, load_sweep
 from ablate.report.display import Table, number
 from ablate.report.importance import Importance, param_importance
@@ -112,6 +113,10 @@ def _write(data: SweepData, folder: Path, formats: tuple[str, ...], evaluator: s
     effects = abl_mod.ablation(guided_pairs)  # mean and bootstrap CI per guided recipe
     imp = param_importance(data, evaluator)
     head = headline_mod.headline(data, seed_vals, ref)
+    comparisons = ([("guidance: " + head.guided_label + " vs " + head.baseline_label,
+                     head.guided, head.baseline)] if head else [])
+    tests_table = paired_mod.paired_tests(
+        data, comparisons + abl_mod.matched_comparisons(pairs, ref))
     summary = headline_mod.summary_paragraph(head, abl, imp.table, imp.evaluator)
     first = ([headline_mod.first_table(head, data.tests),
               headline_mod.difference_table(head, data.tests)] if head else [])
@@ -120,7 +125,7 @@ def _write(data: SweepData, folder: Path, formats: tuple[str, ...], evaluator: s
     images = _plots(data, summ, abl, imp, front, ref, folder) if {"md", "html"} & set(formats) \
         else {}
     doc = _document(data, main, ref, abl, effects, imp, front, counts, errs, images,
-                    summary, first)
+                    summary, first, tests_table)
     report = Report(data.name, folder, main_markdown=markdown_table(main), summary=summary,
                     first_markdown="\n\n".join(f"{t.title}\n\n{markdown_table(t)}"
                                                    for t in first))
@@ -135,7 +140,7 @@ def _write(data: SweepData, folder: Path, formats: tuple[str, ...], evaluator: s
         report.files += write_csvs(folder, {
             "main": summ, "baseline_vs_guidance": head.numbers if head else pd.DataFrame(
                 columns=headline_mod.COLUMNS),
-            "guidance": effects, "guidance_pairs": guided_pairs,
+            "guidance": effects, "guidance_pairs": guided_pairs, "paired_tests": tests_table,
             "ablation": abl, "ablation_pairs": pairs, "importance": imp.table,
             "pareto": front, "status": counts, "errors": errs, "trials": trial_table(data),
             "code_versions": version_counts(data.counted)})
@@ -167,7 +172,8 @@ def _images(images: dict[str, Path | None], *keys: str) -> list[Path]:
 def _document(data: SweepData, main: Table, ref: Reference, abl: pd.DataFrame,
               effects: pd.DataFrame, imp: Importance, front: pd.DataFrame | None,
               counts: pd.DataFrame, errs: pd.DataFrame,
-              images: dict[str, Path | None], summary: str, first: list[Table]) -> Document:
+              images: dict[str, Path | None], summary: str, first: list[Table],
+              tests_table: pd.DataFrame) -> Document:
     objectives = ", ".join(f"{o.get('metric')} ({o.get('mode')})" for o in data.objectives)
     meta = [("sweep", data.name), ("space", str(data.info.get("space") or "-")),
             ("status", str(data.info.get("status"))), ("created", str(data.info.get("created"))),
@@ -189,6 +195,7 @@ def _document(data: SweepData, main: Table, ref: Reference, abl: pd.DataFrame,
                       "thresholds chosen on the source validation split, never on a test set."]),
         *_guidance_section(effects),
         _ablation_section(abl, ref, images),
+        _paired_section(tests_table),
         Section("Parameter importance", text=imp.notes, tables=[_importance_table(imp)],
                 images=_images(images, "importance")),
     ]
@@ -234,6 +241,37 @@ def _ablation_section(abl: pd.DataFrame, ref: Reference,
         return Section("Ablation by slot", text=text)
     return Section("Ablation by slot", text=text, bullets=abl_mod.sentences(abl),
                    tables=[abl_mod.ablation_table(abl, ref)], images=_images(images, "ablation"))
+
+
+def _paired_section(t: pd.DataFrame) -> Section:
+    title = "Paired tests on the same test frames"
+    if t.empty:
+        return Section(title, text=["No matched comparison has per-frame scores readable "
+                                    "here (scores.csv in the run folders), so no p-values."])
+    wide = t.pivot_table(index=["comparison", "dataset"], columns="test",
+                         values=["p", "p_holm"], aggfunc="first", sort=False)
+    first = t.drop_duplicates(["comparison", "dataset"]).set_index(["comparison", "dataset"])
+    rows, bold = [], []
+    for (comparison, dataset), r in first.iterrows():
+        cells = [str(comparison), str(dataset), str(int(r["seeds"])),
+                 f"{r['diff'] * 100:+.2f}"]
+        marks = [False] * 4
+        for test in paired_mod.TESTS:
+            p, adj = wide.loc[(comparison, dataset), ("p", test)], wide.loc[
+                (comparison, dataset), ("p_holm", test)]
+            cells.append("-" if pd.isna(p) else f"{p:.3g} ({adj:.3g})")
+            marks.append(bool(pd.notna(adj) and adj < 0.05))
+        rows.append(cells)
+        bold.append(marks)
+    table = Table(title, ["Comparison", "Test set", "Seeds", "ΔAUC (pts)",
+                          f"{paired_mod.TESTS[0]} p (Holm)", f"{paired_mod.TESTS[1]} p (Holm)"],
+                  rows, bold, align="llrrrr", slug="paired_tests",
+                  note="ΔAUC: mean frame AUC over the seeds both have, A − B, on the frames both "
+                       "scored. DeLong treats frames as independent (optimistic with many "
+                       "frames per video); the paired video bootstrap resamples videos. Both "
+                       "measure test-set sampling given the trained models. In brackets: Holm-"
+                       "adjusted over every row of the column; bold: adjusted p < 0.05.")
+    return Section(title, tables=[table])
 
 
 def _importance_table(imp: Importance) -> Table:

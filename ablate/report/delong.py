@@ -147,6 +147,52 @@ def delong_test(labels, scores_a, scores_b) -> DeLongResult:
     )
 
 
+def _placements(fake: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(V10 (k, m), V01 (k, n), AUC (k,)) of k score rows on the same frames (midranks)."""
+    x, y = s[:, fake], s[:, ~fake]  # (k, m) fake scores, (k, n) real scores
+    m, n = x.shape[1], y.shape[1]
+    tx, ty = stats.rankdata(x, axis=1), stats.rankdata(y, axis=1)
+    tz = stats.rankdata(np.hstack([x, y]), axis=1)  # (k, m + n)
+    v10 = (tz[:, :m] - tx) / n  # (k, m): share of reals below fake i, ties 1/2
+    v01 = 1.0 - (tz[:, m:] - ty) / m  # (k, n): share of fakes above real j, ties 1/2
+    auc = (tz[:, :m].sum(axis=1) - m * (m + 1) / 2) / (m * n)  # (k,)
+    return v10, v01, auc
+
+
+def delong_mean_test(labels, scores_a, scores_b) -> DeLongResult:
+    """DeLong's test of mean AUC over several runs (seeds) of A against several of B, all
+    scored on the same frames: scores_a (k_a, N), scores_b (k_b, N).
+
+    The mean of AUCs is a linear combination of Mann-Whitney statistics, so its
+    structural components are the means of the runs' placements; the variance then
+    follows exactly as for one run (and with one run each this is `delong_test`). It
+    is the test-set sampling variance given the trained models: seed-to-seed training
+    noise is in the report's CIs over seeds, not here.
+    """
+    a, b = np.atleast_2d(np.asarray(scores_a)), np.atleast_2d(np.asarray(scores_b))
+    if a.ndim != 2 or b.ndim != 2 or a.shape[0] == 0 or b.shape[0] == 0:
+        raise AblateError("scores_a and scores_b must be (runs, frames) arrays")
+    fake = _checked(labels, a[0], b[0])[0]
+    runs = np.vstack([_checked(labels, r, r)[1][0] for r in (*a, *b)])  # (k_a + k_b, N)
+    v10, v01, auc = _placements(fake, runs)
+    ka = a.shape[0]
+    m, n = v10.shape[1], v01.shape[1]
+    d10 = v10[:ka].mean(axis=0) - v10[ka:].mean(axis=0)  # (m,)
+    d01 = v01[:ka].mean(axis=0) - v01[ka:].mean(axis=0)  # (n,)
+    va = np.var(v10[:ka].mean(axis=0), ddof=1) / m + np.var(v01[:ka].mean(axis=0), ddof=1) / n
+    vb = np.var(v10[ka:].mean(axis=0), ddof=1) / m + np.var(v01[ka:].mean(axis=0), ddof=1) / n
+    var_diff = np.var(d10, ddof=1) / m + np.var(d01, ddof=1) / n
+    diff = float(auc[:ka].mean() - auc[ka:].mean())
+    if np.isclose(var_diff, 0.0, atol=1e-15):
+        z, p = (0.0, 1.0) if np.isclose(diff, 0.0, atol=1e-12) else (float("nan"), float("nan"))
+    else:
+        z = diff / float(np.sqrt(var_diff))
+        p = float(2 * stats.norm.sf(abs(z)))
+    return DeLongResult(auc_a=float(auc[:ka].mean()), auc_b=float(auc[ka:].mean()), diff=diff,
+                        var_a=float(va), var_b=float(vb), cov=float((va + vb - var_diff) / 2),
+                        z=float(z), p_value=p, n_pos=m, n_neg=n)
+
+
 def holm(p_values) -> np.ndarray:
     """Holm step-down adjusted p-values, in the input order.
 

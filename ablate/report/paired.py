@@ -1,0 +1,122 @@
+"""Paired tests of two detectors on the same test frames, with Holm's correction.
+
+For each matched comparison of the report (guided vs its baseline; each paired
+one-at-a-time row vs the reference) and each test set, from the per-frame scores
+the runs wrote (`scores.csv` in each run folder, local or on --storage):
+
+- **DeLong** (`delong.delong_mean_test`): the mean frame AUC over the seeds both
+  recipes have, A against B on the same frames. Frames are treated as independent,
+  so with many frames per video it is optimistic.
+- **paired video bootstrap**: videos resampled (seed 0 for every run, so both
+  detectors see the same resamples), AUC per run, mean over seeds, difference A - B;
+  two-sided p = 2 min(P(d <= 0), P(d >= 0)) over the resamples. Videos, not frames,
+  are the unit, so it respects within-video correlation.
+
+Both condition on the trained models: they measure test-set sampling, not training
+noise (the CIs over seeds do that). Holm corrects each test's p-values over every
+comparison x test set in the table; the table names the test behind each p-value.
+Runs whose scores cannot be read here are left out and the table says so.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+
+from ablate.errors import AblateError
+from ablate.report.data import SweepData
+from ablate.report.delong import delong_mean_test, holm
+
+SCORES = "scores.csv"  # what each run folder holds (ablate.sweep.trial.SCORES, torch-free here)
+N_BOOT = 1000
+COLUMNS = ["comparison", "a", "b", "dataset", "seeds", "n_frames", "n_videos", "auc_a", "auc_b",
+           "diff", "test", "p", "p_holm"]
+TESTS = ("DeLong (frames)", "paired video bootstrap")
+
+
+def load_scores(data: SweepData, configs: set[str]) -> dict[tuple[str, int], pd.DataFrame]:
+    """(config, seed) -> that run's per-frame test scores, where its folder is readable."""
+    from ablate import storage
+
+    out = {}
+    counted = data.counted[data.counted["config"].isin(configs)]
+    for t in counted.itertuples():
+        run_dir = getattr(t, "run_dir", None)
+        if not run_dir or pd.isna(run_dir):
+            continue
+        try:
+            raw = storage.read_bytes(storage.join(str(run_dir), SCORES))
+        except (OSError, AblateError):
+            continue
+        out[(t.config, int(t.seed))] = pd.read_csv(io.BytesIO(raw))
+    return out
+
+
+def paired_tests(data: SweepData, comparisons: list[tuple[str, str, str]],
+                 n_boot: int = N_BOOT) -> pd.DataFrame:
+    """`comparisons`: (name, config A, config B). One row per (comparison, test set, test)."""
+    configs = {c for _, a, b in comparisons for c in (a, b)}
+    scores = load_scores(data, configs)
+    labels = data.counted.drop_duplicates("config").set_index("config")["label"]
+    rows = []
+    for name, a, b in comparisons:
+        seeds = sorted({s for (c, s) in scores if c == a} & {s for (c, s) in scores if c == b})
+        if not seeds:
+            continue
+        for dataset in data.tests:
+            frames = _aligned(scores, a, b, seeds, dataset)
+            if frames is None:
+                continue
+            y, va, vb, videos = frames
+            base = {"comparison": name, "a": labels.get(a, a), "b": labels.get(b, b),
+                    "dataset": dataset,
+                    "seeds": len(seeds), "n_frames": len(y), "n_videos": len(set(videos))}
+            try:
+                d = delong_mean_test(y, va, vb)
+            except AblateError:  # one class only, or too few frames: no test here
+                continue
+            rows.append({**base, "auc_a": d.auc_a, "auc_b": d.auc_b, "diff": d.diff,
+                         "test": TESTS[0], "p": d.p_value})
+            rows.append({**base, "auc_a": d.auc_a, "auc_b": d.auc_b, "diff": d.diff,
+                         "test": TESTS[1], "p": _bootstrap_p(videos, y, va, vb, n_boot)})
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    for test in TESTS:  # Holm over every comparison x test set of one test
+        mine = table["test"] == test
+        table.loc[mine, "p_holm"] = holm(table.loc[mine, "p"].to_numpy(dtype=float))
+    return table
+
+
+def _aligned(scores: dict, a: str, b: str, seeds: list[int], dataset: str):  # noqa: ANN202
+    """(labels (N,), scores of A (k, N), of B (k, N), video ids (N,)) on the frames every
+    run scored, in one order; None when the runs share no frames of this test set."""
+    def one(config: str, seed: int) -> pd.DataFrame:
+        f = scores[(config, seed)]
+        return f[f["dataset"] == dataset].drop_duplicates("path").set_index("path")
+
+    runs = [one(a, s) for s in seeds] + [one(b, s) for s in seeds]
+    common = sorted(set.intersection(*(set(r.index) for r in runs)))
+    if len(common) < 4:
+        return None
+    first = runs[0].loc[common]
+    y = first["label"].to_numpy(dtype=int)
+    stacked = np.vstack([r.loc[common, "score"].to_numpy(dtype=float) for r in runs])  # (2k, N)
+    k = len(seeds)
+    return y, stacked[:k], stacked[k:], first["video_id"].astype(str).to_numpy()
+
+
+def _bootstrap_p(videos: np.ndarray, y: np.ndarray, va: np.ndarray, vb: np.ndarray,
+                 n_boot: int) -> float:
+    """Two-sided p of mean AUC(A) - mean AUC(B) from the same video resamples."""
+    from ablate.metrics import bootstrap_values
+
+    def mean_boot(runs: np.ndarray) -> np.ndarray:  # (n_boot,): resampled AUC, mean over runs
+        return np.mean([bootstrap_values(videos, y, s, "auc", n_boot=n_boot, seed=0)[0]
+                        for s in runs], axis=0)
+
+    d = mean_boot(va) - mean_boot(vb)  # (n_boot,)
+    d = d[np.isfinite(d)]
+    if d.size == 0:
+        return float("nan")
+    return float(min(1.0, 2 * min(np.mean(d <= 0), np.mean(d >= 0))))
