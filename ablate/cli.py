@@ -357,21 +357,25 @@ def compare_teachers_cmd(teachers: str, seeds: int, recipe: tuple[str, ...], tes
 
 @cli.command("demo")
 @click.option("--db", "db_url", metavar="URL", help="Results DB URL (default: results/ablate.db).")
-@click.option("--trials", type=click.IntRange(min=1), help="Trials of the quick space (default: 8).")
+@click.option("--space", default="demo", show_default=True, metavar="NAME_OR_PATH",
+              help="The space to sweep with the fitted twin (e.g. ablation: 12 cells).")
 @click.option("--fit-steps", type=click.IntRange(min=1),
               help="UNet steps when fitting the teacher (default: the fit's default).")
-def demo_cmd(db_url: str | None, trials: int | None, fit_steps: int | None) -> None:
-    """The whole loop on this CPU (what `make demo` runs), about 10 minutes on 2 cores.
+def demo_cmd(db_url: str | None, space: str, fit_steps: int | None) -> None:
+    """The whole loop on this CPU (what `make demo` runs), about 12 minutes on 2 cores.
 
     \b
     1. build the embedded benchmark          (cached under results/benchmark/)
     2. fit the tiny SD 1.5 twin on its real faces   (cached under results/teachers/)
-    3. ablate sweep --space quick --set teacher.path=<the fitted twin>
-    4. ablate report, then print the report's path and its Markdown table
+    3. ablate sweep --space demo --set teacher.path=<the fitted twin>
+       (the plain baseline, the guided reference, filter=conv_only and weight=none,
+       3 seeds each, trained on synth-lowres, tested on the other families)
+    4. ablate report: prints its summary paragraph, the baseline vs + guidance
+       table and the path of report.html
     """
     from ablate.demo import run_demo
 
-    run_demo(db_url, trials, fit_steps)
+    run_demo(db_url, fit_steps, space)
 
 
 @cli.command("sweeps")

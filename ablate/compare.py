@@ -20,6 +20,7 @@ import pandas as pd
 import yaml
 
 from ablate.errors import AblateError
+from ablate.report.delong import delong_mean_test, holm
 from ablate.slots import NO_GUIDE
 from ablate.space import parse_settings
 
@@ -229,10 +230,32 @@ def comparison_table(db, name: str, teachers: dict[str, dict], n_boot: int = 100
                 row.update({f"d_{metric}": d_point, f"d_{metric}_low": d_low,
                             f"d_{metric}_high": d_high})
             row["ci_method"] = "paired video bootstrap" if boot[lab] else "stored CIs (no scores)"
+            row["p_delong"] = _delong_p(scores, lab, base, dataset)
             for cost in ("step_time_s", "peak_mem_mb", "params_trainable"):
                 row[cost] = float(mine[cost].mean()) if mine[cost].notna().any() else np.nan
             rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    # Holm over every teacher x test set compared with the base
+    table["p_delong_holm"] = holm(table["p_delong"].to_numpy(dtype=float))
+    return table
+
+
+def _delong_p(scores: dict, label: str, base: str, dataset: str) -> float:
+    """DeLong's p of mean frame AUC (seeds both have) of `label` against `base`, on the
+    frames both scored; NaN for the base itself or without readable scores."""
+    from ablate.report.paired import aligned_frames
+
+    seeds = sorted({s for (t, s) in scores if t == label} & {s for (t, s) in scores if t == base})
+    if label == base or not seeds:
+        return float("nan")
+    frames = aligned_frames(scores, label, base, seeds, dataset)
+    if frames is None:
+        return float("nan")
+    y, a, b, _ = frames
+    try:
+        return delong_mean_test(y, a, b).p_value
+    except AblateError:  # one class only on this test set
+        return float("nan")
 
 
 def _test_sets(metrics: pd.DataFrame) -> list[str]:
@@ -333,10 +356,17 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
             "EER [95% CI]": _fmt(r.eer, r.eer_low, r.eer_high),
             f"ΔAUC vs {base}": "—" if first else _fmt(r.d_auc, r.d_auc_low, r.d_auc_high, True),
             f"ΔEER vs {base}": "—" if first else _fmt(r.d_eer, r.d_eer_low, r.d_eer_high, True),
+            "DeLong p (Holm)": _p_cell(r, first),
             "step (s)": f"{r.step_time_s:.3f}", "peak mem (MB)": f"{r.peak_mem_mb:.0f}",
             "trainable params": f"{r.params_trainable:,.0f}",
         })
     return pd.DataFrame(rows)
+
+
+def _p_cell(r, first: bool) -> str:  # noqa: ANN001
+    """DeLong's p against the base and, in brackets, Holm-adjusted; '—' where none."""
+    p, adj = getattr(r, "p_delong", np.nan), getattr(r, "p_delong_holm", np.nan)
+    return "—" if first or pd.isna(p) else f"{p:.3g} ({adj:.3g})"
 
 
 def markdown(frame: pd.DataFrame) -> str:

@@ -96,6 +96,19 @@ def test_baseline_and_two_twins_one_seed_fill_the_db_and_the_report(tmp_path, mo
             assert row["d_auc_low"] <= row["d_auc"] <= row["d_auc_high"]
         first = table[(table["teacher"] == "none") & (table["test_set"] == dataset)].iloc[0]
         assert first["d_auc"] == 0 and first["d_auc_low"] == 0 == first["d_auc_high"]
+        # DeLong against the baseline on the frames both scored (frames joined by path here)
+        from ablate.report.delong import delong_test
+
+        for guided in ("tiny-sd15", "tiny-sd21"):
+            both = scores[guided][scores[guided]["dataset"] == dataset].merge(
+                scores["none"][scores["none"]["dataset"] == dataset], on="path")
+            want = delong_test(both["label_x"], both["score_x"], both["score_y"]).p_value
+            row = table[(table["teacher"] == guided) & (table["test_set"] == dataset)].iloc[0]
+            assert row["p_delong"] == pytest.approx(want, rel=1e-10)
+    p = table["p_delong"].dropna().to_numpy()  # Holm over the 4 comparisons, by hand
+    order = np.argsort(p)
+    holm = np.minimum(1, np.maximum.accumulate((4 - np.arange(4)) * p[order]))
+    assert table["p_delong_holm"].dropna().to_numpy()[order] == pytest.approx(holm, abs=1e-12)
     assert np.isfinite(table["step_time_s"]).all() and (table["params_trainable"] > 0).all()
     md = (folder / "compare.md").read_text()
     assert "tiny-sd21" in md and "ΔAUC vs none" in md

@@ -201,11 +201,13 @@ def summary_paragraph(h: Headline | None, abl: pd.DataFrame, imp_table: pd.DataF
         factor_means = ranked.groupby("factor")["size"].max().sort_values(ascending=False)
         text = (f"Of the one-at-a-time changes, {top['factor']}={top['variant']} moves mean "
                 f"test AUC the most ({_effect(top)} against {top['reference']})")
-        if len(factor_means) > 1:
-            text += f"; by its largest change, {factor_means.index[0]} is the factor that matters most"
         if clear.empty:
-            text += "; no change's CI excludes 0."
+            text += ("; no change's CI excludes 0, so these runs do not tell the factors "
+                     "apart.")
         else:
+            if len(factor_means) > 1 and _excludes_zero(top):
+                text += (f"; by its largest change, {factor_means.index[0]} is the factor "
+                         "that matters most")
             names = ", ".join(f"{r.factor}={r.variant}" for r in clear.itertuples())
             text += f"; {len(clear)} change(s) with a CI that excludes 0: {names}."
         parts.append(text)

@@ -66,7 +66,7 @@ def paired_tests(data: SweepData, comparisons: list[tuple[str, str, str]],
         if not seeds:
             continue
         for dataset in data.tests:
-            frames = _aligned(scores, a, b, seeds, dataset)
+            frames = aligned_frames(scores, a, b, seeds, dataset)
             if frames is None:
                 continue
             y, va, vb, videos = frames
@@ -80,7 +80,7 @@ def paired_tests(data: SweepData, comparisons: list[tuple[str, str, str]],
             rows.append({**base, "auc_a": d.auc_a, "auc_b": d.auc_b, "diff": d.diff,
                          "test": TESTS[0], "p": d.p_value})
             rows.append({**base, "auc_a": d.auc_a, "auc_b": d.auc_b, "diff": d.diff,
-                         "test": TESTS[1], "p": _bootstrap_p(videos, y, va, vb, n_boot)})
+                         "test": TESTS[1], "p": bootstrap_p(videos, y, va, vb, n_boot)})
     table = pd.DataFrame(rows, columns=COLUMNS)
     for test in TESTS:  # Holm over every comparison x test set of one test
         mine = table["test"] == test
@@ -88,7 +88,7 @@ def paired_tests(data: SweepData, comparisons: list[tuple[str, str, str]],
     return table
 
 
-def _aligned(scores: dict, a: str, b: str, seeds: list[int], dataset: str):  # noqa: ANN202
+def aligned_frames(scores: dict, a: str, b: str, seeds: list[int], dataset: str):  # noqa: ANN202
     """(labels (N,), scores of A (k, N), of B (k, N), video ids (N,)) on the frames every
     run scored, in one order; None when the runs share no frames of this test set."""
     def one(config: str, seed: int) -> pd.DataFrame:
@@ -106,7 +106,7 @@ def _aligned(scores: dict, a: str, b: str, seeds: list[int], dataset: str):  # n
     return y, stacked[:k], stacked[k:], first["video_id"].astype(str).to_numpy()
 
 
-def _bootstrap_p(videos: np.ndarray, y: np.ndarray, va: np.ndarray, vb: np.ndarray,
+def bootstrap_p(videos: np.ndarray, y: np.ndarray, va: np.ndarray, vb: np.ndarray,
                  n_boot: int) -> float:
     """Two-sided p of mean AUC(A) - mean AUC(B) from the same video resamples."""
     from ablate.metrics import bootstrap_values
