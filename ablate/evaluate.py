@@ -16,6 +16,7 @@ from torch import nn
 
 from ablate.data.dataset import FrameCache, ManifestDataset
 from ablate.data.loader import resolve_dataset, split_rows
+from ablate.errors import AblateError
 from ablate.metrics import evaluate_scores
 from ablate.scoring import score
 from ablate.tracking import write_metrics
@@ -23,9 +24,16 @@ from ablate.tracking import write_metrics
 
 def test_rows(name: str, image_size: int, cache: FrameCache | None = None,
               max_skip_fraction: float = 0.05) -> ManifestDataset:
-    """The test split of a dataset (or every row of a manifest that has no test split)."""
+    """The test split of a dataset, and only that: a manifest without test rows is an error,
+    never silently scored on its training frames. (Datasets that are all-test by definition,
+    DFD, DiffSwap, the cross-dataset sets, are written with split=test by their adapters.)"""
     table = resolve_dataset(name)
-    rows = split_rows(table, "test", name) if (table["split"] == "test").any() else table
+    if not (table["split"] == "test").any():
+        found = ", ".join(sorted(map(str, table["split"].dropna().unique()))) or "none"
+        raise AblateError(f"test set {name} has no test rows (its splits: {found}); scoring it "
+                          "would score frames a detector may have trained or selected on. Give "
+                          "a manifest whose held-out rows have split=test")
+    rows = split_rows(table, "test", name)
     return ManifestDataset(rows, image_size, guided=False, cache=cache,
                            max_skip_fraction=max_skip_fraction)
 

@@ -219,7 +219,8 @@ def test_a_design_sweep_runs_every_cell_on_the_same_seeds_and_the_report_pairs_t
         assert row["mean"] == pytest.approx(diffs.mean(), abs=1e-12)
         assert (row["ci_low"], row["ci_high"]) == pytest.approx(
             tuple(np.quantile(means, [0.025, 0.975])), abs=1e-12)
-    assert "Baseline vs + guidance" in (report.folder / "report.md").read_text()
+    text = (report.folder / "report.md").read_text()
+    assert "Baseline vs + guidance" in text and "A design samples nothing" in text
 
     # paired tests: ΔAUC from the runs' own per-frame scores (sklearn), Holm by hand
     from sklearn.metrics import roc_auc_score

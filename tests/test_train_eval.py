@@ -114,3 +114,24 @@ def test_train_baseline_from_the_cli(tmp_path):
     assert info["params_trainable"] == info["params_inference"]  # encoder + head, nothing else
     assert set(load_file(tmp_path / run / TRAINABLE)) == {
         f"classifier.{k}" for k in load_file(tmp_path / run / INFERENCE)}
+
+
+def test_a_test_set_is_scored_on_its_test_split_only(run_folder, tmp_path):
+    """A manifest given as a test set: its test rows only; without test rows, one clear
+    error (never the training frames scored as if held out)."""
+    from ablate.data.manifest import load_manifest, save_manifest
+    from ablate.data.synthetic import ensure_benchmark
+    from ablate.errors import AblateError
+    from ablate.evaluate import test_rows
+
+    table = load_manifest(ensure_benchmark())
+    colour = table[table["dataset"] == "synth-colour"]
+    mixed = save_manifest(colour[colour["split"].isin(["train", "test"])], tmp_path / "mixed.csv")
+    rows = test_rows(str(mixed), 32)
+    assert len(rows) == int((colour["split"] == "test").sum())  # counted independently
+    train_only = save_manifest(colour[colour["split"] == "train"], tmp_path / "train.csv")
+    with pytest.raises(AblateError, match=r"has no test rows \(its splits: train\)"):
+        test_rows(str(train_only), 32)
+    code, _, err = run_cli("eval", str(run_folder), "--test", str(train_only), "--quiet",
+                           cwd=tmp_path)
+    assert code == 2 and "no test rows" in err and len(err.strip().splitlines()) == 1, err

@@ -101,6 +101,10 @@ def param_importance(data: SweepData, evaluator: str = "fanova") -> Importance:
     empty = pd.DataFrame(columns=["objective", "param", "importance"])
     sampler = sampler_name(data.settings)
     result = Importance(empty, sampler=sampler, evaluator=evaluator)
+    if data.settings.get("design"):
+        result.notes.append("A design samples nothing, so there is no importance to estimate: "
+                            "each factor's effect is its paired row in the ablation table.")
+        return result
     try:
         present = _has_study(data.optuna_url, data.name)
     except sa.exc.SQLAlchemyError as exc:
