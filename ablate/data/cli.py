@@ -80,6 +80,63 @@ def manifest(
     click.echo(f"wrote {len(df)} frames to {df.attrs['manifest']}")
 
 
+@data.group("import")
+def import_group() -> None:
+    """Turn another toolkit's dataset description into a frame manifest."""
+
+
+@import_group.command("deepfakebench")
+@click.argument("jsons", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option(
+    "--root",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="DeepfakeBench's rgb_dir: relative frame paths start here.",
+)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help=".csv or .parquet")
+@click.option(
+    "--compression",
+    type=click.Choice(["c23", "c40", "raw"]),
+    default="c23",
+    show_default=True,
+    help="FF++ family: which compression level of the JSON to read.",
+)
+@click.option(
+    "--split",
+    "splits",
+    multiple=True,
+    type=click.Choice(["train", "val", "test"]),
+    help="Import only these splits (repeatable; default all).",
+)
+@click.option(
+    "--source-is",
+    type=click.Choice(["A", "B"]),
+    default="B",
+    show_default=True,
+    help="FF++: which original of fake A_B is the source (identity donor).",
+)
+def import_deepfakebench(
+    jsons: tuple[str, ...],
+    root: str,
+    out: str,
+    compression: str,
+    splits: tuple[str, ...],
+    source_is: str,
+) -> None:
+    """Write the manifest of DeepfakeBench dataset JSON file(s) JSONS to --out."""
+    from ablate.data.adapters import format_notes
+    from ablate.data.deepfakebench import import_deepfakebench as run_import
+    from ablate.data.manifest import count_frames
+
+    df = run_import(
+        jsons, root, out, compression=compression, splits=splits or None, source_is=source_is
+    )
+    click.echo(count_frames(df).to_string(index=False))
+    for line in format_notes(df):
+        click.echo(f"note: {line}")
+    click.echo(f"wrote {len(df)} frames to {df.attrs['manifest']}")
+
+
 @data.command("prepare")
 @click.option(
     "--videos", required=True, help="Folder (searched recursively), one video file, or a glob."
