@@ -135,3 +135,20 @@ def test_a_test_set_is_scored_on_its_test_split_only(run_folder, tmp_path):
     code, _, err = run_cli("eval", str(run_folder), "--test", str(train_only), "--quiet",
                            cwd=tmp_path)
     assert code == 2 and "no test rows" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_training_source_whose_video_is_in_two_splits_is_refused(tmp_path):
+    """DeepfakeBench-style val = test: selection would see test frames; one line, no run."""
+    from ablate.data.manifest import load_manifest, save_manifest
+    from ablate.data.synthetic import ensure_benchmark
+
+    table = load_manifest(ensure_benchmark())
+    blend = table[table["dataset"] == "synth-blend"]
+    val_video = blend.loc[blend["split"] == "val", "video_id"].iloc[0]
+    leaked = blend[blend["video_id"] == val_video].assign(split="test")
+    path = save_manifest(pd.concat([blend, leaked]), tmp_path / "leaky.csv")
+    code, _, err = run_cli("train", *TINY, f"data.train={path}", cwd=tmp_path,
+                           env={"ABLATE_CACHE": str(Path("results").resolve())})
+    assert code == 2 and "in more than one split" in err and val_video in err, err
+    assert "in test and val" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "results" / "runs").exists()

@@ -42,6 +42,7 @@ def train_and_val(cfg: DictConfig) -> tuple[ManifestDataset, ManifestDataset]:
     """The source domain's train split (guided unless the recipe is the baseline) and val
     split (for selection only)."""
     table = source_table(cfg)
+    _refuse_shared_videos(table, str(cfg.data.train))
     cache = FrameCache()
     from ablate.recipe import is_guided
 
@@ -50,6 +51,20 @@ def train_and_val(cfg: DictConfig) -> tuple[ManifestDataset, ManifestDataset]:
                      cfg.data.augment, cache)
     val = _dataset(cfg, split_rows(table, "val", cfg.data.train), False, "none", cache)
     return train, val
+
+
+def _refuse_shared_videos(table: pd.DataFrame, name: str) -> None:
+    """A video in two splits of the source domain would let selection (val) see training or
+    test frames: DeepfakeBench, for one, lists Celeb-DF's and DFDC-P's val videos as test."""
+    per_video = table.groupby(["dataset", "video_id"])["split"].agg(lambda s: sorted(set(s)))
+    shared = per_video[per_video.map(len) > 1]
+    if len(shared):
+        (_, video), splits = next(iter(shared.items()))
+        raise AblateError(
+            f"training source {name}: {len(shared)} video(s) are in more than one split, e.g. "
+            f"{video} in {' and '.join(splits)}; checkpoints would be chosen on frames "
+            "that are also trained or tested on. Give each video one split (`ablate data "
+            "check` lists them)")
 
 
 def make_loader(dataset: ManifestDataset, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
