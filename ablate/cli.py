@@ -49,7 +49,7 @@ def cli(debug: bool, plugins: tuple[str, ...], config_paths: tuple[str, ...]) ->
 
     \b
     Quick start (CPU, tiny teacher twins):
-      ablate demo                      # benchmark, fitted twin, quick sweep, report (~10 min)
+      ablate demo                      # benchmark, fitted twin, matched ablation, report (~8 min)
       ablate list                      # every variant of every slot
       ablate train filter=code teacher=tiny-sd21 train.steps=100   # one recipe
       ablate sweep --space quick       # a search space as Ray Tune trials (ablate spaces)

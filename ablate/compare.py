@@ -20,7 +20,8 @@ import pandas as pd
 import yaml
 
 from ablate.errors import AblateError
-from ablate.report.delong import delong_mean_test, holm
+from ablate.report.delong import holm
+from ablate.report.paired import delong_on, read_scores
 from ablate.slots import NO_GUIDE
 from ablate.space import parse_settings
 
@@ -211,7 +212,7 @@ def comparison_table(db, name: str, teachers: dict[str, dict], n_boot: int = 100
         errors = "; ".join(f"{r.teacher}: {r.status} {r.error or ''}".strip()
                            for r in trials.itertuples())
         raise AblateError(f"comparison {name} has no finished trials ({errors})")
-    scores = _load_scores(done)
+    scores = read_scores(done, "teacher")  # (teacher, seed) -> per-frame scores
     metrics = db.metrics(name)
     labels = list(teachers)
     base = labels[0]
@@ -243,45 +244,13 @@ def comparison_table(db, name: str, teachers: dict[str, dict], n_boot: int = 100
 def _delong_p(scores: dict, label: str, base: str, dataset: str) -> float:
     """DeLong's p of mean frame AUC (seeds both have) of `label` against `base`, on the
     frames both scored; NaN for the base itself or without readable scores."""
-    from ablate.report.paired import aligned_frames
-
-    seeds = sorted({s for (t, s) in scores if t == label} & {s for (t, s) in scores if t == base})
-    if label == base or not seeds:
-        return float("nan")
-    frames = aligned_frames(scores, label, base, seeds, dataset)
-    if frames is None:
-        return float("nan")
-    y, a, b, _ = frames
-    try:
-        return delong_mean_test(y, a, b).p_value
-    except AblateError:  # one class only on this test set
-        return float("nan")
+    found = None if label == base else delong_on(scores, label, base, dataset)
+    return float("nan") if found is None else found[0].p_value
 
 
 def _test_sets(metrics: pd.DataFrame) -> list[str]:
     test = metrics[metrics["split"] == "test"]
     return list(dict.fromkeys(test["dataset"]))
-
-
-def _load_scores(done: pd.DataFrame) -> dict:
-    """(teacher, seed) -> per-frame scores table, where the run folder is readable here
-    (a local folder, or the sweep's --storage, e.g. s3://...)."""
-    import io
-
-    from ablate import storage
-    from ablate.sweep import SCORES
-
-    out = {}
-    for t in done.itertuples():
-        run_dir = t.run_dir
-        if not run_dir or pd.isna(run_dir):
-            continue
-        try:
-            raw = storage.read_bytes(storage.join(str(run_dir), SCORES))
-        except (OSError, AblateError):  # gone, or storage unreachable: the stored CIs
-            continue
-        out[(t.teacher, int(t.seed))] = pd.read_csv(io.BytesIO(raw))
-    return out
 
 
 def _boot_over_seeds(scores: dict, label: str, dataset: str, n_boot: int) -> dict:

@@ -36,51 +36,56 @@ COLUMNS = ["comparison", "a", "b", "dataset", "seeds", "n_frames", "n_videos", "
 TESTS = ("DeLong (frames)", "paired video bootstrap")
 
 
-def load_scores(data: SweepData, configs: set[str]) -> dict[tuple[str, int], pd.DataFrame]:
-    """(config, seed) -> that run's per-frame test scores, where its folder is readable."""
+def read_scores(runs: pd.DataFrame, key: str) -> dict[tuple[str, int], pd.DataFrame]:
+    """(run[key], seed) -> that run's per-frame test scores, for each run whose folder is
+    readable here (a local folder, or the sweep's --storage, e.g. s3://...)."""
     from ablate import storage
 
     out = {}
-    counted = data.counted[data.counted["config"].isin(configs)]
-    for t in counted.itertuples():
+    for t in runs.itertuples():
         run_dir = getattr(t, "run_dir", None)
         if not run_dir or pd.isna(run_dir):
             continue
         try:
             raw = storage.read_bytes(storage.join(str(run_dir), SCORES))
-        except (OSError, AblateError):
+        except (OSError, AblateError):  # gone, or storage unreachable
             continue
-        out[(t.config, int(t.seed))] = pd.read_csv(io.BytesIO(raw))
+        out[(getattr(t, key), int(t.seed))] = pd.read_csv(io.BytesIO(raw))
     return out
+
+
+def delong_on(scores: dict, a: str, b: str, dataset: str):  # noqa: ANN201
+    """(DeLongResult of mean AUC of A vs B over the seeds both have, the aligned frames), or
+    None without common seeds, shared frames or both classes on this test set."""
+    seeds = sorted({s for (c, s) in scores if c == a} & {s for (c, s) in scores if c == b})
+    frames = aligned_frames(scores, a, b, seeds, dataset) if seeds else None
+    if frames is None:
+        return None
+    try:
+        return delong_mean_test(frames[0], frames[1], frames[2]), frames
+    except AblateError:  # one class only, or too few frames: no test here
+        return None
 
 
 def paired_tests(data: SweepData, comparisons: list[tuple[str, str, str]],
                  n_boot: int = N_BOOT) -> pd.DataFrame:
     """`comparisons`: (name, config A, config B). One row per (comparison, test set, test)."""
     configs = {c for _, a, b in comparisons for c in (a, b)}
-    scores = load_scores(data, configs)
+    scores = read_scores(data.counted[data.counted["config"].isin(configs)], "config")
     labels = data.counted.drop_duplicates("config").set_index("config")["label"]
     rows = []
     for name, a, b in comparisons:
-        seeds = sorted({s for (c, s) in scores if c == a} & {s for (c, s) in scores if c == b})
-        if not seeds:
-            continue
         for dataset in data.tests:
-            frames = aligned_frames(scores, a, b, seeds, dataset)
-            if frames is None:
+            found = delong_on(scores, a, b, dataset)
+            if found is None:
                 continue
-            y, va, vb, videos = frames
+            d, (y, va, vb, videos) = found
             base = {"comparison": name, "a": labels.get(a, a), "b": labels.get(b, b),
-                    "dataset": dataset,
-                    "seeds": len(seeds), "n_frames": len(y), "n_videos": len(set(videos))}
-            try:
-                d = delong_mean_test(y, va, vb)
-            except AblateError:  # one class only, or too few frames: no test here
-                continue
-            rows.append({**base, "auc_a": d.auc_a, "auc_b": d.auc_b, "diff": d.diff,
-                         "test": TESTS[0], "p": d.p_value})
-            rows.append({**base, "auc_a": d.auc_a, "auc_b": d.auc_b, "diff": d.diff,
-                         "test": TESTS[1], "p": bootstrap_p(videos, y, va, vb, n_boot)})
+                    "dataset": dataset, "seeds": len(va), "n_frames": len(y),
+                    "n_videos": len(set(videos)), "auc_a": d.auc_a, "auc_b": d.auc_b,
+                    "diff": d.diff}
+            rows.append({**base, "test": TESTS[0], "p": d.p_value})
+            rows.append({**base, "test": TESTS[1], "p": bootstrap_p(videos, y, va, vb, n_boot)})
     table = pd.DataFrame(rows, columns=COLUMNS)
     for test in TESTS:  # Holm over every comparison x test set of one test
         mine = table["test"] == test
