@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ablate.report.ablation import excludes_zero
 from ablate.report.data import SweepData
 from ablate.report.display import Table, pm
 from ablate.report.guidance import baseline_of
@@ -104,8 +105,7 @@ def _row(dataset: str, level: str, metric: str, who: str, mean: float, low: floa
 
 
 def _excludes_zero(row: pd.Series | None) -> bool:
-    return bool(row is not None and pd.notna(row["ci_low"])
-                and (row["ci_low"] > 0 or row["ci_high"] < 0))
+    return row is not None and excludes_zero(row)
 
 
 def first_table(h: Headline, tests: list[str]) -> Table:
@@ -197,7 +197,7 @@ def summary_paragraph(h: Headline | None, abl: pd.DataFrame, imp_table: pd.DataF
     if not paired.empty:
         ranked = paired.assign(size=paired["mean"].abs()).sort_values("size", ascending=False)
         top = ranked.iloc[0]
-        clear = ranked[(ranked["ci_low"] > 0) | (ranked["ci_high"] < 0)]
+        clear = ranked[ranked.apply(excludes_zero, axis=1)]
         factor_means = ranked.groupby("factor")["size"].max().sort_values(ascending=False)
         text = (f"Of the one-at-a-time changes, {top['factor']}={top['variant']} moves mean "
                 f"test AUC the most ({_effect(top)} against {top['reference']})")

@@ -100,12 +100,15 @@ def _reference_overrides(space: SearchSpace) -> list[str]:
 
 def _measured(hashes: list[str], db_url: str | None) -> pd.DataFrame:
     """Per recipe hash: median step time, median train steps, finished runs (n)."""
-    from ablate.results import ResultsDB, default_url
+    from ablate.errors import AblateError
+    from ablate.results import ResultsDB, default_url, require_existing_db
 
     empty = pd.DataFrame(columns=["step_time_s", "train_steps", "n"])
     url = db_url or default_url()
-    if url.startswith("sqlite:///") and not _sqlite_exists(url):
-        return empty  # never create a database just to look for step times
+    try:
+        require_existing_db(url)  # never create a database just to look for step times
+    except AblateError:
+        return empty
     with ResultsDB(url) as db:
         trials = db.trials()
     if trials.empty:
@@ -116,12 +119,6 @@ def _measured(hashes: list[str], db_url: str | None) -> pd.DataFrame:
     return pd.DataFrame({"step_time_s": grouped["step_time_s"].median(),
                          "train_steps": grouped["train_steps"].median(),
                          "n": grouped.size()})
-
-
-def _sqlite_exists(url: str) -> bool:
-    from pathlib import Path
-
-    return Path(url.removeprefix("sqlite:///")).is_file()
 
 
 def minutes(value: float) -> str:
