@@ -8,6 +8,8 @@ import sys
 
 import click
 
+SYNTHETIC = "synthetic-1080p"  # --decode: make a test clip instead of reading one
+
 
 @click.command("bench")
 @click.argument("overrides", nargs=-1)
@@ -31,11 +33,16 @@ import click
               help="With --sweep-overhead: the sweep's wall time (`ablate sweep` prints it).")
 @click.option("--concurrency", type=click.IntRange(min=1),
               help="With --sweep-overhead: trials at once (default: the most seen at once).")
+@click.option("--decode", "decode", metavar="VIDEO",
+              help="Instead of timing steps: reading 32 evenly spaced frames of VIDEO, "
+                   f"sequentially vs by seeking; '{SYNTHETIC}' makes a 1080p H.264 clip.")
+@click.option("--clip-seconds", default=60.0, show_default=True, type=click.FloatRange(min=1),
+              help=f"With --decode {SYNTHETIC}: the clip's length (30 fps, keyframe every 250).")
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
 def bench(overrides: tuple[str, ...], recipe: tuple[str, ...], device: str, warmup: int,
           repeats: int, eval_batches: int, eval_batch_size: int, threads: int | None,
           sweep: str | None, wall: float | None, concurrency: int | None,
-          as_json: bool) -> None:
+          decode: str | None, clip_seconds: float, as_json: bool) -> None:
     """Time guided training and evaluation of a recipe, side by side in one run.
 
     \b
@@ -46,6 +53,7 @@ def bench(overrides: tuple[str, ...], recipe: tuple[str, ...], device: str, warm
     Reports ratios, peak GPU memory, images per second and the goals met.
     With --sweep-overhead SWEEP --wall S: what a finished sweep spent outside
     trial compute instead (ablate/bench/overhead.py says how it is measured).
+    With --decode VIDEO: frame sampling speed of `ablate data prepare` instead.
 
     \b
     Examples:
@@ -53,7 +61,11 @@ def bench(overrides: tuple[str, ...], recipe: tuple[str, ...], device: str, warm
       ablate bench --json --repeats 3 train.batch_size=4
       ablate bench teacher=sd15 teacher.random_init=true backbone=efficientnet_b4 \\
           backbone.random_init=true image_size=256 train.batch_size=16 --device cuda
+      ablate bench --decode synthetic-1080p          # seek vs sequential frame reading
     """
+    if decode:
+        _decode(decode, clip_seconds, repeats, as_json)
+        return
     if sweep:
         _sweep_overhead(sweep, wall, concurrency, as_json)
         return
@@ -66,6 +78,23 @@ def bench(overrides: tuple[str, ...], recipe: tuple[str, ...], device: str, warm
         click.echo(json.dumps(report, indent=2))
     else:
         click.echo(format_report(report))
+
+
+def _decode(video: str, seconds: float, repeats: int, as_json: bool) -> None:
+    import tempfile
+    from pathlib import Path
+
+    from ablate.bench.decode import bench_decode, format_decode, make_clip
+    from ablate.errors import AblateError
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if video == SYNTHETIC:
+            click.echo(f"encoding a {seconds:g} s 1080p test clip ...", err=True)
+            video = str(make_clip(Path(tmp) / "synthetic-1080p.mp4", seconds=seconds))
+        elif not Path(video).is_file():
+            raise AblateError(f"--decode: no video at {video}; give a video file or {SYNTHETIC}")
+        found = bench_decode(video, repeats=repeats)
+    click.echo(json.dumps(found.as_dict(), indent=2) if as_json else format_decode(found))
 
 
 def _sweep_overhead(sweep: str, wall: float | None, concurrency: int | None,
