@@ -1,7 +1,9 @@
-"""`ablate data prepare`: sampling, face crops, skip reporting, resume, CLI errors.
+"""`ablate data prepare`: sampling, face crops, misses, matching crops, resume, CLI errors.
 
 Tiny synthetic videos (20 frames, MJPG .avi): one with a real face (skimage's
-bundled astronaut photo), one of noise (no face), one of random bytes (corrupt).
+bundled astronaut photo), one of noise (no face), one of random bytes (corrupt),
+one of skimage's non-face photos; and a small FF++ tree for matching crops.
+The detector is the default, MTCNN (tests/test_faces.py checks it on its own).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 import pytest
 import skimage.data
 
+from ablate.data import faces
 from ablate.data import prepare as prep
 from ablate.errors import AblateError
 
@@ -92,26 +95,20 @@ def test_sample_indices_are_evenly_spaced_with_both_ends():
     assert prep.sample_indices(4, 0) == [0, 1, 2, 3]
 
 
-def test_square_box_grows_by_margin_and_stays_inside_the_frame():
-    assert prep.square_box((40, 40, 20, 10), 0.5, 100, 200) == (35, 30, 30, 30)
-    assert prep.square_box((0, 0, 20, 20), 0.5, 100, 200) == (0, 0, 30, 30)  # shifted in
-    assert prep.square_box((150, 50, 80, 80), 1.0, 100, 200) == (100, 0, 100, 100)  # shrunk
-    assert prep.centre_box(120, 160) == (20, 0, 120, 120)
+def test_the_bundled_cascade_finds_the_test_face_and_not_noise():
+    detector = faces.make_detector("lbp")
+    assert all(faces.detect_faces(f[..., ::-1], detector) for f in _face_frames()[:3])
+    assert not faces.detect_faces(_noise_frames()[0][..., ::-1], detector)
 
 
-def test_the_bundled_detector_finds_the_test_face_and_not_noise():
-    detector = prep.make_detector("lbp")
-    assert all(prep.detect_face(f, detector) for f in _face_frames()[:3])
-    assert prep.detect_face(_noise_frames()[0], detector) is None
-
-
-def test_haar_works_or_says_what_to_use():
+def test_haar_works_or_says_what_to_use(monkeypatch):
+    frame = _face_frames()[0][..., ::-1]
     if hasattr(cv2, "CascadeClassifier"):
-        assert prep.detect_face(_face_frames()[0], prep.make_detector("haar")) is not None
+        assert faces.detect_faces(frame, faces.make_detector("haar"))
     else:
-        prep._DETECTORS.pop("haar", None)
-        with pytest.raises(AblateError, match="--detector lbp"):
-            prep.make_detector("haar")
+        monkeypatch.setattr(faces, "_BUILT", {})
+        with pytest.raises(AblateError, match="use --detector mtcnn or lbp"):
+            faces.make_detector("haar")
 
 
 # ---------------------------------------------------------------- a run
@@ -138,6 +135,8 @@ def test_crops_skips_and_report(clips, tmp_path):
     assert summary.videos == 3 and summary.prepared == 2
     assert summary.no_face == ["noise.avi"]
     assert list(summary.unreadable) == ["bad/corrupt.mp4"]
+    reason = summary.unreadable["bad/corrupt.mp4"]  # names the file and what to do
+    assert str(videos / "bad/corrupt.mp4") in reason and "then rerun" in reason
     assert summary.frames_written == 5 and summary.frames_no_face == 5
     assert _pngs(tmp_path / "out/noise") == []  # marker only: done, nothing to read
     assert not (tmp_path / "out/bad").exists()
@@ -203,19 +202,17 @@ def test_detector_none_centre_crops_every_sampled_frame(clips, tmp_path):
     assert np.abs(crop.astype(int) - expected).mean() < 40  # MJPG is lossy; a shift is not
 
 
-def test_header_that_overcounts_frames_is_resampled(clips, tmp_path, monkeypatch):
+def test_frames_that_do_not_decode_make_the_video_unreadable_by_name(
+    clips, tmp_path, monkeypatch
+):
+    """Sampled frames past the real end (a stream cut short) are not silently dropped."""
     videos = _tree(tmp_path / "v", {"one.avi": clips["face"]})
-    monkeypatch.setattr(prep, "frame_count", lambda video: FRAMES + 10)
-    run(videos, tmp_path / "out")
-    marker = prep.read_marker(tmp_path / "out/one")
-    assert marker["frame_count"] == FRAMES and marker["written"] == [0, 5, 10, 14, 19]
-    assert _pngs(tmp_path / "out/one") == [
-        "0000.png",
-        "0005.png",
-        "0010.png",
-        "0014.png",
-        "0019.png",
-    ]
+    monkeypatch.setattr(prep.decode, "frame_count", lambda video: FRAMES + 10)
+    summary = run(videos, tmp_path / "out")
+    reason = summary.unreadable["one.avi"]
+    assert str(videos / "one.avi") in reason and "re-encode or remove it, then rerun" in reason
+    assert "3 of its 5 sampled frames" in reason  # of 0, 7, 14, 22, 29 only 0, 7, 14 exist
+    assert not (tmp_path / "out/one").exists()  # nothing half-written left
 
 
 def test_glob_input_and_name_clash(clips, tmp_path):
@@ -280,6 +277,159 @@ def test_workers_give_the_same_crops(clips, tmp_path):
     ]
 
 
+# ---------------------------------------------------------------- misses and settings
+
+
+def _photo_frames() -> list[np.ndarray]:
+    """BGR 320x240 frames: the astronaut, then four of skimage's photos without a face."""
+    astronaut = skimage.data.astronaut()[0:300, 100:500]  # face at x 80..160, y 62..172
+    images = [astronaut] + [getattr(skimage.data, n)() for n in ("coffee", "chelsea", "rocket")]
+    images.append(np.stack([skimage.data.brick()] * 3, axis=-1))
+    return [cv2.resize(im[..., ::-1], (320, 240), interpolation=cv2.INTER_AREA) for im in images]
+
+
+def test_non_face_frames_are_misses_never_crops(tmp_path):
+    videos = tmp_path / "v"
+    _write_video(videos / "photos.avi", _photo_frames())
+    summary = run(videos, tmp_path / "out", frames=0)
+    marker = prep.read_marker(tmp_path / "out/photos")
+    assert marker["written"] == [0] and marker["no_face"] == [1, 2, 3, 4]
+    assert _pngs(tmp_path / "out/photos") == ["0000.png"]
+    assert (summary.frames_written, summary.frames_no_face) == (1, 4)
+    assert "4 sampled frames without a face" in "\n".join(summary.format())
+
+
+def test_settings_preset_and_detector_reach_prepared_json(clips, tmp_path):
+    videos = _tree(tmp_path / "v", {"one.avi": clips["face"]})
+    run(videos, tmp_path / "out", preset="diffusionfake", frames=5, smooth=1)
+    marker = prep.read_marker(tmp_path / "out/one")
+    assert marker["settings"] == {
+        "frames": 5, "size": 64, "scale": 1.3, "align": "none", "detector": "mtcnn",
+        "min_face_score": 0.9, "smooth": 1, "match_crops": True,
+    }  # the preset's align/scale/detector; frames, size and smooth as given
+    assert marker["preset"] == "diffusionfake"
+    assert marker["detector_version"] == "facenet-pytorch 2.6.0"
+    assert sorted(int(k) for k in marker["faces"]) == marker["written"] == [0, 5, 10, 14, 19]
+    face = marker["faces"]["0"]
+    assert face["score"] >= 0.9 and len(face["landmarks"]) == 5
+    # box crop: the crop is the box side x 1.3, so the face box spans ~1/1.3 of it
+    x1, y1, x2, y2 = face["box"]
+    assert 64 / 1.3 * 0.8 < (x2 - x1) / (max(x2 - x1, y2 - y1) * 1.3) * 64 * 1.3 <= 64
+
+    with pytest.raises(AblateError, match=r"other settings.*align 'none' -> 'similarity'") as e:
+        run(videos, tmp_path / "out", preset="deepfakebench", frames=5, smooth=1)
+    assert "\n" not in str(e.value)
+    assert prep.read_marker(tmp_path / "out/one") == marker  # nothing lost
+
+
+def test_defaults_are_deepfakebenchs_convention():
+    assert prep.resolve_settings() == prep.resolve_settings("deepfakebench")
+    assert prep.resolve_settings() == prep.Settings(
+        frames=32, size=256, scale=1.3, align="similarity", detector="mtcnn",
+        min_face_score=0.9, smooth=3, match_crops=True,
+    )
+
+
+def test_cascade_without_landmarks_cannot_align(clips, tmp_path):
+    videos = _tree(tmp_path / "v", {"one.avi": clips["face"]})
+    with pytest.raises(AblateError, match="--align similarity needs landmarks.*--align none"):
+        run(videos, tmp_path / "out", detector="lbp")
+    assert not (tmp_path / "out").exists()
+    assert run(videos, tmp_path / "out", detector="lbp", align="none").frames_written == 5
+
+
+# ---------------------------------------------------------------- matching crops
+
+
+def _moving_face_frames(n: int = 8, miss: int = 3) -> list[np.ndarray]:
+    """BGR 180x240 frames: the astronaut's face moving right; frame `miss` has none."""
+    face = cv2.resize(skimage.data.astronaut()[40:220, 140:310, ::-1], (80, 85))
+    frames = []
+    for i in range(n):
+        canvas = np.full((180, 240, 3), 128, dtype=np.uint8)
+        if i != miss:
+            x, y = 10 + 18 * i, 40 + 6 * (i % 3)
+            canvas[y : y + 85, x : x + 80] = face
+        frames.append(canvas)
+    return frames
+
+
+@pytest.fixture(scope="module")
+def ffpp(tmp_path_factory) -> Path:
+    """FF++ as downloaded: originals 000 and 003, fakes 000_003 (000's frames, colours
+    swapped) and 000_005 (noise: no face of its own)."""
+    root = tmp_path_factory.mktemp("ffpp")
+    base = _moving_face_frames()
+    videos = {
+        "original_sequences/youtube/c23/videos/000.avi": base,
+        "original_sequences/youtube/c23/videos/003.avi": _face_frames()[:8],
+        "manipulated_sequences/Deepfakes/c23/videos/000_003.avi": [f[..., ::-1] for f in base],
+        "manipulated_sequences/Deepfakes/c23/videos/000_005.avi": _noise_frames(180)[:8],
+    }
+    for rel, frames in videos.items():
+        _write_video(root / rel, [np.ascontiguousarray(f) for f in frames])
+    return root
+
+
+ORIGINAL = "original_sequences/youtube/c23/frames/000"
+FAKE = "manipulated_sequences/Deepfakes/c23/frames/000_003"
+NOISE_FAKE = "manipulated_sequences/Deepfakes/c23/frames/000_005"
+ALL = "*_sequences/*/c23/videos/*.avi"
+
+
+def test_fakes_are_cut_with_their_target_originals_faces(ffpp, tmp_path):
+    out = tmp_path / "out"
+    summary = run(f"{ffpp}/{ALL}", out, frames=0, frames_dir="frames")
+    assert summary.matched == 2 and summary.videos == 4
+    original, fake = prep.read_marker(out / ORIGINAL), prep.read_marker(out / FAKE)
+    assert original["written"] == [0, 1, 2, 4, 5, 6, 7] and original["no_face"] == [3]
+    boxes = [original["faces"][str(i)]["box"][0] for i in original["written"]]
+    assert boxes == sorted(boxes) and boxes[-1] - boxes[0] > 80  # the face moves: boxes differ
+    assert fake["matched_to"] == str(out / ORIGINAL)
+    assert fake["written"] == original["written"] and fake["no_face"] == [3]  # its miss too
+    assert fake["faces"] == original["faces"]  # frame i cut with the original's face i
+    for i in original["written"]:
+        want = cv2.imread(str(out / ORIGINAL / f"{i:04d}.png"))[..., ::-1].astype(int)
+        got = cv2.imread(str(out / FAKE / f"{i:04d}.png")).astype(int)
+        assert np.abs(got - want).mean() < 4, i  # same pixels, colours swapped (own box: 6-12)
+    # a fake whose own frames hold no face still gets its original's crops
+    assert prep.read_marker(out / NOISE_FAKE)["written"] == original["written"]
+
+    alone = run(f"{ffpp}/{ALL}", tmp_path / "alone", frames=0, frames_dir="frames",
+                match_crops=False)
+    assert alone.matched == 0 and alone.no_face == [
+        "manipulated_sequences/Deepfakes/c23/videos/000_005.avi"
+    ]
+
+    # an original redone (its marker gone) takes its fakes with it; the rest is kept
+    (out / ORIGINAL / prep.MARKER).unlink()
+    again = run(f"{ffpp}/{ALL}", out, frames=0, frames_dir="frames")
+    assert (again.prepared, again.already_done) == (3, 1)
+    # so does an original whose faces changed since its fakes were cut (e.g. redone alone)
+    marker = json.loads((out / ORIGINAL / prep.MARKER).read_text())
+    marker["faces"]["0"]["box"][0] += 5
+    (out / ORIGINAL / prep.MARKER).write_text(json.dumps(marker))
+    third = run(f"{ffpp}/{ALL}", out, frames=0, frames_dir="frames")
+    assert (third.prepared, third.already_done) == (2, 2)
+    assert prep.read_marker(out / FAKE)["faces"]["0"] == marker["faces"]["0"]
+
+
+def test_fakes_without_prepared_originals_say_so_in_one_line(ffpp, tmp_path):
+    fakes = f"{ffpp}/manipulated_*/*/c23/videos/*.avi"
+    with pytest.raises(AblateError, match=r"2 FF\+\+ fake\(s\) need.*not prepared.*"
+                       r"--no-match-crops") as e:
+        run(fakes, tmp_path / "out", frames=0, frames_dir="frames")
+    assert "\n" not in str(e.value) and "000/prepared.json" in str(e.value)
+    assert not (tmp_path / "out").exists()
+
+    # --videos below manipulated_sequences: the crops could not mirror FF++
+    below = f"{ffpp}/manipulated_sequences/Deepfakes/c23/videos"
+    with pytest.raises(AblateError, match="starts below its manipulated_sequences.*--no-match"):
+        run(below, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert run(below, tmp_path / "out", match_crops=False).videos == 2
+
+
 # ---------------------------------------------------------------- CLI
 
 
@@ -309,6 +459,11 @@ def test_cli_bad_input_is_one_error_line(monkeypatch, capsys, tmp_path):
     )
     assert code == 2
     assert err.startswith("error: --videos") and err.count("\n") == 1
+
+    code, _, err = _cli(monkeypatch, capsys, "data", "prepare", "--videos", str(tmp_path),
+                        "--out", str(tmp_path / "out"), "--margin", "0.3")
+    assert code == 2 and "--margin was replaced by --scale" in err and "--scale 1.3" in err
+    assert err.count("\n") == 1
 
 
 def test_cli_prepares_and_reports(monkeypatch, capsys, clips, tmp_path):

@@ -143,27 +143,59 @@ def import_deepfakebench(
 )
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Crops go here.")
 @click.option(
+    "--preset",
+    type=click.Choice(["deepfakebench", "diffusionfake"]),
+    default=None,
+    help="deepfakebench: aligned, scale 1.3, 256 px, 32 frames (= the defaults); "
+    "diffusionfake: MTCNN box crop, scale 1.3, 256 px, 270 frames. Flags given override it.",
+)
+@click.option(
     "--frames",
     type=click.IntRange(min=0),
-    default=32,
-    show_default=True,
-    help="Frames per video, evenly spaced; 0 = every frame.",
+    default=None,
+    help="Frames per video, evenly spaced; 0 = every frame.  [default: 32]",
 )
-@click.option("--size", type=int, default=256, show_default=True, help="Crop side in pixels.")
+@click.option("--size", type=int, default=None, help="Crop side in pixels.  [default: 256]")
 @click.option(
-    "--margin",
+    "--scale",
     type=float,
-    default=0.3,
-    show_default=True,
-    help="Grow the face box side by this fraction (0.3 = x1.3).",
+    default=None,
+    help="Crop side = scale x the face (template span or box side).  [default: 1.3]",
+)
+@click.option(
+    "--align",
+    type=click.Choice(["similarity", "none"]),
+    default=None,
+    help="similarity: rotate/scale the 5 landmarks onto a template (DeepfakeBench); "
+    "none: square box crop.  [default: similarity]",
 )
 @click.option(
     "--detector",
-    type=click.Choice(["lbp", "haar", "none"]),
-    default="lbp",
-    show_default=True,
-    help="lbp: scikit-image's bundled cascade; haar: OpenCV 4's; none: centre crop.",
+    type=click.Choice(["mtcnn", "lbp", "haar", "none"]),
+    default=None,
+    help="mtcnn: facenet-pytorch's MTCNN; lbp: scikit-image's cascade; haar: OpenCV 4's; "
+    "none: centre crop.  [default: mtcnn]",
 )
+@click.option(
+    "--min-face-score",
+    type=float,
+    default=None,
+    help="A detection scoring lower is not a face (a miss; MTCNN only).  [default: 0.9]",
+)
+@click.option(
+    "--smooth",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Average boxes/landmarks over this many neighbouring sampled frames; 1 = off.  "
+    "[default: 3]",
+)
+@click.option(
+    "--match-crops/--no-match-crops",
+    default=None,
+    help="Cut each FF++ fake A_B with the faces found on its target original A.  "
+    "[default: on]",
+)
+@click.option("--margin", type=float, default=None, hidden=True)  # replaced by --scale
 @click.option(
     "--frames-dir",
     default=None,
@@ -188,34 +220,51 @@ def import_deepfakebench(
 def prepare(
     videos: str,
     out: str,
-    frames: int,
-    size: int,
-    margin: float,
-    detector: str,
+    preset: str | None,
+    frames: int | None,
+    size: int | None,
+    scale: float | None,
+    align: str | None,
+    detector: str | None,
+    min_face_score: float | None,
+    smooth: int | None,
+    match_crops: bool | None,
+    margin: float | None,
     frames_dir: str | None,
     max_skip_fraction: float,
     workers: int,
     overwrite: bool,
     quiet: bool,
 ) -> None:
-    """Cut evenly spaced frames of every video into square face crops, resumably.
+    """Cut evenly spaced frames of every video into face crops, resumably.
 
     \b
     VIDEOS/a/b/xyz.mp4 -> OUT/a/b/xyz/<frame index>.png (+ prepared.json).
     Skipped videos are listed; a rerun skips finished ones. Per-dataset
-    commands: docs/data.md. FF++ as downloaded, crops where `ffpp` reads them:
+    commands: docs/data.md. FF++ as downloaded, crops where `ffpp` reads them
+    (originals first, fakes cut with their target original's faces):
       ablate data prepare --videos 'ROOT/*_sequences/*/c23/videos/*.mp4' \\
           --out ROOT --frames-dir frames
     """
     from ablate.data.prepare import prepare as run_prepare
 
+    if margin is not None:
+        raise AblateError(
+            f"--margin was replaced by --scale (crop side = scale x face): use --scale "
+            f"{1 + margin:g} for --margin {margin:g}"
+        )
     summary = run_prepare(
         videos,
         out,
+        preset=preset,
         frames=frames,
         size=size,
-        margin=margin,
+        scale=scale,
+        align=align,
         detector=detector,
+        min_face_score=min_face_score,
+        smooth=smooth,
+        match_crops=match_crops,
         max_skip_fraction=max_skip_fraction,
         workers=workers,
         frames_dir=frames_dir,

@@ -6,31 +6,34 @@ Why this shape:
       with its originals' frame by that index, so FF++ fakes and originals sampled
       with the same --frames line up. `frames_dir` renames a `videos` folder in the
       relative path (FF++/DFD: .../c23/videos/000.mp4 -> .../c23/frames/000/).
-    - Detector: the LBP frontal-face cascade bundled with scikit-image (a dependency),
-      so nothing is downloaded at run time and it works on OpenCV 4 and 5 (OpenCV 5
-      dropped CascadeClassifier and its Haar files). "haar" uses OpenCV's Haar
-      cascade where the installed OpenCV still has it; "none" centre-crops.
-    - Crop: the largest face, its box side times (1 + margin), squared, shifted to lie
-      inside the frame (shrunk to the frame's short side if larger), resized to size.
+    - Frames are read by seeking (decode.py, exact); detection, tracking and smoothing
+      live in faces.py, crop geometry in crops.py. Per video: detect on every sampled
+      frame, pick the tracked face, smooth over the sampled frames, then crop.
+    - Matching crops: an FF++ fake .../manipulated_sequences/<M>/<comp>/<dir>/A_B is
+      target A's video with B's face, so its frame i is cut with the face found on
+      original A's frame i (read from A's prepared.json), not with its own detection:
+      fake and target crops then cover the same pixels. Originals run first.
     - Resumable: each crop is written to a temp name and renamed; a per-video
-      `prepared.json` (settings, sampled / written / no-face frame indices) is written
-      last. A rerun skips videos with a marker and redoes the others.
+      `prepared.json` (settings, detector version, sampled / written / no-face frame
+      indices, the face used per frame) is written last. A rerun skips videos with a
+      marker and redoes the others.
     - Nothing is dropped silently: frames without a face are counted; videos without
-      any face or that cannot be decoded are listed in the summary and in
-      OUT/prepare_report.json; once more than `max_skip_fraction` of all videos are
-      skipped the run stops with an AblateError (finished videos are kept).
+      any face, that cannot be decoded, or whose original is missing are listed in the
+      summary and in OUT/prepare_report.json; once more than `max_skip_fraction` of all
+      videos are skipped the run stops with an AblateError (finished videos are kept).
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import multiprocessing
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,32 +41,72 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from ablate.data import decode
+from ablate.data.crops import ALIGNS, centre_crop, crop_face
+from ablate.data.faces import (
+    DETECTORS,
+    WITH_LANDMARKS,
+    Face,
+    detect_faces,
+    detector_version,
+    make_detector,
+    pick_track,
+    smooth,
+)
 from ablate.errors import AblateError
 
 VIDEO_EXTENSIONS = frozenset(
     {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"}
 )
-DETECTORS = ("lbp", "haar", "none")
 MARKER = "prepared.json"
 REPORT = "prepare_report.json"
 VIDEOS_DIR = "videos"  # the folder name `frames_dir` replaces
-DETECT_SIDE = 480  # frames are shrunk to this short side for detection (speed)
-MIN_FACE = 24  # pixels at detection scale (the cascades' window size)
 SHOWN = 10  # names shown per kind in messages; the report file lists all
+CACHE_BYTES = 512 << 20  # sampled frames kept in memory between detection and cropping
 _OURS = re.compile(r"^(\d+\.png|\..+\.tmp)$")  # files a (half-done) run may have left
-
-Box = tuple[int, int, int, int]  # x, y, w, h in frame pixels
-Detector = Callable[[np.ndarray], list[Box]]
+_FFPP_FAKE = re.compile(r"^(\d+)_(\d+)$")  # FF++ fake A_B: target A's video, B's face
 
 
 @dataclass(frozen=True)
 class Settings:
-    """What a crop depends on; stored in each marker so a rerun can tell if it is stale."""
+    """What a crop depends on; stored in each marker so a rerun can tell if it is stale.
+
+    The defaults are DeepfakeBench's convention (aligned, scale 1.3, 256 px, 32 frames).
+    """
 
     frames: int = 32  # 0 = every frame
     size: int = 256
-    margin: float = 0.3
-    detector: str = "lbp"
+    scale: float = 1.3  # crop side = scale x face size (template span or box side)
+    align: str = "similarity"  # similarity | none
+    detector: str = "mtcnn"
+    min_face_score: float = 0.9  # a detection below this is a miss
+    smooth: int = 3  # centred moving-average window over sampled frames; 1 = off
+    match_crops: bool = True  # FF++ fakes cut with their target original's faces
+
+
+# Named conventions; explicit settings override them. See docs/data.md.
+PRESETS: dict[str, dict[str, Any]] = {
+    "deepfakebench": {"frames": 32, "size": 256, "scale": 1.3, "align": "similarity",
+                      "detector": "mtcnn"},
+    "diffusionfake": {"frames": 270, "size": 256, "scale": 1.3, "align": "none",
+                      "detector": "mtcnn"},
+}
+
+
+def resolve_settings(preset: str | None = None, **given: Any) -> Settings:
+    """Defaults, then the preset's values, then every setting given (not None)."""
+    names = {f.name for f in fields(Settings)}
+    unknown = sorted(set(given) - names)
+    if unknown:
+        raise AblateError(f"unknown prepare setting(s) {', '.join(unknown)}; known: "
+                          f"{', '.join(sorted(names))}")
+    values: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise AblateError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+        values.update(PRESETS[preset])
+    values.update({k: v for k, v in given.items() if v is not None})
+    return replace(Settings(), **values)
 
 
 @dataclass(frozen=True)
@@ -73,6 +116,7 @@ class Job:
     video: str
     out: str
     name: str  # path relative to the videos root, for messages
+    original: str | None = None  # FF++ fake: its target original's crop folder
 
 
 @dataclass
@@ -80,7 +124,7 @@ class VideoResult:
     """What happened to one video."""
 
     name: str
-    status: str  # prepared | already_done | no_face | unreadable
+    status: str  # prepared | already_done | no_face | unreadable | no_original
     frames_written: int = 0
     frames_no_face: int = 0
     reason: str = ""
@@ -98,16 +142,21 @@ class PrepareSummary:
     frames_no_face: int = 0
     no_face: list[str] = field(default_factory=list)
     unreadable: dict[str, str] = field(default_factory=dict)
+    no_original: dict[str, str] = field(default_factory=dict)
+    matched: int = 0  # fakes cut with their original's faces
     stopped_early: bool = False
     out: str = ""
 
     @property
     def skipped(self) -> int:
-        return len(self.no_face) + len(self.unreadable)
+        return len(self.no_face) + len(self.unreadable) + len(self.no_original)
 
     def add(self, result: VideoResult) -> None:
         if result.status == "unreadable":
             self.unreadable[result.name] = result.reason
+            return
+        if result.status == "no_original":
+            self.no_original[result.name] = result.reason
             return
         if result.was_done or result.status == "already_done":
             self.already_done += 1
@@ -123,15 +172,22 @@ class PrepareSummary:
         lines = [
             f"videos: {self.videos} found, {self.prepared} processed now, "
             f"{self.already_done} already done, {len(self.no_face)} without a face, "
-            f"{len(self.unreadable)} unreadable",
+            f"{len(self.unreadable)} unreadable"
+            + (f", {len(self.no_original)} without their original" if self.no_original else ""),
             f"frames: {self.frames_written} face crops written, "
             f"{self.frames_no_face} sampled frames without a face (skipped)",
         ]
+        if self.matched:
+            lines.append(f"matching crops: {self.matched} FF++ fakes cut with their target "
+                         "original's faces")
         if self.no_face:
             lines.append(f"no face in any sampled frame: {_examples(self.no_face)}")
         if self.unreadable:
             items = [f"{k} ({v})" for k, v in self.unreadable.items()]
             lines.append(f"unreadable: {_examples(items)}")
+        if self.no_original:
+            items = [f"{k} ({v})" for k, v in self.no_original.items()]
+            lines.append(f"original not prepared: {_examples(items)}")
         lines.append(f"report: {Path(self.out) / REPORT}")
         return lines
 
@@ -147,37 +203,57 @@ def _examples(items: list[str]) -> str:
 def prepare(
     videos: str,
     out: str,
-    frames: int = 32,
-    size: int = 256,
-    margin: float = 0.3,
-    detector: str = "lbp",
+    frames: int | None = None,
+    size: int | None = None,
+    scale: float | None = None,
+    align: str | None = None,
+    detector: str | None = None,
+    min_face_score: float | None = None,
+    smooth: int | None = None,
+    match_crops: bool | None = None,
+    preset: str | None = None,
     max_skip_fraction: float = 0.05,
     workers: int = 1,
     frames_dir: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> PrepareSummary:
-    """Extract face crops of every video under `videos` (folder, file or glob) into `out`."""
-    settings = Settings(frames, size, margin, detector)
+    """Extract face crops of every video under `videos` (folder, file or glob) into `out`.
+
+    Settings left None come from `preset` (see PRESETS), else from Settings' defaults.
+    """
+    settings = resolve_settings(
+        preset, frames=frames, size=size, scale=scale, align=align, detector=detector,
+        min_face_score=min_face_score, smooth=smooth, match_crops=match_crops,
+    )
     _check_args(settings, max_skip_fraction, workers)
-    make_detector(detector)  # fail before any work if the backend is missing
-    jobs = plan_jobs(videos, Path(out).expanduser(), frames_dir)
+    make_detector(settings.detector)  # fail before any work if the backend is missing
+    jobs = plan_jobs(videos, Path(out).expanduser(), frames_dir, settings)
     done = {} if overwrite else _finished(jobs, settings)
+    _check_originals(jobs, done, settings)
     summary = PrepareSummary(videos=len(jobs), out=str(Path(out).expanduser()))
+    summary.matched = sum(1 for j in jobs if j.original is not None)
     allowed = max_skip_fraction * len(jobs)
-    todo = [j for j in jobs if j.out not in done]
+    # originals (and everything else) first, then the fakes that read their faces
+    phases = [[j for j in jobs if j.out not in done and j.original is None],
+              [j for j in jobs if j.out not in done and j.original is not None]]
     with tqdm(total=len(jobs), unit="video", desc="prepare", disable=not progress) as bar:
         for job in jobs:
             if job.out in done:
                 summary.add(done[job.out])
                 bar.update()
-        if summary.skipped <= allowed:
-            for n, result in enumerate(_run(todo, settings, workers), 1):
+        todo = sum(len(p) for p in phases)
+        n = 0
+        for phase in phases:
+            if summary.skipped > allowed:
+                break
+            for result in _run(phase, settings, workers, preset):
+                n += 1
                 summary.add(result)
                 bar.update()
                 bar.set_postfix(skipped=summary.skipped)
                 if summary.skipped > allowed:
-                    summary.stopped_early = n < len(todo)
+                    summary.stopped_early = n < todo
                     break
     write_report(summary)
     if summary.skipped > allowed:
@@ -190,8 +266,23 @@ def _check_args(settings: Settings, max_skip_fraction: float, workers: int) -> N
         raise AblateError(f"--frames must be >= 0 (0 = every frame), got {settings.frames}")
     if settings.size < 8:
         raise AblateError(f"--size must be at least 8 pixels, got {settings.size}")
-    if settings.margin < 0:
-        raise AblateError(f"--margin must be >= 0 (0.3 = box side x 1.3), got {settings.margin}")
+    if not 0 < settings.scale <= 10:
+        raise AblateError(f"--scale must be in (0, 10] (1.3 = crop side 1.3 x the face), "
+                          f"got {settings.scale}")
+    if settings.align not in ALIGNS:
+        raise AblateError(f"--align must be one of {', '.join(ALIGNS)}, got {settings.align!r}")
+    if settings.detector not in DETECTORS:
+        raise AblateError(f"--detector must be one of {', '.join(DETECTORS)}, "
+                          f"got {settings.detector!r}")
+    needs_points = settings.align == "similarity" and settings.detector != "none"
+    if needs_points and settings.detector not in WITH_LANDMARKS:
+        raise AblateError(f"--align similarity needs landmarks, which --detector "
+                          f"{settings.detector} does not give; add --align none or use "
+                          "--detector mtcnn")
+    if not 0 <= settings.min_face_score <= 1:
+        raise AblateError(f"--min-face-score must be in [0, 1], got {settings.min_face_score}")
+    if settings.smooth < 1:
+        raise AblateError(f"--smooth must be >= 1 (1 = no smoothing), got {settings.smooth}")
     if not 0 <= max_skip_fraction <= 1:
         raise AblateError(f"--max-skip-fraction must be in [0, 1], got {max_skip_fraction}")
     if workers < 1:
@@ -200,10 +291,13 @@ def _check_args(settings: Settings, max_skip_fraction: float, workers: int) -> N
 
 def _too_many_skipped(summary: PrepareSummary, fraction: float) -> AblateError:
     where = "stopped early: " if summary.stopped_early else ""
-    items = summary.no_face[:3] + [f"{k} ({v})" for k, v in list(summary.unreadable.items())[:3]]
+    items = summary.no_face[:3] + [
+        f"{k} ({v})" for k, v in [*summary.unreadable.items(), *summary.no_original.items()][:3]
+    ]
+    extra = f", {len(summary.no_original)} without their original" if summary.no_original else ""
     return AblateError(
         f"{where}{summary.skipped} of {summary.videos} videos skipped "
-        f"({len(summary.no_face)} without a face, {len(summary.unreadable)} unreadable), "
+        f"({len(summary.no_face)} without a face, {len(summary.unreadable)} unreadable{extra}), "
         f"more than --max-skip-fraction {fraction:g}; e.g. {', '.join(items)}; "
         f"all listed in {Path(summary.out) / REPORT}. Check those videos, try --detector none "
         "for videos that are already face crops, or raise --max-skip-fraction; "
@@ -221,9 +315,16 @@ def write_report(summary: PrepareSummary) -> None:
 # ---------------------------------------------------------------- finding videos
 
 
-def plan_jobs(videos: str, out: Path, frames_dir: str | None = None) -> list[Job]:
-    """One job per video file, its output folder mirroring its path below the videos root."""
+def plan_jobs(
+    videos: str, out: Path, frames_dir: str | None = None, settings: Settings | None = None
+) -> list[Job]:
+    """One job per video file, its output folder mirroring its path below the videos root.
+
+    With `settings.match_crops` (and a detector), an FF++ fake's job names the crop
+    folder of its target original (see `ffpp_original`).
+    """
     base, files = find_videos(videos)
+    match = settings is not None and settings.match_crops and settings.detector != "none"
     jobs, seen = [], {}
     for path in files:
         rel = path.relative_to(base)
@@ -243,8 +344,29 @@ def plan_jobs(videos: str, out: Path, frames_dir: str | None = None) -> list[Job
                 "rename one (videos in a folder need distinct names without the extension)"
             )
         seen[key] = rel.as_posix()
-        jobs.append(Job(str(path), key, rel.as_posix()))
+        original = ffpp_original(target) if match else None
+        if match and original is None and ffpp_original(path.parent / path.stem) is not None:
+            raise AblateError(
+                f"{path} is an FF++ fake, but --videos starts below its "
+                "manipulated_sequences folder, so the crops do not mirror FF++ and it cannot "
+                "find its target original's crops; give a glob from the dataset root (e.g. "
+                "'ROOT/*_sequences/*/c23/videos/*.mp4') or pass --no-match-crops"
+            )
+        jobs.append(Job(str(path), key, rel.as_posix(), None if original is None else str(original)))
     return jobs
+
+
+def ffpp_original(folder: Path) -> Path | None:
+    """FF++ fake crops .../manipulated_sequences/<M>/<comp>/<dir>/A_B -> .../original_sequences/
+    youtube/<comp>/<dir>/A (target A's video, into which B's face was put); else None."""
+    parts = folder.parts
+    if len(parts) < 5 or parts[-5] != "manipulated_sequences":
+        return None
+    found = _FFPP_FAKE.match(parts[-1])
+    if found is None:
+        return None
+    comp, where = parts[-3], parts[-2]  # compression level, frames folder
+    return Path(*parts[:-5], "original_sequences", "youtube", comp, where, found.group(1))
 
 
 def find_videos(spec: str) -> tuple[Path, list[Path]]:
@@ -279,7 +401,11 @@ def _glob_base(pattern: str) -> Path:
 
 
 def _finished(jobs: list[Job], settings: Settings) -> dict[str, VideoResult]:
-    """Jobs whose marker says they are done with these settings; other settings -> error."""
+    """Jobs whose marker says they are done with these settings; other settings -> error.
+
+    A matched fake counts as done only while its original is done and still holds the
+    faces the fake was cut with (an original redone now means its fakes are redone).
+    """
     done, stale = {}, []
     for job in jobs:
         marker = read_marker(Path(job.out))
@@ -295,10 +421,56 @@ def _finished(jobs: list[Job], settings: Settings) -> dict[str, VideoResult]:
         name, old = stale[0]
         raise AblateError(
             f"{len(stale)} video(s) in the output were prepared with other settings "
-            f"(e.g. {name}: {old}, now {asdict(settings)}); use another --out, the same "
-            "settings, or --overwrite to redo them"
+            f"(e.g. {name}: {_differences(old, asdict(settings))}); use another --out, the "
+            "same settings, or --overwrite to redo them"
         )
+    for job in jobs:
+        if job.original is None or job.out not in done:
+            continue
+        original = read_marker(Path(job.original))  # None: the original is redone now
+        used = (read_marker(Path(job.out)) or {}).get("original_faces")
+        if original is None or used != _faces_digest(original):
+            del done[job.out]
     return done
+
+
+def _differences(old: Any, new: dict[str, Any]) -> str:
+    """`key old -> new` for each setting that differs (old: a marker's settings)."""
+    if not isinstance(old, dict):
+        return f"{old!r}"
+    keys = sorted(set(old) | set(new))
+    diff = [f"{k} {old.get(k, '-')!r} -> {new.get(k, '-')!r}" for k in keys
+            if old.get(k) != new.get(k)]
+    return ", ".join(diff)
+
+
+def _check_originals(jobs: list[Job], done: dict[str, VideoResult], settings: Settings) -> None:
+    """Every fake to be matched has its original in this run or prepared with these settings."""
+    in_run = {j.out for j in jobs}
+    missing, other = [], []
+    for job in jobs:
+        if job.original is None or job.out in done or job.original in in_run:
+            continue
+        marker = read_marker(Path(job.original))
+        if marker is None:
+            missing.append(job)
+        elif marker.get("settings") != asdict(settings):
+            other.append((job, marker.get("settings")))
+    if missing:
+        job = missing[0]
+        raise AblateError(
+            f"{len(missing)} FF++ fake(s) need their target original's crops for matching "
+            f"crops, which are not prepared (e.g. {job.name} needs "
+            f"{Path(job.original) / MARKER}); prepare the originals first (or together: "
+            "--videos 'ROOT/*_sequences/*/c23/videos/*.mp4'), or pass --no-match-crops"
+        )
+    if other:
+        job, old = other[0]
+        raise AblateError(
+            f"{len(other)} FF++ fake(s) have a target original prepared with other settings "
+            f"(e.g. {job.original}: {_differences(old, asdict(settings))}); prepare the "
+            "originals with the same settings (--overwrite) or pass --no-match-crops"
+        )
 
 
 def read_marker(folder: Path) -> dict[str, Any] | None:
@@ -313,21 +485,29 @@ def read_marker(folder: Path) -> dict[str, Any] | None:
     return marker if lists else None
 
 
+def _faces_digest(marker: dict[str, Any]) -> str:
+    """A short hash of the frames and faces a marker holds (what a matched fake was cut with)."""
+    used = {"sampled": marker.get("sampled"), "faces": marker.get("faces")}
+    return hashlib.sha1(json.dumps(used, sort_keys=True).encode()).hexdigest()[:16]
+
+
 # ---------------------------------------------------------------- running
 
 
-def _run(jobs: list[Job], settings: Settings, workers: int) -> Iterator[VideoResult]:
+def _run(
+    jobs: list[Job], settings: Settings, workers: int, preset: str | None = None
+) -> Iterator[VideoResult]:
     """Results as videos finish; with workers > 1, in worker processes (spawned).
 
     Closing the iterator early cancels the videos not yet started.
     """
     if workers == 1 or len(jobs) <= 1:
         for job in jobs:
-            yield prepare_video(job, settings)
+            yield prepare_video(job, settings, preset)
         return
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
-        pending = [pool.submit(prepare_video, job, settings) for job in jobs]
+        pending = [pool.submit(prepare_video, job, settings, preset) for job in jobs]
         try:
             for future in as_completed(pending):
                 yield future.result()
@@ -337,67 +517,89 @@ def _run(jobs: list[Job], settings: Settings, workers: int) -> Iterator[VideoRes
 
 
 def _worker_init() -> None:
-    cv2.setNumThreads(1)  # one video per process; threads would only contend
+    """One video per process; threads would only contend."""
+    cv2.setNumThreads(1)
+    import torch
+
+    torch.set_num_threads(1)
 
 
-def prepare_video(job: Job, settings: Settings) -> VideoResult:
+class _NoOriginal(Exception):
+    """A matched fake whose original has no usable marker (e.g. it was unreadable)."""
+
+
+def prepare_video(job: Job, settings: Settings, preset: str | None = None) -> VideoResult:
     """Crop the sampled frames of one video, then write its marker (never raises on bad video)."""
     folder = Path(job.out)
     try:
         _remove_ours(folder)
         count = frame_count(job.video)
-        wanted = sample_indices(count, settings.frames)
-        written, no_face, decoded = _extract(job.video, wanted, folder, settings)
-        if decoded < count and decoded <= wanted[-1]:  # the header over-counted: resample
-            if decoded == 0:
-                raise _Unreadable("no frame could be decoded")
-            _remove_ours(folder)
-            wanted = sample_indices(decoded, settings.frames)
-            written, no_face, decoded = _extract(job.video, wanted, folder, settings)
-    except (_Unreadable, cv2.error) as err:
+        original = None
+        if job.original is not None:
+            original = read_marker(Path(job.original))
+            if original is None:
+                raise _NoOriginal(f"{Path(job.original) / MARKER} missing: its original "
+                                  "was not prepared (see above); fix it and rerun")
+            wanted = [i for i in original["sampled"] if i < count]
+            found = {int(k): Face.from_json(v) for k, v in (original.get("faces") or {}).items()}
+            faces, cache = [found.get(i) for i in wanted], {}
+        else:
+            wanted = sample_indices(count, settings.frames)
+            faces, cache = find_faces(job.video, wanted, settings)
+        written, no_face = write_crops(job.video, wanted, faces, cache, folder, settings)
+    except decode.Undecodable as err:
         _remove_ours(folder)
-        lines = str(err).strip().splitlines() or [type(err).__name__]
-        return VideoResult(job.name, "unreadable", reason=lines[-1].strip())
+        return VideoResult(job.name, "unreadable", reason=_one_line(err))
+    except _NoOriginal as err:
+        _remove_ours(folder)
+        return VideoResult(job.name, "no_original", reason=_one_line(err))
     folder.mkdir(parents=True, exist_ok=True)
+    used = {i: f for i, f in zip(wanted, faces, strict=True) if f is not None and i in written}
     marker = {
         "video": job.video,
-        "frame_count": decoded,
+        "frame_count": count,
         "settings": asdict(settings),
+        "preset": preset,
+        "detector_version": detector_version(settings.detector),
         "sampled": wanted,
         "written": written,
         "no_face": no_face,
+        "faces": {str(i): f.to_json() for i, f in used.items()},  # the face each crop used
+        "matched_to": job.original,
+        "original_faces": None if original is None else _faces_digest(original),
     }
     _write_atomic(folder / MARKER, json.dumps(marker).encode())
     status = "no_face" if not written and settings.detector != "none" else "prepared"
     return VideoResult(job.name, status, len(written), len(no_face))
 
 
-class _Unreadable(Exception):
-    """A video OpenCV cannot open or decode."""
+def _one_line(err: Exception) -> str:
+    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else type(err).__name__
 
 
 def frame_count(video: str) -> int:
-    """Frames in the video: the header's count, or a full decode where it has none."""
-    cap = _open(video)
-    try:
-        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-        if count <= 0:
-            count = 0
-            while cap.grab():
-                count += 1
-    finally:
-        cap.release()
+    """Frames in the video, counted from its packets (headers can be wrong)."""
+    count = decode.frame_count(video)
     if count <= 0:
-        raise _Unreadable("no frames")
+        raise decode.Undecodable(f"{video} holds no video frames; give a video file")
     return count
 
 
-def _open(video: str) -> cv2.VideoCapture:
-    cap = cv2.VideoCapture(video)
-    if not cap.isOpened():
-        cap.release()
-        raise _Unreadable("OpenCV cannot open it")
-    return cap
+def read_frames(video: str, indices: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
+    """(index, RGB uint8 (H, W, 3)) of each wanted frame, ascending, every one or an error.
+
+    The one place frames are read: seek-based and exact (decode.read_frames).
+    """
+    got = 0
+    for index, frame in decode.read_frames(video, indices):
+        got += 1
+        yield index, frame
+    if got < len(indices):
+        raise decode.Undecodable(
+            f"cannot decode video {video}: {got} of its {len(indices)} sampled frames came "
+            "out; check the file plays (e.g. with ffprobe), re-encode or remove it, then rerun"
+        )
 
 
 def sample_indices(count: int, k: int) -> list[int]:
@@ -407,141 +609,64 @@ def sample_indices(count: int, k: int) -> list[int]:
     return np.unique(np.linspace(0, count - 1, k).round().astype(int)).tolist()
 
 
-def _extract(
-    video: str, wanted: list[int], folder: Path, settings: Settings
-) -> tuple[list[int], list[int], int]:
-    """Decode up to the last wanted frame; crop and write each wanted one.
+def find_faces(
+    video: str, wanted: list[int], settings: Settings
+) -> tuple[list[Face | None], dict[int, np.ndarray]]:
+    """The tracked, smoothed face of each wanted frame (None: a miss), and the frames kept.
 
-    Returns (indices written, indices without a face, frames decoded).
-    Frames are read in order (grab/retrieve), which is exact where seeking is not.
+    Frames are kept in memory (up to CACHE_BYTES) so that cropping need not decode again.
     """
     detector = make_detector(settings.detector)
-    todo = set(wanted)
-    written, no_face = [], []
-    cap = _open(video)
-    index = 0
-    try:
-        while index <= wanted[-1] and cap.grab():
-            if index in todo:
-                ok, frame = cap.retrieve()
-                if not ok or frame is None:
-                    break
-                crop = face_crop(frame, detector, settings.margin, settings.size)
-                if crop is None:
-                    no_face.append(index)
-                else:
-                    _write_png(folder / f"{index:04d}.png", crop)
-                    written.append(index)
-            index += 1
-    finally:
-        cap.release()
-    return written, no_face, index
+    if detector is None:  # centre crops: nothing to find
+        return [None] * len(wanted), {}
+    found: list[list[Face]] = []
+    cache: dict[int, np.ndarray] = {}
+    kept = 0
+    for index, frame in read_frames(video, wanted):
+        found.append(detect_faces(frame, detector))
+        kept += frame.nbytes
+        if kept <= CACHE_BYTES:
+            cache[index] = frame
+    return smooth(pick_track(found, settings.min_face_score), settings.smooth), cache
 
 
-# ---------------------------------------------------------------- detection and cropping
+def write_crops(
+    video: str,
+    wanted: list[int],
+    faces: list[Face | None],
+    cache: dict[int, np.ndarray],
+    folder: Path,
+    settings: Settings,
+) -> tuple[list[int], list[int]]:
+    """Cut and write the crop of each wanted frame that has a face: (written, no face).
 
-
-_DETECTORS: dict[str, Detector | None] = {}
-
-
-def make_detector(name: str) -> Detector | None:
-    """The face detector `name` (built once per process); None for "none"."""
-    if name not in _DETECTORS:
-        builders = {"lbp": _lbp_detector, "haar": _haar_detector, "none": lambda: None}
-        if name not in builders:
-            raise AblateError(f"--detector must be one of {', '.join(DETECTORS)}, got {name!r}")
-        _DETECTORS[name] = builders[name]()
-    return _DETECTORS[name]
-
-
-def _lbp_detector() -> Detector:
-    """scikit-image's bundled copy of OpenCV's LBP frontal-face cascade."""
-    import skimage.data
-    from skimage.feature import Cascade
-
-    xml = Path(skimage.data.__file__).parent / "lbpcascade_frontalface_opencv.xml"
-    if not xml.is_file():
-        raise AblateError(f"{xml} is missing from scikit-image; reinstall scikit-image")
-    cascade = Cascade(str(xml))
-
-    def detect(gray: np.ndarray) -> list[Box]:
-        side = min(gray.shape)
-        found = cascade.detect_multi_scale(
-            img=gray,
-            scale_factor=1.2,
-            step_ratio=1,
-            min_size=(MIN_FACE, MIN_FACE),
-            max_size=(side, side),
+    With no detector every frame is centre-cropped; otherwise a frame whose face is
+    None is a miss and gets no crop.
+    """
+    centre = settings.detector == "none"
+    face_of = dict(zip(wanted, faces, strict=True))
+    todo = [i for i in wanted if centre or face_of[i] is not None]
+    written, no_face = [], [i for i in wanted if not centre and face_of[i] is None]
+    reread = [i for i in todo if i not in cache]
+    frames = read_frames(video, reread) if reread else iter(())
+    for index in todo:
+        frame = cache.pop(index) if index in cache else _next_frame(frames, index)
+        crop = centre_crop(frame, settings.size) if centre else crop_face(
+            frame, face_of[index], settings.align, settings.scale, settings.size
         )
-        return [(d["c"], d["r"], d["width"], d["height"]) for d in found]
-
-    return detect
-
-
-def _haar_detector() -> Detector:
-    """OpenCV's Haar cascade, present in OpenCV 4 wheels only."""
-    path = Path(getattr(cv2.data, "haarcascades", "")) / "haarcascade_frontalface_default.xml"
-    if not hasattr(cv2, "CascadeClassifier") or not path.is_file():
-        raise AblateError(
-            f"--detector haar needs OpenCV's Haar cascades, which OpenCV {cv2.__version__} "
-            "does not ship (OpenCV 5 removed them); use --detector lbp (bundled with "
-            "scikit-image) or install opencv-python-headless<5"
-        )
-    cascade = cv2.CascadeClassifier(str(path))
-
-    def detect(gray: np.ndarray) -> list[Box]:
-        found = cascade.detectMultiScale(
-            gray, scaleFactor=1.1, minNeighbors=5, minSize=(MIN_FACE, MIN_FACE)
-        )
-        return [tuple(int(v) for v in box) for box in found]
-
-    return detect
+        if crop is None:  # degenerate landmarks: no crop, counted
+            no_face.append(index)
+            continue
+        _write_png(folder / f"{index:04d}.png", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
+        written.append(index)
+    return written, sorted(no_face)
 
 
-def detect_face(frame: np.ndarray, detector: Detector) -> Box | None:
-    """The largest face in a BGR frame, detected on a copy shrunk to DETECT_SIDE."""
-    gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
-    scale = min(1.0, DETECT_SIDE / min(gray.shape))
-    if scale < 1:
-        gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-    boxes = detector(gray)
-    if not boxes:
-        return None
-    x, y, w, h = max(boxes, key=lambda b: b[2] * b[3])
-    return tuple(int(round(v / scale)) for v in (x, y, w, h))
-
-
-def square_box(box: Box, margin: float, height: int, width: int) -> Box:
-    """The face box grown by `margin`, made square, and moved (or shrunk) into the frame."""
-    x, y, w, h = box
-    side = min(int(round(max(w, h) * (1 + margin))), height, width)
-    cx, cy = x + w / 2, y + h / 2
-    left = int(round(min(max(cx - side / 2, 0), width - side)))
-    top = int(round(min(max(cy - side / 2, 0), height - side)))
-    return left, top, side, side
-
-
-def centre_box(height: int, width: int) -> Box:
-    """The largest centred square: the crop when no detector is used."""
-    side = min(height, width)
-    return (width - side) // 2, (height - side) // 2, side, side
-
-
-def face_crop(
-    frame: np.ndarray, detector: Detector | None, margin: float, size: int
-) -> np.ndarray | None:
-    """The `size` x `size` crop of a frame, or None when the detector finds no face."""
-    height, width = frame.shape[:2]
-    if detector is None:
-        x, y, w, h = centre_box(height, width)
-    else:
-        face = detect_face(frame, detector)
-        if face is None:
-            return None
-        x, y, w, h = square_box(face, margin, height, width)
-    crop = frame[y : y + h, x : x + w]
-    interpolation = cv2.INTER_AREA if w > size else cv2.INTER_CUBIC
-    return cv2.resize(crop, (size, size), interpolation=interpolation)
+def _next_frame(frames: Iterator[tuple[int, np.ndarray]], index: int) -> np.ndarray:
+    got, frame = next(frames)
+    if got != index:  # read_frames yields the asked indices in order; anything else is a bug
+        raise RuntimeError(f"asked frame {index}, got {got}")
+    return frame
 
 
 # ---------------------------------------------------------------- files
