@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from ablate.data.adapters import (
     sampling_from,
 )
 from ablate.data.cli import data as data_cli
-from ablate.data.manifest import COLUMNS, load_manifest
+from ablate.data.manifest import COLUMNS, OPTIONAL_COLUMNS, load_manifest
 from ablate.errors import AblateError
 
 ALL = {"frames_per_video": None, "frames_per_video_eval": None}
@@ -68,7 +69,7 @@ def _ffpp(root: Path, **settings) -> pd.DataFrame:
 
 def test_ffpp_rows_labels_splits(ffpp_root):
     df = _ffpp(ffpp_root, **ALL)
-    assert list(df.columns) == COLUMNS
+    assert list(df.columns) == COLUMNS + list(OPTIONAL_COLUMNS)
     assert set(df["dataset"]) == {"ffpp"}
     videos = df.groupby("video_id").agg(split=("split", "first"), label=("label", "first"))
     assert videos.loc["original/000", "split"] == "train"
@@ -273,7 +274,7 @@ def test_wilddeepfake(tmp_path):
         "real_train/a": {"label": 0, "split": "train"},
         "fake_train/b": {"label": 1, "split": "train"},
         "real_test/c": {"label": 0, "split": "test"},
-        "fake_test/7/fake/0": {"label": 1, "split": "test"},
+        "fake_test/7": {"label": 1, "split": "test"},  # the source video, not the sequence
     }
     assert df.loc[df["label"] == 1, "source_path"].isna().all()
     with pytest.raises(AblateError, match="no video folders"):
@@ -314,7 +315,7 @@ def test_dfdc_preview_stem_clash_and_mirror(tmp_path):
     }
     (root / "dataset.json").write_text(json.dumps(meta))
     with pytest.raises(AblateError, match="layout=mirror"):
-        DATASETS.build("dfdc_preview", root=str(root))
+        DATASETS.build("dfdc_preview", root=str(root), layout="stem")
     for key in meta:
         frames(root / "frames" / key.removesuffix(".mp4"), range(2))
     df = DATASETS.build("dfdc_preview", root=str(root), layout="mirror")
@@ -401,3 +402,92 @@ def test_cli_manifest_then_check(ffpp_root, tmp_path):
         data_cli, ["manifest", "nope", "--root", str(ffpp_root), "--out", str(out)]
     )
     assert isinstance(result.exception, AblateError)
+
+
+# ---------------------------------------------------------------- presets and the record
+
+
+@pytest.mark.parametrize(
+    "preset, counts",
+    [
+        ("deepfakebench", {"frames_per_video": 32, "frames_per_video_eval": 32,
+                           "frames_per_real_video": None, "frames_per_fake_video": None,
+                           "fake_real_ratio": None}),
+        ("paper", {"frames_per_video": 270, "frames_per_video_eval": 100,
+                   "frames_per_real_video": None, "frames_per_fake_video": None,
+                   "fake_real_ratio": None}),
+        ("official_code", {"frames_per_real_video": 50, "frames_per_fake_video": 16,
+                           "fake_real_ratio": 1.0}),
+    ],
+)
+def test_preset_recorded_beside_the_manifest(ffpp_root, tmp_path, preset, counts):
+    out = tmp_path / "m.csv"
+    df = build_manifest("ffpp", str(ffpp_root), str(out), methods=["Deepfakes"], preset=preset)
+    record = json.loads((tmp_path / "m.csv.json").read_text())
+    assert record["preset"] == preset and record["adapter"] == "ffpp"
+    assert {k: record[k] for k in counts} == counts
+    assert record["layout"] == "frames" and record["rows"] == len(df)
+    assert record["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert load_manifest(out).attrs["protocol"]["preset"] == preset
+    # every video has 10 frames (original 001: 9), fewer than any preset asks
+    fewer = df.attrs["notes"]["videos with fewer frames than asked (all their frames kept)"]
+    assert fewer == df["video_id"].nunique() == 6 + 4
+    assert "001: 9 < " in " ".join(df.attrs["note_examples"][
+        "videos with fewer frames than asked (all their frames kept)"])
+
+
+def test_fewer_frames_note_counts_only_short_videos(ffpp_root):
+    df = _ffpp(ffpp_root, frames_per_video=10, frames_per_video_eval=10)
+    key = "videos with fewer frames than asked (all their frames kept)"
+    assert df.attrs["notes"][key] == 1  # only original/001 (9 frames) is short of 10
+    assert df.attrs["note_examples"][key] == ["original/001: 9 < 10"]
+    assert key not in _ffpp(ffpp_root, frames_per_video=9, frames_per_video_eval=9).attrs["notes"]
+
+
+def test_explicit_counts_win_over_the_preset_and_are_recorded(ffpp_root, tmp_path):
+    out = tmp_path / "m.csv"
+    build_manifest("ffpp", str(ffpp_root), str(out), methods=["Deepfakes"],
+                   preset="deepfakebench", frames_per_video=4)
+    record = json.loads((tmp_path / "m.csv.json").read_text())
+    assert (record["preset"], record["frames_per_video"], record["frames_per_video_eval"]) == (
+        "deepfakebench", 4, 32)
+    assert pd.read_csv(out).query("split == 'train'").groupby("video_id").size().max() == 4
+
+
+def test_failed_build_keeps_the_previous_manifest_and_record(ffpp_root, tmp_path):
+    out = tmp_path / "m.csv"
+    build_manifest("ffpp", str(ffpp_root), str(out), methods=["Deepfakes"], preset="paper")
+    before = out.read_bytes(), (tmp_path / "m.csv.json").read_bytes()
+    with pytest.raises(AblateError):
+        build_manifest("ffpp", str(ffpp_root), str(out), methods=["Deepfakes"], layout="nope")
+    assert (out.read_bytes(), (tmp_path / "m.csv.json").read_bytes()) == before
+
+
+def test_config_settings_reach_the_manifest(tmp_path, monkeypatch):
+    """configs/data/<name>.yaml settings (preset, layout, frames) reach the built manifest
+    through the recipe's path: sources.locate -> build_from_config -> manifest + record."""
+    from ablate.data import sources
+
+    root = tmp_path / "celeb"
+    _celeb_tree(root, first="sub")
+    frames(root / "frames/Celeb-real/id5_0000", range(4))  # a second layout: detection fails
+    cfg = yaml.safe_load((CONFIGS / "celebdf.yaml").read_text())
+    cfg.update(root=str(root), preset="deepfakebench", layout="subfolder_first",
+               frames_per_video_eval=2)
+    configs = tmp_path / "configs" / "data"
+    configs.mkdir(parents=True)
+    (configs / "mycel.yaml").write_text(yaml.safe_dump(cfg))
+    monkeypatch.setenv("ABLATE_CONFIG_PATH", str(tmp_path / "configs"))
+    monkeypatch.chdir(tmp_path)
+    source = sources.locate("mycel")
+    table = load_manifest(source.manifest)
+    record = table.attrs["protocol"]
+    assert (record["preset"], record["layout"]) == ("deepfakebench", "subfolder_first")
+    assert (record["frames_per_video"], record["frames_per_video_eval"]) == (32, 2)
+    assert set(table[table["split"] == "test"].groupby("video_id").size()) == {2}
+    assert not table["path"].str.contains("id5_0000").any()  # the other layout's tree unread
+
+    out = tmp_path / "direct.csv"
+    build_from_config({**cfg, "manifest": str(out)})
+    assert json.loads((tmp_path / "direct.csv.json").read_text())["settings"]["layout"] == (
+        "subfolder_first")

@@ -14,6 +14,7 @@ from ablate.data.manifest import (
     check_manifest,
     count_frames,
     load_manifest,
+    read_protocol,
     save_manifest,
 )
 from ablate.errors import AblateError
@@ -187,3 +188,33 @@ def test_check_structural_errors_raise(tmp_path, clean):
 
 def test_count_frames_empty():
     assert list(count_frames(pd.DataFrame(columns=COLUMNS)).columns)[-2:] == ["frames", "videos"]
+
+
+def test_identity_and_family_columns_round_trip_as_text(tmp_path, clean):
+    out = tmp_path / "m.csv"
+    save_manifest(clean.assign(identity=["000", "001", "000"], family=[None, None, "FS"]), out)
+    assert list(pd.read_csv(out, dtype=str).columns) == COLUMNS + ["identity", "family"]
+    back = load_manifest(out)
+    assert back["identity"].tolist() == ["000", "001", "000"]  # not parsed as numbers
+    assert back["family"].isna().tolist() == [True, True, False]
+
+
+def test_old_manifest_without_optional_columns_or_record_loads(tmp_path, clean):
+    out = tmp_path / "m.csv"
+    clean.to_csv(out, index=False)  # written by an older version: no identity, no sidecar
+    back = load_manifest(out)
+    assert back["identity"].isna().all() and back["family"].isna().all()
+    assert back.attrs["protocol"] is None
+    assert "protocol: not recorded" in check_manifest(out).format()
+
+
+def test_protocol_record_follows_the_file_it_describes(tmp_path, clean):
+    out = tmp_path / "m.csv"
+    save_manifest(clean, out, protocol={"adapter": "toy", "preset": "paper"})
+    assert read_protocol(out)["preset"] == "paper"
+    assert "preset paper" in check_manifest(out).format()
+    with open(out, "a") as f:  # the manifest changes under its record
+        f.write(out.read_text().splitlines()[1] + "\n")
+    assert read_protocol(out) is None
+    save_manifest(clean, out)  # rewritten without a protocol: the stale record goes
+    assert not (tmp_path / "m.csv.json").exists()

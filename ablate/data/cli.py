@@ -45,9 +45,15 @@ def check(manifest: str, no_guided: bool, max_images: int | None) -> None:
 )
 @click.option(
     "--preset",
-    type=click.Choice(["paper", "official_code"]),
+    type=click.Choice(["deepfakebench", "paper", "official_code"]),
     default=None,
-    help="Frame sampling preset.",
+    help="Frame-count protocol: deepfakebench 32/video, paper 270 train/100 eval, "
+    "official_code 50 real/16 fake balanced.",
+)
+@click.option(
+    "--layout",
+    default=None,
+    help="On-disk layout (default: detected; the error lists the options).",
 )
 @click.option(
     "--set",
@@ -63,20 +69,25 @@ def manifest(
     frames_dir: str | None,
     source_is: str | None,
     preset: str | None,
+    layout: str | None,
     sets: tuple[str, ...],
 ) -> None:
-    """Build the manifest of dataset ADAPTER from --root and write it to --out."""
+    """Build the manifest of dataset ADAPTER from --root and write it to --out
+    (and how it was made to OUT.json)."""
     from ablate.data.adapters import build_manifest, format_notes
-    from ablate.data.manifest import count_frames
+    from ablate.data.manifest import count_frames, format_protocol
 
     settings = parse_sets(sets)
-    for key, value in (("frames_dir", frames_dir), ("source_is", source_is), ("preset", preset)):
+    given = (("frames_dir", frames_dir), ("source_is", source_is), ("preset", preset),
+             ("layout", layout))
+    for key, value in given:
         if value is not None:
             settings[key] = value
     df = build_manifest(adapter, root, out, **settings)
     click.echo(count_frames(df).to_string(index=False))
     for line in format_notes(df):
         click.echo(f"note: {line}")
+    click.echo(format_protocol(df.attrs.get("protocol")))
     click.echo(f"wrote {len(df)} frames to {df.attrs['manifest']}")
 
 

@@ -14,11 +14,25 @@ Columns:
     source_path  identity donor frame (guided training); empty where unknown
     target_path  frame the source face was blended into; empty where unknown
 
+Optional columns (written when the table has them; read as empty when a file lacks them,
+so older manifests load unchanged):
+    identity     the unit a bootstrap resamples in clusters: videos sharing a person
+                 (FF++: target original id A of real A and every fake A_B; Celeb-DF: idX;
+                 DFD: the actor id); empty where unknown (each video its own cluster)
+    family       generator family of the method (DF40: FS, FR, EFS, FE); empty elsewhere
+
 Real frames have source_path = target_path = path.
+
+Beside a manifest `m.csv`, `m.csv.json` records how it was made (adapter, layout,
+preset and the resolved frame counts, notes) with the sha256 of the manifest file it
+describes; `read_protocol` returns it only while that hash still matches.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
 import random
 import uuid
@@ -29,6 +43,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from ablate.errors import AblateError
+
+log = logging.getLogger(__name__)
 
 COLUMNS = [
     "path",
@@ -41,9 +57,11 @@ COLUMNS = [
     "source_path",
     "target_path",
 ]
+OPTIONAL_COLUMNS = ("identity", "family")
 REQUIRED = COLUMNS[:7]  # source/target may be absent: they are unknown for most test sets
 PATH_COLUMNS = ("path", "source_path", "target_path")
-TEXT_COLUMNS = ("path", "video_id", "dataset", "split", "method", "source_path", "target_path")
+TEXT_COLUMNS = ("path", "video_id", "dataset", "split", "method", "source_path", "target_path",
+                *OPTIONAL_COLUMNS)
 SPLITS = ("train", "val", "test")
 LABELS = (0, 1)
 EXAMPLES = 5  # problem examples shown per kind
@@ -66,7 +84,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
                 path,
                 dtype={c: str for c in TEXT_COLUMNS},
                 keep_default_na=False,
-                na_values={c: [""] for c in COLUMNS},
+                na_values={c: [""] for c in (*COLUMNS, *OPTIONAL_COLUMNS)},
             )
     except ImportError as err:
         raise AblateError(
@@ -78,10 +96,11 @@ def read_table(path: str | Path) -> pd.DataFrame:
             "it must be a CSV (.csv) or Parquet (.parquet) frame table"
         ) from None
     _require_columns(df, path)
-    for col in ("source_path", "target_path"):
+    for col in ("source_path", "target_path", *OPTIONAL_COLUMNS):
         if col not in df.columns:
             df[col] = pd.NA
-    return df[COLUMNS + [c for c in df.columns if c not in COLUMNS]]
+    known = COLUMNS + list(OPTIONAL_COLUMNS)
+    return df[known + [c for c in df.columns if c not in known]]
 
 
 def load_manifest(path: str | Path) -> pd.DataFrame:
@@ -94,16 +113,21 @@ def load_manifest(path: str | Path) -> pd.DataFrame:
     df = read_table(path)
     df = resolve_paths(validate(df, where=str(path)), path.parent)
     df.attrs["manifest"] = str(path)
+    df.attrs["protocol"] = read_protocol(path)
     return df
 
 
-def save_manifest(df: pd.DataFrame, path: str | Path) -> Path:
+def save_manifest(df: pd.DataFrame, path: str | Path, protocol: dict | None = None) -> Path:
     """Validate and write `df`; paths under the manifest's folder are written relative.
 
     Written to a temporary file beside `path`, then renamed over it: concurrent trials may
-    build the same manifest, and a reader never sees a half-written one."""
+    build the same manifest, and a reader never sees a half-written one. `protocol` (how
+    the table was made) goes to the sidecar `<path>.json`, with the file's sha256; without
+    one, a sidecar left from an earlier manifest at `path` is removed (it would describe
+    other rows)."""
     path = Path(path).expanduser().resolve()
-    out = validate(df, where="the table to save")[COLUMNS]
+    table = validate(df, where="the table to save")
+    out = table[COLUMNS + [c for c in OPTIONAL_COLUMNS if c in table.columns]]
     for col in PATH_COLUMNS:
         out[col] = [_relative(p, path.parent) for p in out[col]]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -122,7 +146,54 @@ def save_manifest(df: pd.DataFrame, path: str | Path) -> Path:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    _write_protocol(path, protocol, len(out))
     return path
+
+
+def protocol_path(manifest: str | Path) -> Path:
+    """The sidecar that records how `manifest` was made: `<manifest>.json`."""
+    manifest = Path(manifest)
+    return manifest.with_name(manifest.name + ".json")
+
+
+def read_protocol(manifest: str | Path) -> dict | None:
+    """The recorded protocol of `manifest`, or None when there is none or it describes
+    another version of the file (its sha256 no longer matches)."""
+    manifest = Path(manifest).expanduser()
+    side = protocol_path(manifest)
+    if not side.is_file():
+        return None
+    try:
+        record = json.loads(side.read_text())
+    except ValueError:
+        log.warning("%s is not JSON; ignoring it", side)
+        return None
+    if not isinstance(record, dict) or record.get("sha256") != _file_sha(manifest):
+        log.warning("%s describes another version of %s; ignoring it", side, manifest.name)
+        return None
+    return record
+
+
+def _write_protocol(path: Path, protocol: dict | None, rows: int) -> None:
+    side = protocol_path(path)
+    if protocol is None:
+        side.unlink(missing_ok=True)
+        return
+    record = {**protocol, "manifest": path.name, "rows": rows, "sha256": _file_sha(path)}
+    tmp = side.with_name(f".{side.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.write_text(json.dumps(record, indent=1, sort_keys=True, default=str) + "\n")
+        os.replace(tmp, side)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _file_sha(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def resolve_paths(df: pd.DataFrame, folder: str | Path) -> pd.DataFrame:
@@ -203,6 +274,7 @@ class CheckReport:
     images_total: int
     counts: pd.DataFrame
     problems: dict[str, list] = field(default_factory=dict)
+    protocol: dict | None = None  # how the manifest was made (its sidecar), when recorded
 
     @property
     def ok(self) -> bool:
@@ -211,6 +283,7 @@ class CheckReport:
     def format(self) -> str:
         """A readable summary: counts table, then each problem kind with a few examples."""
         lines = [f"manifest {self.manifest}: {self.rows} rows"]
+        lines.append(format_protocol(self.protocol))
         lines.append(self.counts.to_string(index=False) if len(self.counts) else "(no rows)")
         lines.append(f"opened {self.images_opened} of {self.images_total} distinct images")
         found = {k: v for k, v in self.problems.items() if v}
@@ -251,7 +324,22 @@ def check_manifest(
         p for p in _progress(opened, "opening images") if not _opens(p)
     ]
     counts = count_frames(df)
-    return CheckReport(str(path), len(df), len(opened), len(to_open), counts, problems)
+    return CheckReport(
+        str(path), len(df), len(opened), len(to_open), counts, problems, read_protocol(path)
+    )
+
+
+def format_protocol(protocol: dict | None) -> str:
+    """One line: which adapter, layout and frame-count preset made a manifest."""
+    if not protocol:
+        return "protocol: not recorded (no current <manifest>.json beside it)"
+    counts = ", ".join(
+        f"{k}={protocol.get(k)}"
+        for k in ("frames_per_video", "frames_per_video_eval", "frames_per_real_video",
+                  "frames_per_fake_video", "fake_real_ratio")
+    )
+    return (f"protocol: adapter {protocol.get('adapter')}, layout {protocol.get('layout')}, "
+            f"preset {protocol.get('preset')} ({counts})")
 
 
 def count_frames(df: pd.DataFrame) -> pd.DataFrame:
