@@ -113,6 +113,11 @@ def test_ffpp_rows_labels_methods_splits(ffpp, tmp_path):
     }
     assert sorted(df.loc[df["video_id"] == "FF-DF/000_003", "frame"]) == list(INDICES)
     assert not df.duplicated(["path", "split"]).any()
+    # the bootstrap's cluster: original A for real A and for every fake A_B (its target)
+    identity = dict(df[["video_id", "identity"]].drop_duplicates().itertuples(index=False))
+    assert identity == {"FF-real/000": "000", "FF-real/003": "003", "FF-real/001": "001",
+                        "FF-real/002": "002", "FF-DF/000_003": "000", "FF-DF/001_002": "001",
+                        "FF-F2F/003_000": "003"}
 
 
 def test_ffpp_fakes_paired_with_originals_by_frame_index(ffpp, tmp_path):

@@ -273,14 +273,25 @@ def build_rows(entries: list[Entry], source_is: str = "B") -> pd.DataFrame:
                     "frame": index,
                     "source_path": src,
                     "target_path": tgt,
+                    "identity": _identity(entry),
                 }
             )
-    df = pd.DataFrame(rows, columns=COLUMNS)
+    df = pd.DataFrame(rows, columns=[*COLUMNS, "identity"])
     if df.empty:
         raise AblateError("the DeepfakeBench JSON files list no frames (for these splits)")
     df = _dedupe(df, notes)
     df = df.sort_values(["dataset", "split", "label", "video_id", "frame"], kind="stable")
     return notes.attach(df.reset_index(drop=True), "deepfakebench")
+
+
+def _identity(entry: Entry) -> str | None:
+    """The bootstrap's cluster, as the folder adapters set it: FF++ original A for real A and
+    every fake A_B; Celeb-DF the target identity idX of idX_NNNN / idX_idY_NNNN."""
+    if entry.label_name == FF_REAL or entry.label_name in FF_FAKES:
+        found = re.fullmatch(r"(\d+)(?:_\d+)?", entry.video)
+    else:
+        found = re.match(r"(id\d+)_", entry.video)
+    return found.group(1) if found else None
 
 
 def _indexed(frames: list[tuple[str, str]]) -> list[tuple[int, str]]:

@@ -27,7 +27,7 @@ from ablate.data.manifest import load_manifest
 from ablate.errors import AblateError
 
 MANIFEST_DIR = Path("results/manifests")
-CACHE_VERSION = 1  # bump when an adapter writes other rows for the same settings
+CACHE_VERSION = 2  # bump when an adapter writes other rows for the same settings (2: identity, family, WildDeepfake source videos)
 
 
 @dataclass(frozen=True)
