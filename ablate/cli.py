@@ -145,23 +145,33 @@ def train(overrides: tuple[str, ...], dry_run: bool, quiet: bool) -> None:
 @click.option("--scores-out", type=click.Path(dir_okay=False),
               help="Write per-frame scores (dataset, path, video_id, label, score) to this CSV.")
 @click.option("--bootstrap", default=1000, show_default=True,
-              help="Bootstrap resamples (of videos) for the 95% CIs.")
+              help="Bootstrap resamples (of videos or identities) for the 95% CIs.")
+@click.option("--eer", type=click.Choice(["interpolated", "nearest"]), default=None,
+              help="EER convention: interpolated (DiffusionFake's brentq) or nearest "
+                   "(DeepfakeBench's ROC point). Default: the recipe's eval.eer.")
+@click.option("--bootstrap-unit", type=click.Choice(["auto", "identity", "video"]),
+              default=None, help="What a bootstrap resample draws; auto = identities where the "
+                                 "test manifest names them, else videos. Default: the "
+                                 "recipe's eval.bootstrap_unit.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def eval_cmd(run: str, tests: tuple[str, ...], scores_out: str | None, bootstrap: int,
-             device: str, quiet: bool) -> None:
+             eer: str | None, bootstrap_unit: str | None, device: str, quiet: bool) -> None:
     """Evaluate a trained RUN folder (encoder + head only) on cross-dataset test sets.
 
     \b
     Per test set: frame-level AUC, EER, AP, accuracy at 0.5 and at the threshold
     chosen on the source validation split, and video-level AUC; each with a
-    bootstrap 95% CI over videos. Metrics are also written to RUN/metrics.csv.
+    bootstrap 95% CI over videos (or identities). Metrics are also written to
+    RUN/metrics.csv, each row with how it was computed (EER convention, bootstrap
+    unit and seed, threshold source, aggregation, hash of the scored rows).
     """
-    from ablate.evaluate import evaluate_run, summary_table
+    from ablate.evaluate import evaluate_run, provenance_line, summary_table
 
     metrics, folder = evaluate_run(run, list(tests) or None, device, bootstrap, not quiet,
-                                   scores_out)
+                                   scores_out, eer=eer, bootstrap_unit=bootstrap_unit)
     click.echo(summary_table(metrics).to_string(index=False))
+    click.echo(provenance_line(metrics))
     click.echo(f"metrics written to {folder / 'metrics.csv'}")
     if scores_out:
         click.echo(f"scores written to {scores_out}")

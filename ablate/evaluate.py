@@ -2,6 +2,10 @@
 
 Thresholds and checkpoints are chosen on the source domain's validation split
 during training (`ablate.scoring`); test sets only ever receive the chosen model.
+Every metric row says how it was computed (`ablate.metrics.PROVENANCE`) and on
+which rows (`manifest_sha`), so numbers from other runs or papers can be laid
+beside it knowingly. The EER convention and the bootstrap unit come from the
+recipe's `eval` keys (`configs/config.yaml`), overridable per call.
 """
 
 from __future__ import annotations
@@ -17,9 +21,38 @@ from torch import nn
 from ablate.data.dataset import FrameCache, ManifestDataset
 from ablate.data.loader import resolve_dataset, split_rows
 from ablate.errors import AblateError
-from ablate.metrics import evaluate_scores
+from ablate.metrics import (
+    BOOT_UNITS,
+    check_eer_convention,
+    evaluate_scores,
+    resolve_unit,
+    video_clusters,
+)
+from ablate.provenance import manifest_sha
+from ablate.recipe import EVAL_DEFAULTS
 from ablate.scoring import score
 from ablate.tracking import write_metrics
+
+THRESHOLD_FROM = "source val EER point"  # where acc_thr's threshold comes from (run.json)
+
+
+def eval_settings(cfg: DictConfig, eer: str | None = None,
+                  bootstrap_unit: str | None = None) -> dict[str, str]:
+    """The recipe's eval keys (defaults for recipes saved before they existed), with the
+    given overrides; bad values fail here, before any frame is scored."""
+    stored = cfg.get("eval") or {}
+    out = {k: str(stored.get(k, v)) for k, v in EVAL_DEFAULTS.items()}
+    out.update({k: v for k, v in (("eer", eer), ("bootstrap_unit", bootstrap_unit)) if v})
+    check_eer_convention(out["eer"])
+    if out["bootstrap_unit"] not in BOOT_UNITS:
+        raise AblateError(f"unknown bootstrap unit {out['bootstrap_unit']!r}; set "
+                          f"eval.bootstrap_unit to one of {', '.join(BOOT_UNITS)}")
+    return out
+
+
+def identities_of(rows: pd.DataFrame):  # noqa: ANN201 - a column or None
+    """The manifest's optional `identity` column (the cluster unit), or None without one."""
+    return rows["identity"].to_numpy(dtype=object) if "identity" in rows.columns else None
 
 
 def test_rows(name: str, image_size: int, cache: FrameCache | None = None,
@@ -41,21 +74,36 @@ def test_rows(name: str, image_size: int, cache: FrameCache | None = None,
 def evaluate_classifier(
     classifier: nn.Module, cfg: DictConfig, tests: list[str], threshold: float | None,
     device: str | torch.device = "cpu", n_boot: int = 1000, progress: bool = True,
-    scores_out: str | Path | None = None,
+    scores_out: str | Path | None = None, eer: str | None = None,
+    bootstrap_unit: str | None = None,
 ) -> pd.DataFrame:
-    """Metrics per test set: rows dataset, split, level, metric, value, ci_low, ci_high, n."""
+    """Metrics per test set: rows dataset, split, level, metric, value, ci_low, ci_high, n,
+    the provenance keys of `evaluate_scores` and `manifest_sha` (the rows scored)."""
+    settings = eval_settings(cfg, eer, bootstrap_unit)
     cache = FrameCache()
-    results, all_scores = [], []
-    for name in tests:
+    datasets = {}
+    for name in tests:  # every test set's rows and settings are checked before any scoring
         dataset = test_rows(name, cfg.image_size, cache, cfg.data.max_skip_fraction)
+        resolve_unit(settings["bootstrap_unit"],
+                     video_clusters(dataset.rows["video_id"].astype(str),
+                                    identities_of(dataset.rows)),
+                     where=f"the test rows of {name}")
+        datasets[name] = dataset
+    results, all_scores = [], []
+    for name, dataset in datasets.items():
+        identities = identities_of(dataset.rows)
         scores = score(classifier, dataset, device=device, progress=progress, desc=f"eval {name}")
         scores.insert(0, "dataset", name)
         all_scores.append(scores)
         rows = evaluate_scores(
             scores["video_id"].to_numpy(), scores["label"].to_numpy(), scores["score"].to_numpy(),
-            threshold=threshold, n_boot=n_boot, seed=int(cfg.seed),
+            threshold=threshold, n_boot=n_boot, seed=int(cfg.seed), identities=identities,
+            boot_unit=settings["bootstrap_unit"], eer_convention=settings["eer"],
+            threshold_from=THRESHOLD_FROM,
         )
-        results += [{"dataset": name, "split": "test", **row} for row in rows]
+        sha = manifest_sha(dataset.rows)
+        results += [{"dataset": name, "split": "test", **row, "manifest_sha": sha}
+                    for row in rows]
     if scores_out:
         out = Path(scores_out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -81,14 +129,31 @@ def summary_table(metrics: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def provenance_line(metrics: pd.DataFrame) -> str:
+    """One line saying how the rows were computed (printed under the summary table)."""
+    def values(column: str, rows: pd.DataFrame = metrics) -> str:
+        found = rows[column].dropna().astype(str).unique() if column in rows else []
+        return "/".join(sorted(found)) or "unknown"
+
+    eer_rows = metrics[metrics["metric"] == "eer"]
+    boot = metrics[metrics["n_boot"] > 0] if "n_boot" in metrics else metrics.iloc[0:0]
+    ci = (f"{values('n_boot', boot)} resamples by {values('boot_unit', boot)}, seed "
+          f"{values('boot_seed', boot)}" if len(boot) else "no bootstrap")
+    return (f"EER: {values('eer_convention', eer_rows)}; CIs: {ci}; video score: "
+            f"{values('aggregation', metrics[metrics['level'] == 'video'])} of frame "
+            "probabilities")
+
+
 def evaluate_run(
     run: str | Path, tests: list[str] | None = None, device: str = "auto", n_boot: int = 1000,
-    progress: bool = True, scores_out: str | Path | None = None,
+    progress: bool = True, scores_out: str | Path | None = None, eer: str | None = None,
+    bootstrap_unit: str | None = None,
 ) -> tuple[pd.DataFrame, Path]:
     """Evaluate a run folder on test sets (default: its recipe's data.tests).
 
     The threshold for `acc_thr` is the one chosen on the source validation split
     during training (run.json); metrics are also written to <run>/metrics.csv.
+    `eer` / `bootstrap_unit` override the recipe's eval keys.
     """
     from ablate.checkpoint import RUN_INFO, load_classifier, resolve_run
     from ablate.device import pick_device
@@ -99,9 +164,9 @@ def evaluate_run(
     info = json.loads((folder / RUN_INFO).read_text()) if (folder / RUN_INFO).is_file() else {}
     threshold = (info.get("selection") or {}).get("threshold")
     metrics = evaluate_classifier(
-        classifier, cfg, list(tests or cfg.data.tests), threshold, dev, n_boot, progress, scores_out
+        classifier, cfg, list(tests or cfg.data.tests), threshold, dev, n_boot, progress,
+        scores_out, eer=eer, bootstrap_unit=bootstrap_unit,
     )
-    metrics.insert(0, "threshold_from", "source val" if threshold is not None else "none")
     metrics.to_csv(folder / "metrics.csv", index=False)
     write_metrics(folder, metrics.to_dict("records"), int(info.get("checkpoint_step") or 0))
     return metrics, folder

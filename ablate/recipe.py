@@ -32,6 +32,10 @@ NON_RESULT_KEYS = (
     "train.latent_cache_mb",
 )
 
+# `eval` keys came after recipes were first hashed: at these defaults they are left out of
+# the hash (a recipe keeps the hash it had before they existed); any other value counts.
+EVAL_DEFAULTS = {"eer": "interpolated", "bootstrap_unit": "auto"}
+
 
 def is_guided(cfg: DictConfig) -> bool:
     """False for the plain baseline (`guide=none`)."""
@@ -153,10 +157,20 @@ def _check_choices(cfg: DictConfig) -> None:
     from ablate.data.augment import build_augment
 
     build_augment(cfg.data.get("augment", "none"), int(cfg.image_size))
+    _check_eval(cfg.get("eval") or {})
     every = cfg.train.get("eval_every", 0)
     if every != "epoch" and (isinstance(every, bool) or not isinstance(every, int) or every < 0):
         raise AblateError(f"train.eval_every must be a number of steps >= 0 or 'epoch', "
                           f"not {every!r}")
+
+
+def _check_eval(settings: DictConfig | dict) -> None:
+    from ablate.metrics import BOOT_UNITS, EER_CONVENTIONS
+
+    for key, allowed in (("eer", EER_CONVENTIONS), ("bootstrap_unit", BOOT_UNITS)):
+        value = settings.get(key)
+        if value is not None and value not in allowed:
+            raise AblateError(f"eval.{key} must be one of {', '.join(allowed)}, not {value!r}")
 
 
 def ignored_by_baseline(cfg: DictConfig, overrides: list[str] | tuple[str, ...]) -> list[str]:
@@ -178,6 +192,10 @@ def result_dict(cfg: DictConfig) -> dict:
         for p in parents:
             node = node.get(p, {})
         node.pop(leaf, None)
+    evals = {k: v for k, v in (data.pop("eval", None) or {}).items()
+             if EVAL_DEFAULTS.get(k, object()) != v}
+    if evals:
+        data["eval"] = evals
     used = plugin_identities(data)
     if used:
         data["plugins"] = used

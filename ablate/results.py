@@ -18,6 +18,10 @@ PostgreSQL (shared by several machines), with the same schema on both.
   reuse key (`identity`: recipe + data + teacher content) and content hashes
   to trials, the driver's host / pid / heartbeat / error to sweeps, and
   `ablate_checkpoints` (a sweep's latest checkpoint per recipe and seed).
+  Version 3 adds to every metric row what makes it comparable (METRIC_PROVENANCE:
+  frame -> video aggregation, threshold and its source, bootstrap resamples, seed
+  and unit, EER convention, hash of the scored test rows); rows from older
+  databases keep NULL there, never a guessed value.
 - A sweep whose status says "running" may have lost its driver (killed, host
   rebooted): `list_sweeps` calls it `stale` when its heartbeat is older than
   STALE_AFTER_S or its pid is gone on this host, so nobody waits for it.
@@ -51,7 +55,7 @@ from sqlalchemy import event
 
 from ablate.errors import AblateError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DEFAULT_URL = "sqlite:///results/ablate.db"
 STALE_AFTER_S = 90.0  # a running sweep whose heartbeat is older than this has lost its driver
 SQLITE_BUSY_TIMEOUT_S = 30.0  # how long a SQLite writer waits for another writer
@@ -62,7 +66,11 @@ _WRITE = "ablate_write"  # execution option: this connection will write
 SWEEP_STATUSES = ("running", "finished", "interrupted", "failed")
 TRIAL_STATUSES = ("finished", "pruned", "failed", "nan", "reused", "running")
 LEVELS = ("frame", "video")
-METRIC_KEYS = ("dataset", "split", "level", "metric", "value", "ci_low", "ci_high", "n")
+# how a metric row was computed (ablate.metrics.PROVENANCE + the scored rows' hash); NULL = unknown
+METRIC_PROVENANCE = ("aggregation", "threshold", "threshold_from", "n_boot", "boot_seed",
+                     "boot_unit", "eer_convention", "manifest_sha")
+METRIC_KEYS = ("dataset", "split", "level", "metric", "value", "ci_low", "ci_high", "n",
+               *METRIC_PROVENANCE)
 SWEEP_ROW_KEYS = ("id", "tune_trial_id", "identity", "recipe_hash", "seed", "status", "started",
                   "ended", "train_steps", "reused_from", "code_version", "run_dir")
 
@@ -135,6 +143,15 @@ metrics_table = sa.Table(
     sa.Column("ci_low", sa.Float),
     sa.Column("ci_high", sa.Float),
     sa.Column("n", sa.Integer),
+    # v3: how the row was computed (METRIC_PROVENANCE)
+    sa.Column("aggregation", sa.String),
+    sa.Column("threshold", sa.Float),
+    sa.Column("threshold_from", sa.String),
+    sa.Column("n_boot", sa.Integer),
+    sa.Column("boot_seed", sa.Integer),
+    sa.Column("boot_unit", sa.String),
+    sa.Column("eer_convention", sa.String),
+    sa.Column("manifest_sha", sa.String),
     sa.PrimaryKeyConstraint("trial_id", "dataset", "split", "level", "metric",
                             name="pk_ablate_metrics"),
 )
@@ -195,7 +212,16 @@ def _v1_to_v2(conn: sa.Connection) -> None:
     checkpoints_table.create(conn)
 
 
-MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2}
+def _v2_to_v3(conn: sa.Connection) -> None:
+    """Provenance columns on metrics; old rows keep NULL (unknown), nothing is inferred."""
+    for column in (sa.Column("aggregation", sa.String), sa.Column("threshold", sa.Float),
+                   sa.Column("threshold_from", sa.String), sa.Column("n_boot", sa.Integer),
+                   sa.Column("boot_seed", sa.Integer), sa.Column("boot_unit", sa.String),
+                   sa.Column("eer_convention", sa.String), sa.Column("manifest_sha", sa.String)):
+        add_column(conn, "ablate_metrics", column)
+
+
+MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def _apply_migrations(conn: sa.Connection, version: int) -> None:
@@ -425,8 +451,18 @@ def _metric_rows(metrics: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         seen.add(key)
         rows.append({**dict(zip(METRIC_KEYS[:4], key, strict=True)),
                      "value": _float(m["value"]), "ci_low": _float(m.get("ci_low")),
-                     "ci_high": _float(m.get("ci_high")), "n": _int(m.get("n"))})
+                     "ci_high": _float(m.get("ci_high")), "n": _int(m.get("n")),
+                     **_provenance(m)})
     return rows
+
+
+def _provenance(m: Mapping[str, Any]) -> dict[str, Any]:
+    """A metric's METRIC_PROVENANCE values (missing ones NULL: unknown, not guessed)."""
+    text = {k: None if _missing(m.get(k)) else str(m[k])
+            for k in ("aggregation", "threshold_from", "boot_unit", "eer_convention",
+                      "manifest_sha")}
+    return {**text, "threshold": _float(m.get("threshold")), "n_boot": _int(m.get("n_boot")),
+            "boot_seed": _int(m.get("boot_seed"))}
 
 
 def _curve_rows(curves: Iterable[tuple[int, str, float]]) -> list[dict[str, Any]]:

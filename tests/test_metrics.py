@@ -268,3 +268,178 @@ def test_bootstrap_speed_10k_frames():
     start = time.perf_counter()
     M.bootstrap_ci(vid, y, s, "auc", n_boot=1000, seed=0)
     assert time.perf_counter() - start < 5.0  # generous: shared CI cores
+
+
+# ---------------------------------------------------------------- EER conventions
+
+
+def _deepfakebench_eer(y, s) -> float:
+    """DeepfakeBench's training/metrics/utils.py, verbatim in substance: sklearn's default
+    roc_curve (drop_intermediate=True), then the FPR where |FNR - FPR| is smallest."""
+    fpr, tpr, _ = roc_curve(y, s, pos_label=1)
+    fnr = 1 - tpr
+    return float(fpr[np.nanargmin(np.absolute(fnr - fpr))])
+
+
+def _diffusionfake_eer(y, s) -> float:
+    """DiffusionFake's EER: the root of 1 - x - interp1d(fpr, tpr)(x) on [0, 1]."""
+    from scipy.interpolate import interp1d
+    from scipy.optimize import brentq
+
+    fpr, tpr, _ = roc_curve(y, s)
+    return float(brentq(lambda x: 1.0 - x - interp1d(fpr, tpr)(x), 0.0, 1.0))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_nearest_eer_is_deepfakebench_expression(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(6, 200))
+    y = rng.integers(0, 2, n)
+    y[:2] = [0, 1]
+    s = rng.random(n) * 0.6 + 0.3 * y
+    if seed % 2:
+        s = np.round(s, int(rng.integers(1, 3)))  # ties: diagonal ROC segments
+    assert M.eer(y, s, "nearest") == _deepfakebench_eer(y, s)
+    assert M.frame_metrics(y, s, eer_convention="nearest")["eer"] == _deepfakebench_eer(y, s)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_interpolated_eer_is_diffusionfake_brentq(seed):
+    rng = np.random.default_rng(100 + seed)
+    n = int(rng.integers(10, 300))
+    y = rng.integers(0, 2, n)
+    y[:2] = [0, 1]
+    s = rng.random(n) * 0.7 + 0.3 * y  # continuous: interp1d needs no tie handling
+    assert M.eer(y, s) == pytest.approx(_diffusionfake_eer(y, s), abs=1e-9)
+    assert M.eer(y, s, "interpolated") == M.eer(y, s)  # the default
+
+
+def test_hand_worked_case_where_the_conventions_differ():
+    # y (by descending score) = 1 0 0 0 1: P = 2, N = 3. ROC points (FPR, TPR):
+    # (0,0) (0,.5) (1/3,.5) (2/3,.5) (1,.5) (1,1). FNR - FPR: 1, .5, 1/6, -1/6, -.5, -1.
+    # interpolated: halfway between (1/3,.5) and (2/3,.5) -> EER = 1/2.
+    # nearest (DeepfakeBench): sklearn's roc_curve drops (1/3,.5) and (2/3,.5) (equal
+    # steps either side), leaving (0,0) (0,.5) (1,.5) (1,1) with |FNR - FPR| = 1, .5, .5,
+    # 1; the first minimum is (0,.5) -> EER = 0, although AUC is only 1/2.
+    y, s = [1, 0, 0, 0, 1], [0.9, 0.8, 0.7, 0.6, 0.5]
+    assert M.auc(y, s) == pytest.approx(0.5)
+    assert M.eer(y, s, "interpolated") == pytest.approx(0.5)
+    assert M.eer(y, s, "nearest") == 0.0
+    assert _deepfakebench_eer(y, s) == 0.0
+
+
+def test_unknown_eer_convention_raises():
+    with pytest.raises(AblateError, match="unknown EER convention 'brentq'.*eval.eer"):
+        M.frame_metrics([0, 1], [0.2, 0.8], eer_convention="brentq")
+
+
+def test_vectorised_nearest_eer_equals_deepfakebench_on_the_same_resamples():
+    # weighted resamples leave some tie groups at weight 0: the kept ROC points must be
+    # those of the materialised frames, as sklearn sees them
+    vid, y, s = _videos(30, frames=4, separation=1.0, seed=8)
+    s = np.round(s, 2)
+    for name, fn in (("eer", _deepfakebench_eer),):
+        fast, _ = M.bootstrap_values(vid, y, s, name, n_boot=80, seed=2,
+                                     eer_convention="nearest")
+        slow, _ = M.bootstrap_values(vid, y, s, fn, n_boot=80, seed=2)
+        np.testing.assert_array_equal(fast, slow)
+    vids, vy, vs = M.video_scores(vid, y, s)
+    fast, _ = M.bootstrap_values(vid, y, s, "video_eer", n_boot=80, seed=2,
+                                 eer_convention="nearest")
+    slow, _ = M.bootstrap_values(vids, vy, vs, _deepfakebench_eer, n_boot=80, seed=2)
+    np.testing.assert_array_equal(fast, slow)
+
+
+# ---------------------------------------------------------------- identity-clustered bootstrap
+
+
+def _correlated_identities(n_ids: int = 20, seed: int = 0):
+    """n_ids identities of 4 videos each, all of one class (identity i is fake when i is odd),
+    2 frames per video; every frame of an identity has one score (perfect correlation)."""
+    rng = np.random.default_rng(seed)
+    ident_score = rng.random(n_ids) + 0.3 * (np.arange(n_ids) % 2)
+    vid = np.repeat(np.arange(n_ids * 4), 2)  # video v belongs to identity v // 4
+    ident = vid // 4
+    y = ident % 2
+    return vid, y, ident_score[ident], np.array([f"id{i:02d}" for i in ident], dtype=object)
+
+
+def _numpy_cluster_ci(vid, y, s, ident, n_boot, seed, alpha=0.05):
+    """Independent cluster bootstrap: draw identities with replacement (one (B, C) draw
+    from default_rng(seed)), weight each frame by its identity's count, weighted AUC."""
+    names = sorted(set(ident))
+    cluster = np.array([names.index(i) for i in ident])
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(names), size=(n_boot, len(names)))
+    values = []
+    for row in draws:
+        w = np.bincount(row, minlength=len(names))[cluster]
+        assert 0 < (w * y).sum() < w.sum()  # both classes (20 identities: none redrawn)
+        values.append(roc_auc_score(y, s, sample_weight=w))
+    return tuple(np.quantile(values, [alpha / 2, 1 - alpha / 2]))
+
+
+def test_identity_bootstrap_is_wider_for_correlated_identities_and_matches_numpy():
+    vid, y, s, ident = _correlated_identities()
+    by_id = M.bootstrap_ci(vid, y, s, "auc", n_boot=400, seed=5, identities=ident)
+    by_video = M.bootstrap_ci(vid, y, s, "auc", n_boot=400, seed=5, identities=ident,
+                              boot_unit="video")
+    assert by_id == M.bootstrap_ci(vid, y, s, "auc", n_boot=400, seed=5, identities=ident,
+                                   boot_unit="identity")  # auto = identity when known
+    # 4 copies of each identity look like 4 independent videos to per-video resampling
+    assert by_id[1] - by_id[0] > 1.5 * (by_video[1] - by_video[0])
+    assert M.bootstrap_values(vid, y, s, "auc", n_boot=400, seed=5, identities=ident)[1] == 0
+    np.testing.assert_allclose(by_id, _numpy_cluster_ci(vid, y, s, ident, 400, 5), atol=1e-12)
+    # without identities (or all empty) auto falls back to videos
+    assert M.bootstrap_ci(vid, y, s, "auc", n_boot=400, seed=5) == by_video
+    blank = np.array([""] * len(vid), dtype=object)
+    assert M.bootstrap_ci(vid, y, s, "auc", n_boot=400, seed=5, identities=blank) == by_video
+
+
+def test_identity_resamples_bring_every_video_of_a_drawn_identity():
+    vid, y, s, ident = _correlated_identities(n_ids=6)
+    clusters = M.video_clusters(vid, ident)
+    assert list(clusters) == list(np.repeat(np.arange(6), 4))
+    boot = M.draw_videos(np.repeat(np.arange(6) % 2, 4), 50, seed=1, clusters=clusters)
+    assert boot.unit == "identity" and boot.n_units == 6
+    per_video = boot.counts.reshape(50, 6, 4)
+    assert (per_video == per_video[:, :, :1]).all()  # a cluster's videos are drawn together
+    assert (boot.counts.sum(axis=1) == 24).all()  # 6 identities drawn, 4 videos each
+
+
+def test_videos_without_identity_are_clusters_of_their_own_and_conflicts_raise():
+    vid = np.array(["a", "a", "b", "c", "d"])
+    clusters = M.video_clusters(vid, np.array(["x", "x", "x", None, ""], dtype=object))
+    assert clusters[0] == clusters[1] and len(set(clusters)) == 3  # {a, b}, {c}, {d}
+    with pytest.raises(AblateError, match="1 videos name more than one identity.*a"):
+        M.video_clusters(vid, np.array(["x", "y", "x", "z", "z"], dtype=object))
+    with pytest.raises(AblateError, match="bootstrap_unit=identity.*no identity column"):
+        M.evaluate_scores(np.arange(4), [0, 1, 0, 1], [0.1, 0.9, 0.2, 0.8], n_boot=10,
+                          boot_unit="identity")
+    with pytest.raises(AblateError, match="unknown bootstrap unit 'frame'"):
+        M.evaluate_scores(np.arange(4), [0, 1, 0, 1], [0.1, 0.9, 0.2, 0.8], n_boot=10,
+                          boot_unit="frame")
+
+
+def test_evaluate_scores_rows_say_how_they_were_computed():
+    vid, y, s, ident = _correlated_identities()
+    rows = {(r["level"], r["metric"]): r for r in M.evaluate_scores(
+        vid, y, s, threshold=0.4, n_boot=100, seed=3, identities=ident,
+        eer_convention="nearest", threshold_from="source val EER point")}
+    for r in rows.values():
+        assert (r["n_boot"], r["boot_seed"], r["boot_unit"]) == (100, 3, "identity")
+    assert rows[("frame", "eer")]["eer_convention"] == "nearest"
+    assert rows[("video", "eer")]["eer_convention"] == "nearest"
+    assert rows[("frame", "auc")]["eer_convention"] is None
+    assert rows[("frame", "eer")]["value"] == _deepfakebench_eer(y, s)
+    assert {r["aggregation"] for k, r in rows.items() if k[0] == "video"} == {"mean"}
+    assert {r["aggregation"] for k, r in rows.items() if k[0] == "frame"} == {"none"}
+    assert (rows[("frame", "acc_thr")]["threshold"],
+            rows[("frame", "acc_thr")]["threshold_from"]) == (0.4, "source val EER point")
+    assert (rows[("frame", "acc_05")]["threshold"],
+            rows[("frame", "acc_05")]["threshold_from"]) == (0.5, "fixed 0.5")
+    assert (rows[("frame", "auc")]["threshold"], rows[("frame", "auc")]["threshold_from"]) == (
+        None, "none")
+    plain = M.evaluate_scores(vid, y, s, n_boot=0)
+    assert {(r["boot_unit"], r["boot_seed"], r["n_boot"]) for r in plain} == {("none", None, 0)}
+    assert {r["eer_convention"] for r in plain if r["metric"] == "eer"} == {"interpolated"}

@@ -20,9 +20,11 @@ import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import schema_v1
+import schema_v2
 import sqlalchemy as sa
 from pg import fresh_postgres_url, postgres_url  # noqa: F401  (fixtures)
 
@@ -258,7 +260,8 @@ def test_finished_trial_looks_across_sweeps_and_skips_other_statuses(db: Results
     assert found["id"] == old and found["sweep"] == "a" and found["status"] == "finished"
     assert found["recipe"] == {"filter": "code", "seed": 0}
     assert found["metrics"] == [{**metric(value=0.7), "ci_low": pytest.approx(0.65),
-                                 "ci_high": pytest.approx(0.75)}]
+                                 "ci_high": pytest.approx(0.75),
+                                 **dict.fromkeys(PROVENANCE_COLUMNS)}]  # not recorded: NULL
     assert found["curves"] == [(0, "loss", 1.0)]
     assert db.finished_trial("h1", 2) is None and db.finished_trial("nothing", 0) is None
 
@@ -561,7 +564,8 @@ def test_timestamps_are_utc(db: ResultsDB) -> None:
 
 
 def test_v1_database_is_migrated_to_v2(url: str) -> None:
-    """A database written by the v1 ablate (frozen in tests/schema_v1.py) opens as v2."""
+    """A database written by the v1 ablate (frozen in tests/schema_v1.py) opens as v2 and
+    then as the current version (v1 -> v2 -> v3 in one go)."""
     engine = sa.create_engine(url)
     schema_v1.metadata.create_all(engine)
     with engine.begin() as conn:
@@ -579,7 +583,7 @@ def test_v1_database_is_migrated_to_v2(url: str) -> None:
     engine.dispose()
 
     with ResultsDB(url) as db:
-        assert stored_version(url) == 2
+        assert stored_version(url) == results.SCHEMA_VERSION == 3
         found = db.finished_trial("h1", 0)  # v1 rows are reused by recipe hash, as before
         assert found["id"] == old[0] and found["identity"] == "h1"
         assert found["code_version"] is None and [m["value"] for m in found["metrics"]] == [0.8]
@@ -595,11 +599,12 @@ def test_v1_database_is_migrated_to_v2(url: str) -> None:
         assert db.finished_trial("h1+data+teacher", 0, code_version="v2")["id"] == new
         assert db.start_sweep("old", "quick", {}, "v2", resume=True) == sid
     with ResultsDB(url):  # opening again migrates nothing
-        assert stored_version(url) == 2
+        assert stored_version(url) == 3
 
     inspector = sa.inspect(sa.create_engine(url))
     expected_new = {"ablate_sweeps": {"host", "pid", "heartbeat", "error"},
-                    "ablate_trials": {"identity", "data_sha", "teacher_sha", "code_version"}}
+                    "ablate_trials": {"identity", "data_sha", "teacher_sha", "code_version"},
+                    "ablate_metrics": set(PROVENANCE_COLUMNS)}
     for table, new_columns in expected_new.items():
         migrated = {c["name"] for c in inspector.get_columns(table)}
         v1 = set(schema_v1.metadata.tables[table].c.keys())
@@ -614,13 +619,14 @@ def test_v1_database_is_migrated_to_v2(url: str) -> None:
     assert indexes["ix_ablate_trials_reuse"] == ["identity", "seed"]
 
 
-def test_migrated_and_new_databases_have_the_same_shape(tmp_path: Path) -> None:
-    """What MIGRATIONS[1] builds equals what create_all builds for a new database."""
+@pytest.mark.parametrize("schema", [schema_v1, schema_v2], ids=["v1", "v2"])
+def test_migrated_and_new_databases_have_the_same_shape(tmp_path: Path, schema) -> None:
+    """What MIGRATIONS build from a v1 or v2 file equals what create_all builds for a new one."""
     old, new = f"sqlite:///{tmp_path / 'old.db'}", f"sqlite:///{tmp_path / 'new.db'}"
     engine = sa.create_engine(old)
-    schema_v1.metadata.create_all(engine)
+    schema.metadata.create_all(engine)
     with engine.begin() as conn:
-        conn.execute(schema_v1.schema_table.insert().values(version=1))
+        conn.execute(schema.schema_table.insert().values(version=int(schema.__name__[-1])))
     engine.dispose()
     ResultsDB(old).close()
     ResultsDB(new).close()
@@ -828,3 +834,69 @@ def test_sweeps_command_shows_stale_sweeps_and_errors(tmp_path: Path) -> None:
                         f"sweep --space quick --name gone --resume --db {url}")
     assert lines[5].startswith("sweep broke failed: Traceback (most recent call last): xxx")
     assert len(lines[5]) < 200 and lines[5].endswith("...") and len(lines) == 6
+
+
+# ---------------------------------------------------------------- schema v3: metric provenance
+
+# spelled out here, not read from ablate.results: the columns the v3 schema promises
+PROVENANCE_COLUMNS = ("aggregation", "threshold", "threshold_from", "n_boot", "boot_seed",
+                      "boot_unit", "eer_convention", "manifest_sha")
+
+
+def test_v2_database_is_migrated_to_v3_keeping_rows_with_unknown_provenance(url: str) -> None:
+    """A database written by the v2 ablate (frozen in tests/schema_v2.py) opens as v3: its
+    metric rows stay as they were, with NULL (unknown) provenance, never a guessed value."""
+    engine = sa.create_engine(url)
+    schema_v2.metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(schema_v2.schema_table.insert().values(version=2))
+        sid = conn.execute(schema_v2.sweeps.insert().values(
+            name="old", space="quick", created=T0, status="finished", code_version="v2")
+        ).inserted_primary_key[0]
+        tid = conn.execute(schema_v2.trials.insert().values(
+            sweep_id=sid, tune_trial_id="t0", recipe_hash="h1", identity="i1", seed=0,
+            status="finished", ended=T0, recipe_json="{}")).inserted_primary_key[0]
+        conn.execute(schema_v2.metrics.insert(), [
+            {"trial_id": tid, "dataset": "celebdf", "split": "test", "level": level,
+             "metric": name, "value": value, "ci_low": value - 0.1, "ci_high": value + 0.1,
+             "n": n} for level, name, value, n in
+            [("frame", "auc", 0.8, 300), ("frame", "eer", 0.25, 300), ("video", "auc", 0.85, 30)]])
+    engine.dispose()
+
+    with ResultsDB(url) as db:
+        assert stored_version(url) == 3
+        m = db.metrics().sort_values(["level", "metric"]).reset_index(drop=True)
+        assert m[["level", "metric", "value", "n"]].values.tolist() == [
+            ["frame", "auc", 0.8, 300], ["frame", "eer", 0.25, 300], ["video", "auc", 0.85, 30]]
+        assert m["ci_low"].tolist() == pytest.approx([0.7, 0.15, 0.75])
+        for column in PROVENANCE_COLUMNS:
+            assert m[column].isna().all(), column
+        reused = db.finished_trial("i1", 0)  # what the driver copies onto a reused trial
+        assert all(r["eer_convention"] is None and r["manifest_sha"] is None
+                   for r in reused["metrics"])
+        # new rows on the migrated database carry their provenance
+        record(db, sid, "t1", recipe_hash="h2", identity="i2", metrics=[
+            {**metric("eer", 0.3), "eer_convention": "nearest", "boot_unit": "identity",
+             "n_boot": 500, "boot_seed": 7, "aggregation": "none", "threshold": None,
+             "threshold_from": "none", "manifest_sha": "abc"}])
+        new = db.metrics().set_index("tune_trial_id").loc["t1"]
+        assert (new["eer_convention"], new["boot_unit"], new["n_boot"], new["boot_seed"],
+                new["manifest_sha"]) == ("nearest", "identity", 500, 7, "abc")
+    inspector = sa.inspect(sa.create_engine(url))
+    migrated = {c["name"] for c in inspector.get_columns("ablate_metrics")}
+    assert migrated == set(schema_v2.metrics.c.keys()) | set(PROVENANCE_COLUMNS)
+
+
+def test_metric_provenance_round_trips_and_missing_keys_are_null(db: ResultsDB) -> None:
+    sid = db.start_sweep("s", "quick", {}, "v")
+    how = {"aggregation": "mean", "threshold": 0.42, "threshold_from": "source val EER point",
+           "n_boot": np.int64(1000), "boot_seed": 3, "boot_unit": "video",
+           "eer_convention": None, "manifest_sha": "0123456789abcdef"}
+    record(db, sid, "t", metrics=[{**metric("acc_thr", 0.7, level="video"), **how},
+                                  metric("auc")])  # the second row says nothing: all NULL
+    m = db.metrics().set_index("metric")
+    got = m.loc["acc_thr", list(PROVENANCE_COLUMNS)].to_dict()
+    assert got == {**how, "n_boot": 1000, "eer_convention": got["eer_convention"]}
+    assert pd.isna(got["eer_convention"])
+    assert m.loc["auc", list(PROVENANCE_COLUMNS)].isna().all()
+    assert set(PROVENANCE_COLUMNS) <= set(results.METRIC_KEYS)  # reused trials copy them

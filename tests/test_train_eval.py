@@ -47,7 +47,8 @@ def test_train_then_eval_writes_scores_and_metrics(run_folder, tmp_path):
         assert row["ci_low"] <= row["value"] <= row["ci_high"]
     info = json.loads((run_folder / RUN_INFO).read_text())
     assert info["selection"]["dataset"] == "synth-blend"  # chosen on the source val split
-    assert set(metrics["threshold_from"]) == {"source val"}
+    acc_thr = metrics[metrics["metric"] == "acc_thr"]
+    assert set(acc_thr["threshold_from"]) == {"source val EER point"}
 
 
 def test_exported_inference_checkpoint_reloads_to_identical_scores(run_folder):

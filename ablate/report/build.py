@@ -22,6 +22,7 @@ from ablate.report import paired as paired_mod
 from ablate.report.data import SweepData, load_sweep
 from ablate.report.display import Table, number
 from ablate.report.importance import Importance, param_importance
+from ablate.report.provenance import provenance_note
 from ablate.report.reference import Reference, choose_reference
 from ablate.report.render import (
     Document,
@@ -124,8 +125,11 @@ def _write(data: SweepData, folder: Path, formats: tuple[str, ...], evaluator: s
     counts, errs = tables.status_counts(data), tables.errors(data)
     images = _plots(data, summ, abl, imp, front, ref, folder) if {"md", "html"} & set(formats) \
         else {}
+    how = provenance_note(data.metrics)  # EER convention, bootstrap unit, ... of every cell
+    for table in [main, *first[:1]]:
+        table.note = f"{table.note} {how}".strip()
     doc = _document(data, main, ref, abl, effects, imp, front, counts, errs, images,
-                    summary, first, tests_table)
+                    summary, first, tests_table, how)
     report = Report(data.name, folder, main_markdown=markdown_table(main), summary=summary,
                     first_markdown="\n\n".join(f"{t.title}\n\n{markdown_table(t)}"
                                                    for t in first))
@@ -173,7 +177,7 @@ def _document(data: SweepData, main: Table, ref: Reference, abl: pd.DataFrame,
               effects: pd.DataFrame, imp: Importance, front: pd.DataFrame | None,
               counts: pd.DataFrame, errs: pd.DataFrame,
               images: dict[str, Path | None], summary: str, first: list[Table],
-              tests_table: pd.DataFrame) -> Document:
+              tests_table: pd.DataFrame, how: str = "") -> Document:
     objectives = ", ".join(f"{o.get('metric')} ({o.get('mode')})" for o in data.objectives)
     meta = [("sweep", data.name), ("space", str(data.info.get("space") or "-")),
             ("status", str(data.info.get("status"))), ("created", str(data.info.get("created"))),
@@ -183,7 +187,8 @@ def _document(data: SweepData, main: Table, ref: Reference, abl: pd.DataFrame,
             ("results", f"{len(data.counted)} trials (finished or reused) of "
                         f"{data.counted['config'].nunique()} recipes; test sets: "
                         f"{', '.join(data.tests) or 'none'}"),
-            ("reference", f"{ref.label} ({ref.how})")]
+            ("reference", f"{ref.label} ({ref.how})"),
+            ("metrics", how.removeprefix("Metric provenance: ") or "-")]
     sections = [
         Section("Summary", text=[summary, "Generated from the tables below; every number in "
                                  "it is one of their cells."]),
@@ -216,7 +221,8 @@ def _document(data: SweepData, main: Table, ref: Reference, abl: pd.DataFrame,
     sections.append(Section("Trial status", tables=[status, error]))
     sections.append(Section("How to read this report", text=[
         "Each cell is the mean over seeds with half the width of its 95% confidence interval "
-        "(Student t over seeds; one seed: the run's video bootstrap). Ablation differences are "
+        "(Student t over seeds; one seed: the run's own bootstrap over videos or identities, "
+        "see the metrics line above). Ablation differences are "
         "paired per seed and test set, with a bootstrap 95% CI of their mean. See docs/report.md."]))
     return Document(f"Sweep report: {data.name}", meta, sections)
 

@@ -114,7 +114,8 @@ def _main_note(kinds: set[str]) -> str:
     if "t over seeds" in kinds:
         note += " CI over seeds: Student t."
     if "video bootstrap" in kinds:
-        note += " Single-seed cells show that run's video-bootstrap CI (test-set sampling only)."
+        note += (" Single-seed cells show that run's own bootstrap CI (test-set sampling only; "
+                 "its unit is in the provenance note).")
     return note
 
 
