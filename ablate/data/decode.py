@@ -100,8 +100,11 @@ def frame_count(path: str) -> int:
     """Frames in the video, counted from its packets (headers may be wrong; this is not)."""
     index = index_frames(path)
     if index is not None:
-        return len(index.pts)
-    return sum(1 for _ in _decode_all(path))
+        return len(index.pts)  # never 0: index_frames refuses a file without frames
+    count = sum(1 for _ in _decode_all(path))
+    if count == 0:
+        raise Undecodable(f"{path} holds no video frames; give a video file")
+    return count
 
 
 def read_frames(path: str, indices: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:

@@ -533,7 +533,7 @@ def prepare_video(job: Job, settings: Settings, preset: str | None = None) -> Vi
     folder = Path(job.out)
     try:
         _remove_ours(folder)
-        count = frame_count(job.video)
+        count = decode.frame_count(job.video)  # from packets: headers can be wrong
         original = None
         if job.original is not None:
             original = read_marker(Path(job.original))
@@ -576,14 +576,6 @@ def prepare_video(job: Job, settings: Settings, preset: str | None = None) -> Vi
 def _one_line(err: Exception) -> str:
     lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
     return lines[-1] if lines else type(err).__name__
-
-
-def frame_count(video: str) -> int:
-    """Frames in the video, counted from its packets (headers can be wrong)."""
-    count = decode.frame_count(video)
-    if count <= 0:
-        raise decode.Undecodable(f"{video} holds no video frames; give a video file")
-    return count
 
 
 def read_frames(video: str, indices: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
