@@ -166,12 +166,13 @@ def eval_cmd(run: str, tests: tuple[str, ...], scores_out: str | None, bootstrap
     RUN/metrics.csv, each row with how it was computed (EER convention, bootstrap
     unit and seed, threshold source, aggregation, hash of the scored rows).
     """
-    from ablate.evaluate import evaluate_run, provenance_line, summary_table
+    from ablate.evaluate import evaluate_run, summary_table
+    from ablate.report.provenance import provenance_note
 
     metrics, folder = evaluate_run(run, list(tests) or None, device, bootstrap, not quiet,
                                    scores_out, eer=eer, bootstrap_unit=bootstrap_unit)
     click.echo(summary_table(metrics).to_string(index=False))
-    click.echo(provenance_line(metrics))
+    click.echo(provenance_note(metrics))  # the sentence report captions carry
     click.echo(f"metrics written to {folder / 'metrics.csv'}")
     if scores_out:
         click.echo(f"scores written to {scores_out}")

@@ -129,21 +129,6 @@ def summary_table(metrics: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def provenance_line(metrics: pd.DataFrame) -> str:
-    """One line saying how the rows were computed (printed under the summary table)."""
-    def values(column: str, rows: pd.DataFrame = metrics) -> str:
-        found = rows[column].dropna().astype(str).unique() if column in rows else []
-        return "/".join(sorted(found)) or "unknown"
-
-    eer_rows = metrics[metrics["metric"] == "eer"]
-    boot = metrics[metrics["n_boot"] > 0] if "n_boot" in metrics else metrics.iloc[0:0]
-    ci = (f"{values('n_boot', boot)} resamples by {values('boot_unit', boot)}, seed "
-          f"{values('boot_seed', boot)}" if len(boot) else "no bootstrap")
-    return (f"EER: {values('eer_convention', eer_rows)}; CIs: {ci}; video score: "
-            f"{values('aggregation', metrics[metrics['level'] == 'video'])} of frame "
-            "probabilities")
-
-
 def evaluate_run(
     run: str | Path, tests: list[str] | None = None, device: str = "auto", n_boot: int = 1000,
     progress: bool = True, scores_out: str | Path | None = None, eer: str | None = None,

@@ -163,7 +163,8 @@ def test_eval_cli_says_the_convention_and_unit(run_folder, colour_test, tmp_path
                           capture_output=True, text=True, timeout=300,
                           env={**os.environ, "ABLATE_CACHE": str(Path("results").resolve())})
     assert proc.returncode == 0, proc.stderr
-    assert "EER: nearest; CIs: 20 resamples by identity, seed 0" in proc.stdout, proc.stdout
+    assert "EER: nearest ROC point (DeepfakeBench's)" in proc.stdout, proc.stdout
+    assert "run bootstrap: 20 resamples by identity (seed 0)" in proc.stdout, proc.stdout
 
 
 # ---------------------------------------------------------------- recipe keys
