@@ -238,3 +238,17 @@ def test_report_captions_say_the_eer_convention_and_bootstrap_unit(tmp_path, con
     assert "video score: mean of its frames' probabilities" in caption[0]
     assert "every trial scored the same rows of each test set" in caption[0]
     assert report.folder == tmp_path / "out"
+
+
+def test_each_trials_own_bootstrap_seed_is_not_called_incomparable():
+    """Seeded trials resample with their own seed by design (the demo's 3 seeds): the caption
+    says so instead of flagging the rows as not comparable."""
+    from ablate.report.provenance import provenance_note
+
+    rows = pd.DataFrame([{"dataset": "synth-colour", "split": "test", "level": "frame",
+                          "metric": "eer", "eer_convention": "interpolated", "n_boot": 500,
+                          "boot_seed": seed, "boot_unit": "video"} for seed in (0, 1, 2)])
+    note = provenance_note(rows)
+    assert "500 resamples by video (seed each trial's own)" in note, note
+    assert "not comparable" not in note, note
+    assert "(seed 0)" in provenance_note(rows[rows["boot_seed"] == 0])

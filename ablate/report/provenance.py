@@ -41,7 +41,9 @@ def provenance_note(metrics: pd.DataFrame) -> str:
         return ""
     eer = _say(_values(test[test["metric"] == "eer"], "eer_convention"), EER_NAMES)
     booted = test[test["n_boot"].fillna(1) > 0] if "n_boot" in test.columns else test
-    unit, n_boot, seed = (_say(_values(booted, c)) for c in ("boot_unit", "n_boot", "boot_seed"))
+    unit, n_boot = (_say(_values(booted, c)) for c in ("boot_unit", "n_boot"))
+    seeds = _values(booted, "boot_seed")  # each trial resamples with its own seed, by design
+    seed = seeds[0] if len(seeds) == 1 else "each trial's own" if seeds else UNKNOWN
     boot = f"{n_boot} resamples by {unit} (seed {seed})" if len(booted) else "none"
     parts = [f"EER: {eer}", f"run bootstrap: {boot}"]
     video = test[test["level"] == "video"]
