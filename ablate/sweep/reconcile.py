@@ -68,12 +68,11 @@ def plan_resume(db, sweep_id: int, sweep_name: str, n_trials: int, seeds: int,  
     if grid:
         labels = labels_left(space, grid, seeds, by_tune)
         return Plan(len(labels), done, checkpoints, labels)
-    counted = settle_study(study, by_tune, seeds, [o.metric for o in space.objectives])
+    counted = settle_study(study, by_tune, seeds, space)
     return Plan(max(n_trials - counted, 0), done, checkpoints)
 
 
-def settle_study(study, by_tune: dict[str, list[dict]], seeds: int,  # noqa: ANN001
-                 objectives: list[str]) -> int:
+def settle_study(study, by_tune: dict[str, list[dict]], seeds: int, space) -> int:  # noqa: ANN001
     """Tell Optuna how each RUNNING trial ended; return the trials that count as run."""
     import optuna
 
@@ -90,16 +89,26 @@ def settle_study(study, by_tune: dict[str, list[dict]], seeds: int,  # noqa: ANN
             state = states.PRUNED
         elif len({r["seed"] for r in rows}) >= seeds:
             summary = summarise(rows)
-            values = [summary.get(m) for m in objectives]
+            values = [summary.get(o.metric) for o in space.objectives]
             ok = all(v is not None and v == v for v in values)
             state, values = (states.COMPLETE, values) if ok else (states.FAIL, None)
         else:  # cut off: run the same recipe again, first
             study._storage.set_trial_user_attr(trial._trial_id, INTERRUPTED_ATTR, True)
-            study.enqueue_trial(trial.params, user_attrs={RETRY_OF_ATTR: trial.number},
-                                skip_if_exists=False)
+            study.enqueue_trial(suggested(study, space, trial),
+                                user_attrs={RETRY_OF_ATTR: trial.number}, skip_if_exists=False)
             state = states.FAIL
         study.tell(trial.number, values=values, state=state)
     return counted_trials(study)
+
+
+def suggested(study, space, frozen) -> dict:  # noqa: ANN001
+    """All params of a RUNNING trial. A driver killed between `study.ask()` and its last
+    `suggest_*` leaves some unset, and a grid sampler refuses to enqueue a partial point; the
+    missing ones are suggested now, on the same trial, so its sampler gives what it would have
+    (a grid trial keeps its grid point, the params already stored keep their values)."""
+    import optuna
+
+    return space.define_by_run(optuna.Trial(study, frozen._trial_id))
 
 
 def counted_trials(study) -> int:  # noqa: ANN001
