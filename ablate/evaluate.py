@@ -67,8 +67,37 @@ def test_rows(name: str, image_size: int, cache: FrameCache | None = None,
                           "would score frames a detector may have trained or selected on. Give "
                           "a manifest whose held-out rows have split=test")
     rows = split_rows(table, "test", name)
+    if rows["label"].nunique() < 2:
+        kind = "fake" if int(rows["label"].iloc[0]) == 1 else "real"
+        raise AblateError(f"test set {name} has only {kind} rows ({len(rows)}): AUC and EER need "
+                          "both. DF40 ships fakes only for most methods: build its manifest with "
+                          "reals=[the FF++ / Celeb-DF test manifest]")
     return ManifestDataset(rows, image_size, guided=False, cache=cache,
                            max_skip_fraction=max_skip_fraction)
+
+
+def sub_test_sets(name: str, rows: pd.DataFrame) -> dict[str, pd.Series]:
+    """Test sets inside one manifest whose rows name several datasets `<group>/<part>` (DF40:
+    `df40/<method>`, shared reals `df40/real`), as row masks: each part's fakes with its own
+    reals, or with the shared reals where it has none, and the same per generator family
+    (`<name>/family:<F>`, where the rows carry a `family` column). One part: nothing."""
+    datasets = rows["dataset"].astype(str)
+    parts = [d for d in datasets.unique() if "/" in d and not d.endswith("/real")]
+    if len(parts) < 2:
+        return {}
+    fake, shared = rows["label"] == 1, datasets.str.endswith("/real")
+    out = {}
+    for part in sorted(parts):
+        own = datasets == part
+        out[part] = own | (shared if not (own & ~fake).any() else False)
+    if "family" in rows.columns:
+        families = rows["family"].astype(str)
+        for family in sorted(families[fake & datasets.isin(parts)].unique()):
+            members = (families == family) & datasets.isin(parts)
+            with_reals = set(datasets[members & ~fake])
+            reals = (datasets.isin(with_reals) | shared) & ~fake
+            out[f"{name}/family:{family}"] = (members & fake) | reals
+    return out
 
 
 def evaluate_classifier(
@@ -91,19 +120,21 @@ def evaluate_classifier(
         datasets[name] = dataset
     results, all_scores = [], []
     for name, dataset in datasets.items():
-        identities = identities_of(dataset.rows)
-        scores = score(classifier, dataset, device=device, progress=progress, desc=f"eval {name}")
-        scores.insert(0, "dataset", name)
-        all_scores.append(scores)
-        rows = evaluate_scores(
-            scores["video_id"].to_numpy(), scores["label"].to_numpy(), scores["score"].to_numpy(),
-            threshold=threshold, n_boot=n_boot, seed=int(cfg.seed), identities=identities,
-            boot_unit=settings["bootstrap_unit"], eer_convention=settings["eer"],
-            threshold_from=THRESHOLD_FROM,
-        )
-        sha = manifest_sha(dataset.rows)
-        results += [{"dataset": name, "split": "test", **row, "manifest_sha": sha}
-                    for row in rows]
+        scored = score(classifier, dataset, device=device, progress=progress, desc=f"eval {name}")
+        for part, keep in {name: None, **sub_test_sets(name, dataset.rows)}.items():
+            rows = dataset.rows if keep is None else dataset.rows[keep]
+            scores = scored if keep is None else scored[keep.to_numpy()]
+            all_scores.append(scores.assign(dataset=part)[["dataset", *scored.columns]])
+            metrics = evaluate_scores(
+                scores["video_id"].to_numpy(), scores["label"].to_numpy(),
+                scores["score"].to_numpy(), threshold=threshold, n_boot=n_boot,
+                seed=int(cfg.seed), identities=identities_of(rows),
+                boot_unit=settings["bootstrap_unit"], eer_convention=settings["eer"],
+                threshold_from=THRESHOLD_FROM,
+            )
+            sha = manifest_sha(rows)
+            results += [{"dataset": part, "split": "test", **row, "manifest_sha": sha}
+                        for row in metrics]
     if scores_out:
         out = Path(scores_out)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -82,12 +82,14 @@ def test_missing_facenet_says_the_exact_pip_command(monkeypatch):
     assert "\n" not in str(e.value)
 
 
-def test_detector_version_is_the_installed_package():
-    import importlib.metadata
+def test_detector_version_is_the_package_the_makefile_pins():
+    """What prepared.json records is the detector the project installs (Makefile pin)."""
+    import re
+    from pathlib import Path
 
-    assert faces.detector_version("mtcnn") == (
-        f"facenet-pytorch {importlib.metadata.version('facenet-pytorch')}"
-    )
+    makefile = (Path(__file__).parents[1] / "Makefile").read_text()
+    pinned = re.search(r"facenet-pytorch==([\w.]+)", makefile).group(1)
+    assert faces.detector_version("mtcnn") == f"facenet-pytorch {pinned}"
 
 
 # ---------------------------------------------------------------- one face per frame

@@ -153,3 +153,59 @@ def test_a_training_source_whose_video_is_in_two_splits_is_refused(tmp_path):
     assert code == 2 and "in more than one split" in err and val_video in err, err
     assert "in test and val" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "results" / "runs").exists()
+
+
+def test_a_df40_manifest_is_scored_per_method_and_per_family(run_folder, tmp_path):
+    """One DF40-style manifest (methods as `df40/<method>`, shared reals `df40/real`): each
+    method and each generator family is its own test set, its AUC that of the frames a
+    reader would pick by hand (the method's fakes + its own reals, else the shared reals)."""
+    from ablate.data.manifest import load_manifest, save_manifest
+    from ablate.data.synthetic import ensure_benchmark
+
+    table = load_manifest(ensure_benchmark())
+    test = table[table["split"] == "test"]
+    colour, warp = test[test["dataset"] == "synth-colour"], test[test["dataset"] == "synth-warp"]
+    fakes = colour[colour["label"] == 1]
+    half = fakes["video_id"].isin(sorted(fakes["video_id"].unique())[::2])
+    parts = [  # (rows, dataset, family)
+        (fakes[half], "df40/simswap", "FS"), (fakes[~half], "df40/ddim", "EFS"),
+        (colour[colour["label"] == 0], "df40/real", ""), (warp, "df40/mobileswap", "FS")]
+    df40 = pd.concat([rows.assign(dataset=d, family=f, video_id=d + "/" + rows["video_id"])
+                      for rows, d, f in parts], ignore_index=True)
+    path = save_manifest(df40, tmp_path / "df40.csv")
+    scores_file = tmp_path / "scores.csv"
+    metrics, _ = evaluate_run(run_folder, tests=[str(path)], n_boot=20, progress=False,
+                              scores_out=scores_file)
+    frames = pd.read_csv(scores_file)
+    every = frames[frames["dataset"] == str(path)].set_index("path")["score"]
+    assert len(every) == len(df40)
+    by = {d: set(df40.loc[df40["dataset"] == d, "path"]) for _, d, _ in parts}
+    fake_paths = set(df40.loc[df40["label"] == 1, "path"])
+    expected = {
+        "df40/simswap": by["df40/simswap"] | by["df40/real"],
+        "df40/ddim": by["df40/ddim"] | by["df40/real"],
+        "df40/mobileswap": by["df40/mobileswap"],  # it has reals of its own
+        f"{path}/family:FS": by["df40/simswap"] | by["df40/mobileswap"] | by["df40/real"],
+        f"{path}/family:EFS": by["df40/ddim"] | by["df40/real"],
+    }
+    auc = metrics[(metrics["level"] == "frame") & (metrics["metric"] == "auc")]
+    assert set(auc["dataset"]) == {str(path), *expected}
+    for name, paths in expected.items():
+        chosen = sorted(paths)
+        labels = [int(p in fake_paths) for p in chosen]
+        value = auc.loc[auc["dataset"] == name, "value"].iloc[0]
+        assert value == pytest.approx(roc_auc_score(labels, every.loc[chosen])), name
+        assert sorted(frames.loc[frames["dataset"] == name, "path"]) == chosen
+
+
+def test_an_all_fake_test_set_is_one_line_before_scoring(run_folder, tmp_path):
+    """DF40 without `reals=`: every row fake; said before any frame is scored."""
+    from ablate.data.manifest import load_manifest, save_manifest
+    from ablate.data.synthetic import ensure_benchmark
+
+    table = load_manifest(ensure_benchmark())
+    fakes = table[(table["dataset"] == "synth-colour") & (table["label"] == 1)]
+    path = save_manifest(fakes, tmp_path / "fakes.csv")
+    code, out, err = run_cli("eval", str(run_folder), "--test", str(path), "--quiet", cwd=tmp_path)
+    assert code == 2 and "has only fake rows" in err and "reals=" in err, err
+    assert len(err.strip().splitlines()) == 1 and str(path) in err
