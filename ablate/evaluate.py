@@ -28,7 +28,7 @@ from ablate.metrics import (
     resolve_unit,
     video_clusters,
 )
-from ablate.provenance import manifest_sha
+from ablate.provenance import PART, manifest_sha
 from ablate.recipe import EVAL_DEFAULTS
 from ablate.scoring import score
 from ablate.tracking import write_metrics
@@ -78,9 +78,10 @@ def test_rows(name: str, image_size: int, cache: FrameCache | None = None,
 
 def sub_test_sets(name: str, rows: pd.DataFrame) -> dict[str, pd.Series]:
     """Test sets inside one manifest whose rows name several datasets `<group>/<part>` (DF40:
-    `df40/<method>`, shared reals `df40/real`), as row masks: each part's fakes with its own
-    reals, or with the shared reals where it has none, and the same per generator family
-    (`<name>/family:<F>`, where the rows carry a `family` column). One part: nothing."""
+    `df40/<method>`, shared reals `df40/real`), as row masks named `<name>::<part>`: each
+    part's fakes with its own reals, or with the shared reals where it has none, and the same
+    per generator family (`<name>::family:<F>`, where the rows carry a `family` column). Means
+    over test sets leave them out (`provenance.is_part`). One part: nothing."""
     datasets = rows["dataset"].astype(str)
     parts = [d for d in datasets.unique() if "/" in d and not d.endswith("/real")]
     if len(parts) < 2:
@@ -89,14 +90,14 @@ def sub_test_sets(name: str, rows: pd.DataFrame) -> dict[str, pd.Series]:
     out = {}
     for part in sorted(parts):
         own = datasets == part
-        out[part] = own | (shared if not (own & ~fake).any() else False)
+        out[f"{name}{PART}{part}"] = own | (shared if not (own & ~fake).any() else False)
     if "family" in rows.columns:
         families = rows["family"].astype(str)
         for family in sorted(families[fake & datasets.isin(parts)].unique()):
             members = (families == family) & datasets.isin(parts)
             with_reals = set(datasets[members & ~fake])
             reals = (datasets.isin(with_reals) | shared) & ~fake
-            out[f"{name}/family:{family}"] = (members & fake) | reals
+            out[f"{name}{PART}family:{family}"] = (members & fake) | reals
     return out
 
 

@@ -24,6 +24,14 @@ from ablate.identity import SHORT
 HASHED = ("path", "label", "video_id", "split")  # what identifies a scored row
 
 
+PART = "::"  # "<test set>::<part>": a breakdown of a test set (ablate.evaluate.sub_test_sets)
+
+
+def is_part(dataset: str) -> bool:
+    """A breakdown of another test set: reported, never counted again in means over test sets."""
+    return PART in str(dataset)
+
+
 def manifest_sha(rows: pd.DataFrame) -> str:
     """16 hex digits over the scored rows' HASHED columns, order-independent."""
     missing = [c for c in HASHED if c not in rows.columns]

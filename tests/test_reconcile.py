@@ -40,3 +40,17 @@ def test_a_grid_trial_cut_off_mid_suggestion_is_rerun_at_its_own_grid_point(
     rerun = study.ask()  # the resumed driver's first trial: the same recipe, complete
     assert space.define_by_run(rerun) == point
     assert study.trials[rerun.number].user_attrs[RETRY_OF_ATTR] == cut.number
+
+
+def test_a_trials_mean_test_auc_leaves_out_breakdowns_of_a_test_set():
+    """DF40's per-method rows (`df40.csv::...`) repeat frames of the pooled test set: the
+    objective `test_auc_mean` averages test sets, each once (here by hand: (0.6 + 0.9) / 2)."""
+    from ablate.sweep.trial import summarise
+
+    def auc(dataset: str, value: float) -> dict:
+        return {"split": "test", "level": "frame", "metric": "auc", "dataset": dataset,
+                "value": value}
+
+    seed = {"metrics": [auc("df40.csv", 0.6), auc("df40.csv::df40/simswap", 0.2),
+                        auc("df40.csv::family:FS", 0.3), auc("celebdf", 0.9)]}
+    assert summarise([seed])["test_auc_mean"] == pytest.approx(0.75)

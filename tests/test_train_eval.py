@@ -182,11 +182,11 @@ def test_a_df40_manifest_is_scored_per_method_and_per_family(run_folder, tmp_pat
     by = {d: set(df40.loc[df40["dataset"] == d, "path"]) for _, d, _ in parts}
     fake_paths = set(df40.loc[df40["label"] == 1, "path"])
     expected = {
-        "df40/simswap": by["df40/simswap"] | by["df40/real"],
-        "df40/ddim": by["df40/ddim"] | by["df40/real"],
-        "df40/mobileswap": by["df40/mobileswap"],  # it has reals of its own
-        f"{path}/family:FS": by["df40/simswap"] | by["df40/mobileswap"] | by["df40/real"],
-        f"{path}/family:EFS": by["df40/ddim"] | by["df40/real"],
+        f"{path}::df40/simswap": by["df40/simswap"] | by["df40/real"],
+        f"{path}::df40/ddim": by["df40/ddim"] | by["df40/real"],
+        f"{path}::df40/mobileswap": by["df40/mobileswap"],  # it has reals of its own
+        f"{path}::family:FS": by["df40/simswap"] | by["df40/mobileswap"] | by["df40/real"],
+        f"{path}::family:EFS": by["df40/ddim"] | by["df40/real"],
     }
     auc = metrics[(metrics["level"] == "frame") & (metrics["metric"] == "auc")]
     assert set(auc["dataset"]) == {str(path), *expected}

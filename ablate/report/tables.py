@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ablate.provenance import is_part
 from ablate.report.data import SweepData
 from ablate.report.display import Table, number, pm
 from ablate.report.stats import pareto_mask, t_interval
@@ -137,7 +138,8 @@ def objective_values(data: SweepData, metrics: list[str]) -> pd.DataFrame:
     """
     out = pd.DataFrame(index=pd.Index(list(dict.fromkeys(data.counted["label"])), name="label"))
     m = data.metrics
-    frame_auc = m[(m["level"] == "frame") & (m["metric"] == "auc")]
+    frame_auc = m[(m["level"] == "frame") & (m["metric"] == "auc")
+                  & ~m["dataset"].map(is_part).astype(bool)]
     per_trial = {
         "val_auc": frame_auc[frame_auc["split"] == "val"].groupby("trial_id")["value"].mean(),
         "test_auc_mean": frame_auc[frame_auc["split"] == "test"].groupby("trial_id")["value"].mean(),

@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ablate.provenance import is_part
 from ablate.space.budget import planned_evaluations
 from ablate.tracking import write_metrics
 
@@ -332,7 +333,8 @@ def summarise(seed_results: list[dict]) -> dict[str, float]:
         summary[key] = sum(vals) / len(vals) if vals else float("nan")
     tests = [m["value"] for r in seed_results for m in r.get("metrics") or []
              if m.get("split") == "test" and m.get("level") == "frame"
-             and m.get("metric") == "auc" and m.get("value") is not None]
+             and m.get("metric") == "auc" and m.get("value") is not None
+             and not is_part(m.get("dataset", ""))]
     summary["test_auc_mean"] = sum(tests) / len(tests) if tests else float("nan")
     return summary
 
