@@ -38,7 +38,7 @@ from ablate.data.manifest import COLUMNS, PATH_COLUMNS, load_manifest
 from ablate.data.sources import Source, locate, recipe_overrides
 from ablate.errors import AblateError
 
-# torch-free copies of ablate.model.teacher's names (tests/test_identity.py keeps them equal)
+# torch-free copies of ablate.model.teachers's names (tests/test_identity.py keeps them equal)
 TEACHERS_DIR = Path("results/teachers")
 ADAPTER_WEIGHTS = "pytorch_lora_weights.safetensors"
 PROVENANCE = ("ablate_teacher.json", "ablate_adapter.json")  # what a fit/adapt used, not weights

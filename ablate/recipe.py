@@ -180,6 +180,9 @@ def ignored_by_baseline(cfg: DictConfig, overrides: list[str] | tuple[str, ...])
     return [o for o in overrides if is_guidance_key(o.lstrip("+~").split("=", 1)[0])]
 
 
+UNSET_KEYS = ("guide.layers",)  # result-defining only when set
+
+
 def result_dict(cfg: DictConfig) -> dict:
     """The parts of a recipe that define its result (no paths, no logging; for the
     baseline, nothing of the modules it does not build)."""
@@ -192,6 +195,10 @@ def result_dict(cfg: DictConfig) -> dict:
         for p in parents:
             node = node.get(p, {})
         node.pop(leaf, None)
+    for dotted in UNSET_KEYS:  # added after results were stored: null keeps their hashes
+        parent, leaf = dotted.split(".")
+        if isinstance(data.get(parent), dict) and data[parent].get(leaf, 0) is None:
+            data[parent].pop(leaf)
     evals = {k: v for k, v in (data.pop("eval", None) or {}).items()
              if EVAL_DEFAULTS.get(k, object()) != v}
     if evals:

@@ -29,7 +29,7 @@ from ablate.model.speed import (
     memory_format,
     tune_kernels,
 )
-from ablate.model.teacher import parse_dtype as teacher_dtype
+from ablate.model.teachers import parse_dtype as teacher_dtype
 from ablate.recipe import is_guided, recipe_hash
 from ablate.scoring import Selection, score, validation_point
 from ablate.tracking import write_curves

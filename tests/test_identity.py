@@ -292,7 +292,7 @@ def test_missing_weights_say_so_and_baseline_has_no_teacher(isolated):
 
 
 def test_torch_free_copies_match_the_teacher_module(tmp_path, monkeypatch):
-    from ablate.model import teacher as tm
+    from ablate.model.teachers import lora as tm
 
     assert identity.TEACHERS_DIR == tm.TEACHERS_DIR
     assert identity.ADAPTER_WEIGHTS == tm.ADAPTER_WEIGHTS

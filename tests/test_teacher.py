@@ -14,8 +14,8 @@ import yaml
 from torch import Tensor, nn
 
 from ablate.errors import AblateError
-from ablate.model import teacher as teacher_module
-from ablate.model.teacher import Teacher, image_size_error, sd15, sd21, sdxl, tiny_teacher
+from ablate.model.teachers import Teacher, image_size_error, sd15, sd21, sdxl, tiny_teacher
+from ablate.model.teachers import unet as teacher_module
 from ablate.registry import TEACHERS
 
 FAMILIES = ["sd15", "sd21", "sdxl"]

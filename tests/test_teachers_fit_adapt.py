@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ablate.cli import cli, main
 from ablate.errors import AblateError
-from ablate.model.teacher import (
+from ablate.model.teachers import (
     ADAPTER_META,
     ADAPTER_WEIGHTS,
     FITTED_META,

@@ -46,7 +46,7 @@ def build_detector(cfg: DictConfig, teacher=None) -> DiffusionFakeDetector:  # n
     channels = classifier.backbone.num_features
     grid = classifier.backbone.grid_size(cfg.image_size)
     latent = cfg.image_size // teacher.vae_factor
-    guide_channels = teacher.unet.config.block_out_channels[0]
+    guide_channels = teacher.guide_channels  # conv_in width (UNet), latent channels (DiT)
 
     f_name, f_args = _slot(cfg, "filter")
     filters = tuple(

@@ -14,6 +14,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor, nn
 
 from ablate.model.latent_cache import sample_latents, vae_posterior
+from ablate.model.teachers.base import scale_residuals
 
 
 @dataclass(frozen=True)
@@ -122,8 +123,7 @@ class DiffusionFakeDetector(nn.Module):
             lat_s, lat_t = latents.chunk(2)  # [B, C_lat, h', w'] each
             noise = randn_tensor(lat_s.shape, generator=generator, device=lat_s.device,
                                  dtype=lat_s.dtype)  # the same noise for both branches
-            t = _timesteps(teacher.scheduler.config.num_train_timesteps, b, generator,
-                           lat_s.device)  # [B], the same for both branches
+            t = teacher.sample_timesteps(b, generator, lat_s.device, lat_s.shape[-2:])  # [B], both
             cosines = {  # posterior means of the un-augmented x vs s (resp. t); reals: 1
                 key: torch.where(labels > 0, F.cosine_similarity(
                     mean_x.flatten(1), mean.flatten(1), dim=1), 1.0)
@@ -162,9 +162,8 @@ class DiffusionFakeDetector(nn.Module):
             latents, noise2, t2 = torch.cat(branch_latents), noise.repeat(2, 1, 1, 1), t.repeat(2)
             noisy = teacher.add_noise(latents, noise2, t2)  # [2B, C_lat, h', w']
             target = teacher.diffusion_target(latents, noise2, t2)
-        downs, mid = self.guide(noisy, t2, cond, teacher.conditioning(2 * b, size))
-        scale = torch.cat(scales).view(-1, 1, 1, 1)  # [2B, 1, 1, 1]
-        pred = teacher.predict(noisy, t2, [d * scale for d in downs], mid * scale)
+        residuals = self.guide(noisy, t2, cond, teacher.conditioning(2 * b, size))
+        pred = teacher.predict(noisy, t2, *scale_residuals(residuals, torch.cat(scales)))  # [2B]
         return F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
 
     def _diffusion_sequential(
@@ -180,16 +179,8 @@ class DiffusionFakeDetector(nn.Module):
             cond = filt(feats)  # [B, C0, h', w']
             noisy = teacher.add_noise(latents, noise, t)
             target = teacher.diffusion_target(latents, noise, t)
-            downs, mid = self.guide.branch(index, noisy, t, cond, teacher.conditioning(b, size))
-            scale = w.view(-1, 1, 1, 1)  # [B, 1, 1, 1]
-            pred = teacher.predict(noisy, t, [d * scale for d in downs], mid * scale)
+            residuals = self.guide.branch(index, noisy, t, cond, teacher.conditioning(b, size))
+            pred = teacher.predict(noisy, t, *scale_residuals(residuals, w))
             out.append(F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3)))
         return torch.cat(out)  # [2B]
 
-
-def _timesteps(
-    n_steps: int, batch: int, generator: torch.Generator | None, device: torch.device
-) -> Tensor:
-    """Uniform training timesteps [batch]; drawn where the generator lives, then moved."""
-    where = generator.device if generator is not None else device
-    return torch.randint(0, n_steps, (batch,), generator=generator, device=where).to(device)

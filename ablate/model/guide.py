@@ -1,6 +1,11 @@
 """Guides: turn (noisy latent, timestep, filtered features) into ControlNet-style
-residuals for the frozen teacher UNet: one per down-block output and one for the
-mid block, shaped exactly like the teacher's skip connections.
+residuals for the frozen teacher's denoiser, in the layout its `predict` takes.
+
+The teacher builds the per-family networks (`Teacher.controlnet`, `Teacher.adapter`):
+for a UNet teacher, the ones below (one residual per down-block output and one for the
+mid block, shaped exactly like the skip connections); for SD3 / Flux transformers,
+`ablate.model.dit_guide`. The registry entries and the `Guide` wrapper are the same for
+every family, so a recipe's `guide=` never depends on its `teacher=`.
 
 Both branches travel as one batch [2B] (source half first, target half second);
 a *separate* guide splits it and runs one network per half.
@@ -16,7 +21,7 @@ from torch import Tensor, nn
 
 from ablate.registry import GUIDES
 
-Residuals = tuple[list[Tensor], Tensor]
+Residuals = tuple  # the teacher's layout: UNet (downs, mid), SD3 (blocks,), Flux (blocks, singles)
 
 
 class Guide(nn.Module):
@@ -48,8 +53,7 @@ class Guide(nn.Module):
             self._run(net, *(t.chunk(2)[i] for t in (noisy, timesteps, cond)), _half(unet_kwargs, i))
             for i, net in enumerate(self.nets)
         ]
-        downs = [torch.cat(pair) for pair in zip(halves[0][0], halves[1][0], strict=True)]
-        return downs, torch.cat([halves[0][1], halves[1][1]])
+        return _cat_halves(*halves)
 
     def branch(
         self, index: int, noisy: Tensor, timesteps: Tensor, cond: Tensor,
@@ -63,6 +67,13 @@ class Guide(nn.Module):
 
     def _run(self, net, noisy, timesteps, cond, unet_kwargs) -> Residuals:  # noqa: ANN001
         raise NotImplementedError
+
+
+def _cat_halves(first: Any, second: Any) -> Any:
+    """Source-half and target-half residuals (same layout) -> one [2B] layout."""
+    if isinstance(first, Tensor):
+        return torch.cat([first, second])
+    return type(first)(_cat_halves(a, b) for a, b in zip(first, second, strict=True))
 
 
 def _cast(value: Any, dtype: torch.dtype) -> Any:
@@ -89,17 +100,33 @@ def _half(kwargs: dict[str, Any], index: int) -> dict[str, Any]:
     return out
 
 
-class ControlNetGuide(Guide):
+class UNetControlNet(ControlNetModel):
     """A trainable copy of the teacher UNet's encoder (diffusers' ControlNetModel,
     initialised from the teacher), zero-initialised 1x1 convs on every down-block
     output and on the mid output. Its input is conv_in(z_noisy) + filtered features:
     the pixel-space conditioning embedding of a usual ControlNet is not used."""
 
-    def __init__(self, teacher: nn.Module, shared: bool = True) -> None:
+    @classmethod
+    def copy_of(cls, unet: nn.Module) -> UNetControlNet:
+        net = cls.from_unet(unet, load_weights_from_unet=True)
+        net.controlnet_cond_embedding = nn.Identity()  # features are already latent-sized
+        return net
+
+    def residuals(self, noisy: Tensor, timesteps: Tensor, cond: Tensor,
+                  unet_kwargs: dict[str, Any]) -> Residuals:
+        """noisy [N, 4, h, w], cond [N, C0, h, w] -> ([down residuals], mid residual)."""
+        down, mid = self(noisy, timesteps, controlnet_cond=cond, return_dict=False, **unet_kwargs)
+        return list(down), mid
+
+
+class ControlNetGuide(Guide):
+    """The teacher's own ControlNet-style copy (`Teacher.controlnet`: a module with
+    `residuals(noisy, t, cond, conditioning)`), shared by both branches or one per branch."""
+
+    def __init__(self, teacher: nn.Module, shared: bool = True, **args: Any) -> None:
         nets = []
         for _ in range(1 if shared else 2):
-            net = ControlNetModel.from_unet(teacher.unet, load_weights_from_unet=True)
-            net.controlnet_cond_embedding = nn.Identity()  # features are already latent-sized
+            net = teacher.controlnet(**args)
             # fp32 master weights even under a bf16/fp16 teacher: at lr 1e-5 most bf16
             # weights could not move at all (reduced precision is for compute: autocast)
             nn.Module.to(net, torch.float32).requires_grad_(True)  # plain cast, no diffusers warning
@@ -107,9 +134,7 @@ class ControlNetGuide(Guide):
         super().__init__(nets)
 
     def _run(self, net, noisy, timesteps, cond, unet_kwargs) -> Residuals:  # noqa: ANN001
-        out = net(noisy, timesteps, controlnet_cond=cond, return_dict=False, **unet_kwargs)
-        down, mid = out
-        return list(down), mid
+        return net.residuals(noisy, timesteps, cond, unet_kwargs)
 
 
 def residual_shapes(unet: nn.Module) -> tuple[list[tuple[int, int]], tuple[int, int]]:
@@ -168,18 +193,22 @@ class ConvPyramid(nn.Module):
 
 
 class AdapterGuide(Guide):
-    """The cheap alternative to a UNet copy: residuals from features alone."""
+    """The cheap alternative to a copy of the denoiser: residuals from features alone
+    (`Teacher.adapter`: a conv pyramid for UNets, patch tokens for transformers)."""
 
     def __init__(self, teacher: nn.Module, shared: bool = True, width: int = 64) -> None:
-        super().__init__([ConvPyramid(teacher.unet, width) for _ in range(1 if shared else 2)])
+        super().__init__([teacher.adapter(width) for _ in range(1 if shared else 2)])
 
     def _run(self, net, noisy, timesteps, cond, unet_kwargs) -> Residuals:  # noqa: ANN001
         return net(cond)
 
 
-@GUIDES.register("controlnet", "trainable copy of the teacher UNet encoder + zero 1x1 convs")
-def controlnet_guide(teacher: nn.Module, shared: bool = True) -> ControlNetGuide:
-    return ControlNetGuide(teacher, shared)
+@GUIDES.register("controlnet", "trainable copy of the teacher's first blocks + zero projections")
+def controlnet_guide(teacher: nn.Module, shared: bool = True,
+                     layers: int | None = None) -> ControlNetGuide:
+    """`layers`: transformer blocks copied (None: the family's default, see
+    `ablate.model.dit_guide`); a UNet's copy is always its whole encoder."""
+    return ControlNetGuide(teacher, shared, layers=layers)
 
 
 @GUIDES.register("none", "no guidance: the plain encoder + head trained with CE only (baseline)")

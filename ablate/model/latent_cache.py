@@ -51,12 +51,12 @@ def vae_posterior(teacher: nn.Module, images: Tensor) -> Tensor:
 def sample_latents(
     teacher: nn.Module, posterior: Tensor, generator: torch.Generator | None = None
 ) -> Tensor:
-    """posterior [N, 2C, h, w] -> scaled latents [N, C, h, w] in the UNet's dtype.
+    """posterior [N, 2C, h, w] -> scaled (and shifted) latents [N, C, h, w] in the denoiser's dtype.
 
     One draw for all N rows (same random stream whether or not the posterior came
     from the cache)."""
     latents = DiagonalGaussianDistribution(posterior).sample(generator=generator)
-    return (latents * teacher.latent_scale).to(teacher.unet.dtype)
+    return teacher.scale_latents(latents)
 
 
 def content_keys(images: Tensor) -> list[str]:
@@ -81,7 +81,7 @@ def vae_fingerprint(teacher: nn.Module) -> str:
     vae = teacher.vae
     if vae in _FINGERPRINTS:
         return _FINGERPRINTS[vae]
-    h = hashlib.sha1(f"{teacher.latent_scale}|{vae.dtype}|".encode())
+    h = hashlib.sha1(f"{teacher.latent_scale}|{vae.dtype}|".encode())  # shift: not in posteriors
     for name, value in vae.state_dict().items():
         if name.startswith(("encoder.", "quant_conv.")):
             h.update(name.encode())

@@ -118,11 +118,12 @@ def configure_detector(detector: nn.Module, speed: Speed) -> None:
         return
     fmt = memory_format(speed)
     for module in (detector.filter_source, detector.filter_target, detector.weight_source,
-                   detector.weight_target, detector.guide, detector.teacher.unet):
+                   detector.weight_target, detector.guide, detector.teacher.denoiser):
         module.to(memory_format=fmt)
-    unets = [detector.teacher.unet, *(n for n in detector.guide.nets if hasattr(n, "set_attn_processor"))]
-    for net in unets:
-        net.set_attn_processor(_processor(speed.attention))
+    nets = [detector.teacher.denoiser, *detector.guide.nets]
+    for net in nets:
+        if _is_unet(net):  # transformers keep their own (joint) SDPA processors
+            net.set_attn_processor(_processor(speed.attention))
         if getattr(net, "_supports_gradient_checkpointing", False):
             if speed.grad_checkpointing:
                 net.enable_gradient_checkpointing()
@@ -130,7 +131,7 @@ def configure_detector(detector: nn.Module, speed: Speed) -> None:
                 net.disable_gradient_checkpointing()
     if speed.compile:
         for module in (detector.filter_source, detector.filter_target, *detector.guide.nets,
-                       detector.teacher.unet):
+                       detector.teacher.denoiser):
             _compile(module)
 
 
@@ -144,6 +145,12 @@ def tune_kernels(device: torch.device) -> None:
     """cuDNN picks the fastest convolution algorithm per shape (training shapes repeat)."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+
+
+def _is_unet(net: nn.Module) -> bool:
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    return isinstance(net, UNet2DConditionModel | ControlNetModel)
 
 
 def _processor(kind: str) -> Any:

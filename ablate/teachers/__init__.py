@@ -2,5 +2,5 @@
 
 `fit` (tiny twins, whole VAE + UNet), `adapt` (LoRA on the UNet attention projections),
 `catalog` (what `ablate teachers list` shows) and `cli` (the `ablate teachers` group).
-Loading a fitted twin or an adapter lives with the teachers: `ablate/model/teacher.py`.
+Loading a fitted twin or an adapter lives with the teachers: `ablate/model/teachers/` (lora.py, one file per family).
 """

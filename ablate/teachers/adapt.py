@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from ablate.errors import AblateError
-from ablate.model.teacher import (
+from ablate.model.teachers import (
     ADAPTER_META,
     ADAPTER_NAME,
     ADAPTER_WEIGHTS,
@@ -33,7 +33,7 @@ from ablate.model.teacher import (
     LORA_TARGETS,
     TEACHERS_DIR,
     Teacher,
-    _family_of,
+    folder_family,
     read_json,
     unet_fingerprint,
 )
@@ -91,13 +91,12 @@ def base_spec(settings: AdaptSettings) -> tuple[str, dict[str, Any]]:
             registry("teacher").get(name)  # raises: unknown teacher, with the valid names
         if (folder / FITTED_META).is_file():
             name = str(read_json(folder / FITTED_META).get("teacher"))
-        elif (folder / "unet/config.json").is_file():
-            found = _family_of(json.loads((folder / "unet/config.json").read_text()))
-            if found is None:
-                raise AblateError(f"{folder} holds no sd15/sd21/sdxl UNet to adapt")
-            name = found
         else:
-            raise AblateError(f"{folder} is not a teacher folder (no unet/config.json)")
+            found = folder_family(folder)
+            if found is None:
+                raise AblateError(f"{folder} is not a teacher folder: no unet/ or transformer/ "
+                                  "of sd15, sd21, sdxl, sd3 or flux to adapt")
+            name = found
         path = str(folder)
     if name.startswith("tiny-"):
         return name, {"seed": settings.seed, "path": path}
@@ -112,8 +111,8 @@ def base_record(name: str, args: dict[str, Any], teacher: Teacher) -> dict[str, 
         "family": teacher.family,
         "path": str(Path(path).expanduser().resolve()) if path else None,
         "seed": args.get("seed") if name.startswith("tiny-") and not path else None,
-        "dtype": str(teacher.unet.dtype).removeprefix("torch."),
-        "unet": unet_fingerprint(teacher.unet),
+        "dtype": str(teacher.denoiser.dtype).removeprefix("torch."),
+        "unet": unet_fingerprint(teacher.denoiser),
     }
 
 
@@ -164,8 +163,8 @@ def adapt_teacher(
         init_lora_weights="gaussian",  # lora_B = 0: training starts exactly at the base
         target_modules=list(LORA_TARGETS),
     )
-    teacher.unet.add_adapter(config, adapter_name=ADAPTER_NAME)
-    params = [p for n, p in teacher.unet.named_parameters() if ".lora_" in n]
+    teacher.denoiser.add_adapter(config, adapter_name=ADAPTER_NAME)
+    params = [p for n, p in teacher.denoiser.named_parameters() if ".lora_" in n]
     for p in params:  # train (and store) the adapter in fp32 even on a half-precision base
         p.data = p.data.float()
     generator = torch.Generator().manual_seed(settings.seed)
@@ -204,16 +203,18 @@ def adapt_teacher(
 
 
 def save_adapter(teacher: Teacher, folder: Path) -> None:
-    """The adapter as diffusers writes pipeline LoRAs (safetensors, `unet.` prefix + config)."""
-    from diffusers.loaders import StableDiffusionLoraLoaderMixin
+    """The adapter as diffusers writes pipeline LoRAs (safetensors, `unet.` or `transformer.`
+    prefix + config)."""
+    from diffusers.loaders import SD3LoraLoaderMixin, StableDiffusionLoraLoaderMixin
     from peft.utils import get_peft_model_state_dict
 
-    unet = teacher.unet
-    state = get_peft_model_state_dict(unet, adapter_name=ADAPTER_NAME)
+    net, part = teacher.denoiser, teacher.denoiser_name  # "unet" or "transformer"
+    state = get_peft_model_state_dict(net, adapter_name=ADAPTER_NAME)
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
-    StableDiffusionLoraLoaderMixin.save_lora_weights(
+    mixin = StableDiffusionLoraLoaderMixin if part == "unet" else SD3LoraLoaderMixin
+    mixin.save_lora_weights(
         str(folder),
-        unet_lora_layers=state,
-        unet_lora_adapter_metadata=unet.peft_config[ADAPTER_NAME].to_dict(),
+        **{f"{part}_lora_layers": state,
+           f"{part}_lora_adapter_metadata": net.peft_config[ADAPTER_NAME].to_dict()},
         safe_serialization=True,
     )

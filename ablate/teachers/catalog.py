@@ -1,7 +1,7 @@
 """`ablate teachers list`: built-in, fitted and adapted teachers, their sizes and how to use them.
 
 Sizes are read without loading weights: built-in architectures are counted on the meta device,
-stored ones from their safetensors headers. Parameters are UNet + VAE (what a teacher holds;
+stored ones from their safetensors headers. Parameters are denoiser (UNet or transformer) + VAE (what a teacher holds;
 text encoders are used once for the empty prompt) and, for adapters, the LoRA weights alone.
 """
 
@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from ablate.model import teacher as tm
+from ablate.model import teachers as tm
+from ablate.model.teachers import lora
 from ablate.registry import registry
 
 
@@ -34,37 +35,36 @@ class Entry:
 def builtin_entries() -> list[Entry]:
     entries = []
     for name in registry("teacher").names():
-        family = name.removeprefix("tiny-")
-        if family not in tm.FAMILIES:
+        parts = tm.architecture(name)
+        if parts is None:
             continue  # a variant registered elsewhere: no known architecture to count
+        family = name.removeprefix("tiny-")
         if name.startswith("tiny-"):
-            unet = {**tm._TINY_UNET_COMMON, **tm._TINY_UNET[family]}
-            vae = {**tm._TINY_VAE, "scaling_factor": tm.LATENT_SCALE[family]}
             where, use = "in memory (seeded random weights)", f"teacher={name}"
         else:
-            unet, vae = tm._UNET[family], tm._VAE[family]
-            where = "a local diffusers folder or .safetensors file"
+            where = ("a local diffusers folder or .safetensors file" if family in ("sd15", "sd21", "sdxl")
+                     else "a local diffusers folder")
             use = f"teacher={name} teacher.path=/path/to/{name}"
-        params = _meta_params(tm.UNet2DConditionModel, unet) + _meta_params(tm.AutoencoderKL, vae)
+        params = sum(_meta_params(cls, config) for cls, config in parts)
         entries.append(Entry("built-in", name, family, params, None, where, use))
     return entries
 
 
-def stored_entries(root: str | Path = tm.TEACHERS_DIR) -> list[Entry]:
+def stored_entries(root: str | Path = lora.TEACHERS_DIR) -> list[Entry]:
     """Fitted twins and adapters directly under `root` (half-written `.partial` ones skipped)."""
     root = Path(root).expanduser()
     if not root.is_dir():
         return []
     entries = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if (folder / tm.FITTED_META).is_file():
+        if (folder / lora.FITTED_META).is_file():
             entries.append(_fitted(folder))
-        elif (folder / tm.ADAPTER_META).is_file():
+        elif (folder / lora.ADAPTER_META).is_file():
             entries.append(_adapted(folder))
     return entries
 
 
-def catalog(root: str | Path = tm.TEACHERS_DIR) -> list[Entry]:
+def catalog(root: str | Path = lora.TEACHERS_DIR) -> list[Entry]:
     return builtin_entries() + stored_entries(root)
 
 
@@ -143,7 +143,7 @@ def _meta(folder: Path, name: str) -> dict[str, Any]:
 
 
 def _fitted(folder: Path) -> Entry:
-    meta = _meta(folder, tm.FITTED_META)
+    meta = _meta(folder, lora.FITTED_META)
     weights = sorted((folder / "unet").glob("*.safetensors")) + sorted(
         (folder / "vae").glob("*.safetensors")
     )
@@ -168,17 +168,17 @@ def _fitted(folder: Path) -> Entry:
 
 
 def _adapted(folder: Path) -> Entry:
-    meta = _meta(folder, tm.ADAPTER_META)
+    meta = _meta(folder, lora.ADAPTER_META)
     base = meta.get("base") or {}
     where = _display(folder)
-    note = f"rank {meta.get('rank', '?')} LoRA of {tm.base_label(base)} on {meta.get('data', '?')}"
+    note = f"rank {meta.get('rank', '?')} LoRA of {lora.base_label(base)} on {meta.get('data', '?')}"
     return Entry(
         "adapted",
         folder.name,
         str(base.get("family", "?")),
-        _safetensors_params([folder / meta.get("weights", tm.ADAPTER_WEIGHTS)]),
+        _safetensors_params([folder / meta.get("weights", lora.ADAPTER_WEIGHTS)]),
         _disk_mb(folder),
         where,
-        f"{tm.base_override(base)} teacher.lora={where}",
+        f"{lora.base_override(base)} teacher.lora={where}",
         note if meta else "unreadable metadata",
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-TEACHERS_DIR = "results/teachers"  # = ablate.model.teacher.TEACHERS_DIR; importing it would load torch for --help
+TEACHERS_DIR = "results/teachers"  # = ablate.model.teachers.TEACHERS_DIR; importing it would load torch for --help
 
 _COMMON = [
     click.option("--data", default="synth-blend", show_default=True, metavar="NAME",
@@ -120,7 +120,7 @@ def adapt_cmd(teacher: str, data: str, batch_size: int | None, lr: float | None,
                    f"{meta['frames']} real frames of {meta['data']} in {meta['wall_s']:.0f}s: "
                    f"denoising loss {loss['first']:.3f} -> {loss['last']:.3f}")
         click.echo(f"saved to {result.folder}")
-    from ablate.model.teacher import base_override
+    from ablate.model.teachers import base_override
 
     click.echo(f"use it: ablate train {base_override(meta['base'])} teacher.lora={result.folder}")
 

@@ -31,17 +31,16 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ablate.errors import AblateError
-from ablate.model.teacher import (
+from ablate.model.teachers import (
     FITTED_META,
     TEACHERS_DIR,
     Teacher,
-    tiny_or_fitted,
-    tiny_teacher,
     unet_fingerprint,
 )
+from ablate.registry import build
 
 FIT_VERSION = 1  # bump when the procedure changes: older fits then no longer count as cached
-TINY = ("tiny-sd15", "tiny-sd21", "tiny-sdxl")
+TINY = ("tiny-sd15", "tiny-sd21", "tiny-sdxl", "tiny-sd3", "tiny-flux")
 
 
 @dataclass(frozen=True)
@@ -113,12 +112,13 @@ class LatentBank:
     mean: Tensor
     std: Tensor
     scale: float
+    shift: float = 0.0  # the VAE's shift_factor (SD3 / Flux VAEs): latents = (z - shift) * scale
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Tensor:
         """Scaled latents [B, C, h, w] (random frames, flips, posterior samples)."""
         index = torch.randint(len(self.mean), (batch_size,), generator=generator)
         eps = torch.randn(self.mean[index].shape, generator=generator)
-        z = (self.mean[index] + self.std[index] * eps) * self.scale
+        z = (self.mean[index] + self.std[index] * eps - self.shift) * self.scale
         flip = torch.rand(batch_size, generator=generator) < 0.5
         return torch.where(flip.view(-1, 1, 1, 1), z.flip(-1), z)  # flipped latent ~ flipped face
 
@@ -131,7 +131,7 @@ def encode_bank(teacher: Teacher, images: Tensor, device: torch.device, chunk: i
         dist = teacher.vae.encode(x).latent_dist
         means.append(dist.mean.float().cpu())
         stds.append(dist.std.float().cpu())
-    return LatentBank(torch.cat(means), torch.cat(stds), teacher.latent_scale)
+    return LatentBank(torch.cat(means), torch.cat(stds), teacher.latent_scale, teacher.latent_shift)
 
 
 # --- training ------------------------------------------------------------------------------------
@@ -158,12 +158,12 @@ def _step(loss: Tensor, optimizer: torch.optim.Optimizer,
 
 
 def denoising_loss(teacher: Teacher, latents: Tensor, generator: torch.Generator) -> Tensor:
-    """MSE of the teacher's own objective (epsilon or v) at uniform timesteps, empty prompt."""
-    device = teacher.context.device
+    """MSE of the teacher's own objective (epsilon, v or flow velocity) at the timesteps of its
+    family's training law, empty prompt."""
+    device = teacher.device
     noise = torch.randn(latents.shape, generator=generator).to(device)
-    steps = teacher.scheduler.config.num_train_timesteps
-    t = torch.randint(steps, (len(latents),), generator=generator).to(device)
-    z0 = latents.to(device, teacher.unet.dtype)
+    t = teacher.sample_timesteps(len(latents), generator, device, latents.shape[-2:])
+    z0 = latents.to(device, teacher.dtype)
     noisy = teacher.add_noise(z0, noise.to(z0.dtype), t)  # [B, C, h, w]
     target = teacher.diffusion_target(z0, noise.to(z0.dtype), t)
     return F.mse_loss(teacher.predict(noisy, t).float(), target.float())
@@ -212,7 +212,7 @@ def train_vae(
     progress: bool = False,
 ) -> list[float]:
     """Reconstruction (L1) + kl_weight * per-element KL; returns the reconstruction losses."""
-    vae, device = teacher.vae, teacher.context.device
+    vae, device = teacher.vae, teacher.device
     params = list(vae.parameters())
     for p in params:
         p.requires_grad_(True)
@@ -242,12 +242,18 @@ def train_vae(
 
 @torch.no_grad()
 def rescale_latents(teacher: Teacher, bank: LatentBank) -> float:
-    """Set the VAE's scaling factor to 1/std of its latents, so scaled latents have unit std."""
+    """Set the VAE's scaling factor to 1/std of its latents (and, for VAEs with a shift factor,
+    the shift to their mean), so scaled latents have zero mean and unit std, as the real
+    families' factors were chosen."""
     sample = bank.mean + bank.std * torch.randn(bank.mean.shape, generator=torch.Generator().manual_seed(0))
     scale = float(1.0 / sample.std().clamp_min(1e-6))
     teacher.vae.register_to_config(scaling_factor=scale)
     teacher.latent_scale = scale
     bank.scale = scale
+    if teacher.vae.config.get("shift_factor") is not None:
+        shift = float(sample.mean())
+        teacher.vae.register_to_config(shift_factor=shift)
+        teacher.latent_shift = bank.shift = shift
     return scale
 
 
@@ -347,8 +353,8 @@ def fit_teacher(
     shutil.rmtree(staging, ignore_errors=True)
     # Start from the seeded twin written as a folder, so the empty-prompt context the UNet is
     # fitted under is the one every later load of the folder computes (its tiny text encoder).
-    tiny_teacher(family, settings.seed).save_pretrained(staging)
-    teacher = tiny_or_fitted(family, path=str(staging)).to(torch_device)
+    build("teacher", settings.teacher, seed=settings.seed).save_pretrained(staging)
+    teacher = build("teacher", settings.teacher, path=str(staging)).to(torch_device)
     generator = torch.Generator().manual_seed(settings.seed)
     vae_losses = train_vae(
         teacher, images, settings.vae_steps, settings.batch_size, settings.vae_lr,
@@ -357,7 +363,7 @@ def fit_teacher(
     bank = encode_bank(teacher, images, torch_device)
     scale = rescale_latents(teacher, bank)
     unet_losses = train_denoiser(
-        teacher, bank, teacher.unet.parameters(), settings.steps, settings.batch_size,
+        teacher, bank, teacher.denoiser.parameters(), settings.steps, settings.batch_size,
         settings.lr, generator, progress,
     )
     teacher.to("cpu")
@@ -373,12 +379,13 @@ def fit_teacher(
         "key": key,
         "fit_version": FIT_VERSION,
         "latent_scale": scale,
+        "latent_shift": teacher.latent_shift,
         "prediction_type": teacher.prediction_type,
         "losses": {"vae_l1": loss_ends(vae_losses), "denoise": loss_ends(unet_losses)},
         "wall_s": round(time.perf_counter() - start, 1),
         "device": str(torch_device),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "unet": unet_fingerprint(teacher.unet),
+        "unet": unet_fingerprint(teacher.denoiser),
     }
     (staging / FITTED_META).write_text(json.dumps(meta, indent=2) + "\n")
     publish(staging, out)

@@ -1,4 +1,4 @@
-"""The frozen Stable Diffusion teacher: UNet + VAE + DDPM schedule + an empty-prompt context.
+"""UNet teachers (SD 1.5, SD 2.1, SDXL): UNet + VAE + DDPM schedule + an empty-prompt context.
 
 The detector's guide injects ControlNet-style residuals into the teacher's UNet and is trained
 so that the frozen teacher can rebuild the source / target latents (METHOD.md, sections 5-6).
@@ -13,7 +13,7 @@ Variants (registry slot `teacher`):
                           context width and VAE factor (8) as the real family; seeded random
                           weights, or `path=` a twin fitted on real faces (`ablate teachers fit`)
 Every variant takes `lora=`: a LoRA adapter from `ablate teachers adapt`, checked against its
-recorded base teacher and fused into the UNet (see `load_lora`).
+recorded base teacher and fused into the UNet (see `lora.load_lora`).
 
 Single-file loading has no tokenizer (its vocab is not in the file and nothing is fetched), so
 it embeds the empty prompt from the known CLIP token ids: bos 49406, eos 49407, then padding
@@ -34,7 +34,24 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from torch import Tensor, nn
 
-from ablate.errors import AblateError, first_line
+from ablate.errors import AblateError
+from ablate.model.teachers.base import (
+    Teacher,
+    fill_random,
+    load_part,
+    on_meta,
+    parse_dtype,
+    weights_variant,
+)
+from ablate.model.teachers.lora import FITTED_META, in_dtype, read_json, stored_path, with_lora
+from ablate.model.teachers.text import (
+    BOS,
+    EOS,
+    PAD_ID,
+    TEXT_LENGTH,
+    tiny_clip,
+    write_clip_tokenizer,
+)
 from ablate.registry import TEACHERS
 
 log = logging.getLogger(__name__)
@@ -44,16 +61,6 @@ CONTEXT_DIM = {"sd15": 768, "sd21": 1024, "sdxl": 2048}
 POOLED_DIM = 1280  # SDXL pooled text embedding (text_encoder_2 projection)
 PREDICTION = {"sd15": "epsilon", "sd21": "v_prediction", "sdxl": "epsilon"}
 LATENT_SCALE = {"sd15": 0.18215, "sd21": 0.18215, "sdxl": 0.13025}
-TEXT_LENGTH = 77
-BOS, EOS = 49406, 49407
-DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-}
 
 # --- architecture configs (diffusers names; they mirror the hub config.json files) -----------
 
@@ -174,16 +181,11 @@ _OPEN_CLIP_BIGG = dict(
     projection_dim=1280,
     hidden_act="gelu",
 )
-_PAD_ID = {"clip": EOS, "open_clip": 0}
 
 
-class Teacher(nn.Module):
-    """Frozen SD UNet + VAE + DDPM schedule; `predict` takes the guide's residuals.
-
-    Frozen means: no parameter requires grad and the module stays in eval mode (dropout
-    off) even when a parent module calls `.train()`. Gradients still flow *through* it to
-    the residuals, which is how the guide learns.
-    """
+class UNetTeacher(Teacher):
+    """Frozen SD UNet + VAE + DDPM schedule; `predict` takes ControlNet residuals
+    (down-block list, mid tensor)."""
 
     def __init__(
         self,
@@ -196,11 +198,7 @@ class Teacher(nn.Module):
         pooled: Tensor | None = None,
         text_source: Path | None = None,
     ) -> None:
-        super().__init__()
-        self.name = name
-        self.family = family
-        self.unet = unet
-        self.vae = vae
+        super().__init__(name, family, unet, vae, text_source)
         self.scheduler = scheduler
         self.prediction_type: str = scheduler.config.prediction_type
         if self.prediction_type not in ("epsilon", "v_prediction"):
@@ -208,30 +206,30 @@ class Teacher(nn.Module):
                 f"teacher {name}: prediction_type {self.prediction_type!r} is not supported; "
                 "use an epsilon or v_prediction Stable Diffusion model"
             )
-        self.latent_scale = float(vae.config.scaling_factor)
-        self.vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        self.latent_channels = int(vae.config.latent_channels)
         self.context_dim = int(unet.config.cross_attention_dim)
         # Empty-prompt embedding, computed once; not persistent (rebuilt from the source).
         self.register_buffer("context", context.detach().to(unet.dtype), persistent=False)
         pooled = None if pooled is None else pooled.detach().to(unet.dtype)
         self.register_buffer("pooled", pooled, persistent=False)  # [1, 1280] (SDXL) or None
-        self._text_source = text_source  # a folder or file to copy text encoders from on save
-        self.requires_grad_(False)
-        super().train(False)
+        self.freeze()
 
-    def train(self, mode: bool = True) -> Teacher:
-        """Stay in eval mode whatever the parent asks: the teacher is frozen."""
-        return super().train(False)
+    @property
+    def guide_channels(self) -> int:
+        """conv_in's width: the ControlNet input is conv_in(z_noisy) + filtered features."""
+        return int(self.unet.config.block_out_channels[0])
+
+    def vae_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        return _vae_dtype(self.family, dtype)
 
     # --- diffusion -----------------------------------------------------------------------------
 
-    @torch.no_grad()
-    def encode(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Images [B,3,H,W] in [-1,1] -> scaled latents sampled from the VAE posterior."""
-        x = images.to(device=self.context.device, dtype=self.vae.dtype)
-        latents = self.vae.encode(x).latent_dist.sample(generator=generator)  # [B, C, H/f, W/f]
-        return (latents * self.latent_scale).to(self.unet.dtype)
+    def sample_timesteps(self, batch: int, generator: torch.Generator | None,
+                         device: torch.device, latent_size: tuple[int, int] = (32, 32)) -> Tensor:
+        """Uniform integer timesteps [batch] over the training schedule (t ~ U[0, 1000)),
+        drawn where the generator lives, then moved."""
+        where = generator.device if generator is not None else device
+        steps = self.scheduler.config.num_train_timesteps
+        return torch.randint(0, steps, (batch,), generator=generator, device=where).to(device)
 
     def conditioning(self, batch_size: int, image_size: int | tuple[int, int]) -> dict[str, Any]:
         """UNet keyword arguments for the empty prompt (and SDXL micro-conditioning)."""
@@ -278,10 +276,21 @@ class Teacher(nn.Module):
         cond = self.conditioning(b, (h * self.vae_factor, w * self.vae_factor))
         return self.unet(noisy_latents.to(dtype), timesteps, **cond, **extra).sample  # [B,C,h,w]
 
-    def check_image_size(self, image_size: int) -> None:
-        message = image_size_error(self, image_size)
-        if message:
-            raise AblateError(message)
+    # --- guides --------------------------------------------------------------------------------
+
+    def controlnet(self, layers: int | None = None) -> nn.Module:
+        from ablate.model.guide import UNetControlNet
+
+        if layers is not None:
+            raise AblateError(f"guide.layers={layers} is for transformer teachers (sd3, flux): "
+                              f"the ControlNet of {self.name} copies its whole UNet encoder; "
+                              "set guide.layers=null")
+        return UNetControlNet.copy_of(self.unet)
+
+    def adapter(self, width: int) -> nn.Module:
+        from ablate.model.guide import ConvPyramid
+
+        return ConvPyramid(self.unet, width)
 
     # --- saving --------------------------------------------------------------------------------
 
@@ -319,21 +328,8 @@ class Teacher(nn.Module):
             for sub, encoder in zip(subs[::2], encoders, strict=True):
                 encoder.save_pretrained(folder / sub)
             for sub, pad in zip(subs[1::2], _pad_kinds(self.family), strict=True):
-                _write_tokenizer(folder / sub, pad=pad, sparse_real_ids=source is not None)
+                write_clip_tokenizer(folder / sub, pad=pad, sparse_real_ids=source is not None)
         _write_model_index(folder, self.family)
-
-
-def image_size_error(teacher: Teacher, image_size: int) -> str | None:
-    """Why `image_size` does not fit the teacher's VAE (or None): it must divide into latents."""
-    f = teacher.vae_factor
-    if image_size > 0 and image_size % f == 0:
-        return None
-    lower = max(f, image_size // f * f)
-    options = sorted({lower, lower + f} - {image_size})
-    return (
-        f"image_size {image_size} does not fit teacher {teacher.name}: it must be a multiple of "
-        f"its VAE factor {f}; nearest sizes that work: {' or '.join(map(str, options))}"
-    )
 
 
 # --- registry entries ----------------------------------------------------------------------------
@@ -425,7 +421,7 @@ def tiny_teacher(family: str, seed: int = 0) -> Teacher:
         unet = UNet2DConditionModel(**_TINY_UNET_COMMON, **_TINY_UNET[family])
         vae = AutoencoderKL(**_TINY_VAE, scaling_factor=LATENT_SCALE[family])
     context, pooled = _random_context(family, seed)
-    return Teacher(
+    return UNetTeacher(
         f"tiny-{family}", family, unet, vae, _scheduler(PREDICTION[family]), context, pooled
     )
 
@@ -433,46 +429,10 @@ def tiny_teacher(family: str, seed: int = 0) -> Teacher:
 def _random_teacher(family: str, dtype: torch.dtype) -> Teacher:
     """Full-size architecture with seeded random weights, built on meta then filled fast."""
     generator = torch.Generator().manual_seed(0)
-    unet = _fill_random(_on_meta(UNet2DConditionModel, _UNET[family], dtype), generator)
-    vae = _fill_random(_on_meta(AutoencoderKL, _VAE[family], _vae_dtype(family, dtype)), generator)
+    unet = fill_random(on_meta(UNet2DConditionModel, _UNET[family], dtype), generator)
+    vae = fill_random(on_meta(AutoencoderKL, _VAE[family], _vae_dtype(family, dtype)), generator)
     context, pooled = _random_context(family, 0)
-    return Teacher(family, family, unet, vae, _scheduler(PREDICTION[family]), context, pooled)
-
-
-def _on_meta(cls: type, config: dict[str, Any], dtype: torch.dtype) -> Any:
-    """Construct without initialising (meta), then allocate uninitialised CPU storage."""
-    with torch.device("meta"):
-        model = cls(**config)
-    nn.Module.to(model, dtype)  # plain cast: diffusers' `to` warns about fp32-kept modules
-    return model.to_empty(device="cpu")
-
-
-_POOL_SIZE = 1_000_003  # prime, so tiled rows do not line up
-
-
-@torch.no_grad()
-def _fill_random(module: nn.Module, generator: torch.Generator) -> nn.Module:
-    """Seeded weights ~ N(0, 1/fan_in), biases 0, norm scales 1.
-
-    One normal pool is tiled (with a random shift) over each weight: a 2.6B-parameter SDXL UNet
-    fills in seconds instead of the ~25 s of per-tensor `normal_` on two cores.
-    """
-    pool = torch.randn(_POOL_SIZE, generator=generator)
-    for name, p in module.named_parameters():
-        if p.ndim < 2:
-            p.fill_(0.0 if name.endswith("bias") else 1.0)
-            continue
-        shift = int(torch.randint(_POOL_SIZE, (1,), generator=generator))
-        n, std = p.numel(), p[0].numel() ** -0.5
-        src = (pool.roll(shift)[: min(n, _POOL_SIZE)] * std).to(p.dtype)
-        flat = p.view(-1)
-        full = n // _POOL_SIZE * _POOL_SIZE
-        if full:
-            flat[:full].view(-1, _POOL_SIZE).copy_(src.expand(full // _POOL_SIZE, -1))
-        flat[full:].copy_(src[: n - full])
-    for buf in module.buffers():  # none in SD UNets/VAEs today; keep them finite anyway
-        buf.zero_()
-    return module.eval()
+    return UNetTeacher(family, family, unet, vae, _scheduler(PREDICTION[family]), context, pooled)
 
 
 def _random_context(family: str, seed: int) -> tuple[Tensor, Tensor | None]:
@@ -497,12 +457,6 @@ def _scheduler(prediction_type: str, config: dict[str, Any] | None = None) -> DD
     )
 
 
-def parse_dtype(name: str) -> torch.dtype:
-    if name not in DTYPES:
-        raise AblateError(f"teacher.dtype {name!r} is unknown; valid: {', '.join(DTYPES)}")
-    return DTYPES[name]
-
-
 def _vae_dtype(family: str, dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if family == "sdxl" and dtype == torch.float16 else dtype
 
@@ -520,7 +474,7 @@ def _pad_kinds(family: str) -> tuple[str, ...]:
     return {"sd15": ("clip",), "sd21": ("open_clip",), "sdxl": ("clip", "open_clip")}[family]
 
 
-def _family_of(unet_config: dict[str, Any]) -> str | None:
+def family_of(unet_config: dict[str, Any]) -> str | None:
     """Which SD family a UNet config belongs to (context width + added conditioning)."""
     cross = unet_config.get("cross_attention_dim")
     if unet_config.get("addition_embed_type") == "text_time":
@@ -546,7 +500,7 @@ def _check_folder(family: str, folder: Path) -> None:
 
 
 def _check_family(family: str, folder: Path, unet_config: dict[str, Any]) -> None:
-    found = _family_of(unet_config)
+    found = family_of(unet_config)
     if found != family:
         what = f"an {found} model" if found else "an unsupported UNet"
         detail = (
@@ -562,24 +516,20 @@ def _load_folder(family: str, folder: Path, dtype: torch.dtype) -> Teacher:
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     def load(loader: Any, sub: str, **kwargs: Any) -> Any:
-        try:
-            return loader(str(folder / sub), local_files_only=True, **kwargs)
-        except (OSError, ValueError) as err:
-            first = first_line(err)
-            raise AblateError(f"teacher folder {folder}: cannot load {sub}/: {first}") from None
+        return load_part(folder, sub, loader, **kwargs)
 
     unet = load(
         UNet2DConditionModel.from_pretrained,
         "unet",
         torch_dtype=dtype,
-        variant=_variant(folder / "unet"),
+        variant=weights_variant(folder / "unet"),
     )
     vae_dtype = _vae_dtype(family, dtype)
     vae = load(
         AutoencoderKL.from_pretrained,
         "vae",
         torch_dtype=vae_dtype,
-        variant=_variant(folder / "vae"),
+        variant=weights_variant(folder / "vae"),
     )
     scheduler_config = json.loads((folder / "scheduler/scheduler_config.json").read_text())
     scheduler = _scheduler(scheduler_config.get("prediction_type", "epsilon"), scheduler_config)
@@ -587,7 +537,7 @@ def _load_folder(family: str, folder: Path, dtype: torch.dtype) -> Teacher:
     subs = _text_subfolders(family)
     encoders, ids = [], []
     for sub_encoder, sub_tokenizer, cls in zip(subs[::2], subs[1::2], encoder_classes, strict=True):
-        variant = _variant(folder / sub_encoder)
+        variant = weights_variant(folder / sub_encoder)
         encoders.append(
             load(cls.from_pretrained, sub_encoder, dtype=torch.float32, variant=variant)
         )
@@ -596,13 +546,7 @@ def _load_folder(family: str, folder: Path, dtype: torch.dtype) -> Teacher:
         tokens = tokenizer("", padding="max_length", max_length=length, return_tensors="pt")
         ids.append(tokens.input_ids)  # [1, 77]
     context, pooled = _embed_empty_prompt(family, encoders, ids)
-    return Teacher(family, family, unet, vae, scheduler, context, pooled, text_source=folder)
-
-
-def _variant(folder: Path) -> str | None:
-    """ "fp16" when a component folder only holds fp16-variant weight files."""
-    weights = [p.name for p in folder.iterdir() if p.suffix in (".safetensors", ".bin")]
-    return "fp16" if weights and all(".fp16" in name for name in weights) else None
+    return UNetTeacher(family, family, unet, vae, scheduler, context, pooled, text_source=folder)
 
 
 @torch.no_grad()
@@ -645,75 +589,14 @@ def _write_model_index(folder: Path, family: str) -> None:
     (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
-# Minimal byte-level BPE vocab: enough for "" and a few lowercase words.
-_TINY_VOCAB = [
-    "!",
-    "<|startoftext|>",
-    "<|endoftext|>",
-    "a</w>",
-    "e</w>",
-    "f",
-    "a",
-    "c",
-    "e",
-    "fa",
-    "ce</w>",
-]
-_TINY_MERGES = ["f a", "c e</w>"]
-
-
-def _write_tokenizer(folder: Path, pad: str, sparse_real_ids: bool = False) -> None:
-    """A CLIPTokenizer from a handwritten vocab.json/merges.txt (bos/eos/pad are all "" needs).
-
-    `sparse_real_ids` keeps the real CLIP ids (bos 49406, eos 49407, "!" 0) so that a real text
-    encoder from a single file embeds "" exactly as with its full tokenizer.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    if sparse_real_ids:
-        vocab = {"!": 0, "<|startoftext|>": BOS, "<|endoftext|>": EOS}
-        merges: list[str] = []
-    else:
-        vocab = {token: i for i, token in enumerate(_TINY_VOCAB)}
-        merges = _TINY_MERGES
-    pad_token = "<|endoftext|>" if pad == "clip" else "!"
-    specials = {
-        "bos_token": "<|startoftext|>",
-        "eos_token": "<|endoftext|>",
-        "unk_token": "<|endoftext|>",
-        "pad_token": pad_token,
-    }
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(m + "\n" for m in merges))
-    (folder / "special_tokens_map.json").write_text(json.dumps(specials))
-    config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": TEXT_LENGTH, **specials}
-    (folder / "tokenizer_config.json").write_text(json.dumps(config))
-
-
 def _tiny_text_encoders(family: str, context_dim: int) -> list[nn.Module]:
     """Tiny random CLIP text encoders whose widths give `context_dim` (and SDXL's pooled 1280)."""
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    def config(hidden: int, **extra: Any) -> CLIPTextConfig:
-        return CLIPTextConfig(
-            vocab_size=len(_TINY_VOCAB),
-            hidden_size=hidden,
-            intermediate_size=64,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            max_position_embeddings=TEXT_LENGTH,
-            bos_token_id=1,
-            eos_token_id=2,
-            pad_token_id=2,
-            **extra,
-        )
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         if family != "sdxl":
-            return [CLIPTextModel(config(context_dim))]
-        first = context_dim - POOLED_DIM  # 768 for the real width 2048
-        second = CLIPTextModelWithProjection(config(POOLED_DIM, projection_dim=POOLED_DIM))
-        return [CLIPTextModel(config(first)), second]
+            return [tiny_clip(context_dim)]
+        second = tiny_clip(POOLED_DIM, projection_dim=POOLED_DIM)
+        return [tiny_clip(context_dim - POOLED_DIM), second]  # 768 for the real width 2048
 
 
 # --- single .safetensors / .ckpt files (original LDM layout) ---------------------------------------
@@ -751,9 +634,9 @@ def _load_single_file(family: str, file: Path, dtype: torch.dtype) -> Teacher:
     if found != family:
         fix = f"use teacher={found}" if found else "supported: SD 1.x, SD 2.x, SDXL base"
         raise AblateError(f"teacher file {file} is not a {family} checkpoint; {fix}")
-    unet = _on_meta(UNet2DConditionModel, _UNET[family], dtype)
+    unet = on_meta(UNet2DConditionModel, _UNET[family], dtype)
     _load_converted(unet, convert_ldm_unet_checkpoint(state, dict(_UNET[family])), file, "unet")
-    vae = _on_meta(AutoencoderKL, _VAE[family], _vae_dtype(family, dtype))
+    vae = on_meta(AutoencoderKL, _VAE[family], _vae_dtype(family, dtype))
     _load_converted(vae, convert_ldm_vae_checkpoint(state, dict(_VAE[family])), file, "vae")
     # SD 2 "base" (512 px) checkpoints are eps; diffusers tells them apart by this global step.
     prediction = PREDICTION[family]
@@ -761,12 +644,12 @@ def _load_single_file(family: str, file: Path, dtype: torch.dtype) -> Teacher:
         prediction = "epsilon"
     encoders = _single_file_text_encoders(family, state, file)
     ids = [
-        torch.tensor([[BOS, EOS] + [_PAD_ID[pad]] * (TEXT_LENGTH - 2)])  # [1, 77]
+        torch.tensor([[BOS, EOS] + [PAD_ID[pad]] * (TEXT_LENGTH - 2)])  # [1, 77]
         for pad in _pad_kinds(family)
     ]
     context, pooled = _embed_empty_prompt(family, encoders, ids)
     del state, encoders
-    return Teacher(
+    return UNetTeacher(
         family,
         family,
         unet,
@@ -813,7 +696,7 @@ def _single_file_text_encoders(
             eos_token_id=2,
             pad_token_id=1,
         )
-        return _on_meta(cls, {"config": config}, torch.float32)
+        return on_meta(cls, {"config": config}, torch.float32)
 
     def flat(model: nn.Module, converted: dict[str, Tensor]) -> dict[str, Tensor]:
         # transformers >= 5.6 flattened CLIPTextModel (no `text_model.` prefix)
@@ -838,28 +721,6 @@ def _single_file_text_encoders(
     return [first.eval(), second.eval()]
 
 
-# --- fitted twins and LoRA adapters (`ablate teachers fit / adapt` write them) ----------------------
-
-TEACHERS_DIR = Path("results/teachers")  # default home of fitted twins and adapters
-FITTED_META = "ablate_teacher.json"  # next to a fitted twin's unet/ vae/ ...: what it was fit on
-ADAPTER_META = "ablate_adapter.json"  # next to the adapter weights: its base teacher
-ADAPTER_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' LoRA file name
-ADAPTER_NAME = "ablate"
-LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # attention projections of every block
-_PROBE_TENSORS, _PROBE_VALUES = 64, 4
-
-
-def stored_path(value: str | Path, what: str) -> Path:
-    """`value` as a path, else as a name under results/teachers/ (as `ablate teachers list` shows)."""
-    path = Path(value).expanduser()
-    if path.exists():
-        return path
-    if (TEACHERS_DIR / str(value)).exists():
-        return TEACHERS_DIR / str(value)
-    raise AblateError(
-        f"{what} {value} does not exist, as a path or under {TEACHERS_DIR}/; "
-        "see `ablate teachers list`"
-    )
 
 
 def tiny_or_fitted(family: str, seed: int = 0, path: str | None = None) -> Teacher:
@@ -874,7 +735,7 @@ def tiny_or_fitted(family: str, seed: int = 0, path: str | None = None) -> Teach
         )
     unet_json = folder / "unet/config.json"
     if unet_json.is_file():
-        found = _family_of(json.loads(unet_json.read_text()))
+        found = family_of(json.loads(unet_json.read_text()))
         if found != family:
             fix = f"use teacher=tiny-{found}" if found else "supported: sd15, sd21, sdxl twins"
             raise AblateError(
@@ -889,214 +750,3 @@ def tiny_or_fitted(family: str, seed: int = 0, path: str | None = None) -> Teach
         "fit": read_json(meta).get("key") if meta.is_file() else None,
     }
     return teacher
-
-
-def in_dtype(teacher: Teacher, dtype: str) -> Teacher:
-    """The twin in `dtype` (built and LoRA-fused in fp32 first): tests and CPU runs of the
-    reduced-precision path that real teachers take with `teacher.dtype`."""
-    torch_dtype = parse_dtype(dtype)
-    if torch_dtype == torch.float32:
-        return teacher
-    nn.Module.to(teacher.unet, torch_dtype)
-    nn.Module.to(teacher.vae, _vae_dtype(teacher.family, torch_dtype))
-    teacher.context = teacher.context.to(torch_dtype)
-    if teacher.pooled is not None:
-        teacher.pooled = teacher.pooled.to(torch_dtype)
-    return teacher
-
-
-def with_lora(teacher: Teacher, lora: str | None) -> Teacher:
-    """Registry hook: the teacher with an adapter fused into its UNet (plain, frozen modules)."""
-    return load_lora(teacher, lora, fuse=True) if lora else teacher
-
-
-def load_lora(
-    teacher: Teacher, source: str | Path, fuse: bool = True, scale: float = 1.0
-) -> Teacher:
-    """Load an adapter (folder or .safetensors, diffusers/PEFT format) into `teacher.unet`.
-
-    fuse=True merges it into the UNet weights and removes the PEFT wrappers, so the guide's
-    `ControlNetModel.from_unet` copy and the speed are those of a plain UNet. fuse=False keeps it
-    as PEFT adapter "ablate" (`teacher.unet.disable_adapters()` then gives the base exactly).
-    An `ablate_adapter.json` beside the weights names the base; a mismatch is an AblateError.
-    """
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
-
-    where = stored_path(source, "teacher.lora")
-    file = where / ADAPTER_WEIGHTS if where.is_dir() else where
-    if file.suffix != ".safetensors" or not file.is_file():
-        raise AblateError(
-            f"teacher.lora {where} is neither an adapter folder (with {ADAPTER_WEIGHTS}) nor a "
-            ".safetensors file; create one with `ablate teachers adapt`"
-        )
-    meta_file = file.parent / ADAPTER_META
-    if meta_file.is_file():
-        check_adapter_base(teacher, read_json(meta_file), where)
-    else:
-        log.warning("adapter %s has no %s: its base teacher is not checked", file, ADAPTER_META)
-    try:
-        state = load_file(str(file))
-        with safe_open(str(file), "pt") as handle:
-            header = handle.metadata() or {}
-    except (SafetensorError, OSError) as err:
-        raise AblateError(f"cannot read adapter {file}: {err}".splitlines()[0]) from None
-    lora_config = (
-        json.loads(header["lora_adapter_metadata"]) if "lora_adapter_metadata" in header else None
-    )
-    if any(k.startswith("unet.") for k in state):  # pipeline layout: unet.<module>.lora_A.weight
-        state = {k[5:]: v for k, v in state.items() if k.startswith("unet.")}
-        lora_config = {k[5:]: v for k, v in (lora_config or {}).items() if k.startswith("unet.")}
-    if not any(".lora_A." in k for k in state):
-        from diffusers.utils import convert_unet_state_dict_to_peft
-
-        state = convert_unet_state_dict_to_peft(state)
-    _check_lora_shapes(teacher, state, file)
-    unet = teacher.unet
-    try:
-        unet.load_lora_adapter(
-            state, prefix=None, adapter_name=ADAPTER_NAME, metadata=lora_config or None
-        )
-    except (ValueError, RuntimeError, KeyError, TypeError) as err:
-        first = first_line(err)
-        raise AblateError(
-            f"cannot load adapter {file} into teacher {teacher.name}: {first}"
-        ) from None
-    if fuse:
-        unet.fuse_lora(lora_scale=scale, adapter_names=[ADAPTER_NAME])
-        unet.unload_lora()  # PEFT wrappers -> plain modules holding the merged weights
-    elif scale != 1.0:
-        unet.set_adapters(ADAPTER_NAME, scale)
-    teacher.requires_grad_(False)  # the adapter is part of the frozen teacher
-    meta = read_json(meta_file) if meta_file.is_file() else {}
-    origin = dict(getattr(teacher, "origin", None) or {})
-    teacher.origin = {**origin, "lora": str(file), "lora_key": meta.get("key"), "lora_fused": fuse}
-    return teacher
-
-
-def check_adapter_base(teacher: Teacher, meta: dict[str, Any], where: str | Path) -> None:
-    """One-line AblateError unless `teacher` is the teacher the adapter was trained on."""
-    base = meta.get("base") or {}
-    label = base_label(base)
-    unset = (
-        " teacher.path=null" if not base.get("path") and getattr(teacher, "origin", None) else ""
-    )
-    use = f"use {base_override(base)}{unset} teacher.lora={where}"
-    if base.get("family") != teacher.family:
-        raise AblateError(
-            f"adapter {where} was trained for {base.get('family')} teachers (base {label}), "
-            f"not {teacher.family} (teacher {teacher.name}); {use}"
-        )
-    expected, found = base.get("unet") or {}, unet_fingerprint(teacher.unet)
-    if expected.get("arch") != found["arch"]:
-        raise AblateError(
-            f"adapter {where} was trained on base {label}, whose UNet architecture differs from "
-            f"teacher {teacher.name}'s; {use}"
-        )
-    if not fingerprints_match(expected, found):
-        raise AblateError(
-            f"adapter {where} was trained on other UNet weights (base {label}, fingerprint "
-            f"{expected.get('weights')}) than teacher {teacher.name} has ({found['weights']}); {use}"
-        )
-
-
-def base_label(base: dict[str, Any]) -> str:
-    """'tiny-sd15 seed 0', 'sd15 from /models/sd15', ... for messages and listings."""
-    name = base.get("teacher", "?")
-    if base.get("path"):
-        return f"{name} from {base['path']}"
-    if base.get("random_init"):
-        return f"{name} random_init"
-    return f"{name} seed {base.get('seed', 0)}" if str(name).startswith("tiny-") else str(name)
-
-
-def base_override(base: dict[str, Any]) -> str:
-    """Recipe overrides that rebuild an adapter's base teacher."""
-    parts = [f"teacher={base.get('teacher', '?')}"]
-    if base.get("path"):
-        parts.append(f"teacher.path={base['path']}")
-    elif base.get("random_init"):
-        parts.append("teacher.random_init=true")
-    elif str(base.get("teacher", "")).startswith("tiny-"):
-        parts.append(f"teacher.seed={base.get('seed', 0)}")
-    return " ".join(parts)
-
-
-@torch.no_grad()
-def unet_fingerprint(unet: nn.Module) -> dict[str, Any]:
-    """Cheap identity of UNet weights: an architecture hash and a probe of sampled values.
-
-    Sampling 256 values instead of hashing every byte keeps it instant for SDXL; the probe is
-    compared with a tolerance (`fingerprints_match`), so fp16/bf16 copies of the same weights
-    match. PEFT wrappers are seen through (`base_layer`), adapter tensors ignored.
-    """
-    import hashlib
-
-    state = {
-        k.replace(".base_layer.", "."): v for k, v in unet.state_dict().items() if "lora_" not in k
-    }
-    names = sorted(state)
-    arch = "\n".join(f"{k}:{tuple(state[k].shape)}" for k in names)
-    weights = [k for k in names if state[k].ndim >= 2]
-    count = min(_PROBE_TENSORS, len(weights))
-    picks = sorted({round(i * (len(weights) - 1) / max(count - 1, 1)) for i in range(count)})
-    probe: list[float] = []
-    for i in picks:
-        flat = state[weights[i]].reshape(-1)
-        n = flat.numel()
-        index = torch.tensor([(n * (j + 1)) // (_PROBE_VALUES + 1) for j in range(_PROBE_VALUES)])
-        probe += flat[index.clamp(max=n - 1)].float().tolist()
-    blob = torch.tensor(probe, dtype=torch.float32).numpy().tobytes()
-    return {
-        "arch": hashlib.sha256(arch.encode()).hexdigest()[:16],
-        "weights": hashlib.sha256(blob).hexdigest()[:16],
-        "probe": probe,
-    }
-
-
-def fingerprints_match(expected: dict[str, Any], found: dict[str, Any]) -> bool:
-    """Same architecture and the same sampled weights up to half-precision rounding."""
-    if expected.get("arch") != found.get("arch"):
-        return False
-    if expected.get("weights") == found.get("weights"):
-        return True
-    a, b = expected.get("probe") or [], found.get("probe") or []
-    return len(a) == len(b) > 0 and torch.allclose(
-        torch.tensor(a), torch.tensor(b), rtol=1e-2, atol=1e-5
-    )
-
-
-def _check_lora_shapes(teacher: Teacher, state: dict[str, Tensor], file: Path) -> None:
-    """Every lora_A/lora_B must sit on an existing layer of matching width (one-line error)."""
-    modules = dict(teacher.unet.named_modules())
-    for key, tensor in state.items():
-        part = ".lora_A." if ".lora_A." in key else ".lora_B." if ".lora_B." in key else None
-        if part is None:
-            continue
-        name = key.split(part)[0]
-        weight = getattr(modules.get(name), "weight", None)
-        if not isinstance(weight, Tensor):
-            raise AblateError(
-                f"adapter {file} does not fit teacher {teacher.name}: it adapts {name}, which "
-                "that UNet lacks (an adapter of another family or size?)"
-            )
-        ok = (
-            tensor.shape[1] == weight.shape[1]
-            if part == ".lora_A."
-            else (tensor.shape[0] == weight.shape[0])
-        )
-        if not ok:
-            raise AblateError(
-                f"adapter {file} does not fit teacher {teacher.name}: {name} is "
-                f"{tuple(weight.shape)} there, the adapter expects other widths"
-            )
-
-
-def read_json(file: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(file.read_text())
-    except (OSError, ValueError) as err:
-        raise AblateError(f"cannot read {file}: {err}".splitlines()[0]) from None
-    if not isinstance(data, dict):
-        raise AblateError(f"{file} is not a JSON object")
-    return data

@@ -1,0 +1,85 @@
+"""Frozen diffusion teachers: one file per family behind one interface (`base.Teacher`).
+
+    unet.py   SD 1.5 / SD 2.1 / SDXL UNets and their tiny twins
+    sd3.py    SD3 / SD3.5 MMDiT transformers and tiny-sd3
+    flux.py   Flux.1 transformers and tiny-flux
+    flow.py   the flow-matching noise rule both transformer families train with
+    lora.py   LoRA adapters and fitted twins' files, tied to their base teacher
+    text.py   empty-prompt text encoders and tokenizers (tiny ones for twins)
+
+Importing this package registers every family in the `teacher` slot.
+"""
+
+from pathlib import Path
+
+from ablate.model.teachers import flux, sd3, unet  # noqa: F401  (register every family)
+from ablate.model.teachers.base import Teacher, image_size_error, parse_dtype, scale_residuals
+from ablate.model.teachers.lora import (
+    ADAPTER_META,
+    ADAPTER_NAME,
+    ADAPTER_WEIGHTS,
+    FITTED_META,
+    LORA_TARGETS,
+    TEACHERS_DIR,
+    base_override,
+    denoiser_fingerprint,
+    fingerprints_match,
+    load_lora,
+    read_json,
+    unet_fingerprint,
+)
+from ablate.model.teachers.unet import (
+    UNetTeacher,
+    build_teacher,
+    family_of,
+    sd15,
+    sd21,
+    sdxl,
+    tiny_or_fitted,
+    tiny_teacher,
+)
+
+
+def folder_family(folder: Path) -> str | None:
+    """The family of a diffusers-layout teacher folder (sd15, sd21, sdxl, sd3, flux), or None."""
+    if (folder / "unet/config.json").is_file():
+        return family_of(read_json(folder / "unet/config.json"))
+    if (folder / "transformer/config.json").is_file():
+        found = read_json(folder / "transformer/config.json").get("_class_name")
+        return {"SD3Transformer2DModel": "sd3", "FluxTransformer2DModel": "flux"}.get(found)
+    return None
+
+
+def architecture(name: str) -> list[tuple[type, dict]] | None:
+    """(class, config) of a built-in teacher's denoiser and VAE (counted on the meta device
+    by `ablate teachers list`); None for a variant registered elsewhere."""
+    from diffusers import (
+        AutoencoderKL,
+        FluxTransformer2DModel,
+        SD3Transformer2DModel,
+        UNet2DConditionModel,
+    )
+
+    tiny, family = name.startswith("tiny-"), name.removeprefix("tiny-")
+    if family in unet.FAMILIES:
+        denoiser = ({**unet._TINY_UNET_COMMON, **unet._TINY_UNET[family]} if tiny
+                    else unet._UNET[family])
+        vae = ({**unet._TINY_VAE, "scaling_factor": unet.LATENT_SCALE[family]} if tiny
+               else unet._VAE[family])
+        return [(UNet2DConditionModel, denoiser), (AutoencoderKL, vae)]
+    module, cls = {"sd3": (sd3, SD3Transformer2DModel), "flux": (flux, FluxTransformer2DModel)
+                   }.get(family, (None, None))
+    if module is None:
+        return None
+    default = module.SD35_MEDIUM if family == "sd3" else module.FLUX_DEV
+    return [(cls, module.TINY if tiny else default),
+            (AutoencoderKL, module.TINY_VAE if tiny else module.VAE)]
+
+
+__all__ = [
+    "ADAPTER_META", "ADAPTER_NAME", "ADAPTER_WEIGHTS", "FITTED_META", "LORA_TARGETS",
+    "TEACHERS_DIR", "Teacher", "UNetTeacher", "architecture", "base_override", "build_teacher",
+    "denoiser_fingerprint", "family_of", "folder_family", "fingerprints_match", "image_size_error", "load_lora",
+    "parse_dtype", "read_json", "scale_residuals", "sd15", "sd21", "sdxl", "tiny_or_fitted",
+    "tiny_teacher", "unet_fingerprint",
+]
