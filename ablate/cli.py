@@ -348,11 +348,11 @@ def compare_teachers_cmd(teachers: str, seeds: int, recipe: tuple[str, ...], tes
     Runs through the sweep machinery (recorded in the results DB like any sweep),
     then reports per test set AUC and EER per teacher with 95% CIs, the paired
     difference against the first teacher (video bootstrap), and each teacher's cost
-    (train-step time, peak memory, trainable parameters).
+    (train-step time, peak memory, trainable and frozen parameters).
 
     \b
     Examples:
-      ablate compare-teachers --teachers none,tiny-sd15,tiny-sd21   # CPU, minutes; none = no guidance
+      ablate compare-teachers --teachers none,tiny-sd15,tiny-sdxl,tiny-sd3,tiny-flux   # CPU; none = no guidance
       ablate compare-teachers --teachers "sd15[path=/m/sd15],sd21[path=/m/sd21]" \\
           --recipe recipe=paper --recipe data.train=ffpp --tests celebdf,dfd --gpus 1
     """

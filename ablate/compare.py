@@ -180,6 +180,14 @@ def compare_teachers(
     return table, write_comparison(table, folder)
 
 
+def with_frozen_params(table: pd.DataFrame, teachers: dict[str, dict | None]) -> pd.DataFrame:
+    """Adds each teacher's frozen parameters (denoiser + VAE; 0 for `none`)."""
+    from ablate.teachers.catalog import frozen_params
+
+    counts = {label: frozen_params(cfg) for label, cfg in teachers.items()}
+    return table.assign(params_frozen=table["teacher"].map(counts).astype(float))
+
+
 # ---------------------------------------------------------------- the comparison
 
 
@@ -238,7 +246,7 @@ def comparison_table(db, name: str, teachers: dict[str, dict], n_boot: int = 100
     table = pd.DataFrame(rows)
     # Holm over every teacher x test set compared with the base
     table["p_delong_holm"] = holm(table["p_delong"].to_numpy(dtype=float))
-    return table
+    return with_frozen_params(table, teachers)
 
 
 def _delong_p(scores: dict, label: str, base: str, dataset: str) -> float:
@@ -328,6 +336,8 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
             "DeLong p (Holm)": _p_cell(r, first),
             "step (s)": f"{r.step_time_s:.3f}", "peak mem (MB)": f"{r.peak_mem_mb:.0f}",
             "trainable params": f"{r.params_trainable:,.0f}",
+            "frozen params": "?" if pd.isna(getattr(r, "params_frozen", np.nan))
+            else f"{r.params_frozen:,.0f}",
         })
     return pd.DataFrame(rows)
 

@@ -347,3 +347,68 @@ def test_timestep_laws_are_the_families_defaults(dit_teachers):
     u = torch.rand(4096, generator=torch.Generator().manual_seed(0)).clamp(1e-5, 1 - 1e-5)
     mu = calculate_shift(16, 256, 4096, 0.5, 1.15)
     torch.testing.assert_close(sigmas, math.exp(mu) / (math.exp(mu) + 1 / u - 1))
+
+
+# ------------------------------------------------------------------ fit, adapt, LoRA of another base
+
+
+@pytest.fixture(scope="module")
+def sd3_adapter(tmp_path_factory):
+    from ablate.teachers.adapt import AdaptSettings, adapt_teacher
+
+    settings = AdaptSettings(teacher="tiny-sd3", rank=4, steps=4, batch_size=4, image_size=32,
+                             lr=1e-2, max_frames=16)
+    return adapt_teacher(settings, out=tmp_path_factory.mktemp("a") / "lora", progress=False)
+
+
+def test_a_lora_on_the_transformer_changes_it_and_fuses_back(sd3_adapter, dit_teachers):
+    from safetensors import safe_open
+
+    from ablate.model.teachers import ADAPTER_WEIGHTS
+
+    with safe_open(str(sd3_adapter.folder / ADAPTER_WEIGHTS), "pt") as handle:
+        keys = list(handle.keys())
+    assert keys and all(k.startswith("transformer.") and ".lora_" in k for k in keys)
+    adapted = {k.split(".lora_")[0].removeprefix("transformer.") for k in keys}
+    assert all(k.endswith(("to_q", "to_k", "to_v", "to_out.0")) for k in adapted)
+    blocks = {k.split(".attn")[0] for k in adapted}  # every joint block, dual attention too
+    assert blocks == {f"transformer_blocks.{i}" for i in range(3)}
+    assert any(".attn2." in k for k in adapted)
+    fused = build("teacher", "tiny-sd3", lora=str(sd3_adapter.folder))
+    z, noise, sigmas, _ = _inputs(fused)
+    with torch.no_grad():
+        base = dit_teachers["tiny-sd3"].predict(z, sigmas)
+        torch.testing.assert_close(fused.predict(z, sigmas), sd3_adapter.teacher.predict(z, sigmas),
+                                   rtol=0, atol=1e-5)
+    assert not torch.allclose(fused.predict(z, sigmas), base, atol=1e-4)
+
+
+def test_a_lora_of_another_base_is_one_line(sd3_adapter):
+    lora = str(sd3_adapter.folder)
+    cases = [(("tiny-sd3", {"seed": 1}), "other transformer weights"),
+             (("tiny-flux", {}), "trained for sd3 teachers"),
+             (("tiny-sd15", {}), "trained for sd3 teachers")]
+    for (name, args), message in cases:
+        with pytest.raises(AblateError, match=message) as err:
+            build("teacher", name, lora=lora, **args)
+        assert "\n" not in str(err.value) and "use teacher=tiny-sd3" in str(err.value)
+
+
+def test_fitting_a_flux_twin_sets_its_latent_shift_and_scale(tmp_path):
+    from ablate.teachers.fit import FitSettings, fit_teacher
+
+    result = fit_teacher(FitSettings(teacher="tiny-flux", steps=2, vae_steps=1, batch_size=4,
+                                     image_size=32, max_frames=16), out=tmp_path / "fit",
+                         progress=False)
+    teacher = build("teacher", "tiny-flux", path=str(result.folder))
+    latents = teacher.encode(fixed_batch(size=32, batch=4)["image"],
+                             torch.Generator().manual_seed(0))
+    assert teacher.latent_shift == pytest.approx(result.meta["latent_shift"])
+    assert teacher.latent_shift != flow_default_shift()
+    assert abs(float(latents.mean())) < 0.5 and 0.5 < float(latents.std()) < 2  # ~N(0, 1)
+
+
+def flow_default_shift() -> float:
+    from ablate.model.teachers import flux
+
+    return flux.VAE["shift_factor"]

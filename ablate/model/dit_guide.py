@@ -47,7 +47,7 @@ def _layers(asked: int | None, default: int, available: int, what: str) -> int:
     n = default if asked is None else int(asked)
     if n < 1 or (asked is not None and n > available):
         raise AblateError(f"guide.layers={asked}: the teacher has {available} {what}; "
-                          f"use 1..{available} (or null for the default, {default})")
+                          f"use 1..{available} (or null for the default, {min(default, available)})")
     return min(n, available)
 
 

@@ -97,6 +97,24 @@ def human(n: int | None) -> str:
     return str(n)
 
 
+def frozen_params(teacher: dict[str, Any] | None) -> int | None:
+    """Parameters of a composed teacher config's denoiser + VAE (what a guided step carries
+    frozen), without loading weights: a folder's safetensors headers, else the built-in
+    architecture on the meta device; 0 for no teacher (the baseline), None if unknown."""
+    if not teacher:
+        return 0
+    path = teacher.get("path")
+    if path:
+        folder = Path(str(path)).expanduser()
+        if not folder.is_dir():
+            folder = lora.TEACHERS_DIR / str(path)
+        files = [f for sub in ("unet", "transformer", "vae") for f in sorted(
+            (folder / sub).glob("*.safetensors"))]
+        return _safetensors_params(files) if files else None
+    parts = tm.architecture(str(teacher.get("name")))
+    return None if parts is None else sum(_meta_params(cls, config) for cls, config in parts)
+
+
 # --- internals -----------------------------------------------------------------------------------
 
 

@@ -50,17 +50,18 @@ def teachers() -> None:
 @teachers.command("fit")
 @click.argument("teacher", metavar="TEACHER")
 @_common
-@click.option("--steps", type=int, help="UNet denoising steps [default: 800].")
+@click.option("--steps", type=int, help="Denoiser (UNet or transformer) steps [default: 800].")
 @click.option("--vae-steps", type=int, help="VAE steps, run first [default: 400].")
 @click.option("--image-size", type=int, help="Frame size in pixels [default: 64].")
 @click.option("--device", default="cpu", show_default=True, help="cpu | cuda | auto")
 def fit_cmd(teacher: str, data: str, batch_size: int | None, lr: float | None, seed: int,
             max_frames: int, out: str | None, force: bool, quiet: bool, steps: int | None,
             vae_steps: int | None, image_size: int | None, device: str) -> None:
-    """Train tiny twin TEACHER (tiny-sd15 | tiny-sd21 | tiny-sdxl) on real faces.
+    """Train tiny twin TEACHER (tiny-sd15 | tiny-sd21 | tiny-sdxl | tiny-sd3 | tiny-flux) on
+    real faces.
 
-    The VAE first (reconstruction + small KL), then the UNet's denoising loss on its latents
-    with the teacher's own objective and the empty prompt. Saved in diffusers layout; the same
+    The VAE first (reconstruction + small KL), then the denoiser's loss on its latents with
+    the teacher's own objective (eps, v or flow velocity) and the empty prompt. Saved in diffusers layout; the same
     teacher + data + settings are reused unless --force.
     """
     from ablate.teachers.fit import FitSettings, fit_teacher
@@ -97,9 +98,10 @@ def adapt_cmd(teacher: str, data: str, batch_size: int | None, lr: float | None,
               max_frames: int, out: str | None, force: bool, quiet: bool, lora_rank: int,
               lora_alpha: float | None, base_path: str | None, dtype: str, steps: int | None,
               image_size: int | None, device: str) -> None:
-    """LoRA-adapt TEACHER's UNet (to_q/k/v/out) to a dataset's real faces.
+    """LoRA-adapt TEACHER's UNet or transformer (to_q/k/v/out) to a dataset's real faces.
 
-    TEACHER is a teacher name (tiny-sd15, sd15, ...; real ones need --path) or a fitted
+    TEACHER is a teacher name (tiny-sd15, sd15, tiny-sd3, sd3, flux, ...; real ones need
+    --path) or a fitted
     twin's folder. Stores the adapter (safetensors, diffusers/PEFT format) and the base it
     belongs to; use it as teacher.lora=FOLDER with that same base teacher.
     """

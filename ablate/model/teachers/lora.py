@@ -67,8 +67,8 @@ def load_lora(
 ) -> Teacher:
     """Load an adapter (folder or .safetensors, diffusers/PEFT format) into `teacher.denoiser`.
 
-    fuse=True merges it into the UNet weights and removes the PEFT wrappers, so the guide's
-    `ControlNetModel.from_unet` copy and the speed are those of a plain UNet. fuse=False keeps it
+    fuse=True merges it into the denoiser's weights and removes the PEFT wrappers, so the guide's
+    ControlNet copy and the speed are those of a plain model. fuse=False keeps it
     as PEFT adapter "ablate" (`teacher.denoiser.disable_adapters()` then gives the base exactly).
     An `ablate_adapter.json` beside the weights names the base; a mismatch is an AblateError.
     """
@@ -144,12 +144,13 @@ def check_adapter_base(teacher: Teacher, meta: dict[str, Any], where: str | Path
     expected, found = base.get("unet") or {}, denoiser_fingerprint(teacher.denoiser)
     if expected.get("arch") != found["arch"]:
         raise AblateError(
-            f"adapter {where} was trained on base {label}, whose UNet architecture differs from "
+            f"adapter {where} was trained on base {label}, whose {_net(teacher)} architecture "
+            "differs from "
             f"teacher {teacher.name}'s; {use}"
         )
     if not fingerprints_match(expected, found):
         raise AblateError(
-            f"adapter {where} was trained on other UNet weights (base {label}, fingerprint "
+            f"adapter {where} was trained on other {_net(teacher)} weights (base {label}, fingerprint "
             f"{expected.get('weights')}) than teacher {teacher.name} has ({found['weights']}); {use}"
         )
 
@@ -232,7 +233,7 @@ def _check_lora_shapes(teacher: Teacher, state: dict[str, Tensor], file: Path) -
         if not isinstance(weight, Tensor):
             raise AblateError(
                 f"adapter {file} does not fit teacher {teacher.name}: it adapts {name}, which "
-                "that UNet lacks (an adapter of another family or size?)"
+                f"that {_net(teacher)} lacks (an adapter of another family or size?)"
             )
         ok = (
             tensor.shape[1] == weight.shape[1]
@@ -244,6 +245,10 @@ def _check_lora_shapes(teacher: Teacher, state: dict[str, Tensor], file: Path) -
                 f"adapter {file} does not fit teacher {teacher.name}: {name} is "
                 f"{tuple(weight.shape)} there, the adapter expects other widths"
             )
+
+
+def _net(teacher: Teacher) -> str:
+    return "UNet" if teacher.denoiser_name == "unet" else "transformer"
 
 
 def read_json(file: Path) -> dict[str, Any]:
