@@ -317,6 +317,9 @@ def test_bad_teacher_folders_are_one_line(saved, tmp_path):
         with pytest.raises(AblateError, match=message) as err:
             build("teacher", family, path=str(folder), dtype="float32")
         assert "\n" not in str(err.value)
+    with pytest.raises(AblateError, match=r"holds a sd3 transformer, not a sd15 UNet; use "
+                                          r"teacher=sd3"):
+        build("teacher", "sd15", path=str(saved["tiny-sd3"]))
     no_clip_g = tmp_path / "no-clip-g"
     shutil.copytree(saved["tiny-sd3"], no_clip_g)
     shutil.rmtree(no_clip_g / "text_encoder_2")

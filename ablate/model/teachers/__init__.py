@@ -13,7 +13,13 @@ Importing this package registers every family in the `teacher` slot.
 from pathlib import Path
 
 from ablate.model.teachers import flux, sd3, unet  # noqa: F401  (register every family)
-from ablate.model.teachers.base import Teacher, image_size_error, parse_dtype, scale_residuals
+from ablate.model.teachers.base import (
+    Teacher,
+    image_size_error,
+    parse_dtype,
+    scale_residuals,
+    transformer_family,
+)
 from ablate.model.teachers.lora import (
     ADAPTER_META,
     ADAPTER_NAME,
@@ -44,10 +50,7 @@ def folder_family(folder: Path) -> str | None:
     """The family of a diffusers-layout teacher folder (sd15, sd21, sdxl, sd3, flux), or None."""
     if (folder / "unet/config.json").is_file():
         return family_of(read_json(folder / "unet/config.json"))
-    if (folder / "transformer/config.json").is_file():
-        found = read_json(folder / "transformer/config.json").get("_class_name")
-        return {"SD3Transformer2DModel": "sd3", "FluxTransformer2DModel": "flux"}.get(found)
-    return None
+    return transformer_family(folder)
 
 
 def architecture(name: str) -> list[tuple[type, dict]] | None:

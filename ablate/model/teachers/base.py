@@ -223,3 +223,19 @@ def weights_variant(folder: Path) -> str | None:
 
 def missing_parts(folder: Path, needed: list[str]) -> list[str]:
     return [n for n in needed if not (folder / n).exists()]
+
+
+TRANSFORMER_FAMILIES = {"SD3Transformer2DModel": "sd3", "FluxTransformer2DModel": "flux"}
+
+
+def transformer_family(folder: Path) -> str | None:
+    """sd3 / flux for a diffusers folder whose transformer/ is one of theirs, else None."""
+    import json
+
+    config = folder / "transformer/config.json"
+    if not config.is_file():
+        return None
+    try:
+        return TRANSFORMER_FAMILIES.get(json.loads(config.read_text()).get("_class_name"))
+    except (OSError, ValueError):
+        return None

@@ -21,6 +21,7 @@ Both branches of a guided step share one sigma per sample and one noise tensor.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,8 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from torch import Tensor, nn
 
 from ablate.errors import AblateError
-from ablate.model.teachers.base import Teacher
+from ablate.model.teachers.base import Teacher, parse_dtype
+from ablate.model.teachers.lora import FITTED_META, in_dtype, read_json, stored_path, with_lora
 
 DENSITIES = ("logit_normal", "uniform")
 
@@ -144,3 +146,38 @@ class FlowTeacher(Teacher):
             "encoder_hidden_states": self.context.to(dtype).expand(batch_size, -1, -1),  # [B,L,D]
             "pooled_projections": self.pooled.to(dtype).expand(batch_size, -1),  # [B, P]
         }
+
+
+def real_teacher(family: str, path: str | None, random_init: bool, dtype: str,
+                 lora: str | None, random: Callable[[torch.dtype], Teacher],
+                 load: Callable[[Path, torch.dtype], Teacher]) -> Teacher:
+    """The rule every real-weights transformer teacher follows: a local diffusers folder or
+    seeded random weights (never both, never neither: nothing is downloaded), then LoRA."""
+    torch_dtype = parse_dtype(dtype)
+    if path and random_init:
+        raise AblateError(f"teacher {family}: give teacher.path or random_init=true, not both")
+    if random_init:
+        return with_lora(random(torch_dtype), lora)
+    if not path:
+        raise AblateError(f"teacher {family} needs teacher.path=/local/folder (a diffusers-layout "
+                          f"folder); nothing is downloaded. Use teacher=tiny-{family} for CPU runs")
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise AblateError(f"teacher.path {folder} of teacher {family} must be a diffusers-layout "
+                          "folder (transformer/, vae/, scheduler/, text_encoder*/)")
+    return with_lora(load(folder, torch_dtype), lora)
+
+
+def twin(name: str, seed: int, path: str | None, lora: str | None, dtype: str,
+         tiny: Callable[[int], Teacher], load: Callable[[Path, torch.dtype], Teacher]) -> Teacher:
+    """A tiny twin: seeded random, or `path` a twin `ablate teachers fit` saved; then LoRA and
+    the compute dtype (built in fp32 first)."""
+    if not path:
+        return in_dtype(with_lora(tiny(seed), lora), dtype)
+    folder = stored_path(path, "teacher.path")
+    teacher = load(folder, torch.float32)
+    teacher.name = name
+    meta = folder / FITTED_META
+    teacher.origin = {"path": str(folder),
+                      "fit": read_json(meta).get("key") if meta.is_file() else None}
+    return in_dtype(with_lora(teacher, lora), dtype)

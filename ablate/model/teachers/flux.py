@@ -31,11 +31,10 @@ from ablate.model.teachers.base import (
     load_part,
     missing_parts,
     on_meta,
-    parse_dtype,
     weights_variant,
 )
-from ablate.model.teachers.flow import FlowTeacher, TimestepLaw
-from ablate.model.teachers.lora import FITTED_META, in_dtype, read_json, stored_path, with_lora
+from ablate.model.teachers.flow import FlowTeacher, TimestepLaw, real_teacher, twin
+from ablate.model.teachers.lora import read_json
 from ablate.model.teachers.packing import image_ids, pack, text_ids, unpack
 from ablate.model.teachers.sd3 import copy_or_write_text, embed_t5, write_model_index
 from ablate.model.teachers.text import (
@@ -175,38 +174,21 @@ def flux(
     shift: float | None = None,
 ) -> FluxTeacher:
     """`shift=None`: Flux's resolution-dependent time shift; a number: a fixed shift."""
-    torch_dtype = parse_dtype(dtype)
-    if path and random_init:
-        raise AblateError("teacher flux: give teacher.path or random_init=true, not both")
-    if random_init:
-        teacher = _random_teacher(torch_dtype, guidance, timesteps, shift)
-    elif not path:
-        raise AblateError(
-            "teacher flux needs teacher.path=/local/folder (a diffusers-layout Flux.1 folder); "
-            "nothing is downloaded. Use teacher=tiny-flux for CPU runs")
-    else:
-        folder = Path(path).expanduser()
-        if not folder.is_dir():
-            raise AblateError(f"teacher.path {folder} of teacher flux must be a diffusers-layout "
-                              "folder (transformer/, vae/, scheduler/, text_encoder*/)")
-        teacher = load_folder(folder, torch_dtype, guidance, timesteps, shift)
-    return with_lora(teacher, lora)
+    return real_teacher(
+        FAMILY, path, random_init, dtype, lora,
+        random=lambda torch_dtype: _random_teacher(torch_dtype, guidance, timesteps, shift),
+        load=lambda folder, torch_dtype: load_folder(folder, torch_dtype, guidance, timesteps,
+                                                     shift))
 
 
 @TEACHERS.register("tiny-flux", "CPU-sized Flux.1 twin (double + single blocks, rotary ids, guidance)")
 def tiny_flux(seed: int = 0, path: str | None = None, lora: str | None = None,
               dtype: str = "float32", guidance: float = GUIDANCE, timesteps: str = "uniform",
               shift: float | None = None) -> FluxTeacher:
-    if path:
-        folder = stored_path(path, "teacher.path")
-        teacher = load_folder(folder, torch.float32, guidance, timesteps, shift)
-        teacher.name = "tiny-flux"
-        meta = folder / FITTED_META
-        teacher.origin = {"path": str(folder),
-                          "fit": read_json(meta).get("key") if meta.is_file() else None}
-    else:
-        teacher = tiny_teacher(seed, guidance, timesteps, shift)
-    return in_dtype(with_lora(teacher, lora), dtype)
+    return twin("tiny-flux", seed, path, lora, dtype,
+                tiny=lambda s: tiny_teacher(s, guidance, timesteps, shift),
+                load=lambda folder, torch_dtype: load_folder(folder, torch_dtype, guidance,
+                                                             timesteps, shift))
 
 
 def law(timesteps: str, shift: float | None, scheduler: FlowMatchEulerDiscreteScheduler

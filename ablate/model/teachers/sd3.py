@@ -35,11 +35,10 @@ from ablate.model.teachers.base import (
     load_part,
     missing_parts,
     on_meta,
-    parse_dtype,
     weights_variant,
 )
-from ablate.model.teachers.flow import FlowTeacher, TimestepLaw
-from ablate.model.teachers.lora import FITTED_META, in_dtype, read_json, stored_path, with_lora
+from ablate.model.teachers.flow import FlowTeacher, TimestepLaw, real_teacher, twin
+from ablate.model.teachers.lora import read_json
 from ablate.model.teachers.text import (
     TEXT_LENGTH,
     clip_ids,
@@ -202,38 +201,20 @@ def sd3(
     shift: float | None = None,
 ) -> SD3Teacher:
     """`shift=None`: the folder's scheduler shift (3.0 for SD3 / SD3.5)."""
-    torch_dtype = parse_dtype(dtype)
-    if path and random_init:
-        raise AblateError("teacher sd3: give teacher.path or random_init=true, not both")
-    if random_init:
-        teacher = _random_teacher(torch_dtype, timesteps, shift)
-    elif not path:
-        raise AblateError(
-            "teacher sd3 needs teacher.path=/local/folder (a diffusers-layout SD3 / SD3.5 "
-            "folder); nothing is downloaded. Use teacher=tiny-sd3 for CPU runs")
-    else:
-        folder = Path(path).expanduser()
-        if not folder.is_dir():
-            raise AblateError(f"teacher.path {folder} of teacher sd3 must be a diffusers-layout "
-                              "folder (transformer/, vae/, scheduler/, text_encoder*/)")
-        teacher = load_folder(folder, torch_dtype, t5, timesteps, shift)
-    return with_lora(teacher, lora)
+    return real_teacher(
+        FAMILY, path, random_init, dtype, lora,
+        random=lambda torch_dtype: _random_teacher(torch_dtype, timesteps, shift),
+        load=lambda folder, torch_dtype: load_folder(folder, torch_dtype, t5, timesteps, shift))
 
 
 @TEACHERS.register("tiny-sd3", "CPU-sized SD3.5 twin (joint + dual-attention blocks, 16-ch VAE)")
 def tiny_sd3(seed: int = 0, path: str | None = None, lora: str | None = None,
              dtype: str = "float32", timesteps: str = "logit_normal",
              shift: float | None = None) -> SD3Teacher:
-    if path:
-        folder = stored_path(path, "teacher.path")
-        teacher = load_folder(folder, torch.float32, True, timesteps, shift)
-        teacher.name = "tiny-sd3"
-        meta = folder / FITTED_META
-        teacher.origin = {"path": str(folder),
-                          "fit": read_json(meta).get("key") if meta.is_file() else None}
-    else:
-        teacher = tiny_teacher(seed, timesteps, shift)
-    return in_dtype(with_lora(teacher, lora), dtype)
+    return twin("tiny-sd3", seed, path, lora, dtype,
+                tiny=lambda s: tiny_teacher(s, timesteps, shift),
+                load=lambda folder, torch_dtype: load_folder(folder, torch_dtype, True,
+                                                             timesteps, shift))
 
 
 def law(timesteps: str, shift: float | None, scheduler_shift: float) -> TimestepLaw:

@@ -41,6 +41,7 @@ from ablate.model.teachers.base import (
     load_part,
     on_meta,
     parse_dtype,
+    transformer_family,
     weights_variant,
 )
 from ablate.model.teachers.lora import FITTED_META, in_dtype, read_json, stored_path, with_lora
@@ -489,6 +490,10 @@ def _check_folder(family: str, folder: Path) -> None:
     unet_json = folder / "unet/config.json"
     if unet_json.is_file():  # the family first: another family's folder lacks other parts
         _check_family(family, folder, json.loads(unet_json.read_text()))
+    dit = transformer_family(folder)
+    if dit and not unet_json.is_file():
+        raise AblateError(f"teacher folder {folder} holds a {dit} transformer, not a {family} "
+                          f"UNet; use teacher={dit}")
     needed = ["unet/config.json", "vae/config.json", "scheduler/scheduler_config.json"]
     needed += [f"{sub}/" for sub in _text_subfolders(family)]
     missing = [n for n in needed if not (folder / n).exists()]
