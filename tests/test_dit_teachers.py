@@ -415,3 +415,55 @@ def flow_default_shift() -> float:
     from ablate.model.teachers import flux
 
     return flux.VAE["shift_factor"]
+
+
+def test_a_schnell_scheduler_gives_unshifted_sigmas():
+    """Flux.1 schnell's scheduler_config.json: shift 1.0, no dynamic shifting."""
+    from ablate.model.teachers import flux
+
+    schnell = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
+    law = flux.law("uniform", None, schnell)
+    u = torch.linspace(0.01, 0.99, 9)
+    torch.testing.assert_close(law.shifted(u, 4096), u)
+    dev = flux.law("uniform", None, FlowMatchEulerDiscreteScheduler(**flux.SCHEDULER))
+    assert dev.shift is None and not torch.allclose(dev.shifted(u, 4096), u)
+
+
+@pytest.mark.parametrize("teacher", DIT)
+def test_separate_guides_per_branch_give_the_batched_and_the_sequential_loss(teacher, dit_teachers):
+    det = _detector(teacher, "controlnet", dit_teachers, "guide.shared=false")
+    assert len(det.guide.nets) == 2
+    for net in det.guide.nets:
+        _perturb_zero_projections(net, 3)
+    b = fixed_batch(size=SIZE, batch=2)
+    with torch.no_grad():
+        batched, sequential = (det.guided_losses(
+            b["image"], b["source"], b["target"], b["label"],
+            generator=torch.Generator().manual_seed(0), batched=mode) for mode in (True, False))
+    for key in ("source", "target", "total"):
+        torch.testing.assert_close(batched[key], sequential[key], rtol=1e-4, atol=1e-5)
+
+
+def test_fitting_a_transformer_twin_at_a_size_its_patches_cannot_take_is_one_line(tmp_path):
+    from ablate.teachers.fit import FitSettings, fit_teacher
+
+    with pytest.raises(AblateError, match=r"image_size 72 .* multiple of its VAE factor x patch"):
+        fit_teacher(FitSettings(teacher="tiny-sd3", steps=1, vae_steps=0, batch_size=2,
+                                image_size=72, max_frames=4), out=tmp_path / "f", progress=False)
+    assert not (tmp_path / "f").exists()
+
+
+def test_frozen_params_count_one_weights_variant(saved, tmp_path):
+    """A diffusers folder with fp16 variants beside the plain weights counts each tensor once."""
+    from ablate.teachers.catalog import frozen_params
+
+    folder = tmp_path / "variants"
+    shutil.copytree(saved["tiny-sd3"], folder)
+    for sub in ("transformer", "vae"):
+        plain = folder / sub / "diffusion_pytorch_model.safetensors"
+        shutil.copy(plain, plain.with_name("diffusion_pytorch_model.fp16.safetensors"))
+    teacher = build("teacher", "sd3", path=str(folder), dtype="float32")
+    expected = sum(p.numel() for m in (teacher.transformer, teacher.vae) for p in m.parameters())
+    assert frozen_params({"name": "sd3", "path": str(folder)}) == expected
+    assert frozen_params({"name": "tiny-sd3"}) == expected  # the meta-device count agrees
+    assert frozen_params(None) == 0

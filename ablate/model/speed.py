@@ -35,7 +35,7 @@ class Speed:
 
     precision: str = "fp32"  # fp32 | bf16 (autocast; weights and optimiser stay fp32)
     channels_last: bool = False
-    attention: str = "sdpa"  # sdpa: torch SDPA kernels | math: diffusers' explicit softmax
+    attention: str = "sdpa"  # sdpa: torch SDPA kernels | math: diffusers' explicit softmax; UNets only: SD3/Flux keep their own SDPA processors
     grad_checkpointing: bool = False  # guide and teacher UNet: recompute, don't store
     compile: bool = False  # torch.compile of backbone, filters, guide and teacher UNet
     latent_cache: bool = True  # VAE posteriors once per image (model/latent_cache.py)

@@ -99,3 +99,6 @@ def _check_real_teacher(check: _Check, cfg: Any) -> None:
     elif not Path(str(path)).expanduser().exists():
         check.problem(f"teacher.path {path} does not exist: set teacher.path in {where} "
                       f"to your local {t.name} weights")
+    elif t.name in ("sd3", "flux") and not Path(str(path)).expanduser().is_dir():
+        check.problem(f"teacher.path {path} of teacher {t.name} must be a diffusers-layout "
+                      f"folder (single files load for sd15/sd21/sdxl only); set it in {where}")

@@ -106,10 +106,11 @@ def frozen_params(teacher: dict[str, Any] | None) -> int | None:
     path = teacher.get("path")
     if path:
         folder = Path(str(path)).expanduser()
+        if folder.is_file():
+            return _safetensors_params([folder]) if folder.suffix == ".safetensors" else None
         if not folder.is_dir():
             folder = lora.TEACHERS_DIR / str(path)
-        files = [f for sub in ("unet", "transformer", "vae") for f in sorted(
-            (folder / sub).glob("*.safetensors"))]
+        files = _weight_files(folder)
         return _safetensors_params(files) if files else None
     parts = tm.architecture(str(teacher.get("name")))
     return None if parts is None else sum(_meta_params(cls, config) for cls, config in parts)
@@ -118,14 +119,30 @@ def frozen_params(teacher: dict[str, Any] | None) -> int | None:
 # --- internals -----------------------------------------------------------------------------------
 
 
+def _weight_files(folder: Path) -> list[Path]:
+    """The denoiser's and VAE's safetensors, one variant each: the plain files (shards
+    included) where there are any, else the one variant the folder holds (e.g. fp16)."""
+    files = []
+    for sub in ("unet", "transformer", "vae"):
+        found = sorted((folder / sub).glob("*.safetensors"))
+        plain = [f for f in found if "." not in f.stem]  # not .fp16. / .non_ema. variants
+        variants = sorted({f.stem.split(".", 1)[1].split("-")[0] for f in found if "." in f.stem})
+        files += plain or [f for f in found if variants and f".{variants[0]}" in f.name]
+    return files
+
+
 def _meta_params(cls: type, config: dict[str, Any]) -> int:
     with torch.device("meta"):
         model = cls(**config)
     return sum(p.numel() for p in model.parameters())
 
 
+BUFFERS = ("pos_embed.pos_embed", "position_ids")  # saved with the weights, not parameters
+
+
 def _safetensors_params(files: list[Path]) -> int | None:
-    """Parameter count from safetensors headers (no tensor is read)."""
+    """Parameter count from safetensors headers (no tensor is read); stored buffers that are
+    no parameters (SD3's sincos position table, CLIP's position ids) are left out."""
     from safetensors import safe_open
 
     total = 0
@@ -133,6 +150,8 @@ def _safetensors_params(files: list[Path]) -> int | None:
         for file in files:
             with safe_open(str(file), "pt") as handle:
                 for key in handle.keys():
+                    if key.endswith(BUFFERS):
+                        continue
                     shape = handle.get_slice(key).get_shape()
                     total += int(torch.Size(shape).numel())
     except Exception:  # noqa: BLE001 - a listing shows '?' for an unreadable file
@@ -162,9 +181,7 @@ def _meta(folder: Path, name: str) -> dict[str, Any]:
 
 def _fitted(folder: Path) -> Entry:
     meta = _meta(folder, lora.FITTED_META)
-    weights = sorted((folder / "unet").glob("*.safetensors")) + sorted(
-        (folder / "vae").glob("*.safetensors")
-    )
+    weights = _weight_files(folder)
     where = _display(folder)
     settings = meta.get("settings") or {}
     loss = (meta.get("losses") or {}).get("denoise") or {}

@@ -353,7 +353,9 @@ def fit_teacher(
     shutil.rmtree(staging, ignore_errors=True)
     # Start from the seeded twin written as a folder, so the empty-prompt context the UNet is
     # fitted under is the one every later load of the folder computes (its tiny text encoder).
-    build("teacher", settings.teacher, seed=settings.seed).save_pretrained(staging)
+    twin = build("teacher", settings.teacher, seed=settings.seed)
+    twin.check_image_size(settings.image_size)  # transformer twins: multiples of 16
+    twin.save_pretrained(staging)
     teacher = build("teacher", settings.teacher, path=str(staging)).to(torch_device)
     generator = torch.Generator().manual_seed(settings.seed)
     vae_losses = train_vae(

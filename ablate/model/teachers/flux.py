@@ -12,8 +12,10 @@ one (`guidance_embeds` in its config) gets `teacher.guidance` (3.5, FluxPipeline
 diffusers Flux training scripts' default) as a constant for every sample. schnell has none
 and ignores the setting.
 
-Timesteps: sigmas u ~ U(0, 1) shifted by Flux's resolution-dependent exponential time shift
-(`ablate.model.teachers.flow`); the transformer takes the sigma itself (it multiplies by 1000).
+Timesteps: sigmas u ~ U(0, 1) shifted as the folder's scheduler samples: dev's
+resolution-dependent exponential time shift, schnell's fixed shift 1 (`ablate.model.teachers.flow`);
+the transformer takes the sigma itself (it multiplies by 1000). T5 context: 512 tokens for
+dev, 256 for schnell, as FluxPipeline's defaults.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ from ablate.model.teachers.text import (
 from ablate.registry import TEACHERS
 
 FAMILY = "flux"
-T5_LENGTH = 512  # FluxPipeline's max_sequence_length for dev (schnell: 256)
+T5_LENGTH = 512  # FluxPipeline's max_sequence_length (dev); schnell: 256
+SCHNELL_T5_LENGTH = 256
 GUIDANCE = 3.5
 # black-forest-labs/FLUX.1-dev transformer/config.json
 FLUX_DEV: dict[str, Any] = dict(
@@ -193,7 +196,11 @@ def tiny_flux(seed: int = 0, path: str | None = None, lora: str | None = None,
 
 def law(timesteps: str, shift: float | None, scheduler: FlowMatchEulerDiscreteScheduler
         ) -> TimestepLaw:
+    """`shift=None`: the folder's scheduler decides: dev's resolution-dependent shift
+    (`use_dynamic_shifting`), or schnell's fixed `shift` (1.0: unshifted)."""
     c = scheduler.config
+    if shift is None and not c.get("use_dynamic_shifting", False):
+        shift = float(c.get("shift", 1.0))
     return TimestepLaw(density=timesteps, shift=shift, base_shift=c.get("base_shift", 0.5),
                        max_shift=c.get("max_shift", 1.15),
                        base_tokens=c.get("base_image_seq_len", 256),
@@ -270,6 +277,8 @@ def load_folder(folder: Path, dtype: torch.dtype, guidance: float, timesteps: st
     encoder = weights(T5EncoderModel, "text_encoder_2", dtype=torch.float32)
     tokenizer = load_part(folder, "tokenizer_2", AutoTokenizer.from_pretrained)
     tiny = transformer.config.joint_attention_dim == TINY["joint_attention_dim"]
-    context = embed_t5(encoder, t5_ids(tokenizer, TINY_T5_LENGTH if tiny else T5_LENGTH))
+    length = (TINY_T5_LENGTH if tiny else T5_LENGTH if transformer.config.guidance_embeds
+              else SCHNELL_T5_LENGTH)
+    context = embed_t5(encoder, t5_ids(tokenizer, length))
     return FluxTeacher(FAMILY, FAMILY, transformer, vae, scheduler, context, pooled,
                        law(timesteps, shift, scheduler), text_source=folder, guidance=guidance)

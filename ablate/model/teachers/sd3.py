@@ -122,6 +122,8 @@ class SD3Teacher(FlowTeacher):
 
         config = self.transformer.config
         dim = config.num_attention_heads * config.attention_head_dim
+        # one residual per block, so SD3's block i takes residual i (the transformer spaces
+        # residuals by num_layers / len); the context-only last block never adds its own
         return TokenAdapter(self.latent_channels, self.patch, dim, [config.num_layers], width)
 
     def save_pretrained(self, folder: str | Path) -> None:
