@@ -467,3 +467,20 @@ def test_frozen_params_count_one_weights_variant(saved, tmp_path):
     assert frozen_params({"name": "sd3", "path": str(folder)}) == expected
     assert frozen_params({"name": "tiny-sd3"}) == expected  # the meta-device count agrees
     assert frozen_params(None) == 0
+
+
+@pytest.mark.parametrize("teacher", DIT)
+def test_a_bf16_transformer_teacher_trains_fp32_guides(teacher):
+    """The frozen twin computes in bf16 (teacher.dtype), the guide keeps fp32 master weights
+    and its gradients are fp32 and finite."""
+    teachers = {teacher: build("teacher", teacher, dtype="bfloat16")}
+    det = _detector(teacher, "controlnet", teachers)
+    assert det.teacher.dtype == torch.bfloat16 and det.teacher.context.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in det.guide.parameters())
+    b = fixed_batch(size=SIZE, batch=2)
+    losses = det.guided_losses(b["image"], b["source"], b["target"], b["label"],
+                               generator=torch.Generator().manual_seed(0))
+    losses["total"].backward()
+    grads = [p.grad for p in det.guide.parameters() if p.grad is not None]
+    assert grads and all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+    assert any(torch.count_nonzero(g) for g in grads)
