@@ -33,9 +33,9 @@ from ablate.model.teachers import (
     LORA_TARGETS,
     TEACHERS_DIR,
     Teacher,
+    denoiser_fingerprint,
     folder_family,
     read_json,
-    unet_fingerprint,
 )
 from ablate.registry import build, registry
 from ablate.teachers.fit import (
@@ -112,7 +112,7 @@ def base_record(name: str, args: dict[str, Any], teacher: Teacher) -> dict[str, 
         "path": str(Path(path).expanduser().resolve()) if path else None,
         "seed": args.get("seed") if name.startswith("tiny-") and not path else None,
         "dtype": str(teacher.denoiser.dtype).removeprefix("torch."),
-        "unet": unet_fingerprint(teacher.denoiser),
+        "unet": denoiser_fingerprint(teacher.denoiser),
     }
 
 

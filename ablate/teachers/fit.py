@@ -35,7 +35,7 @@ from ablate.model.teachers import (
     FITTED_META,
     TEACHERS_DIR,
     Teacher,
-    unet_fingerprint,
+    denoiser_fingerprint,
 )
 from ablate.registry import build
 
@@ -387,7 +387,7 @@ def fit_teacher(
         "wall_s": round(time.perf_counter() - start, 1),
         "device": str(torch_device),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "unet": unet_fingerprint(teacher.denoiser),
+        "unet": denoiser_fingerprint(teacher.denoiser),
     }
     (staging / FITTED_META).write_text(json.dumps(meta, indent=2) + "\n")
     publish(staging, out)

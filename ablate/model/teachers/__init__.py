@@ -56,27 +56,11 @@ def folder_family(folder: Path) -> str | None:
 def architecture(name: str) -> list[tuple[type, dict]] | None:
     """(class, config) of a built-in teacher's denoiser and VAE (counted on the meta device
     by `ablate teachers list`); None for a variant registered elsewhere."""
-    from diffusers import (
-        AutoencoderKL,
-        FluxTransformer2DModel,
-        SD3Transformer2DModel,
-        UNet2DConditionModel,
-    )
-
     tiny, family = name.startswith("tiny-"), name.removeprefix("tiny-")
     if family in unet.FAMILIES:
-        denoiser = ({**unet._TINY_UNET_COMMON, **unet._TINY_UNET[family]} if tiny
-                    else unet._UNET[family])
-        vae = ({**unet._TINY_VAE, "scaling_factor": unet.LATENT_SCALE[family]} if tiny
-               else unet._VAE[family])
-        return [(UNet2DConditionModel, denoiser), (AutoencoderKL, vae)]
-    module, cls = {"sd3": (sd3, SD3Transformer2DModel), "flux": (flux, FluxTransformer2DModel)
-                   }.get(family, (None, None))
-    if module is None:
-        return None
-    default = module.SD35_MEDIUM if family == "sd3" else module.FLUX_DEV
-    return [(cls, module.TINY if tiny else default),
-            (AutoencoderKL, module.TINY_VAE if tiny else module.VAE)]
+        return unet.architecture(family, tiny)
+    module = {"sd3": sd3, "flux": flux}.get(family)
+    return None if module is None else module.architecture(tiny)
 
 
 __all__ = [

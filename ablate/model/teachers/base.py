@@ -45,12 +45,12 @@ class Teacher(nn.Module):
     """
 
     family: str = ""
+    denoiser_name: str = ""  # the denoiser's attribute and LoRA prefix: "unet" | "transformer"
 
     def __init__(self, name: str, family: str, denoiser: nn.Module, vae: nn.Module,
                  text_source: Path | None = None) -> None:
         super().__init__()
         self.name, self.family = name, family
-        self.denoiser_name = "unet" if family in ("sd15", "sd21", "sdxl") else "transformer"
         self.add_module(self.denoiser_name, denoiser)
         self.vae = vae
         self.latent_scale = float(vae.config.scaling_factor)
@@ -213,6 +213,12 @@ def load_part(folder: Path, sub: str, loader: Any, **kwargs: Any) -> Any:
         return loader(str(folder / sub), local_files_only=True, **kwargs)
     except (OSError, ValueError) as err:
         raise AblateError(f"teacher folder {folder}: cannot load {sub}/: {first_line(err)}") from None
+
+
+def load_weights(folder: Path, sub: str, cls: Any, **kwargs: Any) -> Any:
+    """A weights component (`cls.from_pretrained`), in the variant the folder holds."""
+    return load_part(folder, sub, cls.from_pretrained, variant=weights_variant(folder / sub),
+                     **kwargs)
 
 
 def weights_variant(folder: Path) -> str | None:

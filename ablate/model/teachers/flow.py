@@ -104,6 +104,8 @@ class FlowTeacher(Teacher):
     latents (shift and scale), an empty-prompt context [1, L, D] and pooled text [1, P].
     Timesteps are sigmas in (0, 1); each family turns them into what its transformer takes."""
 
+    denoiser_name = "transformer"
+
     def __init__(self, name: str, family: str, transformer: nn.Module, vae: nn.Module,
                  scheduler: FlowMatchEulerDiscreteScheduler, context: Tensor, pooled: Tensor,
                  law: TimestepLaw, text_source: Path | None = None) -> None:
@@ -126,8 +128,8 @@ class FlowTeacher(Teacher):
         return dtype
 
     def tokens(self, latent_size: tuple[int, int]) -> int:
-        """Image tokens of a latent [h, w] (2x2 patches)."""
-        return (latent_size[0] // 2) * (latent_size[1] // 2)
+        """Image tokens of a latent [h, w] (`patch` x `patch` latent patches)."""
+        return (latent_size[0] // self.patch) * (latent_size[1] // self.patch)
 
     def sample_timesteps(self, batch: int, generator: torch.Generator | None,
                          device: torch.device, latent_size: tuple[int, int] = (32, 32)) -> Tensor:

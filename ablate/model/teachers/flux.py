@@ -31,9 +31,9 @@ from ablate.errors import AblateError
 from ablate.model.teachers.base import (
     fill_random,
     load_part,
+    load_weights,
     missing_parts,
     on_meta,
-    weights_variant,
 )
 from ablate.model.teachers.flow import FlowTeacher, TimestepLaw, real_teacher, twin
 from ablate.model.teachers.lora import read_json
@@ -207,6 +207,11 @@ def law(timesteps: str, shift: float | None, scheduler: FlowMatchEulerDiscreteSc
                        max_tokens=c.get("max_image_seq_len", 4096))
 
 
+def architecture(tiny: bool) -> list[tuple[type, dict[str, Any]]]:
+    """(class, config) of the transformer and the VAE, e.g. to count parameters on meta."""
+    return [(FluxTransformer2DModel, TINY if tiny else FLUX_DEV), (AutoencoderKL, TINY_VAE if tiny else VAE)]
+
+
 def tiny_teacher(seed: int = 0, guidance: float = GUIDANCE, timesteps: str = "uniform",
                  shift: float | None = None) -> FluxTeacher:
     """Seeded CPU-sized twin; the global RNG is left untouched."""
@@ -263,18 +268,14 @@ def load_folder(folder: Path, dtype: torch.dtype, guidance: float, timesteps: st
 
     check_folder(folder)
 
-    def weights(cls: Any, sub: str, **kwargs: Any) -> Any:
-        return load_part(folder, sub, cls.from_pretrained,
-                         variant=weights_variant(folder / sub), **kwargs)
-
-    transformer = weights(FluxTransformer2DModel, "transformer", torch_dtype=dtype)
-    vae = weights(AutoencoderKL, "vae", torch_dtype=dtype)
+    transformer = load_weights(folder, "transformer", FluxTransformer2DModel, torch_dtype=dtype)
+    vae = load_weights(folder, "vae", AutoencoderKL, torch_dtype=dtype)
     scheduler = load_part(folder, "scheduler", FlowMatchEulerDiscreteScheduler.from_pretrained)
-    clip = weights(CLIPTextModel, "text_encoder", dtype=torch.float32)
+    clip = load_weights(folder, "text_encoder", CLIPTextModel, dtype=torch.float32)
     ids = clip_ids(load_part(folder, "tokenizer", CLIPTokenizer.from_pretrained))
     with torch.no_grad():
         pooled = clip(ids).pooler_output.float()  # [1, 768]
-    encoder = weights(T5EncoderModel, "text_encoder_2", dtype=torch.float32)
+    encoder = load_weights(folder, "text_encoder_2", T5EncoderModel, dtype=torch.float32)
     tokenizer = load_part(folder, "tokenizer_2", AutoTokenizer.from_pretrained)
     tiny = transformer.config.joint_attention_dim == TINY["joint_attention_dim"]
     length = (TINY_T5_LENGTH if tiny else T5_LENGTH if transformer.config.guidance_embeds

@@ -261,4 +261,4 @@ def read_json(file: Path) -> dict[str, Any]:
     return data
 
 
-unet_fingerprint = denoiser_fingerprint  # the name fitted twins' and adapters' JSON files use
+unet_fingerprint = denoiser_fingerprint  # its earlier name (the JSON key stays "unet")

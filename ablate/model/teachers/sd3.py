@@ -33,9 +33,9 @@ from ablate.errors import AblateError
 from ablate.model.teachers.base import (
     fill_random,
     load_part,
+    load_weights,
     missing_parts,
     on_meta,
-    weights_variant,
 )
 from ablate.model.teachers.flow import FlowTeacher, TimestepLaw, real_teacher, twin
 from ablate.model.teachers.lora import read_json
@@ -223,6 +223,11 @@ def law(timesteps: str, shift: float | None, scheduler_shift: float) -> Timestep
     return TimestepLaw(density=timesteps, shift=scheduler_shift if shift is None else shift)
 
 
+def architecture(tiny: bool) -> list[tuple[type, dict[str, Any]]]:
+    """(class, config) of the transformer and the VAE, e.g. to count parameters on meta."""
+    return [(SD3Transformer2DModel, TINY if tiny else SD35_MEDIUM), (AutoencoderKL, TINY_VAE if tiny else VAE)]
+
+
 def tiny_teacher(seed: int = 0, timesteps: str = "logit_normal",
                  shift: float | None = None) -> SD3Teacher:
     """Seeded CPU-sized twin; the global RNG is left untouched."""
@@ -303,20 +308,16 @@ def load_folder(folder: Path, dtype: torch.dtype, t5: bool, timesteps: str,
 
     check_folder(folder, t5)
 
-    def weights(cls: Any, sub: str, **kwargs: Any) -> Any:
-        return load_part(folder, sub, cls.from_pretrained,
-                         variant=weights_variant(folder / sub), **kwargs)
-
-    transformer = weights(SD3Transformer2DModel, "transformer", torch_dtype=dtype)
-    vae = weights(AutoencoderKL, "vae", torch_dtype=dtype)
+    transformer = load_weights(folder, "transformer", SD3Transformer2DModel, torch_dtype=dtype)
+    vae = load_weights(folder, "vae", AutoencoderKL, torch_dtype=dtype)
     scheduler = load_part(folder, "scheduler", FlowMatchEulerDiscreteScheduler.from_pretrained)
-    clips = [weights(CLIPTextModelWithProjection, sub, dtype=torch.float32)
+    clips = [load_weights(folder, sub, CLIPTextModelWithProjection, dtype=torch.float32)
              for sub in ("text_encoder", "text_encoder_2")]
     ids = [clip_ids(load_part(folder, sub, CLIPTokenizer.from_pretrained))
            for sub in ("tokenizer", "tokenizer_2")]
     joint = int(transformer.config.joint_attention_dim)
     if t5:
-        encoder = weights(T5EncoderModel, "text_encoder_3", dtype=torch.float32)
+        encoder = load_weights(folder, "text_encoder_3", T5EncoderModel, dtype=torch.float32)
         tokenizer = load_part(folder, "tokenizer_3", AutoTokenizer.from_pretrained)
         t5_context = embed_t5(encoder, t5_ids(tokenizer, _t5_length(transformer)))
         del encoder

@@ -39,10 +39,10 @@ from ablate.model.teachers.base import (
     Teacher,
     fill_random,
     load_part,
+    load_weights,
     on_meta,
     parse_dtype,
     transformer_family,
-    weights_variant,
 )
 from ablate.model.teachers.lora import FITTED_META, in_dtype, read_json, stored_path, with_lora
 from ablate.model.teachers.text import (
@@ -50,6 +50,7 @@ from ablate.model.teachers.text import (
     EOS,
     PAD_ID,
     TEXT_LENGTH,
+    clip_ids,
     tiny_clip,
     write_clip_tokenizer,
 )
@@ -187,6 +188,8 @@ _OPEN_CLIP_BIGG = dict(
 class UNetTeacher(Teacher):
     """Frozen SD UNet + VAE + DDPM schedule; `predict` takes ControlNet residuals
     (down-block list, mid tensor)."""
+
+    denoiser_name = "unet"
 
     def __init__(
         self,
@@ -415,6 +418,14 @@ def build_teacher(family: str, path: str | None, random_init: bool, dtype: str) 
     return _load_single_file(family, source, torch_dtype)
 
 
+def architecture(family: str, tiny: bool) -> list[tuple[type, dict[str, Any]]]:
+    """(class, config) of the UNet and the VAE, e.g. to count parameters on the meta device."""
+    if tiny:
+        return [(UNet2DConditionModel, {**_TINY_UNET_COMMON, **_TINY_UNET[family]}),
+                (AutoencoderKL, {**_TINY_VAE, "scaling_factor": LATENT_SCALE[family]})]
+    return [(UNet2DConditionModel, _UNET[family]), (AutoencoderKL, _VAE[family])]
+
+
 def tiny_teacher(family: str, seed: int = 0) -> Teacher:
     """Seeded CPU-sized twin; the global RNG is left untouched."""
     with torch.random.fork_rng(devices=[]):
@@ -520,36 +531,16 @@ def _load_folder(family: str, folder: Path, dtype: torch.dtype) -> Teacher:
     _check_folder(family, folder)
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    def load(loader: Any, sub: str, **kwargs: Any) -> Any:
-        return load_part(folder, sub, loader, **kwargs)
-
-    unet = load(
-        UNet2DConditionModel.from_pretrained,
-        "unet",
-        torch_dtype=dtype,
-        variant=weights_variant(folder / "unet"),
-    )
-    vae_dtype = _vae_dtype(family, dtype)
-    vae = load(
-        AutoencoderKL.from_pretrained,
-        "vae",
-        torch_dtype=vae_dtype,
-        variant=weights_variant(folder / "vae"),
-    )
+    unet = load_weights(folder, "unet", UNet2DConditionModel, torch_dtype=dtype)
+    vae = load_weights(folder, "vae", AutoencoderKL, torch_dtype=_vae_dtype(family, dtype))
     scheduler_config = json.loads((folder / "scheduler/scheduler_config.json").read_text())
     scheduler = _scheduler(scheduler_config.get("prediction_type", "epsilon"), scheduler_config)
     encoder_classes = [CLIPTextModel] + ([CLIPTextModelWithProjection] if family == "sdxl" else [])
     subs = _text_subfolders(family)
-    encoders, ids = [], []
-    for sub_encoder, sub_tokenizer, cls in zip(subs[::2], subs[1::2], encoder_classes, strict=True):
-        variant = weights_variant(folder / sub_encoder)
-        encoders.append(
-            load(cls.from_pretrained, sub_encoder, dtype=torch.float32, variant=variant)
-        )
-        tokenizer = load(CLIPTokenizer.from_pretrained, sub_tokenizer)
-        length = tokenizer.model_max_length
-        tokens = tokenizer("", padding="max_length", max_length=length, return_tensors="pt")
-        ids.append(tokens.input_ids)  # [1, 77]
+    encoders = [load_weights(folder, sub, cls, dtype=torch.float32)
+                for sub, cls in zip(subs[::2], encoder_classes, strict=True)]
+    ids = [clip_ids(load_part(folder, sub, CLIPTokenizer.from_pretrained))  # [1, 77] each
+           for sub in subs[1::2]]
     context, pooled = _embed_empty_prompt(family, encoders, ids)
     return UNetTeacher(family, family, unet, vae, scheduler, context, pooled, text_source=folder)
 
