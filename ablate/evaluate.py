@@ -11,6 +11,7 @@ recipe's `eval` keys (`configs/config.yaml`), overridable per call.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -32,6 +33,8 @@ from ablate.provenance import PART, manifest_sha
 from ablate.recipe import EVAL_DEFAULTS
 from ablate.scoring import score
 from ablate.tracking import write_metrics
+
+log = logging.getLogger(__name__)
 
 THRESHOLD_FROM = "source val EER point"  # where acc_thr's threshold comes from (run.json)
 
@@ -81,7 +84,8 @@ def sub_test_sets(name: str, rows: pd.DataFrame) -> dict[str, pd.Series]:
     `df40/<method>`, shared reals `df40/real`), as row masks named `<name>::<part>`: each
     part's fakes with its own reals, or with the shared reals where it has none, and the same
     per generator family (`<name>::family:<F>`, where the rows carry a `family` column). Means
-    over test sets leave them out (`provenance.is_part`). One part: nothing."""
+    over test sets leave them out (`provenance.is_part`); a part without reals is left out
+    with a warning. One part: nothing."""
     datasets = rows["dataset"].astype(str)
     parts = [d for d in datasets.unique() if "/" in d and not d.endswith("/real")]
     if len(parts) < 2:
@@ -98,7 +102,11 @@ def sub_test_sets(name: str, rows: pd.DataFrame) -> dict[str, pd.Series]:
             with_reals = set(datasets[members & ~fake])
             reals = (datasets.isin(with_reals) | shared) & ~fake
             out[f"{name}{PART}family:{family}"] = (members & fake) | reals
-    return out
+    both = {k: keep for k, keep in out.items() if rows.loc[keep, "label"].nunique() == 2}
+    if len(both) < len(out):  # a method without reals of its own and no shared ones
+        log.warning("test set %s: not scored apart, no real rows to score against: %s", name,
+                    ", ".join(sorted(set(out) - set(both))))
+    return both
 
 
 def evaluate_classifier(

@@ -209,3 +209,17 @@ def test_an_all_fake_test_set_is_one_line_before_scoring(run_folder, tmp_path):
     code, out, err = run_cli("eval", str(run_folder), "--test", str(path), "--quiet", cwd=tmp_path)
     assert code == 2 and "has only fake rows" in err and "reals=" in err, err
     assert len(err.strip().splitlines()) == 1 and str(path) in err
+
+
+def test_a_df40_method_without_any_reals_is_left_out_of_the_breakdown():
+    """No reals of its own and no shared ones: no AUC can be had, so no sub test set (and
+    the others are still scored); counted by hand."""
+    from ablate.evaluate import sub_test_sets
+
+    rows = pd.DataFrame({
+        "dataset": ["df40/a", "df40/a", "df40/b", "df40/c"],
+        "label": [1, 0, 1, 1], "family": ["FS", "FS", "FS", "EFS"]})
+    parts = sub_test_sets("t", rows)
+    assert set(parts) == {"t::df40/a", "t::family:FS"}
+    assert list(parts["t::df40/a"]) == [True, True, False, False]
+    assert list(parts["t::family:FS"]) == [True, True, True, False]
