@@ -54,7 +54,7 @@ def cli(debug: bool, plugins: tuple[str, ...], config_paths: tuple[str, ...]) ->
       ablate train filter=code teacher=tiny-sd21 train.steps=100   # one recipe
       ablate sweep --space quick       # a search space as Ray Tune trials (ablate spaces)
       ablate report                    # tables and plots of the newest sweep
-      ablate compare-teachers --teachers none,tiny-sd15,tiny-sd21   # none = plain baseline
+      ablate compare-teachers --teachers none,tiny-sd15,tiny-sd3,tiny-flux   # none = no guidance
     """
     _State.debug = debug
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
