@@ -59,15 +59,37 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+OPTIMIZERS = ("adam", "adamw", "adamw8bit")
+
+
 def make_optimizer(
     cfg: DictConfig, params: list[torch.nn.Parameter], fused: bool = False
 ) -> torch.optim.Optimizer:
-    """`fused`: the same update as one kernel per step instead of a loop over tensors."""
-    kinds = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
-    if cfg.train.optimizer not in kinds:
-        raise AblateError(f"train.optimizer must be one of {', '.join(kinds)}")
-    return kinds[cfg.train.optimizer](params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
-                                      fused=fused or None)
+    """`fused`: the same update as one kernel per step instead of a loop over tensors.
+
+    `adamw8bit` keeps both Adam moments as blockwise-quantised uint8 (bitsandbytes): 2 bytes
+    per parameter instead of 8, e.g. ~2.2 GB less for the released recipe's 725 M trainable
+    parameters. It changes the numbers (quantisation), so it is a result setting.
+    """
+    kind = cfg.train.optimizer
+    if kind not in OPTIMIZERS:
+        raise AblateError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, not {kind!r}")
+    lr, decay = cfg.train.lr, cfg.train.weight_decay
+    if kind == "adamw8bit":
+        return adamw_8bit(params, lr, decay)
+    optim = torch.optim.Adam if kind == "adam" else torch.optim.AdamW
+    return optim(params, lr=lr, weight_decay=decay, fused=fused or None)
+
+
+def adamw_8bit(params: list[torch.nn.Parameter], lr: float,
+               weight_decay: float) -> torch.optim.Optimizer:
+    """bitsandbytes' AdamW8bit; tensors under 4096 elements keep fp32 moments (its default)."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        raise AblateError("train.optimizer=adamw8bit needs bitsandbytes: pip install "
+                          "'ablate[8bit]' (or use train.optimizer=adamw)") from None
+    return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=weight_decay)
 
 
 def cycle(loader, done: int = 0) -> Iterator[dict]:  # noqa: ANN001
@@ -191,13 +213,14 @@ def train(
     seed_everything(cfg.seed)
     device = pick_device(cfg.train.device)
     check_teacher_precision(cfg, device)
+    speed = Speed.from_config(cfg.train, device)
     if loader is None:
         from ablate.data.loader import make_loader, train_and_val
 
         train_set, val = train_and_val(cfg)
-        loader = make_loader(train_set, cfg.train.batch_size, shuffle=True, seed=cfg.seed)
+        loader = make_loader(train_set, cfg.train.batch_size, shuffle=True, seed=cfg.seed,
+                             workers=speed.loader_workers, pin_memory=speed.pin_memory)
     detector = build_detector(cfg).to(device)
-    speed = Speed.from_config(cfg.train, device)
     configure_detector(detector, speed)
     tune_kernels(device)
     cache = latent_cache_for(speed) if detector.guided else None

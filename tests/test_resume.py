@@ -176,7 +176,8 @@ def test_refuses_a_state_of_another_seed_or_recipe(setup, uninterrupted):
 
 
 class Numbers(Dataset):
-    """Item i: (i, a draw from torch's RNG where it is loaded); records what it loaded."""
+    """Item i: (i, a draw from torch's RNG where it is loaded); records what it loaded. The
+    sampler's keys are (index, augmentation seed); the seed is ignored here."""
 
     def __init__(self, n: int) -> None:
         self.n, self.loaded = n, []
@@ -184,7 +185,8 @@ class Numbers(Dataset):
     def __len__(self) -> int:
         return self.n
 
-    def __getitem__(self, i: int) -> tuple[int, int]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[int, int]:
+        i, _ = key
         self.loaded.append(i)
         return i, int(torch.randint(1 << 30, ()))
 

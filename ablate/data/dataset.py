@@ -168,11 +168,22 @@ class ManifestDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """`key`: an index (augmented from torch's global RNG), or (index, seed) as the
+        training loader's sampler gives (augmented from `seed` alone, whichever process
+        loads it; the global RNG is left as it was)."""
+        index, seed = key if isinstance(key, tuple) else (key, None)
         row = self._records[index]
         pixels = self._pixels(row["path"])  # [S, S, 3] uint8
         clean = _unit_range(pixels)  # [3, S, S] in [-1, 1]
-        image = clean if self.augment == "none" else _augmented(pixels, self._augment)
+        if self.augment == "none":
+            image = clean
+        elif seed is None:
+            image = _augmented(pixels, self._augment)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                image = _augmented(pixels, self._augment)
         item = {
             "image": image,
             "label": torch.tensor(float(row["label"])),

@@ -67,10 +67,19 @@ def _refuse_shared_videos(table: pd.DataFrame, name: str) -> None:
             "check` lists them)")
 
 
-def make_loader(dataset: ManifestDataset, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
+def make_loader(dataset: ManifestDataset, batch_size: int, shuffle: bool, seed: int = 0,
+                workers: int = 0, pin_memory: bool = False, prefetch: int = 2) -> DataLoader:
     """Each epoch's order is a function of (seed, epoch), so a resumed run can `seek` to
-    any batch without loading the ones before it (ablate/data/sampler.py)."""
+    any batch without loading the ones before it (ablate/data/sampler.py).
+
+    `workers` processes load and augment batches ahead of the step (`prefetch` batches
+    each), `pin_memory` puts them in page-locked memory for an asynchronous copy to the
+    GPU; the batches are the same as with neither (each frame's augmentation is seeded
+    from (seed, epoch, index)).
+    """
+    extra = {"prefetch_factor": prefetch} if workers else {}
     return ResumableLoader(
         dataset, batch_size=batch_size, shuffle=shuffle, seed=seed,
-        drop_last=shuffle and len(dataset) > batch_size, num_workers=0,
+        drop_last=shuffle and len(dataset) > batch_size, num_workers=workers,
+        pin_memory=pin_memory, **extra,
     )

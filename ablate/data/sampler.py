@@ -6,6 +6,10 @@ its shuffles through one generator (epoch e's order depends on every earlier
 draw), so here each epoch draws its permutation, and the base seed of its
 DataLoader workers, from a generator seeded by (seed, epoch): `seek(batches)`
 then moves to any batch of any epoch by slicing that epoch's index list.
+
+Each index comes with its own augmentation seed, a function of (seed, epoch, index): a
+frame is augmented the same way whichever process loads it, so a loader with workers
+yields exactly the batches a loader without them yields (and a resumed run, too).
 """
 
 from __future__ import annotations
@@ -23,9 +27,16 @@ def epoch_seed(seed: int, epoch: int, stream: str) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-class EpochSampler(Sampler[int]):
-    """Indices of epoch `epoch` (a fresh permutation per epoch when shuffling), from
-    position `start` on; both are set by `ResumableLoader` before each pass."""
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of frame `index` in `epoch`: 8 mixed bytes, no torch state."""
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """(index, item seed) keys of epoch `epoch` (a fresh permutation per epoch when
+    shuffling), from position `start` on; both are set by `ResumableLoader` before each
+    pass. `ManifestDataset` takes such a key and seeds the item's augmentation with it."""
 
     def __init__(self, n: int, seed: int, shuffle: bool = True) -> None:
         self.n, self.seed, self.shuffle = n, seed, shuffle
@@ -39,8 +50,9 @@ class EpochSampler(Sampler[int]):
         generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch, "order"))
         return torch.randperm(self.n, generator=generator).tolist()  # [n]
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.order(self.epoch)[self.start:])
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        return ((i, item_seed(self.seed, epoch, i)) for i in self.order(epoch)[self.start:])
 
     def __len__(self) -> int:
         return self.n  # a whole epoch: len(loader) stays the batches per epoch after a seek
@@ -51,12 +63,15 @@ class ResumableLoader(DataLoader):
     positions the next pass at any batch of any epoch (a resumed run).
 
     Workers (`num_workers` > 0) get a base seed drawn from (seed, epoch), so an epoch
-    restarted at its first batch sees the same worker RNG streams as before.
+    restarted at its first batch sees the same worker RNG streams as before (the items'
+    augmentations do not depend on them: each key carries its own seed).
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0,
                  drop_last: bool = False, num_workers: int = 0, **kwargs) -> None:  # noqa: ANN003
         sampler = EpochSampler(len(dataset), seed, shuffle)  # type: ignore[arg-type]
+        if num_workers:
+            kwargs.setdefault("worker_init_fn", one_thread)
         super().__init__(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
                          num_workers=num_workers, generator=torch.Generator(), **kwargs)
         self.seed = seed
@@ -77,3 +92,9 @@ class ResumableLoader(DataLoader):
         self.generator.manual_seed(epoch_seed(self.seed, epoch, "workers"))
         self.next_epoch, self.next_batch = epoch + 1, 0
         return super().__iter__()
+
+
+def one_thread(worker_id: int) -> None:
+    """A loader worker augments one frame at a time: torch's thread pool in each of them
+    would only fight the training process for cores."""
+    torch.set_num_threads(1)

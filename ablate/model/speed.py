@@ -43,6 +43,8 @@ class Speed:
     fused_optimizer: bool = True  # one fused Adam(W) kernel, not a Python loop over tensors
     latent_cache_dir: str | None = None
     latent_cache_mb: float = 8192
+    loader_workers: int = 0  # processes that load and augment batches ahead of the step
+    pin_memory: bool = False  # page-locked batches: an asynchronous copy to the GPU
 
     @classmethod
     def from_config(cls, train_cfg: Any, device: torch.device) -> Speed:
@@ -63,6 +65,12 @@ class Speed:
         if attention not in ATTENTION:
             raise AblateError(f"train.attention must be one of {', '.join(ATTENTION)}, "
                               f"not {attention!r}")
+        workers = get("loader_workers", 0)
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+            raise AblateError(f"train.loader_workers must be a whole number >= 0, not {workers!r}")
+        pin = get("pin_memory", "auto")
+        if pin not in _AUTO_FLAGS:
+            raise AblateError(f"train.pin_memory must be auto, true or false, not {pin!r}")
         return cls(
             precision=precision,
             channels_last=bool(channels_last),
@@ -72,6 +80,8 @@ class Speed:
             latent_cache=bool(get("latent_cache", True)),
             latent_cache_dir=get("latent_cache_dir", None),
             latent_cache_mb=float(get("latent_cache_mb", 8192)),
+            loader_workers=workers,
+            pin_memory=device.type == "cuda" if pin == "auto" else bool(pin),
         )
 
     @classmethod
