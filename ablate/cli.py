@@ -110,6 +110,7 @@ def train(overrides: tuple[str, ...], dry_run: bool, quiet: bool) -> None:
       ablate train filter=no_mhsa weight=constant   # an ablation
       ablate train recipe=baseline                  # the plain encoder + head (no guidance)
       ablate train recipe=official_code teacher.path=/models/sd15   # released-code setup
+      ablate train train.processes=4 train.device=cuda   # one run on 4 GPUs (Ray Train, DDP)
     """
     from ablate import recipe
     from ablate.train import train as run_training
@@ -129,7 +130,13 @@ def train(overrides: tuple[str, ...], dry_run: bool, quiet: bool) -> None:
         click.echo(f"trainable parameters: {count_params(detector, trainable_only=True):,}")
         click.echo(f"inference parameters: {count_params(detector.classifier):,}")
         return
-    result = run_training(cfg, progress=not quiet)
+    processes = int(cfg.train.get("processes", 1))
+    if processes > 1:
+        from ablate.distributed import train_parallel
+
+        result = train_parallel(cfg, processes, progress=not quiet)
+    else:
+        result = run_training(cfg, progress=not quiet)
     click.echo(
         f"trained {result.steps} steps in {result.wall_s:.1f}s "
         f"({result.params_trainable:,} trainable / {result.params_inference:,} inference params)"

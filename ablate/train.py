@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from ablate.checkpoint import save_run
 from ablate.device import pick_device, supports_dtype
+from ablate.distributed import Shard, average_gradients, average_terms, same_start, sync_batch_norm
 from ablate.errors import AblateError
 from ablate.model.build import build_detector
 from ablate.model.detector import DiffusionFakeDetector
@@ -136,12 +137,14 @@ def train_step(
     detector: DiffusionFakeDetector, batch: dict, optimizer: torch.optim.Optimizer,
     device: torch.device, grad_clip: float | None, speed: Speed | None = None,
     cache: LatentCache | None = None, generator: torch.Generator | None = None,
+    shard: Shard | None = None,
 ) -> dict[str, float]:
     """One optimiser step on one batch; returns each loss term as a float.
 
     `speed` (precision, memory format, batched branches) and `cache` (teacher
     latents) only change how fast the step runs; without them the step runs as
-    configured on the modules, fp32, with a fresh VAE encode.
+    configured on the modules, fp32, with a fresh VAE encode. With a `shard` (a
+    data-parallel run) the gradients and the returned terms are means over all processes.
     """
     fmt = memory_format(speed)
     # the un-augmented frame feeds the weight targets; batches without one are un-augmented
@@ -170,12 +173,14 @@ def train_step(
             "lower train.lr or enable train.grad_clip"
         )
     total.backward()
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    if shard is not None:
+        average_gradients(params, shard.world)
     if grad_clip:
-        torch.nn.utils.clip_grad_norm_(
-            [p for g in optimizer.param_groups for p in g["params"]], grad_clip
-        )
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()
-    return {k: float(v.detach()) for k, v in losses.items()}
+    terms = {k: float(v.detach()) for k, v in losses.items()}
+    return terms if shard is None else average_terms(terms, shard.world)
 
 
 def latent_cache_for(speed: Speed) -> LatentCache | None:
@@ -194,7 +199,7 @@ def train(
     cfg: DictConfig, loader=None, val=None, progress: bool = True,  # noqa: ANN001
     on_eval: Callable[[int, float], None] | None = None,
     on_checkpoint: Callable[[int, float, Path], None] | None = None,
-    resume_from: str | Path | None = None,
+    resume_from: str | Path | None = None, shard: Shard | None = None,
 ) -> RunResult:
     """Train `cfg` and save a run folder.
 
@@ -209,6 +214,10 @@ def train(
     of this recipe and seed) continues at step + 1; on the CPU the run then ends exactly
     as the uninterrupted one: same weights, curves and selection. Callbacks must not draw
     from torch's global RNG (the saved state does not see those draws).
+
+    `shard`: this process's place in a data-parallel run (`ablate.distributed`, which starts
+    the processes): it trains on its slice of each global batch; only process 0 validates,
+    calls the callbacks and writes the run folder (the others return it unsaved).
     """
     seed_everything(cfg.seed)
     device = pick_device(cfg.train.device)
@@ -219,8 +228,18 @@ def train(
 
         train_set, val = train_and_val(cfg)
         loader = make_loader(train_set, cfg.train.batch_size, shuffle=True, seed=cfg.seed,
-                             workers=speed.loader_workers, pin_memory=speed.pin_memory)
-    detector = build_detector(cfg).to(device)
+                             workers=speed.loader_workers, pin_memory=speed.pin_memory,
+                             shard=shard)
+    detector = build_detector(cfg)
+    lead = shard is None or shard.rank == 0  # validates, selects, reports and saves
+    if shard is not None:
+        detector.shard = shard
+        detector.classifier = sync_batch_norm(detector.classifier, device)
+        if not lead:
+            val, on_eval, on_checkpoint = None, None, None
+    detector = detector.to(device)
+    if shard is not None:
+        same_start(detector)  # on the device: NCCL broadcasts GPU tensors
     configure_detector(detector, speed)
     tune_kernels(device)
     cache = latent_cache_for(speed) if detector.guided else None
@@ -251,7 +270,8 @@ def train(
     for step in bar:
         batch = next(batches)
         tick = time.perf_counter()
-        terms = train_step(detector, batch, optimizer, device, cfg.train.grad_clip, speed, cache)
+        terms = train_step(detector, batch, optimizer, device, cfg.train.grad_clip, speed, cache,
+                           shard=shard)
         step_times.append(time.perf_counter() - tick)
         bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items()}, refresh=False)
         if step % max(cfg.train.log_every, 1) == 0 or step == steps:
@@ -290,6 +310,8 @@ def train(
                 selection=selector.selection.as_dict() if selector.selection else None,
                 checkpoint_step=selector.selection.step if selector.selection else steps)
     result.selection = info["selection"]
+    if not lead:
+        return result
     trainable = selector.best_state or detector.trainable_state_dict()
     save_run(result.folder, cfg, trainable, classifier_state(trainable), info)
     write_curves(result.folder, curves)  # tensorboard --logdir results/runs

@@ -5,6 +5,8 @@ Names become manifests in `ablate.data.sources` (torch-free; its names are re-ex
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pandas as pd
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
@@ -13,6 +15,9 @@ from ablate.data.dataset import FrameCache, ManifestDataset
 from ablate.data.sampler import ResumableLoader
 from ablate.data.sources import MANIFEST_DIR, benchmark_datasets, recipe_overrides, resolve_dataset
 from ablate.errors import AblateError
+
+if TYPE_CHECKING:
+    from ablate.distributed import Shard
 
 __all__ = ["MANIFEST_DIR", "benchmark_datasets", "resolve_dataset", "source_table",
            "split_rows", "train_and_val", "make_loader"]
@@ -68,18 +73,20 @@ def _refuse_shared_videos(table: pd.DataFrame, name: str) -> None:
 
 
 def make_loader(dataset: ManifestDataset, batch_size: int, shuffle: bool, seed: int = 0,
-                workers: int = 0, pin_memory: bool = False, prefetch: int = 2) -> DataLoader:
+                workers: int = 0, pin_memory: bool = False, prefetch: int = 2,
+                shard: Shard | None = None) -> DataLoader:
     """Each epoch's order is a function of (seed, epoch), so a resumed run can `seek` to
     any batch without loading the ones before it (ablate/data/sampler.py).
 
     `workers` processes load and augment batches ahead of the step (`prefetch` batches
     each), `pin_memory` puts them in page-locked memory for an asynchronous copy to the
     GPU; the batches are the same as with neither (each frame's augmentation is seeded
-    from (seed, epoch, index)).
+    from (seed, epoch, index)). With a `shard`, `batch_size` is the global batch, of which
+    this data-parallel process loads its slice.
     """
     extra = {"prefetch_factor": prefetch} if workers else {}
     return ResumableLoader(
         dataset, batch_size=batch_size, shuffle=shuffle, seed=seed,
         drop_last=shuffle and len(dataset) > batch_size, num_workers=workers,
-        pin_memory=pin_memory, **extra,
+        pin_memory=pin_memory, shard=shard, **extra,
     )

@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+if TYPE_CHECKING:
+    from ablate.distributed import Shard
 
 
 def epoch_seed(seed: int, epoch: int, stream: str) -> int:
@@ -68,13 +72,21 @@ class ResumableLoader(DataLoader):
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0,
-                 drop_last: bool = False, num_workers: int = 0, **kwargs) -> None:  # noqa: ANN003
+                 drop_last: bool = False, num_workers: int = 0,
+                 shard: Shard | None = None, **kwargs) -> None:  # noqa: ANN003
         sampler = EpochSampler(len(dataset), seed, shuffle)  # type: ignore[arg-type]
         if num_workers:
             kwargs.setdefault("worker_init_fn", one_thread)
-        super().__init__(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
-                         num_workers=num_workers, generator=torch.Generator(), **kwargs)
-        self.seed = seed
+        if shard is None:
+            kwargs.update(batch_size=batch_size, sampler=sampler, drop_last=drop_last)
+        else:  # this process's slice of each global batch of `batch_size`
+            from ablate.distributed import ShardedBatches
+
+            kwargs["batch_sampler"] = ShardedBatches(sampler, batch_size, drop_last, shard)
+        super().__init__(dataset, num_workers=num_workers, generator=torch.Generator(),
+                         **kwargs)
+        # DataLoader keeps its own `sampler` attribute (a default one under a batch_sampler)
+        self.seed, self.global_batch, self.epochs = seed, batch_size, sampler
         self.next_epoch, self.next_batch = 0, 0
 
     def seek(self, batches_done: int) -> None:
@@ -87,7 +99,7 @@ class ResumableLoader(DataLoader):
 
     def __iter__(self):  # noqa: ANN204
         epoch, batch = self.next_epoch, self.next_batch
-        self.sampler.epoch, self.sampler.start = epoch, batch * self.batch_size
+        self.epochs.epoch, self.epochs.start = epoch, batch * self.global_batch
         # the workers' base seed is drawn from this generator when the iterator is made
         self.generator.manual_seed(epoch_seed(self.seed, epoch, "workers"))
         self.next_epoch, self.next_batch = epoch + 1, 0

@@ -7,6 +7,7 @@ per-branch filters and weights, a guide and a frozen teacher add the guided loss
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,9 @@ from torch import Tensor, nn
 
 from ablate.model.latent_cache import sample_latents, vae_posterior
 from ablate.model.teachers.base import scale_residuals
+
+if TYPE_CHECKING:
+    from ablate.distributed import Shard
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,8 @@ class DiffusionFakeDetector(nn.Module):
         self.guide = guide
         self.teacher = teacher
         self.loss_weights = loss_weights
+        # this process's place in a data-parallel run (ablate/distributed.py); not saved
+        self.shard: Shard | None = None
 
     @property
     def guided(self) -> bool:
@@ -119,11 +125,16 @@ class DiffusionFakeDetector(nn.Module):
         with torch.no_grad():  # nothing below needs a gradient until the guide
             posteriors = posteriors.to(feats.device)
             mean_x, mean_s, mean_t = posteriors[:, : teacher.latent_channels].chunk(3)
-            latents = sample_latents(teacher, posteriors[b:], generator)
+            shard = self.shard  # data-parallel: this process's rows of global draws
+            latents = sample_latents(teacher, posteriors[b:], generator, shard)
             lat_s, lat_t = latents.chunk(2)  # [B, C_lat, h', w'] each
-            noise = randn_tensor(lat_s.shape, generator=generator, device=lat_s.device,
-                                 dtype=lat_s.dtype)  # the same noise for both branches
-            t = teacher.sample_timesteps(b, generator, lat_s.device, lat_s.shape[-2:])  # [B], both
+            if shard is None:
+                noise = randn_tensor(lat_s.shape, generator=generator, device=lat_s.device,
+                                     dtype=lat_s.dtype)  # the same noise for both branches
+                t = teacher.sample_timesteps(b, generator, lat_s.device, lat_s.shape[-2:])  # [B]
+            else:
+                noise = shard.randn(tuple(lat_s.shape), generator, lat_s.device, lat_s.dtype)
+                t = shard.timesteps(teacher, b, generator, lat_s.device, lat_s.shape[-2:])
             cosines = {  # posterior means of the un-augmented x vs s (resp. t); reals: 1
                 key: torch.where(labels > 0, F.cosine_similarity(
                     mean_x.flatten(1), mean.flatten(1), dim=1), 1.0)

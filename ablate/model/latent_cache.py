@@ -23,10 +23,14 @@ import weakref
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from ablate.distributed import Shard
 
 _POOL = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
 _THREADED_BYTES = 256 * 1024  # hashlib releases the GIL; threads pay off on big images
@@ -49,13 +53,21 @@ def vae_posterior(teacher: nn.Module, images: Tensor) -> Tensor:
 
 @torch.no_grad()
 def sample_latents(
-    teacher: nn.Module, posterior: Tensor, generator: torch.Generator | None = None
+    teacher: nn.Module, posterior: Tensor, generator: torch.Generator | None = None,
+    shard: Shard | None = None,
 ) -> Tensor:
     """posterior [N, 2C, h, w] -> scaled (and shifted) latents [N, C, h, w] in the denoiser's dtype.
 
     One draw for all N rows (same random stream whether or not the posterior came
-    from the cache)."""
-    latents = DiagonalGaussianDistribution(posterior).sample(generator=generator)
+    from the cache). With a `shard` the rows are sources then targets of this process's
+    slice, and the draw is the global batch's, of which it keeps its rows."""
+    gaussian = DiagonalGaussianDistribution(posterior)
+    if shard is None:
+        latents = gaussian.sample(generator=generator)
+    else:  # DiagonalGaussianDistribution.sample, with the global draw's rows
+        eps = shard.randn(tuple(gaussian.mean.shape), generator, posterior.device,
+                          posterior.dtype, groups=2)
+        latents = gaussian.mean + gaussian.std * eps
     return teacher.scale_latents(latents)
 
 
