@@ -134,19 +134,25 @@ def canonical_rows(table: pd.DataFrame) -> bytes:
 # ---------------------------------------------------------------- teacher
 
 
+# teacher settings that name weight files: their bytes count, not their names; unset, they are
+# left out entirely (sd3 / flux part files came later: a recipe without them keeps its digest)
+FILE_KEYS = ("path", "lora", "vae_path", "clip_l_path", "clip_g_path", "t5_path")
+
+
 def teacher_fingerprint(cfg: DictConfig) -> str | None:
     """None for the baseline; "builtin:<sha>" for a teacher built in code from its config;
-    "weights:<sha>" when `teacher.path` / `teacher.lora` name files (their bytes count);
-    "missing:<value>" when one of them does not exist (the train step says so for real)."""
+    "weights:<sha>" when `teacher.path` / `teacher.lora` / `FILE_KEYS` name files (their
+    bytes count); "missing:<value>" when one of them does not exist (the train step says so
+    for real)."""
     from ablate.recipe import is_guided
 
     if not is_guided(cfg):
         return None
     teacher = OmegaConf.to_container(cfg.teacher, resolve=True)
     assert isinstance(teacher, dict)
-    parts: dict[str, Any] = {"config": {k: v for k, v in teacher.items() if k not in ("path", "lora")}}
+    parts: dict[str, Any] = {"config": {k: v for k, v in teacher.items() if k not in FILE_KEYS}}
     with DigestCache.open() as cache:
-        for key in ("path", "lora"):
+        for key in FILE_KEYS:
             value = teacher.get(key)
             if not value:
                 continue

@@ -180,7 +180,9 @@ def ignored_by_baseline(cfg: DictConfig, overrides: list[str] | tuple[str, ...])
     return [o for o in overrides if is_guidance_key(o.lstrip("+~").split("=", 1)[0])]
 
 
-UNSET_KEYS = ("guide.layers",)  # result-defining only when set
+# result-defining only when set; the teacher's separate part files (single-file sd3 / flux)
+UNSET_KEYS = ("guide.layers", "teacher.vae_path", "teacher.clip_l_path", "teacher.clip_g_path",
+              "teacher.t5_path")
 
 
 def result_dict(cfg: DictConfig) -> dict:

@@ -99,6 +99,12 @@ def _check_real_teacher(check: _Check, cfg: Any) -> None:
     elif not Path(str(path)).expanduser().exists():
         check.problem(f"teacher.path {path} does not exist: set teacher.path in {where} "
                       f"to your local {t.name} weights")
-    elif t.name in ("sd3", "flux") and not Path(str(path)).expanduser().is_dir():
+    elif (t.name in ("sd3", "flux") and not Path(str(path)).expanduser().is_dir()
+          and Path(str(path)).suffix != ".safetensors"):
         check.problem(f"teacher.path {path} of teacher {t.name} must be a diffusers-layout "
-                      f"folder (single files load for sd15/sd21/sdxl only); set it in {where}")
+                      f"folder or a .safetensors file; set it in {where}")
+    for key in ("vae_path", "clip_l_path", "clip_g_path", "t5_path"):  # sd3 / flux part files
+        value = t.get(key)
+        if value and not Path(str(value)).expanduser().is_file():
+            check.problem(f"teacher.{key} {value} does not exist: set it in {where} to your "
+                          f"local {t.name} part file")

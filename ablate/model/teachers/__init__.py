@@ -4,6 +4,7 @@
     sd3.py    SD3 / SD3.5 MMDiT transformers and tiny-sd3
     flux.py   Flux.1 transformers and tiny-flux
     flow.py   the flow-matching noise rule both transformer families train with
+    single_file.py   SD3 / Flux from one original-layout .safetensors file
     lora.py   LoRA adapters and fitted twins' files, tied to their base teacher
     text.py   empty-prompt text encoders and tokenizers (tiny ones for twins)
 

@@ -150,24 +150,48 @@ class FlowTeacher(Teacher):
         }
 
 
+PICKLES = (".ckpt", ".pt", ".pth", ".bin")
+
+
 def real_teacher(family: str, path: str | None, random_init: bool, dtype: str,
                  lora: str | None, random: Callable[[torch.dtype], Teacher],
-                 load: Callable[[Path, torch.dtype], Teacher]) -> Teacher:
-    """The rule every real-weights transformer teacher follows: a local diffusers folder or
-    seeded random weights (never both, never neither: nothing is downloaded), then LoRA."""
+                 load: Callable[[Path, torch.dtype], Teacher],
+                 load_file: Callable[[Path, torch.dtype], Teacher],
+                 files: dict[str, str | None] | None = None) -> Teacher:
+    """The rule every real-weights transformer teacher follows: a local diffusers folder, one
+    original-layout .safetensors file (`load_file`), or seeded random weights (exactly one:
+    nothing is downloaded), then LoRA. `files` are the settings naming separate part files
+    (vae_path, clip_l_path, ...): they only complete a single file, so elsewhere they are
+    refused rather than silently ignored."""
     torch_dtype = parse_dtype(dtype)
+    given = [f"teacher.{key}" for key, value in (files or {}).items() if value]
     if path and random_init:
         raise AblateError(f"teacher {family}: give teacher.path or random_init=true, not both")
     if random_init:
+        if given:
+            raise AblateError(f"teacher {family}: {', '.join(given)} only complete a single-file "
+                              "teacher.path; drop it with random_init=true")
         return with_lora(random(torch_dtype), lora)
     if not path:
-        raise AblateError(f"teacher {family} needs teacher.path=/local/folder (a diffusers-layout "
-                          f"folder); nothing is downloaded. Use teacher=tiny-{family} for CPU runs")
-    folder = Path(path).expanduser()
-    if not folder.is_dir():
-        raise AblateError(f"teacher.path {folder} of teacher {family} must be a diffusers-layout "
-                          "folder (transformer/, vae/, scheduler/, text_encoder*/)")
-    return with_lora(load(folder, torch_dtype), lora)
+        raise AblateError(f"teacher {family} needs teacher.path=/local/folder (diffusers layout) "
+                          "or a .safetensors file; nothing is downloaded. Use "
+                          f"teacher=tiny-{family} for CPU runs")
+    source = Path(path).expanduser()
+    if source.is_dir():
+        if given:
+            raise AblateError(f"teacher {family}: {', '.join(given)} only complete a single-file "
+                              f"teacher.path; folder {source} has its own parts, so drop it")
+        return with_lora(load(source, torch_dtype), lora)
+    if not source.exists():
+        raise AblateError(f"teacher.path {source} does not exist")
+    if source.suffix in PICKLES:
+        raise AblateError(f"teacher.path {source} is a pickle checkpoint; teacher {family} reads "
+                          ".safetensors files only (a pickle can run code when loaded): use the "
+                          ".safetensors release or a diffusers folder")
+    if source.suffix != ".safetensors":
+        raise AblateError(f"teacher.path {source} is neither a diffusers-layout folder nor a "
+                          ".safetensors file")
+    return with_lora(load_file(source, torch_dtype), lora)
 
 
 def twin(name: str, seed: int, path: str | None, lora: str | None, dtype: str,

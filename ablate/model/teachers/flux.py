@@ -2,8 +2,9 @@
 trained by flow matching on packed 2x2 latent patches, a 16-channel VAE with scaling and
 shift factors, the empty prompt through CLIP-L (pooled) and T5 (context).
 
-    flux        Flux.1 dev / schnell from a local diffusers folder (nothing is downloaded),
-                or `random_init=true`: the Flux.1-dev architecture with seeded random weights
+    flux        Flux.1 dev / schnell from a local diffusers folder or one original-layout
+                .safetensors file (`single_file`; nothing is downloaded), or
+                `random_init=true`: the Flux.1-dev architecture with seeded random weights
     tiny-flux   a CPU-sized twin: the same double and single blocks, rotary position ids over
                 (0, row, column), packing, guidance embedding and text paths
 
@@ -65,8 +66,14 @@ VAE: dict[str, Any] = dict(
     block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=1024,
     scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False,
 )
+# black-forest-labs/FLUX.1-schnell transformer/config.json: dev's, without the guidance input
+FLUX_SCHNELL: dict[str, Any] = dict(FLUX_DEV, guidance_embeds=False)
+# FLUX.1-dev scheduler/scheduler_config.json
 SCHEDULER: dict[str, Any] = dict(shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
                                  max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
+# FLUX.1-schnell scheduler/scheduler_config.json: a fixed shift of 1 (unshifted), no dynamic
+# shifting; the base/max values are dev's and unused
+SCHNELL_SCHEDULER: dict[str, Any] = dict(SCHEDULER, shift=1.0, use_dynamic_shifting=False)
 TINY: dict[str, Any] = dict(
     patch_size=1, in_channels=64, num_layers=2, num_single_layers=2, attention_head_dim=16,
     num_attention_heads=2, joint_attention_dim=64, pooled_projection_dim=32,
@@ -175,13 +182,25 @@ def flux(
     guidance: float = GUIDANCE,
     timesteps: str = "uniform",
     shift: float | None = None,
+    vae_path: str | None = None,
+    clip_l_path: str | None = None,
+    t5_path: str | None = None,
 ) -> FluxTeacher:
-    """`shift=None`: Flux's resolution-dependent time shift; a number: a fixed shift."""
+    """`shift=None`: Flux's resolution-dependent time shift; a number: a fixed shift. `path`
+    a single .safetensors file: `*_path` name the parts it lacks (`single_file`)."""
+    files = {"vae_path": vae_path, "clip_l_path": clip_l_path, "t5_path": t5_path}
+
+    def load_file(file: Path, torch_dtype: torch.dtype) -> FluxTeacher:
+        from ablate.model.teachers.single_file import load_flux
+
+        return load_flux(file, torch_dtype, files, guidance, timesteps, shift)
+
     return real_teacher(
         FAMILY, path, random_init, dtype, lora,
         random=lambda torch_dtype: _random_teacher(torch_dtype, guidance, timesteps, shift),
         load=lambda folder, torch_dtype: load_folder(folder, torch_dtype, guidance, timesteps,
-                                                     shift))
+                                                     shift),
+        load_file=load_file, files=files)
 
 
 @TEACHERS.register("tiny-flux", "CPU-sized Flux.1 twin (double + single blocks, rotary ids, guidance)")

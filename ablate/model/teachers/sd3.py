@@ -1,9 +1,10 @@
 """SD3 / SD3.5 teachers: an MMDiT transformer trained by flow matching, a 16-channel VAE with
 scaling and shift factors, and the empty prompt through three text encoders.
 
-    sd3        SD3 Medium, SD3.5 Medium / Large from a local diffusers folder (nothing is
-               downloaded), or `random_init=true`: the SD3.5 Medium architecture with seeded
-               random weights (speed / memory runs)
+    sd3        SD3 Medium, SD3.5 Medium / Large from a local diffusers folder or one
+               original-layout .safetensors file (`single_file`; nothing is downloaded), or
+               `random_init=true`: the SD3.5 Medium architecture with seeded random weights
+               (speed / memory runs)
     tiny-sd3   a CPU-sized twin with the same block families (joint blocks, dual attention in
                the first block, RMS qk-norm as SD3.5, a context-pre-only last block) and the
                same conditioning paths (joint context, pooled projections, 16-channel VAE
@@ -52,7 +53,19 @@ from ablate.registry import TEACHERS
 
 FAMILY = "sd3"
 T5_LENGTH = 256  # StableDiffusion3Pipeline's max_sequence_length
-SHIFT = 3.0  # SD3's scheduler_config.json
+SHIFT = 3.0  # SD3's scheduler_config.json (SD3 Medium, SD3.5 Medium and Large alike)
+# stabilityai/stable-diffusion-3-medium-diffusers transformer/config.json
+SD3_MEDIUM: dict[str, Any] = dict(
+    sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64,
+    num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
+    pooled_projection_dim=2048, out_channels=16, pos_embed_max_size=192,
+)
+# stabilityai/stable-diffusion-3.5-large transformer/config.json
+SD35_LARGE: dict[str, Any] = dict(
+    sample_size=128, patch_size=2, in_channels=16, num_layers=38, attention_head_dim=64,
+    num_attention_heads=38, joint_attention_dim=4096, caption_projection_dim=2432,
+    pooled_projection_dim=2048, out_channels=16, pos_embed_max_size=192, qk_norm="rms_norm",
+)
 # stabilityai/stable-diffusion-3.5-medium transformer/config.json
 SD35_MEDIUM: dict[str, Any] = dict(
     sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64,
@@ -154,6 +167,10 @@ def copy_or_write_text(teacher: FlowTeacher, folder: Path, parts: tuple[str, ...
     import shutil
 
     source = teacher._text_source
+    if source is not None and source.is_file():
+        raise AblateError(f"teacher {teacher.name} was loaded from the single file {source}: it "
+                          "has no diffusers text encoders or tokenizers to save; use the file "
+                          "itself as teacher.path")
     if source is not None and source.is_dir():
         if source.resolve() == folder.resolve():
             return
@@ -201,12 +218,29 @@ def sd3(
     t5: bool = True,
     timesteps: str = "logit_normal",
     shift: float | None = None,
+    vae_path: str | None = None,
+    clip_l_path: str | None = None,
+    clip_g_path: str | None = None,
+    t5_path: str | None = None,
 ) -> SD3Teacher:
-    """`shift=None`: the folder's scheduler shift (3.0 for SD3 / SD3.5)."""
+    """`shift=None`: the folder's scheduler shift (3.0 for SD3 / SD3.5). `path` a single
+    .safetensors file: `*_path` name the parts it lacks (`single_file`)."""
+    files = {"vae_path": vae_path, "clip_l_path": clip_l_path, "clip_g_path": clip_g_path,
+             "t5_path": t5_path}
+    if t5_path and not t5:
+        raise AblateError("teacher.t5_path names a T5 file but teacher.t5=false skips T5; "
+                          "drop one of them")
+
+    def load_file(file: Path, torch_dtype: torch.dtype) -> SD3Teacher:
+        from ablate.model.teachers.single_file import load_sd3
+
+        return load_sd3(file, torch_dtype, files, t5, timesteps, shift)
+
     return real_teacher(
         FAMILY, path, random_init, dtype, lora,
         random=lambda torch_dtype: _random_teacher(torch_dtype, timesteps, shift),
-        load=lambda folder, torch_dtype: load_folder(folder, torch_dtype, t5, timesteps, shift))
+        load=lambda folder, torch_dtype: load_folder(folder, torch_dtype, t5, timesteps, shift),
+        load_file=load_file, files=files)
 
 
 @TEACHERS.register("tiny-sd3", "CPU-sized SD3.5 twin (joint + dual-attention blocks, 16-ch VAE)")
