@@ -166,6 +166,8 @@ def test_bench_json_runs_on_a_tiny_recipe():
     assert report["ratios"]["baseline_over_encoder"] > 0  # guide=none through train_step
     assert report["goals"]["gpu_peak"]["met"] is None  # no GPU: pending, with its command
     assert report["batch_size"] == 2 and report["speed"]["latent_cache"] is True
+    assert report["results"]["guided"]["flops"] > 0  # counted once, outside the timed calls
+    assert report["mfu"]["achieved_tflops"] > 0 and report["mfu"]["mfu"] is None  # no CPU peak
 
 
 def test_sweep_overhead_from_tune_results(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+from collections.abc import Callable
 
 import click
 
@@ -38,11 +39,27 @@ SYNTHETIC = "synthetic-1080p"  # --decode: make a test clip instead of reading o
                    f"sequentially vs by seeking; '{SYNTHETIC}' makes a 1080p H.264 clip.")
 @click.option("--clip-seconds", default=60.0, show_default=True, type=click.FloatRange(min=1),
               help=f"With --decode {SYNTHETIC}: the clip's length (30 fps, keyframe every 250).")
+@click.option("--memory-matrix", "matrix", is_flag=True,
+              help="Instead of the phases: peak memory and step time of the guided step for "
+                   "the plain configuration, each memory lever alone and all together.")
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1),
+              help="With --memory-matrix on a CPU: rows (processes) at once; peaks stay "
+                   "per process, step times then share the cores.")
+@click.option("--data-wait", "wait", is_flag=True,
+              help="Instead of the phases: the guided step fed by the real input pipeline; "
+                   "time per step blocked waiting for the next batch.")
+@click.option("--loader-workers", type=click.IntRange(min=0), metavar="N",
+              help="With --data-wait: loader processes to compare with 0 "
+                   "(default: the recipe's train.loader_workers).")
+@click.option("--peak-tflops", type=click.FloatRange(min=0, min_open=True),
+              help="The device's peak TFLOP/s for MFU (default: the GPU's datasheet entry; "
+                   "none on a CPU).")
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
 def bench(overrides: tuple[str, ...], recipe: tuple[str, ...], device: str, warmup: int,
           repeats: int, eval_batches: int, eval_batch_size: int, threads: int | None,
           sweep: str | None, wall: float | None, concurrency: int | None,
-          decode: str | None, clip_seconds: float, as_json: bool) -> None:
+          decode: str | None, clip_seconds: float, matrix: bool, jobs: int, wait: bool,
+          loader_workers: int | None, peak_tflops: float | None, as_json: bool) -> None:
     """Time guided training and evaluation of a recipe, side by side in one run.
 
     \b
@@ -54,6 +71,9 @@ def bench(overrides: tuple[str, ...], recipe: tuple[str, ...], device: str, warm
     With --sweep-overhead SWEEP --wall S: what a finished sweep spent outside
     trial compute instead (ablate/bench/overhead.py says how it is measured).
     With --decode VIDEO: frame sampling speed of `ablate data prepare` instead.
+    With --memory-matrix: peak memory per memory lever (precision, gradient
+    checkpointing, attention kernel, 8-bit AdamW, bf16 teacher), one row each.
+    With --data-wait: the share of each step spent waiting for the data loader.
 
     \b
     Examples:
@@ -62,7 +82,26 @@ def bench(overrides: tuple[str, ...], recipe: tuple[str, ...], device: str, warm
       ablate bench teacher=sd15 teacher.random_init=true backbone=efficientnet_b4 \\
           backbone.random_init=true image_size=256 train.batch_size=16 --device cuda
       ablate bench --decode synthetic-1080p          # seek vs sequential frame reading
+      ablate bench --memory-matrix recipe=official_code teacher.random_init=true \\
+          backbone.random_init=true --device cuda
+      ablate bench --data-wait --loader-workers 2
     """
+    from ablate.errors import AblateError
+
+    modes = [name for name, on in (("--decode", decode), ("--sweep-overhead", sweep),
+                                   ("--memory-matrix", matrix), ("--data-wait", wait)) if on]
+    if len(modes) > 1:
+        raise AblateError(f"ablate bench: {' and '.join(modes)} are separate runs; give one")
+    if loader_workers is not None and not wait:
+        raise AblateError("--loader-workers goes with --data-wait")
+    if matrix:
+        _matrix([*overrides, *recipe], device, warmup, repeats, threads, jobs, peak_tflops,
+                as_json)
+        return
+    if wait:
+        _data_wait([*overrides, *recipe], device, warmup, repeats, loader_workers, threads,
+                   as_json)
+        return
     if decode:
         _decode(decode, clip_seconds, repeats, as_json)
         return
@@ -72,12 +111,30 @@ def bench(overrides: tuple[str, ...], recipe: tuple[str, ...], device: str, warm
     from ablate.bench.run import format_report, run_bench
 
     report = run_bench([*overrides, *recipe], device, warmup, repeats, eval_batches,
-                       eval_batch_size, threads)
+                       eval_batch_size, threads, peak_tflops)
+    _echo(report, format_report, as_json)
+
+
+def _echo(report: dict, text: Callable[[dict], str], as_json: bool) -> None:
+    """The report as JSON or as `text(report)`, with the command that made it."""
     report["command"] = "ablate " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    if as_json:
-        click.echo(json.dumps(report, indent=2))
-    else:
-        click.echo(format_report(report))
+    click.echo(json.dumps(report, indent=2) if as_json else text(report))
+
+
+def _matrix(overrides: list[str], device: str, warmup: int, repeats: int,
+            threads: int | None, jobs: int, peak_tflops: float | None, as_json: bool) -> None:
+    from ablate.bench.levers import format_matrix, memory_matrix
+
+    report = memory_matrix(overrides, device, warmup, repeats, threads, jobs, peak_tflops)
+    _echo(report, format_matrix, as_json)
+
+
+def _data_wait(overrides: list[str], device: str, warmup: int, repeats: int,
+               workers: int | None, threads: int | None, as_json: bool) -> None:
+    from ablate.bench.datawait import data_wait, format_data_wait
+
+    report = data_wait(overrides, device, warmup, repeats, workers, threads)
+    _echo(report, format_data_wait, as_json)
 
 
 def _decode(video: str, seconds: float, repeats: int, as_json: bool) -> None:

@@ -17,6 +17,10 @@ medians over `repeats` timed calls after `warmup` untimed ones:
   bare             the timm model's own forward over the same batches (no_grad, same
                    precision and memory format): the floor the evaluation path is held to
 
+The guided step's FLOPs are counted once after its timed calls (flops.py), for its
+achieved TFLOP/s and MFU. `ablate bench --memory-matrix` (levers.py) and
+`--data-wait` (datawait.py) are separate runs.
+
 Guided, guided_cold and straightforward alternate round by round, so a busy
 machine slows all of them alike. When they differ in memory format or compile is
 on, switching per round would be costly, so they run in blocks instead
@@ -44,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ablate.bench.flops import format_mfu, guided_step_flops, peak_for, utilisation
 from ablate.data.dataset import ManifestDataset
 from ablate.device import pick_device
 from ablate.errors import AblateError
@@ -275,7 +280,11 @@ def guided_phases(cfg: Any, device: torch.device, speed: Speed, batch: dict,
     if cache is not None:
         phases.append(Phase("guided_cold", n, guided_cold, setup(speed)))
     measure(phases, device, warmup, repeats, interleave)
-    return {p.name: p.summary() for p in phases}
+    found = {p.name: p.summary() for p in phases}
+    # counted once, untimed, after the timed calls (warm cache, as `guided` ran)
+    found["guided"]["flops"] = guided_step_flops(detector, batch, optimizers[speed], device,
+                                                 grad_clip, speed, cache)
+    return found
 
 
 def machine(device: torch.device) -> dict[str, Any]:
@@ -292,11 +301,13 @@ def machine(device: torch.device) -> dict[str, Any]:
 
 def run_bench(overrides: list[str] | tuple[str, ...] = (), device: str = "auto",
               warmup: int = 2, repeats: int = 5, eval_batches: int = 4,
-              eval_batch_size: int = 64, threads: int | None = None) -> dict[str, Any]:
+              eval_batch_size: int = 64, threads: int | None = None,
+              peak_tflops: float | None = None) -> dict[str, Any]:
     """Time (a)-(d) for one recipe and return everything as a JSON-able dict.
 
     `threads`: CPU threads for torch (default: its own choice). On a shared machine 1
-    is steadier: two OpenMP threads stall whenever another process takes a core."""
+    is steadier: two OpenMP threads stall whenever another process takes a core.
+    `peak_tflops`: the device's peak for MFU (default: the GPU's datasheet entry)."""
     if threads:
         torch.set_num_threads(threads)
     cfg = compose(list(overrides))
@@ -325,6 +336,8 @@ def run_bench(overrides: list[str] | tuple[str, ...] = (), device: str = "auto",
         "eval_images": eval_batches * eval_batch_size, "eval_batch_size": eval_batch_size,
         "speed": speed.as_dict(), "straightforward": Speed.straightforward(speed.attention).as_dict(),
         "machine": info, "results": results, **ratios_and_goals(results, cfg, dev),
+        "mfu": utilisation(results["guided"]["flops"], results["guided"]["median_s"],
+                           peak_for(dev, speed.precision, peak_tflops)),
     }
 
 
@@ -377,6 +390,8 @@ def format_report(report: dict[str, Any]) -> str:
         peak = f"{r['peak_mem_mb']:.0f}" if r["peak_mem_mb"] is not None else "-"
         lines.append(f"{name:<16} {r['median_s']:>9.4f} {r['min_s']:>8.4f} "
                      f"{r['images_per_s']:>9.1f} {peak:>9}")
+    lines.append("")
+    lines.append("guided step " + format_mfu(report["mfu"]))
     lines.append("")
     for name, value in report["ratios"].items():
         lines.append(f"{name:<28} {value:.2f}")
