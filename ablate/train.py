@@ -180,7 +180,7 @@ def train_step(
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()
     terms = {k: float(v.detach()) for k, v in losses.items()}
-    return terms if shard is None else average_terms(terms, shard.world)
+    return terms if shard is None else average_terms(terms, shard.world, device)
 
 
 def latent_cache_for(speed: Speed) -> LatentCache | None:
@@ -200,6 +200,7 @@ def train(
     on_eval: Callable[[int, float], None] | None = None,
     on_checkpoint: Callable[[int, float, Path], None] | None = None,
     resume_from: str | Path | None = None, shard: Shard | None = None,
+    on_follow: Callable[[int], None] | None = None,
 ) -> RunResult:
     """Train `cfg` and save a run folder.
 
@@ -217,7 +218,9 @@ def train(
 
     `shard`: this process's place in a data-parallel run (`ablate.distributed`, which starts
     the processes): it trains on its slice of each global batch; only process 0 validates,
-    calls the callbacks and writes the run folder (the others return it unsaved).
+    calls the callbacks and writes the run folder (the others return it unsaved). The
+    others call `on_follow(step)` where process 0 validates (Ray Train's reports are
+    collective: every process makes each one).
     """
     seed_everything(cfg.seed)
     device = pick_device(cfg.train.device)
@@ -235,8 +238,8 @@ def train(
     if shard is not None:
         detector.shard = shard
         detector.classifier = sync_batch_norm(detector.classifier, device)
-        if not lead:
-            val, on_eval, on_checkpoint = None, None, None
+        if not lead:  # keeps the validation points, not the validation
+            val, on_eval, on_checkpoint = _Points() if val is not None else None, None, None
     detector = detector.to(device)
     if shard is not None:
         same_start(detector)  # on the device: NCCL broadcasts GPU tensors
@@ -277,6 +280,10 @@ def train(
         if step % max(cfg.train.log_every, 1) == 0 or step == steps:
             curves += [(step, f"loss/{k}", v) for k, v in terms.items()]
         if val is not None and ((every and step % every == 0) or step == steps):
+            if isinstance(val, _Points):
+                if on_follow is not None:
+                    on_follow(step)
+                continue
             val_auc = selector.evaluate(step)
             curves.append((step, "val/auc", val_auc))
             if on_eval is not None:
@@ -316,6 +323,11 @@ def train(
     save_run(result.folder, cfg, trainable, classifier_state(trainable), info)
     write_curves(result.folder, curves)  # tensorboard --logdir results/runs
     return result
+
+
+class _Points:
+    """A data-parallel follower's stand-in for the validation split: it validates nothing
+    but is where process 0 validates."""
 
 
 def checkpoint(on_checkpoint: Callable[[int, float, Path], None], step: int, val_auc: float,

@@ -6,10 +6,13 @@ Train workers on gloo against a one-process run (loss curves, weights, one run f
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from ablate.checkpoint import TRAINABLE
 from ablate.distributed import Shard, ShardedBatches
 from ablate.model.build import build_detector
 from ablate.recipe import compose, recipe_hash
@@ -46,6 +49,25 @@ def test_the_shards_mean_gradient_is_the_whole_batch_gradient(teacher):
         torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize(("resources", "processes"), [
+    ("{cpu: 1}", 1), ("{cpu: 8, gpu: 1}", 1), ("{cpu: 8, gpu: 0.5}", 1),
+    ("{cpu: 16, gpu: 4}", 4), ("{cpu: 2, processes: 2}", 2), ("{gpu: 4, processes: 2}", 2)])
+def test_a_space_trains_each_trial_on_one_process_per_whole_gpu(resources, processes):
+    from ablate.space.parse import parse_space
+
+    text = f"fixed: {{}}\nparams: {{filter: {{choice: [paper]}}}}\nresources: {resources}\n"
+    assert parse_space(text, Path("s.yaml")).resources.data_parallel() == processes
+
+
+def test_a_negative_process_count_is_one_line():
+    from ablate.errors import AblateError
+    from ablate.space.parse import parse_space
+
+    with pytest.raises(AblateError, match="resources.processes"):
+        parse_space("params: {filter: {choice: [paper]}}\nresources: {processes: -1}\n",
+                    Path("s.yaml"))
+
+
 def test_a_shards_draw_is_its_rows_of_the_global_draw():
     shape = (2 * 3, 4, 2, 2)  # sources then targets, 3 rows each
     generator = torch.Generator().manual_seed(0)
@@ -64,28 +86,92 @@ def test_sharded_batches_split_each_global_batch():
     assert shards[0] == [[0, 1], [4, 5]] and shards[1] == [[2, 3], [6, 7]]
 
 
-def test_two_ray_train_workers_on_gloo_train_the_one_process_run(tmp_path):
+BASE = [*NO_BN, "train=cpu", "train.device=cpu", "train.steps=4", "train.batch_size=4",
+        "train.eval_every=2", "train.log_every=1", "data.train=synth-blend", "data.augment=flip"]
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    """A run on two Ray Train workers (gloo), with copies of the states it checkpointed."""
+    import shutil
+
     from ablate.distributed import train_parallel
 
-    base = [*NO_BN, "train=cpu", "train.device=cpu", "train.steps=3", "train.batch_size=4",
-            "train.eval_every=3", "train.log_every=1", "data.train=synth-blend",
-            "data.augment=flip"]
-    one = compose([*base, f"run.out_dir={tmp_path / 'one'}"])
-    two = compose([*base, "train.processes=2", f"run.out_dir={tmp_path / 'two'}"])
+    out = tmp_path_factory.mktemp("ddp")
+    cfg = compose([*BASE, "train.processes=2", f"run.out_dir={out / 'runs'}"])
+    states: dict[int, Path] = {}
+
+    def keep(step: int, val_auc: float, folder: Path) -> None:
+        states[step] = shutil.copytree(folder, out / f"state-{step}")
+
+    return cfg, train_parallel(cfg, 2, progress=False, on_checkpoint=keep), states
+
+
+def test_two_ray_train_workers_on_gloo_train_the_one_process_run(two_processes, tmp_path):
+    two, b, _ = two_processes
+    one = compose([*BASE, f"run.out_dir={tmp_path}"])
     assert recipe_hash(one) == recipe_hash(two)  # the same result, computed faster
     a = train(one, progress=False)
-    b = train_parallel(two, 2, progress=False)
-    assert a.steps == b.steps == 3
+    assert a.steps == b.steps == 4
     curve = {(s, n): v for s, n, v in a.curves}
     assert {(s, n) for s, n, _ in b.curves} == set(curve)
     for step, name, value in b.curves:  # global-batch means, up to summation order
         assert value == pytest.approx(curve[(step, name)], rel=1e-4, abs=1e-6), (step, name)
     assert b.selection["n_frames"] == a.selection["n_frames"]  # validated once, all frames
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [b.folder.name]
-    from safetensors.torch import load_file
-
-    wa, wb = load_file(a.folder / "trainable.safetensors"), load_file(b.folder / "trainable.safetensors")
+    assert [p.name for p in b.folder.parent.iterdir()] == [b.folder.name]  # one run folder
+    wa, wb = load_file(a.folder / TRAINABLE), load_file(b.folder / TRAINABLE)
     assert wa.keys() == wb.keys()
     for key in wa:
         torch.testing.assert_close(wb[key], wa[key], rtol=1e-3, atol=1e-5)
-    assert json.loads((b.folder / "run.json").read_text())["steps"] == 3
+
+
+def test_a_data_parallel_run_reports_its_states_and_resumes_from_one(two_processes):
+    """Each validation's state comes back to the launching process (a sweep trial hands it
+    to Tune); a run resumed from one on fresh workers ends as the uninterrupted run."""
+    from ablate.distributed import train_parallel
+
+    cfg, full, states = two_processes
+    assert sorted(states) == [2, 4]
+    resumed = train_parallel(cfg, 2, progress=False, resume_from=states[2])
+    assert resumed.curves == full.curves
+    assert resumed.selection == full.selection
+    wa, wb = load_file(full.folder / TRAINABLE), load_file(resumed.folder / TRAINABLE)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_a_sweep_trial_trains_data_parallel_and_is_recorded(tmp_path, monkeypatch):
+    """`resources: {processes: 2}`: each trial trains on two Ray Train workers inside the
+    Tune sweep; its evaluations, metrics and curves land in the results database."""
+    from ablate.results import ResultsDB
+    from ablate.sweep import run_sweep
+
+    monkeypatch.setenv("ABLATE_CACHE", str(Path("results").resolve()))
+    monkeypatch.chdir(tmp_path)
+    space = tmp_path / "ddp.yaml"
+    space.write_text("""
+description: "test: one data-parallel trial"
+fixed: {teacher: tiny-sd15, backbone: timm, backbone.model_name: test_vit, image_size: 32,
+        data.train: synth-blend, train: cpu, train.steps: 4, train.batch_size: 4,
+        train.eval_every: 2, train.log_every: 2}
+params:
+  filter: {choice: [paper]}
+objectives:
+  - {metric: val_auc, mode: max}
+budget: {trials: 1, max_concurrent: 1}
+seeds: 1
+resources: {cpu: 1, processes: 2}
+tests: [synth-colour]
+sampler: {name: random, seed: 0}
+""")
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    run_sweep(str(space), db_url=url, name="ddp", n_boot=20)
+    db = ResultsDB(url)
+    trials = db.trials("ddp")
+    assert list(trials["status"]) == ["finished"]
+    assert json.loads(db.list_sweeps().set_index("name").loc["ddp", "settings_json"])[
+        "resources"]["processes"] == 2
+    metrics = db.metrics("ddp")
+    test = metrics[(metrics["split"] == "test") & (metrics["metric"] == "auc")]
+    assert set(test["dataset"]) == {"synth-colour"} and test["value"].between(0, 1).all()
+    curves = db.curves("ddp")
+    assert sorted(curves[curves["name"] == "val/auc"]["step"]) == [2, 4]

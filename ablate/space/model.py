@@ -90,10 +90,23 @@ class EarlyStopping:
 
 @dataclass(frozen=True)
 class Resources:
-    """Per trial; fractions allowed (two trials can share one GPU with gpu: 0.5)."""
+    """Per trial; fractions allowed (two trials can share one GPU with gpu: 0.5).
+
+    `processes` > 1 runs each trial's training data-parallel over that many processes
+    (Ray Train), the trial's cpu and gpu split evenly among them; by default a trial with
+    2 or more whole GPUs takes one process per GPU (gpu: 4 = one trial on 4 GPUs).
+    """
 
     cpu: float = 1
     gpu: float = 0
+    processes: int = 0  # 0: one per GPU when gpu >= 2, else 1
+
+    def data_parallel(self, gpu: float | None = None) -> int:
+        """Processes per trial; `gpu` overrides the space's (--gpus)."""
+        gpu = self.gpu if gpu is None else gpu
+        if self.processes:
+            return self.processes
+        return int(gpu) if gpu >= 2 and float(gpu).is_integer() else 1
 
 
 @dataclass(frozen=True)

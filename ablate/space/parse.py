@@ -252,9 +252,10 @@ def _early_stopping(value: Any, where: _Where) -> EarlyStopping:
 
 
 def _resources(value: Any, where: _Where) -> Resources:
-    r = _section(value, "resources", ("cpu", "gpu"), where)
+    r = _section(value, "resources", ("cpu", "gpu", "processes"), where)
     cpu = _number(r.get("cpu", 1), "resources.cpu", where, 0, strict=True)
-    return Resources(cpu, _number(r.get("gpu", 0), "resources.gpu", where, 0))
+    processes = _int(r.get("processes", 0), "resources.processes", where, minimum=0)
+    return Resources(cpu, _number(r.get("gpu", 0), "resources.gpu", where, 0), processes)
 
 
 def _tests(value: Any, where: _Where) -> list[str] | None:

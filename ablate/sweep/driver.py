@@ -90,6 +90,9 @@ def run_sweep(
     per_trial = {"cpu": cpus if cpus is not None else space.resources.cpu,
                  "gpu": gpus if gpus is not None else space.resources.gpu}
     check_request(per_trial["cpu"], per_trial["gpu"])
+    processes = space.resources.data_parallel(per_trial["gpu"])
+    if processes > 1:  # one trial, data-parallel: its cpu and gpu split among the processes
+        per_trial["processes"] = processes
     local = not (address or os.environ.get("RAY_ADDRESS"))
     if local:
         check_fits(per_trial, [local_capacity()], "this machine")
@@ -219,7 +222,7 @@ def _run(r: _Run) -> None:
     context = TrialContext(
         space_text=r.space_text, space_name=space.name, seeds=list(range(space.seeds)),
         runs_location=runs, reuse=r.reuse, done=plan.done, checkpoints=plan.checkpoints,
-        threads=max(int(per_trial["cpu"]), 1), n_boot=r.n_boot,
+        threads=max(int(per_trial["cpu"] / per_trial.get("processes", 1)), 1), n_boot=r.n_boot,
         workdir=str(Path.cwd()) if r.local else None, grid=r.grid,
         benchmark=_uses_benchmark(r.reference),
     )
@@ -228,7 +231,14 @@ def _run(r: _Run) -> None:
                                r.storage or str(RAY_DIR.resolve()))
     searcher = None if r.grid else TruthfulOptunaSearch(space, r.name, r.db.optuna_storage_url,
                                                         ledger, r.study)
-    trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), per_trial)
+    context.processes = per_trial.get("processes", 1)
+    context.cpus_per_process = per_trial["cpu"] / context.processes
+    context.gpus_per_process = per_trial["gpu"] / context.processes
+    # a data-parallel trial only launches its Ray Train workers, which hold its resources
+    # (Tune refuses an empty request: a hundredth of a CPU stands for none)
+    request = ({"cpu": 0.01} if context.processes > 1
+               else {k: per_trial[k] for k in ("cpu", "gpu")})
+    trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), request)
     _say(f"sweep {r.name}: {plan.trials} of {r.n_trials} trials of space {space.name} x "
          f"{space.seeds} seed(s), up to {limit} at once, {per_trial} per trial; "
          f"results in {r.db.url}")

@@ -67,6 +67,9 @@ class TrialContext:
     workdir: str | None = None  # the driver's folder, when workers share its machine
     grid: dict[str, list[str]] = field(default_factory=dict)  # label -> extra overrides
     benchmark: bool = False  # build the embedded benchmark on this node first
+    processes: int = 1  # > 1: each seed trains data-parallel on Ray Train workers
+    cpus_per_process: float = 1  # what each of those workers asks Ray for
+    gpus_per_process: float = 0
 
 
 def trial_overrides(space, config: dict[str, Any], grid: dict[str, list[str]],  # noqa: ANN001
@@ -154,8 +157,9 @@ class _Trial:
         from ablate.recipe import compose, result_dict
 
         ctx = self.context
+        parallel = [f"train.processes={ctx.processes}"] if ctx.processes > 1 else []
         cfg = compose([*trial_overrides(self.space, self.config, ctx.grid, seed),
-                       f"run.name={self.name}-seed{seed}"])
+                       f"run.name={self.name}-seed{seed}", *parallel])
         base.update(recipe=result_dict(cfg), **trial_identity(cfg))
         key = f"{base['identity']}:{seed}"
         if key in ctx.done and self._continues(ctx.done[key]):
@@ -216,7 +220,16 @@ class _Trial:
                         checkpoint=state_dir)
 
         try:
-            run = train(cfg, progress=False, on_checkpoint=on_checkpoint, resume_from=resume)
+            if ctx.processes > 1:
+                from ablate.distributed import train_parallel
+
+                run = train_parallel(cfg, ctx.processes, progress=False,
+                                     on_checkpoint=on_checkpoint, resume_from=resume,
+                                     cpus_per_process=ctx.cpus_per_process,
+                                     gpus_per_process=ctx.gpus_per_process, same_node=True)
+            else:
+                run = train(cfg, progress=False, on_checkpoint=on_checkpoint,
+                            resume_from=resume)
             selection = run.selection or {}
             classifier, _ = load_classifier(run.folder)
             metrics = evaluate_classifier(
