@@ -184,3 +184,18 @@ def test_sweep_overhead_from_tune_results(tmp_path):
     assert found.concurrency == 2 and found.trial_compute_s == 270.0
     assert found.slot_overhead == pytest.approx((200 - 135) / 200)
     assert found.idle_overhead == pytest.approx((200 - 180) / 200)  # busy 10-120 and 130-200
+
+
+def test_grad_checkpointing_recomputes_the_filters_in_backward(tiny_teachers, restore):
+    """With the setting on, each filter runs once more during backward (its activations were
+    not kept); the step's numbers are checked against the plain step above."""
+    det = detector_for([], tiny_teachers)
+    calls = []
+    for filt in (det.filter_source, det.filter_target):
+        # a pre-hook: the recomputation stops once it has what backward needs, before the
+        # module returns (torch's early stop), so a forward hook would not see it
+        filt.register_forward_pre_hook(lambda module, args: calls.append(module))
+    for checkpointing, runs in ((False, 2), (True, 4)):
+        calls.clear()
+        step(det, fixed_batch(), Speed(grad_checkpointing=checkpointing), None)
+        assert len(calls) == runs

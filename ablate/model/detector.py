@@ -80,6 +80,8 @@ class DiffusionFakeDetector(nn.Module):
         self.loss_weights = loss_weights
         # this process's place in a data-parallel run (ablate/distributed.py); not saved
         self.shard: Shard | None = None
+        # recompute the filters' activations in backward (train.grad_checkpointing)
+        self.checkpoint_filters = False
 
     @property
     def guided(self) -> bool:
@@ -160,6 +162,15 @@ class DiffusionFakeDetector(nn.Module):
         )
         return losses
 
+    def filtered(self, filt: nn.Module, feats: Tensor) -> Tensor:
+        """filt(feats), its activations recomputed in backward when checkpointing: the
+        filters upsample to the latent grid, where their maps are the largest."""
+        if self.checkpoint_filters and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            return checkpoint(filt, feats, use_reentrant=False)
+        return filt(feats)
+
     def _diffusion_batched(
         self, feats: Tensor, branch_latents: tuple[Tensor, Tensor], noise: Tensor, t: Tensor,
         scales: tuple[Tensor, Tensor], size: int,
@@ -168,7 +179,8 @@ class DiffusionFakeDetector(nn.Module):
         teacher, b = self.teacher, noise.shape[0]
         # cond [2B, C0, h', w'] stays in the trained modules' precision (fp32 weights; autocast
         # decides the compute dtype): the guide casts its inputs, the teacher its residuals
-        cond = torch.cat([self.filter_source(feats), self.filter_target(feats)])
+        cond = torch.cat([self.filtered(self.filter_source, feats),
+                          self.filtered(self.filter_target, feats)])
         with torch.no_grad():
             latents, noise2, t2 = torch.cat(branch_latents), noise.repeat(2, 1, 1, 1), t.repeat(2)
             noisy = teacher.add_noise(latents, noise2, t2)  # [2B, C_lat, h', w']
@@ -187,7 +199,7 @@ class DiffusionFakeDetector(nn.Module):
         for index, (filt, latents, w) in enumerate(
             zip((self.filter_source, self.filter_target), branch_latents, scales, strict=True)
         ):
-            cond = filt(feats)  # [B, C0, h', w']
+            cond = self.filtered(filt, feats)  # [B, C0, h', w']
             noisy = teacher.add_noise(latents, noise, t)
             target = teacher.diffusion_target(latents, noise, t)
             residuals = self.guide.branch(index, noisy, t, cond, teacher.conditioning(b, size))

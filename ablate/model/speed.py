@@ -36,7 +36,7 @@ class Speed:
     precision: str = "fp32"  # fp32 | bf16 (autocast; weights and optimiser stay fp32)
     channels_last: bool = False
     attention: str = "sdpa"  # sdpa: torch SDPA kernels | math: diffusers' explicit softmax; UNets only: SD3/Flux keep their own SDPA processors
-    grad_checkpointing: bool = False  # guide and teacher UNet: recompute, don't store
+    grad_checkpointing: bool = False  # filters, guide and teacher: recompute, don't store
     compile: bool = False  # torch.compile of backbone, filters, guide and teacher UNet
     latent_cache: bool = True  # VAE posteriors once per image (model/latent_cache.py)
     batched: bool = True  # both branches in one 2B teacher call and one guide call
@@ -127,6 +127,7 @@ def configure_detector(detector: nn.Module, speed: Speed) -> None:
     if not detector.guided:  # the baseline: nothing else was built
         return
     fmt = memory_format(speed)
+    detector.checkpoint_filters = speed.grad_checkpointing
     for module in (detector.filter_source, detector.filter_target, detector.weight_source,
                    detector.weight_target, detector.guide, detector.teacher.denoiser):
         module.to(memory_format=fmt)
