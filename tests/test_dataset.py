@@ -106,14 +106,50 @@ def test_decodes_each_file_once_across_epochs(tmp_path, count_decodes):
 
 def test_disk_cache_is_reused(tmp_path, count_decodes):
     df = table(tmp_path)
-    ManifestDataset(df, image_size=SIZE, cache_dir=tmp_path / "cache")
-    assert len(count_decodes) == 7 and len(list((tmp_path / "cache").glob("*.npy"))) == 7
+    first = ManifestDataset(df, image_size=SIZE, cache_dir=tmp_path / "cache")
+    assert len(count_decodes) == 7 and first.cache.stored(SIZE) == 7
     count_decodes.clear()
     ds = ManifestDataset(df, image_size=SIZE, cache_dir=tmp_path / "cache", memory_cache=False)
-    ds[0], ds[1]
+    for i in range(len(ds)):  # the stored pixels are the decoded ones
+        assert torch.equal(ds[i]["image"], first[i]["image"])
     assert count_decodes == []
     ManifestDataset(df, image_size=SIZE * 2, cache_dir=tmp_path / "cache")  # other size: new
     assert len(count_decodes) == 7
+
+
+def test_an_edited_frame_is_decoded_again_not_served_stale(tmp_path, count_decodes):
+    df = table(tmp_path)
+    ManifestDataset(df, image_size=SIZE, cache_dir=tmp_path / "cache")
+    png(Path(df["path"][0]), seed=9)  # rewritten: another green level
+    count_decodes.clear()
+    ds = ManifestDataset(df, image_size=SIZE, cache_dir=tmp_path / "cache")
+    assert count_decodes == [df["path"][0]]
+    expected = dataset_module.decode_image(df["path"][0], SIZE)
+    assert np.array_equal(ds.cache.get(df["path"][0], SIZE), expected)
+
+
+def test_a_shard_cut_off_while_written_is_ignored(tmp_path, count_decodes):
+    """The index is renamed into place last: pixels without one (a run killed while
+    writing) or an index whose pixels are short are never read; those frames are decoded."""
+    df = table(tmp_path)
+    ManifestDataset(df, image_size=SIZE, cache_dir=tmp_path / "cache")
+    shard = next((tmp_path / f"cache/{SIZE}px").glob("shard-*.u8"))
+    shard.write_bytes(shard.read_bytes()[:-5])  # a torn write
+    count_decodes.clear()
+    ds = ManifestDataset(df, image_size=SIZE, cache_dir=tmp_path / "cache")
+    assert len(count_decodes) == 7 and ds.cache.stored(SIZE) == 7  # a fresh, whole shard
+    count_decodes.clear()
+    ManifestDataset(df, image_size=SIZE, cache_dir=tmp_path / "cache")
+    assert count_decodes == []
+
+
+def test_loader_workers_read_the_store(tmp_path, count_decodes):
+    df = table(tmp_path)
+    ManifestDataset(df, image_size=SIZE, cache_dir=tmp_path / "cache")
+    ds = ManifestDataset(df, image_size=SIZE, cache_dir=tmp_path / "cache", memory_cache=False)
+    alone = [b["image"] for b in DataLoader(ds, batch_size=3)]
+    workers = [b["image"] for b in DataLoader(ds, batch_size=3, num_workers=2)]
+    assert all(torch.equal(a, b) for a, b in zip(alone, workers, strict=True))
 
 
 def test_lazy_decoding_also_caches(tmp_path, count_decodes):

@@ -75,3 +75,24 @@ def test_a_run_with_loader_workers_is_the_run_without(monkeypatch, tmp_path):
     assert hash_a == hash_b  # a speed setting: the same result, reused by a sweep
     assert a.curves == b.curves
     assert all(torch.equal(rec_a.final[k], rec_b.final[k]) for k in rec_a.final)
+
+
+def test_a_frame_cache_dir_is_filled_once_then_read_by_later_runs(monkeypatch, tmp_path):
+    import ablate.data.dataset as dataset_module
+
+    decoded = []
+    decode = dataset_module.decode_image
+    monkeypatch.setattr(dataset_module, "decode_image",
+                        lambda path, size: decoded.append(path) or decode(path, size))
+    base = [*TINY, "train.steps=2", f"run.out_dir={tmp_path}", "data.tests=[synth-colour]"]
+    plain = train(compose(base), progress=False)
+    first = len(decoded)
+    stored = [*base, f"data.frame_cache_dir={tmp_path / 'frames'}"]
+    assert recipe_hash(compose(stored)) == recipe_hash(compose(base))
+    runs = []
+    for _ in range(2):
+        decoded.clear()
+        runs.append((train(compose(stored), progress=False), len(decoded)))
+    (filled, decodes_first), (again, decodes_again) = runs
+    assert decodes_first == first > 0 and decodes_again == 0
+    assert filled.curves == again.curves == plain.curves

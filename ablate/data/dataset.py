@@ -2,8 +2,8 @@
 
 Face crops are small and re-read every epoch, so each file is decoded and
 resized once: into an in-memory cache of uint8 arrays (S*S*3 bytes per frame,
-about 190 KiB at 256 px) and/or a disk cache of .npy files under `cache_dir`
-that later runs reuse. By default every needed file is decoded at construction
+about 190 KiB at 256 px) and/or memory-mapped shards under `cache_dir`
+(`data.frame_cache_dir`) that later runs, trials and loader workers share. By default every needed file is decoded at construction
 (`preload=True`), which is also how corrupt or missing frames are found before
 training starts: rows that need such a file are skipped and reported, and more
 than `max_skip_fraction` of them is an error. Nothing is dropped silently.
@@ -11,10 +11,8 @@ than `max_skip_fraction` of them is an error. Nothing is dropped silently.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from ablate.data.augment import Augment, build_augment
+from ablate.data.frame_store import FrameStore, frame_key
 from ablate.data.manifest import SPLITS, load_manifest, validate
 from ablate.errors import AblateError
 
@@ -46,59 +45,49 @@ def decode_image(path: str, size: int) -> np.ndarray:
 
 
 class FrameCache:
-    """Decoded, resized frames keyed by (path, size): memory first, then .npy on disk.
-
-    Disk entries are named by a hash of the path, size, mtime and file size, so an
-    edited frame is decoded again rather than served stale.
-    """
+    """Decoded, resized frames keyed by (path, size): memory first, then the memory-mapped
+    frame store under `cache_dir` (ablate/data/frame_store.py), which later runs, other
+    trials and loader workers share. A frame edited on disk is decoded again."""
 
     def __init__(self, cache_dir: str | Path | None = None, memory: bool = True) -> None:
         self.memory = memory
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         self._arrays: dict[tuple[str, int], np.ndarray] = {}
-        if self.cache_dir is not None:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self._stores: dict[int, FrameStore] = {}
 
     def get(self, path: str, size: int) -> np.ndarray:
         key = (path, size)
         if key in self._arrays:
             return self._arrays[key]
-        array = self._from_disk(path, size)
+        store = self._store(size)
+        array = store.get(frame_key(path)) if store is not None else None
         if array is None:
             array = decode_image(path, size)
-            self._to_disk(path, size, array)
+            if store is not None:
+                store.add(frame_key(path), array)
         if self.memory:
             self._arrays[key] = array
         return array
 
+    def flush(self) -> None:
+        """Write newly decoded frames to the store (a no-op without one)."""
+        for store in self._stores.values():
+            store.flush()
+
+    def stored(self, size: int) -> int:
+        """Frames of `size` in the store on disk (0 without one)."""
+        store = self._store(size)
+        return 0 if store is None else len(store)
+
     def __len__(self) -> int:
         return len(self._arrays)
 
-    def _disk_file(self, path: str, size: int) -> Path | None:
+    def _store(self, size: int) -> FrameStore | None:
         if self.cache_dir is None:
             return None
-        stat = os.stat(path)
-        key = f"{os.path.abspath(path)}|{size}|{stat.st_mtime_ns}|{stat.st_size}"
-        return self.cache_dir / f"{hashlib.sha1(key.encode()).hexdigest()}.npy"
-
-    def _from_disk(self, path: str, size: int) -> np.ndarray | None:
-        file = self._disk_file(path, size)
-        if file is None or not file.is_file():
-            return None
-        try:
-            array = np.load(file)
-        except (OSError, ValueError):
-            return None  # a half-written or foreign file: decode again
-        return array if array.shape == (size, size, 3) and array.dtype == np.uint8 else None
-
-    def _to_disk(self, path: str, size: int, array: np.ndarray) -> None:
-        file = self._disk_file(path, size)
-        if file is None:
-            return
-        fd, tmp = tempfile.mkstemp(dir=file.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, array)
-        os.replace(tmp, file)  # atomic: parallel workers never read a partial file
+        if size not in self._stores:
+            self._stores[size] = FrameStore(self.cache_dir, size)
+        return self._stores[size]
 
 
 def _unit_range(pixels: torch.Tensor) -> torch.Tensor:
@@ -261,6 +250,7 @@ class ManifestDataset(Dataset):
                     self.cache.get(file, self.image_size)
                 except Exception:  # noqa: BLE001 - PIL raises many types for a bad file
                     problems[file] = "unreadable images"
+        self.cache.flush()
         return problems
 
     def _report(self, total: int, split: str | None, max_skip_fraction: float) -> None:

@@ -48,7 +48,7 @@ def train_and_val(cfg: DictConfig) -> tuple[ManifestDataset, ManifestDataset]:
     split (for selection only)."""
     table = source_table(cfg)
     _refuse_shared_videos(table, str(cfg.data.train))
-    cache = FrameCache()
+    cache = FrameCache(cfg.data.get("frame_cache_dir"))
     from ablate.recipe import is_guided
 
     # the baseline needs no source/target frames: fakes without pairs are training rows too

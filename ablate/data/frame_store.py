@@ -1,0 +1,111 @@
+"""Decoded frames on disk, in memory-mapped uint8 shards that runs, trials and loader workers
+share through the page cache.
+
+A real training set does not fit in memory decoded (FF++ at 256 px: ~190 KiB a frame, tens
+of GB), and one small file per frame costs a file open per read. Here each batch of newly
+decoded frames becomes one shard: a raw uint8 array [n, S, S, 3] and a JSON list of the
+frames' keys, written to temporary names and renamed, the index last, so a shard is seen
+whole or not at all (two trials building at once each add their own; a key found twice is
+served from either). A key is the file's absolute path, modification time and size: an
+edited frame is decoded again, never served stale.
+
+    <folder>/<S>px/shard-<id>.u8     the pixels, row i = the i-th key
+    <folder>/<S>px/shard-<id>.json   {"size": S, "keys": [...]}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+FLUSH_EVERY = 1024  # frames held before they are written as a shard (lazy decoding)
+
+
+def frame_key(path: str) -> str:
+    """What identifies a decoded frame: the file and the version of it on disk."""
+    stat = os.stat(path)
+    return f"{os.path.abspath(path)}|{stat.st_mtime_ns}|{stat.st_size}"
+
+
+class FrameStore:
+    """The shards of one image size under `folder`; `get` serves memory-mapped rows (treat
+    them as read only), `add` holds new frames until `flush` writes them as one shard."""
+
+    def __init__(self, folder: str | Path, size: int) -> None:
+        self.size = size
+        self.folder = Path(folder).expanduser() / f"{size}px"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._rows: dict[str, tuple[Path, int]] = {}  # key -> (shard, row)
+        self._maps: dict[Path, np.memmap] = {}
+        self._pending: dict[str, np.ndarray] = {}
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Learn the shards other processes have written since."""
+        for index in sorted(self.folder.glob("shard-*.json")):
+            pixels = index.with_suffix(".u8")
+            if pixels in self._maps or not pixels.is_file():
+                continue
+            try:
+                meta = json.loads(index.read_text())
+            except (OSError, ValueError):
+                continue  # not ours, or damaged: its frames are decoded again
+            keys = meta.get("keys", [])
+            if meta.get("size") != self.size or pixels.stat().st_size != len(keys) * self._bytes:
+                continue
+            self._maps[pixels] = None  # type: ignore[assignment] - opened on first read
+            for row, key in enumerate(keys):
+                self._rows.setdefault(key, (pixels, row))
+
+    @property
+    def _bytes(self) -> int:
+        return self.size * self.size * 3
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def get(self, key: str) -> np.ndarray | None:
+        """The frame [S, S, 3] uint8, or None when it is not stored."""
+        if key in self._pending:
+            return self._pending[key]
+        found = self._rows.get(key)
+        if found is None:
+            return None
+        pixels, row = found
+        shard = self._maps.get(pixels)
+        if shard is None:
+            # copy-on-write: torch can wrap a row without a read-only warning, and a write
+            # to it (none is made) would stay in this process, never reach the file
+            shard = np.memmap(pixels, dtype=np.uint8, mode="c").reshape(
+                -1, self.size, self.size, 3)  # [n, S, S, 3]
+            self._maps[pixels] = shard
+        return shard[row]
+
+    def add(self, key: str, frame: np.ndarray) -> None:
+        if frame.shape != (self.size, self.size, 3) or frame.dtype != np.uint8:
+            raise ValueError(f"a stored frame is uint8 [{self.size}, {self.size}, 3], "
+                             f"not {frame.dtype} {list(frame.shape)}")
+        self._pending[key] = frame
+        if len(self._pending) >= FLUSH_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the held frames as one shard (pixels first, the index that reveals them last)."""
+        if not self._pending:
+            return
+        name = f"shard-{uuid.uuid4().hex}"
+        keys = list(self._pending)
+        pixels, index = self.folder / f"{name}.u8", self.folder / f"{name}.json"
+        tmp = self.folder / f".{name}.tmp"
+        with open(tmp, "wb") as handle:
+            for key in keys:
+                handle.write(np.ascontiguousarray(self._pending[key]).tobytes())
+        os.replace(tmp, pixels)
+        tmp.write_text(json.dumps({"size": self.size, "keys": keys}))
+        os.replace(tmp, index)
+        self._pending.clear()
+        self.refresh()
