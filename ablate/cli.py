@@ -132,7 +132,7 @@ def train(overrides: tuple[str, ...], dry_run: bool, quiet: bool) -> None:
         return
     processes = int(cfg.train.get("processes", 1))
     if processes > 1:
-        from ablate.distributed import train_parallel
+        from ablate.data_parallel import train_parallel
 
         result = train_parallel(cfg, processes, progress=not quiet)
     else:

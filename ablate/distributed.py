@@ -13,17 +13,15 @@ over the global batch); on a CPU it cannot be, so its statistics are per process
 Process 0 alone evaluates on the source's validation split, selects the checkpoint and
 writes the run folder: selection and metrics are computed once per run, not per process.
 
-The processes are Ray Train's workers (`TorchTrainer`: gloo on CPUs, NCCL on GPUs), so a run
-spans the GPUs of one machine or of a Ray cluster alike.
+This module is the arithmetic of it; `ablate.data_parallel` starts the processes (Ray
+Train's workers: gloo on CPUs, NCCL on GPUs).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,7 +32,6 @@ from ablate.errors import AblateError
 
 log = logging.getLogger(__name__)
 
-RESULT = "run_result.json"  # process 0's RunResult, in the checkpoint it reports
 
 
 @dataclass(frozen=True)
@@ -152,166 +149,3 @@ def sync_batch_norm(module: torch.nn.Module, device: torch.device) -> torch.nn.M
     log.warning("BatchNorm statistics are per process on a %s (SyncBatchNorm needs GPUs): "
                 "results match a one-process run only approximately", device.type)
     return module
-
-
-# --- the launcher: Ray Train's TorchTrainer ---------------------------------------------------
-
-
-def train_parallel(cfg: Any, processes: int, progress: bool = True,
-                   on_checkpoint: Callable[[int, float, Path], None] | None = None,
-                   resume_from: str | Path | None = None,
-                   cpus_per_process: float = 1, gpus_per_process: float | None = None,
-                   same_node: bool = False) -> Any:
-    """Train `cfg` on `processes` Ray Train workers; returns process 0's RunResult.
-
-    As `ablate.train.train`: `on_checkpoint(step, val_auc, state_dir)` is called here, in
-    this process, after each of process 0's validations (a sweep trial reports it to Tune),
-    and `resume_from` (a saved state folder) continues a run: it travels to the workers
-    through Ray's object store, so they need not share this machine's disk. `same_node`
-    keeps the workers on this process's machine (a sweep trial reads the run folder that
-    process 0 writes; one trial spans the GPUs of one machine). `gpus_per_process` None:
-    one each when `train.device` is (or `auto` finds) cuda here, else none.
-    """
-    import tempfile
-    import threading
-
-    import ray
-    from omegaconf import OmegaConf
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-    from ray.util.queue import Queue
-
-    from ablate.device import pick_device
-
-    if gpus_per_process is None:
-        gpus_per_process = 1.0 if pick_device(cfg.train.device).type == "cuda" else 0.0
-    gpu = gpus_per_process > 0
-    if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS")
-        if address:  # the cluster RAY_ADDRESS names: its GPUs, on any of its machines
-            ray.init(address=address, log_to_driver=progress)
-        else:  # a Ray of our own (never one another program left running), a CPU per process
-            ray.init(address="local", num_cpus=max(processes, os.cpu_count() or 1),
-                     include_dashboard=False, log_to_driver=progress)
-    # no CPU of its own: inside a Tune trial it would have to fit the trial's own bundle
-    evaluations: Queue | None = (Queue(actor_options={"num_cpus": 0})
-                                 if on_checkpoint is not None else None)
-    config = {"cfg": OmegaConf.to_container(cfg, resolve=True), "report_evals": evaluations
-              is not None, "resume": _pack(Path(resume_from)) if resume_from else None}
-    per_worker = {"CPU": cpus_per_process, **({"GPU": gpus_per_process} if gpu else {})}
-    if same_node:  # Ray gives every node a resource named after its address
-        per_worker[f"node:{ray.util.get_node_ip_address()}"] = 0.001
-    with tempfile.TemporaryDirectory(prefix="ablate-ddp-") as storage:
-        trainer = TorchTrainer(
-            _worker, train_loop_config=config,
-            scaling_config=ScalingConfig(num_workers=processes, use_gpu=gpu,
-                                         resources_per_worker=per_worker),
-            torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
-            run_config=RunConfig(storage_path=storage, name="ablate-train",
-                                 callbacks=None if evaluations is None else [_forwarder(evaluations)]),
-        )
-        outcome: dict[str, Any] = {}
-
-        def fit() -> None:
-            try:
-                outcome["result"] = trainer.fit()
-            except Exception as err:  # noqa: BLE001 - Ray wraps the worker's error
-                outcome["error"] = err
-            finally:
-                if evaluations is not None:
-                    evaluations.put(None)  # no more evaluations
-
-        runner = threading.Thread(target=fit, name="ablate-ddp", daemon=True)
-        runner.start()
-        # this thread calls on_checkpoint: a Tune trial reports from its own thread
-        while evaluations is not None and (item := evaluations.get()) is not None:
-            metrics, path = item
-            with tempfile.TemporaryDirectory(prefix="ablate-ddp-state-") as copy:
-                state = ray.train.Checkpoint(path).to_directory(str(Path(copy) / "state"))
-                on_checkpoint(int(metrics["step"]), float(metrics["val_auc"]), Path(state))
-        runner.join()
-        if "error" in outcome:
-            from ablate.errors import first_line
-
-            raise AblateError(f"data-parallel training failed: {first_line(outcome['error'])}")
-        return _run_result(outcome["result"].checkpoint)  # before the storage folder goes
-
-
-def _forwarder(queue: Any) -> Any:
-    """A Ray Train callback (it runs beside the workers, in Ray Train's controller) that hands
-    each validation's metrics and checkpoint path to the launching process through `queue`."""
-    from ray.train import UserCallback
-
-    class Forward(UserCallback):
-        def after_report(self, run_context: Any, metrics: list[dict], checkpoint: Any) -> None:
-            if checkpoint is not None and "val_auc" in metrics[0]:
-                queue.put((dict(metrics[0]), checkpoint.path))
-
-    return Forward()
-
-
-def _worker(config: dict) -> None:
-    """One Ray Train worker: the usual `train`, on this worker's shard. Process 0 reports its
-    validations (with the training state) and, last, its RunResult as checkpoints (Ray Train
-    keeps no metrics without one); the others report alongside, as Ray Train requires."""
-    import json
-    import tempfile
-
-    import ray.train
-    from omegaconf import OmegaConf
-
-    from ablate.train import train
-
-    cfg = OmegaConf.create(config["cfg"])
-    shard = current_shard()
-    lead = shard is None or shard.rank == 0
-    hooks: dict[str, Any] = {}
-    if config.get("report_evals"):
-        if lead:
-            def report_eval(step: int, val_auc: float, folder: Path) -> None:
-                ray.train.report({"step": step, "val_auc": val_auc},
-                                 checkpoint=ray.train.Checkpoint.from_directory(str(folder)))
-
-            hooks["on_checkpoint"] = report_eval
-        else:
-            hooks["on_follow"] = lambda step: ray.train.report({"step": step})
-    with tempfile.TemporaryDirectory(prefix="ablate-ddp-resume-") as resume:
-        if config.get("resume"):
-            hooks["resume_from"] = _unpack(config["resume"], Path(resume) / "state")
-        result = train(cfg, progress=False, shard=shard, **hooks)
-    with tempfile.TemporaryDirectory(prefix="ablate-ddp-result-") as folder:
-        checkpoint = None
-        if lead:
-            run = {**result.__dict__, "folder": str(result.folder)}
-            (Path(folder) / RESULT).write_text(json.dumps(run))
-            checkpoint = ray.train.Checkpoint.from_directory(folder)
-        ray.train.report({"steps": result.steps}, checkpoint=checkpoint)
-
-
-def _pack(folder: Path) -> dict[str, bytes]:
-    """A (flat) state folder as {file name: bytes}."""
-    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
-
-
-def _unpack(files: dict[str, bytes], folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, data in files.items():
-        (folder / name).write_bytes(data)
-    return folder
-
-
-def _run_result(checkpoint: Any) -> Any:
-    """Process 0's RunResult from the checkpoint it reported."""
-    import json
-    import tempfile
-
-    from ablate.train import RunResult
-
-    if checkpoint is None:
-        raise AblateError("data-parallel training ended without process 0's result; "
-                          "see the Ray worker logs above")
-    with tempfile.TemporaryDirectory(prefix="ablate-ddp-result-") as folder:
-        values = json.loads((Path(checkpoint.to_directory(folder)) / RESULT).read_text())
-    values["folder"] = Path(values["folder"])
-    values["curves"] = [tuple(c) for c in values["curves"]]
-    return RunResult(**values)

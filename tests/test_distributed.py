@@ -95,7 +95,7 @@ def two_processes(tmp_path_factory):
     """A run on two Ray Train workers (gloo), with copies of the states it checkpointed."""
     import shutil
 
-    from ablate.distributed import train_parallel
+    from ablate.data_parallel import train_parallel
 
     out = tmp_path_factory.mktemp("ddp")
     cfg = compose([*BASE, "train.processes=2", f"run.out_dir={out / 'runs'}"])
@@ -128,7 +128,7 @@ def test_two_ray_train_workers_on_gloo_train_the_one_process_run(two_processes, 
 def test_a_data_parallel_run_reports_its_states_and_resumes_from_one(two_processes):
     """Each validation's state comes back to the launching process (a sweep trial hands it
     to Tune); a run resumed from one on fresh workers ends as the uninterrupted run."""
-    from ablate.distributed import train_parallel
+    from ablate.data_parallel import train_parallel
 
     cfg, full, states = two_processes
     assert sorted(states) == [2, 4]

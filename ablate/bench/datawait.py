@@ -89,14 +89,12 @@ def data_wait(overrides: list[str] | tuple[str, ...] = (), device: str = "auto",
               warmup: int = 2, repeats: int = 5, workers: int | None = None,
               threads: int | None = None) -> dict[str, Any]:
     """Wait per step for workers=0 and the recipe's (or `workers`) loader processes."""
-    from ablate.bench.run import machine
+    from ablate.bench.run import guided_training, machine
     from ablate.data.loader import make_loader
     from ablate.device import pick_device
-    from ablate.model.build import build_detector
-    from ablate.model.latent_cache import LatentCache
-    from ablate.model.speed import Speed, configure_detector, tune_kernels
+    from ablate.model.speed import Speed, tune_kernels
     from ablate.recipe import compose, is_guided, recipe_hash
-    from ablate.train import make_optimizer, seed_everything, train_step
+    from ablate.train import seed_everything, train_step
 
     if threads:
         torch.set_num_threads(threads)
@@ -110,12 +108,7 @@ def data_wait(overrides: list[str] | tuple[str, ...] = (), device: str = "auto",
     seed_everything(cfg.seed)
     tune_kernels(dev)
     before = machine(dev)
-    detector = build_detector(cfg).to(dev)
-    detector.train()
-    configure_detector(detector, speed)
-    params = [p for p in detector.parameters() if p.requires_grad]
-    optimizer = make_optimizer(cfg, params, speed.fused_optimizer)
-    cache = LatentCache(max_memory_mb=speed.latent_cache_mb) if speed.latent_cache else None
+    detector, optimizer, cache = guided_training(cfg, dev, speed)
     bs = cfg.train.batch_size
 
     def step(batch: dict) -> None:

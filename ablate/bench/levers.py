@@ -116,12 +116,10 @@ def measure_row(overrides: list[str], device: str, warmup: int, repeats: int,
     """Build the detector of `overrides`, run warm-up + timed train steps, and return the
     peak memory, step times and what the modules hold (weights, optimiser state)."""
     from ablate.bench.flops import guided_step_flops
-    from ablate.bench.run import _free, _sync, synthetic_batch
-    from ablate.model.build import build_detector
-    from ablate.model.latent_cache import LatentCache
-    from ablate.model.speed import Speed, _is_unet, configure_detector, tune_kernels
+    from ablate.bench.run import _free, _sync, guided_training, synthetic_batch
+    from ablate.model.speed import Speed, _is_unet, tune_kernels
     from ablate.recipe import compose
-    from ablate.train import make_optimizer, seed_everything, train_step
+    from ablate.train import seed_everything, train_step
 
     cfg = compose(overrides)
     dev = torch.device(device)
@@ -133,12 +131,8 @@ def measure_row(overrides: list[str], device: str, warmup: int, repeats: int,
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     start_mb = torch.cuda.memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
-    detector = build_detector(cfg).to(dev)
-    detector.train()
-    configure_detector(detector, speed)
-    params = [p for p in detector.parameters() if p.requires_grad]
-    optimizer = make_optimizer(cfg, params, speed.fused_optimizer)
-    cache = LatentCache(max_memory_mb=speed.latent_cache_mb) if speed.latent_cache else None
+    detector, optimizer, cache = guided_training(cfg, dev, speed)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
     nets = [detector.teacher.denoiser, *detector.guide.nets]
     times = []
     for i in range(warmup + repeats):

@@ -96,6 +96,19 @@ class Phase:
         }
 
 
+def guided_training(cfg: Any, dev: torch.device, speed: Speed) -> tuple[
+        DiffusionFakeDetector, torch.optim.Optimizer, LatentCache | None]:
+    """A fresh guided detector in train mode with `speed`'s settings, its optimiser and its
+    latent cache: where every separately measured guided step starts."""
+    detector = build_detector(cfg).to(dev)
+    detector.train()
+    configure_detector(detector, speed)
+    params = [p for p in detector.parameters() if p.requires_grad]
+    optimizer = make_optimizer(cfg, params, speed.fused_optimizer)
+    cache = LatentCache(max_memory_mb=speed.latent_cache_mb) if speed.latent_cache else None
+    return detector, optimizer, cache
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

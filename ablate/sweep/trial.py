@@ -221,7 +221,7 @@ class _Trial:
 
         try:
             if ctx.processes > 1:
-                from ablate.distributed import train_parallel
+                from ablate.data_parallel import train_parallel
 
                 run = train_parallel(cfg, ctx.processes, progress=False,
                                      on_checkpoint=on_checkpoint, resume_from=resume,

@@ -13,7 +13,7 @@ Importing this package registers every family in the `teacher` slot.
 
 from pathlib import Path
 
-from ablate.model.teachers import flux, sd3, unet  # noqa: F401  (register every family)
+from ablate.model.teachers import flux, sd3, single_file, unet  # noqa: F401  (register all)
 from ablate.model.teachers.base import (
     Teacher,
     image_size_error,

@@ -151,6 +151,15 @@ class FlowTeacher(Teacher):
 
 
 PICKLES = (".ckpt", ".pt", ".pth", ".bin")
+# family -> loader of one original-layout file; `single_file` fills it when imported (the
+# package's __init__ does), so the family modules need not import it
+FILE_LOADERS: dict[str, Callable[..., Teacher]] = {}
+
+
+def file_loader(family: str) -> Callable[..., Teacher]:
+    if family not in FILE_LOADERS:
+        import ablate.model.teachers  # noqa: F401  (registers every family's file loader)
+    return FILE_LOADERS[family]
 
 
 def real_teacher(family: str, path: str | None, random_init: bool, dtype: str,

@@ -36,7 +36,13 @@ from ablate.model.teachers.base import (
     missing_parts,
     on_meta,
 )
-from ablate.model.teachers.flow import FlowTeacher, TimestepLaw, real_teacher, twin
+from ablate.model.teachers.flow import (
+    FlowTeacher,
+    TimestepLaw,
+    file_loader,
+    real_teacher,
+    twin,
+)
 from ablate.model.teachers.lora import read_json
 from ablate.model.teachers.packing import image_ids, pack, text_ids, unpack
 from ablate.model.teachers.sd3 import copy_or_write_text, embed_t5, write_model_index
@@ -191,9 +197,7 @@ def flux(
     files = {"vae_path": vae_path, "clip_l_path": clip_l_path, "t5_path": t5_path}
 
     def load_file(file: Path, torch_dtype: torch.dtype) -> FluxTeacher:
-        from ablate.model.teachers.single_file import load_flux
-
-        return load_flux(file, torch_dtype, files, guidance, timesteps, shift)
+        return file_loader(FAMILY)(file, torch_dtype, files, guidance, timesteps, shift)
 
     return real_teacher(
         FAMILY, path, random_init, dtype, lora,

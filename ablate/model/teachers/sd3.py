@@ -38,7 +38,13 @@ from ablate.model.teachers.base import (
     missing_parts,
     on_meta,
 )
-from ablate.model.teachers.flow import FlowTeacher, TimestepLaw, real_teacher, twin
+from ablate.model.teachers.flow import (
+    FlowTeacher,
+    TimestepLaw,
+    file_loader,
+    real_teacher,
+    twin,
+)
 from ablate.model.teachers.lora import read_json
 from ablate.model.teachers.text import (
     TEXT_LENGTH,
@@ -232,9 +238,7 @@ def sd3(
                           "drop one of them")
 
     def load_file(file: Path, torch_dtype: torch.dtype) -> SD3Teacher:
-        from ablate.model.teachers.single_file import load_sd3
-
-        return load_sd3(file, torch_dtype, files, t5, timesteps, shift)
+        return file_loader(FAMILY)(file, torch_dtype, files, t5, timesteps, shift)
 
     return real_teacher(
         FAMILY, path, random_init, dtype, lora,

@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from ablate.errors import AblateError, first_line
 from ablate.model.teachers import flux, sd3
 from ablate.model.teachers.base import on_meta
-from ablate.model.teachers.flow import PICKLES
+from ablate.model.teachers.flow import FILE_LOADERS, PICKLES
 from ablate.model.teachers.text import BOS, EOS, PAD_ID, TEXT_LENGTH, TINY_VOCAB, tiny_clip, tiny_t5
 from ablate.model.teachers.unet import _CLIP_L, _OPEN_CLIP_BIGG
 
@@ -586,3 +586,6 @@ def load_flux(file: Path, dtype: torch.dtype, files: Mapping[str, str | None], g
     return flux.FluxTeacher(flux.FAMILY, flux.FAMILY, transformer, vae, scheduler, context,
                             pooled, flux.law(timesteps, shift, scheduler), text_source=file,
                             guidance=guidance)
+
+
+FILE_LOADERS.update(sd3=load_sd3, flux=load_flux)
