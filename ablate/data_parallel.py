@@ -39,15 +39,21 @@ def train_parallel(cfg: Any, processes: int, progress: bool = True,
 
     import ray
     from omegaconf import OmegaConf
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.util.queue import Queue
 
     from ablate.device import pick_device
 
+    if cfg.train.batch_size % processes:
+        raise AblateError(f"train.batch_size {cfg.train.batch_size} does not split over "
+                          f"{processes} processes; make it a multiple of {processes}")
     if gpus_per_process is None:
         gpus_per_process = 1.0 if pick_device(cfg.train.device).type == "cuda" else 0.0
     gpu = gpus_per_process > 0
+    if gpu and str(cfg.train.device) == "cpu":
+        raise AblateError("train.device=cpu, but this run's processes were given GPUs; "
+                          "set train.device=cuda (or auto), or run without GPUs")
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS")
         if address:  # the cluster RAY_ADDRESS names: its GPUs, on any of its machines
@@ -55,13 +61,16 @@ def train_parallel(cfg: Any, processes: int, progress: bool = True,
         else:  # a Ray of our own (never one another program left running), a CPU per process
             ray.init(address="local", num_cpus=max(processes, os.cpu_count() or 1),
                      include_dashboard=False, log_to_driver=progress)
-    # no CPU of its own: inside a Tune trial it would have to fit the trial's own bundle
+    # no CPU of their own: inside a Tune trial they would have to fit the trial's own bundle
     evaluations: Queue | None = (Queue(actor_options={"num_cpus": 0})
                                  if on_checkpoint is not None else None)
+    stop = Queue(actor_options={"num_cpus": 0})  # non-empty: the launcher gave up on the run
     config = {"cfg": OmegaConf.to_container(cfg, resolve=True), "report_evals": evaluations
-              is not None, "resume": _pack(Path(resume_from)) if resume_from else None}
+              is not None, "resume": _pack(Path(resume_from)) if resume_from else None,
+              "cwd": os.getcwd()}  # relative recipe paths mean the launcher's
     per_worker = {"CPU": cpus_per_process, **({"GPU": gpus_per_process} if gpu else {})}
     if same_node:  # Ray gives every node a resource named after its address
+        _check_node_fits(processes, per_worker)
         per_worker[f"node:{ray.util.get_node_ip_address()}"] = 0.001
     with tempfile.TemporaryDirectory(prefix="ablate-ddp-") as storage:
         trainer = TorchTrainer(
@@ -69,8 +78,11 @@ def train_parallel(cfg: Any, processes: int, progress: bool = True,
             scaling_config=ScalingConfig(num_workers=processes, use_gpu=gpu,
                                          resources_per_worker=per_worker),
             torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
-            run_config=RunConfig(storage_path=storage, name="ablate-train",
-                                 callbacks=None if evaluations is None else [_forwarder(evaluations)]),
+            run_config=RunConfig(
+                storage_path=storage, name="ablate-train",
+                # each state is copied out as it arrives: two on disk at most
+                checkpoint_config=CheckpointConfig(num_to_keep=2),
+                callbacks=[_forwarder(evaluations, stop)]),
         )
         outcome: dict[str, Any] = {}
 
@@ -85,31 +97,70 @@ def train_parallel(cfg: Any, processes: int, progress: bool = True,
 
         runner = threading.Thread(target=fit, name="ablate-ddp", daemon=True)
         runner.start()
-        # this thread calls on_checkpoint: a Tune trial reports from its own thread
-        while evaluations is not None and (item := evaluations.get()) is not None:
-            metrics, path = item
-            with tempfile.TemporaryDirectory(prefix="ablate-ddp-state-") as copy:
-                state = ray.train.Checkpoint(path).to_directory(str(Path(copy) / "state"))
-                on_checkpoint(int(metrics["step"]), float(metrics["val_auc"]), Path(state))
+        try:  # this thread calls on_checkpoint: a Tune trial reports from its own thread
+            while evaluations is not None and (item := evaluations.get()) is not None:
+                metrics, path = item
+                with tempfile.TemporaryDirectory(prefix="ablate-ddp-state-") as copy:
+                    state = ray.train.Checkpoint(path).to_directory(str(Path(copy) / "state"))
+                    on_checkpoint(int(metrics["step"]), float(metrics["val_auc"]), Path(state))
+        except BaseException:  # e.g. Tune stopping the trial: the workers stop at their next report
+            stop.put(True)
+            runner.join(timeout=600)
+            raise
         runner.join()
         if "error" in outcome:
-            from ablate.errors import first_line
-
-            raise AblateError(f"data-parallel training failed: {first_line(outcome['error'])}")
+            raise AblateError(f"data-parallel training failed: {_worker_error(outcome['error'])}")
         return _run_result(outcome["result"].checkpoint)  # before the storage folder goes
 
 
-def _forwarder(queue: Any) -> Any:
+def _forwarder(queue: Any, stop: Any) -> Any:
     """A Ray Train callback (it runs beside the workers, in Ray Train's controller) that hands
-    each validation's metrics and checkpoint path to the launching process through `queue`."""
+    each validation's metrics and checkpoint path to the launching process through `queue`
+    (None: not wanted), and ends the run at its next report once `stop` is not empty."""
     from ray.train import UserCallback
 
     class Forward(UserCallback):
         def after_report(self, run_context: Any, metrics: list[dict], checkpoint: Any) -> None:
-            if checkpoint is not None and "val_auc" in metrics[0]:
+            if not stop.empty():
+                raise RuntimeError("ablate: the launching process stopped this run")
+            if queue is not None and checkpoint is not None and "val_auc" in metrics[0]:
                 queue.put((dict(metrics[0]), checkpoint.path))
 
     return Forward()
+
+
+def _worker_error(err: BaseException) -> str:
+    """The first line of what went wrong in a worker (Ray's own wrapper says only that
+    workers failed), e.g. a recipe's one-line AblateError."""
+    from ablate.errors import first_line
+
+    failures = getattr(err, "worker_failures", None) or {}
+    for failure in failures.values():
+        cause = failure
+        while getattr(cause, "cause", None) is not None:
+            cause = cause.cause
+        return first_line(cause)
+    return first_line(err)
+
+
+def _check_node_fits(processes: int, per_worker: dict[str, float]) -> None:
+    """One line, not a trial that waits forever, when this machine cannot hold the workers
+    (a trial placed on a node without the GPUs its processes need)."""
+    import ray
+
+    here = ray.util.get_node_ip_address()
+    node = next((n for n in ray.nodes() if n.get("Alive") and n.get("NodeManagerAddress") == here),
+                None)
+    if node is None:
+        return
+    have = node.get("Resources", {})
+    for kind in ("CPU", "GPU"):
+        need = per_worker.get(kind, 0) * processes
+        if need > have.get(kind, 0) + 1e-9:
+            raise AblateError(f"this trial's {processes} processes need {need:g} {kind} on one "
+                              f"machine, but its machine ({here}) has {have.get(kind, 0):g}; "
+                              "give the space fewer resources per trial, or run it where a "
+                              "machine is that large")
 
 
 def _worker(config: dict) -> None:
@@ -120,13 +171,20 @@ def _worker(config: dict) -> None:
     import tempfile
 
     import ray.train
+    import ray.train.torch
+    import torch
     from omegaconf import OmegaConf
 
     from ablate.train import train
 
+    if config.get("cwd") and os.path.isdir(config["cwd"]):
+        os.chdir(config["cwd"])  # Ray starts its workers in a folder of its own
     cfg = OmegaConf.create(config["cfg"])
     shard = current_shard()
     lead = shard is None or shard.rank == 0
+    if torch.cuda.is_available() and ray.train.torch.get_device().type == "cuda":
+        # "cuda" is this worker's own GPU (Ray shows a node's workers all of its GPUs)
+        torch.cuda.set_device(ray.train.torch.get_device())
     hooks: dict[str, Any] = {}
     if config.get("report_evals"):
         if lead:

@@ -83,9 +83,11 @@ class ShardedBatches(Sampler[list]):
             if len(batch) == self.global_batch:
                 yield batch[self.shard.rows(self.local)]
                 batch = []
-        if batch and not self.drop_last:
-            # a short last batch: split as evenly as it goes (it is not used for training)
-            yield batch[self.shard.rank::self.shard.world]
+        if batch and not self.drop_last:  # a training set smaller than one global batch
+            raise AblateError(
+                f"the training set has {len(batch)} frames, fewer than one global batch of "
+                f"{self.global_batch}: the {self.shard.world} processes cannot split it "
+                "evenly; lower train.batch_size or train.processes")
 
     def __len__(self) -> int:
         n = len(self.sampler)  # type: ignore[arg-type]
@@ -144,8 +146,10 @@ def sync_batch_norm(module: torch.nn.Module, device: torch.device) -> torch.nn.M
     has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules())
     if not has_bn:
         return module
-    if device.type == "cuda":
-        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    if device.type == "cuda":  # timm's conversion keeps BatchNormAct2d's activation; torch's drops it
+        from timm.layers import convert_sync_batchnorm
+
+        return convert_sync_batchnorm(module)
     log.warning("BatchNorm statistics are per process on a %s (SyncBatchNorm needs GPUs): "
                 "results match a one-process run only approximately", device.type)
     return module

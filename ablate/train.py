@@ -269,6 +269,9 @@ def train(
                initial=done, total=steps)
     if state is not None:  # last: nothing may draw between here and step done + 1
         restore_rng(state.rng)
+        if shard is not None and device.type == "cuda" and state.rng.get("cuda"):
+            # process 0 drew on its node's first GPU; every process draws as it did
+            torch.cuda.set_rng_state(state.rng["cuda"][0], device)
     start = time.perf_counter()
     for step in bar:
         batch = next(batches)

@@ -86,6 +86,27 @@ def test_sharded_batches_split_each_global_batch():
     assert shards[0] == [[0, 1], [4, 5]] and shards[1] == [[2, 3], [6, 7]]
 
 
+def test_a_training_set_smaller_than_one_global_batch_is_one_line():
+    """Split unevenly, the processes would draw different sizes and part ways."""
+    from ablate.errors import AblateError
+
+    with pytest.raises(AblateError, match="fewer than one global batch"):
+        list(ShardedBatches(list(range(3)), 4, False, Shard(0, 2)))
+
+
+def test_gpu_batchnorm_is_synchronised_with_its_activation_kept():
+    """torch's conversion turns timm's BatchNormAct2d into a plain SyncBatchNorm, dropping
+    the activation after every norm of an EfficientNet; timm's keeps it."""
+    import timm
+
+    from ablate.distributed import sync_batch_norm
+
+    model = timm.create_model("test_efficientnet", num_classes=0)
+    norms = {type(m).__name__ for m in sync_batch_norm(model, torch.device("cuda")).modules()
+             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+    assert norms == {"SyncBatchNormAct"}
+
+
 BASE = [*NO_BN, "train=cpu", "train.device=cpu", "train.steps=4", "train.batch_size=4",
         "train.eval_every=2", "train.log_every=1", "data.train=synth-blend", "data.augment=flip"]
 
@@ -123,6 +144,18 @@ def test_two_ray_train_workers_on_gloo_train_the_one_process_run(two_processes, 
     assert wa.keys() == wb.keys()
     for key in wa:
         torch.testing.assert_close(wb[key], wa[key], rtol=1e-3, atol=1e-5)
+
+
+def test_a_workers_one_line_error_reaches_the_launcher(tmp_path):
+    """Ray wraps a worker's failure; the user sees the recipe's own one line."""
+    from ablate.data_parallel import train_parallel
+    from ablate.errors import AblateError
+
+    cfg = compose([*BASE, f"data.train={tmp_path / 'nowhere.csv'}", f"run.out_dir={tmp_path}"])
+    with pytest.raises(AblateError, match="nowhere.csv"):
+        train_parallel(cfg, 2, progress=False)
+    with pytest.raises(AblateError, match="multiple of 3"):  # before any process starts
+        train_parallel(compose([*BASE, f"run.out_dir={tmp_path}"]), 3, progress=False)
 
 
 def test_a_data_parallel_run_reports_its_states_and_resumes_from_one(two_processes):

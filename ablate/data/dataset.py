@@ -170,8 +170,8 @@ class ManifestDataset(Dataset):
         elif seed is None:
             image = _augmented(pixels, self._augment)
         else:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
+            with torch.random.fork_rng(devices=[]):  # the CPU generator, not CUDA's
+                torch.default_generator.manual_seed(seed)
                 image = _augmented(pixels, self._augment)
         item = {
             "image": image,
