@@ -155,7 +155,9 @@ def optuna_agrees_with_rows(url: str, name: str) -> list[str]:
         owners, chain = [t.user_attrs["tune_trial_id"]], t
         while "retry_of" in chain.user_attrs:
             chain = number[chain.user_attrs["retry_of"]]
-            owners.append(chain.user_attrs["tune_trial_id"])
+            # none when the kill fell between Optuna's ask and the Tune id being written:
+            # that trial never ran, so it owns no rows (its retry reruns the recipe)
+            owners.append(chain.user_attrs.get("tune_trial_id", ""))
         mine = rows[rows["tune_trial_id"].str.split(":").str[0].isin(owners)]
         tune_id = owners[0]
         statuses = set(mine["status"])
