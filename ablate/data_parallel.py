@@ -13,13 +13,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ablate.distributed import current_shard
+from ablate.distributed import check_split, current_shard
 from ablate.errors import AblateError
+from ablate.sweep.cluster import connect_ray
 
 RESULT = "run_result.json"  # process 0's RunResult, in the checkpoint it reports
 
 
-def train_parallel(cfg: Any, processes: int, progress: bool = True,
+def train_parallel(cfg: Any, processes: int,
                    on_checkpoint: Callable[[int, float, Path], None] | None = None,
                    resume_from: str | Path | None = None,
                    cpus_per_process: float = 1, gpus_per_process: float | None = None,
@@ -45,22 +46,15 @@ def train_parallel(cfg: Any, processes: int, progress: bool = True,
 
     from ablate.device import pick_device
 
-    if cfg.train.batch_size % processes:
-        raise AblateError(f"train.batch_size {cfg.train.batch_size} does not split over "
-                          f"{processes} processes; make it a multiple of {processes}")
+    check_split(int(cfg.train.batch_size), processes)  # before any process starts
     if gpus_per_process is None:
         gpus_per_process = 1.0 if pick_device(cfg.train.device).type == "cuda" else 0.0
     gpu = gpus_per_process > 0
     if gpu and str(cfg.train.device) == "cpu":
         raise AblateError("train.device=cpu, but this run's processes were given GPUs; "
                           "set train.device=cuda (or auto), or run without GPUs")
-    if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS")
-        if address:  # the cluster RAY_ADDRESS names: its GPUs, on any of its machines
-            ray.init(address=address, log_to_driver=progress)
-        else:  # a Ray of our own (never one another program left running), a CPU per process
-            ray.init(address="local", num_cpus=max(processes, os.cpu_count() or 1),
-                     include_dashboard=False, log_to_driver=progress)
+    if not ray.is_initialized():  # the cluster $RAY_ADDRESS names, else a Ray of our own
+        connect_ray(None, num_cpus=max(processes, os.cpu_count() or 1))
     # no CPU of their own: inside a Tune trial they would have to fit the trial's own bundle
     evaluations: Queue | None = (Queue(actor_options={"num_cpus": 0})
                                  if on_checkpoint is not None else None)

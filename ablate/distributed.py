@@ -70,9 +70,7 @@ class ShardedBatches(Sampler[list]):
 
     def __init__(self, sampler: Sampler, global_batch: int, drop_last: bool,
                  shard: Shard) -> None:
-        if global_batch % shard.world:
-            raise AblateError(f"train.batch_size {global_batch} does not split over "
-                              f"train.processes={shard.world}; make it a multiple of it")
+        check_split(global_batch, shard.world)
         self.sampler, self.global_batch, self.drop_last = sampler, global_batch, drop_last
         self.shard, self.local = shard, global_batch // shard.world
 
@@ -92,6 +90,13 @@ class ShardedBatches(Sampler[list]):
     def __len__(self) -> int:
         n = len(self.sampler)  # type: ignore[arg-type]
         return n // self.global_batch if self.drop_last else -(-n // self.global_batch)
+
+
+def check_split(global_batch: int, world: int) -> None:
+    """Every process takes an equal slice of each global batch, or the means part ways."""
+    if global_batch % world:
+        raise AblateError(f"train.batch_size {global_batch} does not split over {world} "
+                          f"processes; make it a multiple of {world}")
 
 
 def current_shard() -> Shard | None:

@@ -125,7 +125,7 @@ def two_processes(tmp_path_factory):
     def keep(step: int, val_auc: float, folder: Path) -> None:
         states[step] = shutil.copytree(folder, out / f"state-{step}")
 
-    return cfg, train_parallel(cfg, 2, progress=False, on_checkpoint=keep), states
+    return cfg, train_parallel(cfg, 2, on_checkpoint=keep), states
 
 
 def test_two_ray_train_workers_on_gloo_train_the_one_process_run(two_processes, tmp_path):
@@ -153,9 +153,9 @@ def test_a_workers_one_line_error_reaches_the_launcher(tmp_path):
 
     cfg = compose([*BASE, f"data.train={tmp_path / 'nowhere.csv'}", f"run.out_dir={tmp_path}"])
     with pytest.raises(AblateError, match="nowhere.csv"):
-        train_parallel(cfg, 2, progress=False)
+        train_parallel(cfg, 2)
     with pytest.raises(AblateError, match="multiple of 3"):  # before any process starts
-        train_parallel(compose([*BASE, f"run.out_dir={tmp_path}"]), 3, progress=False)
+        train_parallel(compose([*BASE, f"run.out_dir={tmp_path}"]), 3)
 
 
 def test_a_data_parallel_run_reports_its_states_and_resumes_from_one(two_processes):
@@ -165,7 +165,7 @@ def test_a_data_parallel_run_reports_its_states_and_resumes_from_one(two_process
 
     cfg, full, states = two_processes
     assert sorted(states) == [2, 4]
-    resumed = train_parallel(cfg, 2, progress=False, resume_from=states[2])
+    resumed = train_parallel(cfg, 2, resume_from=states[2])
     assert resumed.curves == full.curves
     assert resumed.selection == full.selection
     wa, wb = load_file(full.folder / TRAINABLE), load_file(resumed.folder / TRAINABLE)

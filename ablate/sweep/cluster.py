@@ -57,8 +57,9 @@ def _count(value: float) -> str:
     return f"{value:g}"
 
 
-def connect_ray(address: str | None) -> None:
-    """Join the cluster at `address` (or $RAY_ADDRESS), else start a local Ray."""
+def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
+    """Join the cluster at `address` (or $RAY_ADDRESS), else start a local Ray with
+    `num_cpus` (default: this machine's)."""
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS") or None
@@ -73,7 +74,7 @@ def connect_ray(address: str | None) -> None:
                      ignore_reinit_error=True)
         else:
             # "local": always a new Ray of our own, never one a killed driver left behind
-            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
                      runtime_env=env, log_to_driver=False, ignore_reinit_error=True)
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise AblateError(

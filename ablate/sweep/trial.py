@@ -223,7 +223,7 @@ class _Trial:
             if ctx.processes > 1:
                 from ablate.data_parallel import train_parallel
 
-                run = train_parallel(cfg, ctx.processes, progress=False,
+                run = train_parallel(cfg, ctx.processes,
                                      on_checkpoint=on_checkpoint, resume_from=resume,
                                      cpus_per_process=ctx.cpus_per_process,
                                      gpus_per_process=ctx.gpus_per_process, same_node=True)
