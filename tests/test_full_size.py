@@ -1,6 +1,6 @@
 """The real SD 1.5 / 2.1 / SDXL / SD3.5 Medium architectures (random weights, built from
 their configs) complete one guided forward pass at a small latent size (8x8 latents);
-Flux.1-dev does so on the meta device.
+Flux.1-dev does so on the meta device, and at its full width but 1 + 1 blocks for real.
 
 Memory tricks: no gradients (torch.no_grad), batch 1, 64 px images; SDXL runs
 in bfloat16 (the teacher; the trained guide keeps fp32 weights). Peak ~11 GB.
@@ -97,3 +97,49 @@ def test_full_size_flux_dev_guided_forward_on_the_meta_device():
         losses = detector.guided_losses(x, x, x, torch.ones(2, device="meta"),
                                         posteriors=posteriors)
     assert all(v.shape == () and v.device.type == "meta" for v in losses.values())
+
+
+def test_full_width_flux_computes_a_guided_forward_and_loads_back_from_its_folder(tmp_path):
+    """Flux.1-dev's full width (3072 hidden, 4096 T5 context, 768 pooled, guidance input, 512
+    T5 tokens) at 1 double + 1 single block of its 19 + 38 (random weights, bf16; ~0.6B
+    params, where the whole 12B would not fit this machine): one real-valued guided forward
+    at 64 px under a 1 + 1 block ControlNet copy, then saved as a diffusers folder and loaded
+    back through teacher.path, the path a user's Flux folder takes. Peak ~5 GB."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+
+    from ablate.model.teachers import denoiser_fingerprint, flux
+    from ablate.model.teachers.base import fill_random, on_meta
+    from ablate.registry import build
+
+    generator = torch.Generator().manual_seed(0)
+    config = dict(flux.FLUX_DEV, num_layers=1, num_single_layers=1)
+    transformer = fill_random(on_meta(FluxTransformer2DModel, config, torch.bfloat16), generator)
+    vae = fill_random(on_meta(flux.AutoencoderKL, flux.VAE, torch.bfloat16), generator)
+    context = torch.randn(1, flux.T5_LENGTH, 4096, generator=generator)
+    pooled = torch.randn(1, 768, generator=generator)
+    scheduler = FlowMatchEulerDiscreteScheduler(**flux.SCHEDULER)
+    teacher = flux.FluxTeacher("flux", "flux", transformer, vae, scheduler, context, pooled,
+                               flux.law("uniform", None, scheduler))
+    cfg = compose(["teacher=flux", "backbone=tiny", "image_size=64", "guide=controlnet",
+                   "guide.layers=1"])
+    detector = build_detector(cfg, teacher=teacher)
+    net = detector.guide.nets[0]
+    assert (len(net.transformer_blocks), len(net.single_transformer_blocks)) == (1, 1)
+    batch = fixed_batch(size=64, batch=2)
+    with torch.no_grad():
+        losses = detector.guided_losses(batch["image"], batch["source"], batch["target"],
+                                        batch["label"])
+    assert all(torch.isfinite(v) for v in losses.values()), losses
+    teacher.save_pretrained(tmp_path / "flux")
+    expected = denoiser_fingerprint(teacher.transformer)
+    del detector, teacher, transformer, vae
+    gc.collect()
+    loaded = build("teacher", "flux", path=str(tmp_path / "flux"), dtype="bfloat16")
+    assert denoiser_fingerprint(loaded.transformer) == expected
+    loaded_config = loaded.transformer.config
+    assert (loaded_config.joint_attention_dim, loaded_config.guidance_embeds) == (4096, True)
+    assert loaded.context.shape == (1, flux.T5_LENGTH, 4096)  # dev's 512 T5 tokens
+    assert loaded.pooled.shape == (1, 768)
+    assert loaded.latent_shift == flux.VAE["shift_factor"]
+    del loaded
+    gc.collect()
