@@ -134,7 +134,7 @@ def train(overrides: tuple[str, ...], dry_run: bool, quiet: bool) -> None:
     if processes > 1:
         from ablate.data_parallel import train_parallel
 
-        result = train_parallel(cfg, processes)
+        result = train_parallel(cfg, processes, progress=not quiet)
     else:
         result = run_training(cfg, progress=not quiet)
     click.echo(

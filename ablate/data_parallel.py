@@ -24,7 +24,7 @@ def train_parallel(cfg: Any, processes: int,
                    on_checkpoint: Callable[[int, float, Path], None] | None = None,
                    resume_from: str | Path | None = None,
                    cpus_per_process: float = 1, gpus_per_process: float | None = None,
-                   same_node: bool = False) -> Any:
+                   same_node: bool = False, progress: bool = False) -> Any:
     """Train `cfg` on `processes` Ray Train workers; returns process 0's RunResult.
 
     As `ablate.train.train`: `on_checkpoint(step, val_auc, state_dir)` is called here, in
@@ -33,7 +33,8 @@ def train_parallel(cfg: Any, processes: int,
     through Ray's object store, so they need not share this machine's disk. `same_node`
     keeps the workers on this process's machine (a sweep trial reads the run folder that
     process 0 writes; one trial spans the GPUs of one machine). `gpus_per_process` None:
-    one each when `train.device` is (or `auto` finds) cuda here, else none.
+    one each when `train.device` is (or `auto` finds) cuda here, else none. `progress`: a
+    bar here, fed by process 0's steps.
     """
     import tempfile
     import threading
@@ -43,6 +44,7 @@ def train_parallel(cfg: Any, processes: int,
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.util.queue import Queue
+    from tqdm.auto import tqdm
 
     from ablate.device import pick_device
 
@@ -56,11 +58,15 @@ def train_parallel(cfg: Any, processes: int,
     if not ray.is_initialized():  # the cluster $RAY_ADDRESS names, else a Ray of our own
         connect_ray(None, num_cpus=max(processes, os.cpu_count() or 1))
     # no CPU of their own: inside a Tune trial they would have to fit the trial's own bundle
-    evaluations: Queue | None = (Queue(actor_options={"num_cpus": 0})
-                                 if on_checkpoint is not None else None)
+    # ("eval", metrics, state path) from Ray Train's controller, ("step", step, steps, loss
+    # terms) from process 0, None last
+    events: Queue | None = (Queue(actor_options={"num_cpus": 0})
+                            if on_checkpoint is not None or progress else None)
     stop = Queue(actor_options={"num_cpus": 0})  # non-empty: the launcher gave up on the run
-    config = {"cfg": OmegaConf.to_container(cfg, resolve=True), "report_evals": evaluations
-              is not None, "resume": _pack(Path(resume_from)) if resume_from else None,
+    config = {"cfg": OmegaConf.to_container(cfg, resolve=True),
+              "report_evals": on_checkpoint is not None,
+              "steps": events if progress else None,
+              "resume": _pack(Path(resume_from)) if resume_from else None,
               "cwd": os.getcwd()}  # relative recipe paths mean the launcher's
     per_worker = {"CPU": cpus_per_process, **({"GPU": gpus_per_process} if gpu else {})}
     if same_node:  # Ray gives every node a resource named after its address
@@ -76,7 +82,7 @@ def train_parallel(cfg: Any, processes: int,
                 storage_path=storage, name="ablate-train",
                 # each state is copied out as it arrives: two on disk at most
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
-                callbacks=[_forwarder(evaluations, stop)]),
+                callbacks=[_forwarder(events if on_checkpoint is not None else None, stop)]),
         )
         outcome: dict[str, Any] = {}
 
@@ -86,21 +92,31 @@ def train_parallel(cfg: Any, processes: int,
             except Exception as err:  # noqa: BLE001 - Ray wraps the worker's error
                 outcome["error"] = err
             finally:
-                if evaluations is not None:
-                    evaluations.put(None)  # no more evaluations
+                if events is not None:
+                    events.put(None)  # no more events
 
         runner = threading.Thread(target=fit, name="ablate-ddp", daemon=True)
         runner.start()
+        bar = tqdm(desc=f"train ({processes} processes)", unit="step", disable=not progress)
         try:  # this thread calls on_checkpoint: a Tune trial reports from its own thread
-            while evaluations is not None and (item := evaluations.get()) is not None:
-                metrics, path = item
+            while events is not None and (item := events.get()) is not None:
+                if item[0] == "step":
+                    _, step, steps, terms = item
+                    bar.total = steps
+                    bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items()}, refresh=False)
+                    bar.update(step - bar.n)
+                    continue
+                _, metrics, path = item
                 with tempfile.TemporaryDirectory(prefix="ablate-ddp-state-") as copy:
                     state = ray.train.Checkpoint(path).to_directory(str(Path(copy) / "state"))
                     on_checkpoint(int(metrics["step"]), float(metrics["val_auc"]), Path(state))
         except BaseException:  # e.g. Tune stopping the trial: the workers stop at their next report
             stop.put(True)
-            runner.join(timeout=600)
+            if on_checkpoint is not None:  # (a Ctrl-C at `ablate train` ends them with Ray)
+                runner.join(timeout=600)
             raise
+        finally:
+            bar.close()
         runner.join()
         if "error" in outcome:
             raise AblateError(f"data-parallel training failed: {_worker_error(outcome['error'])}")
@@ -118,7 +134,7 @@ def _forwarder(queue: Any, stop: Any) -> Any:
             if not stop.empty():
                 raise RuntimeError("ablate: the launching process stopped this run")
             if queue is not None and checkpoint is not None and "val_auc" in metrics[0]:
-                queue.put((dict(metrics[0]), checkpoint.path))
+                queue.put(("eval", dict(metrics[0]), checkpoint.path))
 
     return Forward()
 
@@ -189,6 +205,8 @@ def _worker(config: dict) -> None:
             hooks["on_checkpoint"] = report_eval
         else:
             hooks["on_follow"] = lambda step: ray.train.report({"step": step})
+    if lead and config.get("steps") is not None:
+        hooks["on_step"] = _step_reporter(config["steps"])
     with tempfile.TemporaryDirectory(prefix="ablate-ddp-resume-") as resume:
         if config.get("resume"):
             hooks["resume_from"] = _unpack(config["resume"], Path(resume) / "state")
@@ -200,6 +218,22 @@ def _worker(config: dict) -> None:
             (Path(folder) / RESULT).write_text(json.dumps(run))
             checkpoint = ray.train.Checkpoint.from_directory(folder)
         ray.train.report({"steps": result.steps}, checkpoint=checkpoint)
+
+
+def _step_reporter(queue: Any, every_s: float = 0.5) -> Callable[[int, int, dict], None]:
+    """`on_step` for process 0: its step count to the launcher's bar, at most one message per
+    `every_s` seconds (each is a call to the queue's actor) and always the last step."""
+    import time
+
+    last = [0.0]
+
+    def report(step: int, steps: int, terms: dict[str, float]) -> None:
+        now = time.monotonic()
+        if now - last[0] >= every_s or step == steps:
+            last[0] = now
+            queue.put(("step", step, steps, dict(terms)))
+
+    return report
 
 
 def _pack(folder: Path) -> dict[str, bytes]:

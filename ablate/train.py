@@ -201,6 +201,7 @@ def train(
     on_checkpoint: Callable[[int, float, Path], None] | None = None,
     resume_from: str | Path | None = None, shard: Shard | None = None,
     on_follow: Callable[[int], None] | None = None,
+    on_step: Callable[[int, int, dict[str, float]], None] | None = None,
 ) -> RunResult:
     """Train `cfg` and save a run folder.
 
@@ -220,7 +221,8 @@ def train(
     the processes): it trains on its slice of each global batch; only process 0 validates,
     calls the callbacks and writes the run folder (the others return it unsaved). The
     others call `on_follow(step)` where process 0 validates (Ray Train's reports are
-    collective: every process makes each one).
+    collective: every process makes each one). `on_step(step, steps, loss_terms)` follows
+    each optimiser step (a data-parallel launcher draws its progress bar from it).
     """
     seed_everything(cfg.seed)
     device = pick_device(cfg.train.device)
@@ -280,6 +282,8 @@ def train(
                            shard=shard)
         step_times.append(time.perf_counter() - tick)
         bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items()}, refresh=False)
+        if on_step is not None:
+            on_step(step, steps, terms)
         if step % max(cfg.train.log_every, 1) == 0 or step == steps:
             curves += [(step, f"loss/{k}", v) for k, v in terms.items()]
         if val is not None and ((every and step % every == 0) or step == steps):

@@ -146,6 +146,19 @@ def test_two_ray_train_workers_on_gloo_train_the_one_process_run(two_processes, 
         torch.testing.assert_close(wb[key], wa[key], rtol=1e-3, atol=1e-5)
 
 
+def test_ablate_train_on_two_processes_shows_process_0s_progress(tmp_path):
+    """`ablate train train.processes=2`: the bar in the launching terminal follows process 0's
+    steps (its total and its count come only from the workers' step messages)."""
+    from tests.conftest import run_cli
+
+    code, out, err = run_cli("train", *BASE, "train.processes=2", f"run.out_dir={tmp_path}",
+                             cwd=tmp_path)
+    assert code == 0, err
+    assert "trained 4 steps" in out and "run saved to" in out
+    bar = [line for line in err.replace("\r", "\n").splitlines() if "train (2 processes)" in line]
+    assert bar and "4/4" in bar[-1], err[-2000:]
+
+
 def test_a_workers_one_line_error_reaches_the_launcher(tmp_path):
     """Ray wraps a worker's failure; the user sees the recipe's own one line."""
     from ablate.data_parallel import train_parallel
