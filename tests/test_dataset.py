@@ -152,6 +152,74 @@ def test_loader_workers_read_the_store(tmp_path, count_decodes):
     assert all(torch.equal(a, b) for a, b in zip(alone, workers, strict=True))
 
 
+def _file_backed(array: np.ndarray) -> bool:
+    while array is not None and not isinstance(array, np.memmap):
+        array = array.base
+    return array is not None
+
+
+def test_with_a_store_only_its_mapped_rows_are_kept_in_memory(tmp_path, monkeypatch):
+    """The first run over a large set must not hold it all decoded: past the store's flush
+    size, what the cache serves is the shards' memory-mapped rows, not decoded copies."""
+    import ablate.data.frame_store as frame_store
+
+    monkeypatch.setattr(frame_store, "FLUSH_EVERY", 3)
+    df = table(tmp_path)
+    ds = ManifestDataset(df, image_size=SIZE, cache_dir=tmp_path / "cache", guided=True)
+    files = sorted(set(df["path"]))
+    assert len(files) == 7 and all(_file_backed(ds.cache.get(f, SIZE)) for f in files)
+    for f in files:  # and they are the decoded pixels
+        assert np.array_equal(ds.cache.get(f, SIZE), dataset_module.decode_image(f, SIZE))
+
+
+DECODER = """
+import sys, time
+from pathlib import Path
+from ablate.data.dataset import ManifestDataset
+manifest, cache, go, ready = sys.argv[1:]
+Path(ready).touch()
+while not Path(go).exists():
+    time.sleep(0.005)
+ManifestDataset(manifest, image_size=48, cache_dir=cache)
+"""
+
+
+def test_processes_decoding_one_set_at_once_store_it_once(tmp_path):
+    """Two real processes (as the two processes of a data-parallel run) preload the same
+    manifest into one store, released at the same moment: one decodes, the other waits and
+    reads its shards; every frame is stored once, not once per process."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    from ablate.data.manifest import save_manifest
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(160):  # noise PNGs: slow enough to decode that the two runs overlap
+        path = tmp_path / f"frames/{i}.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (160, 160, 3), dtype=np.uint8)).save(path)
+        rows.append({"path": str(path), "label": i % 2, "video_id": f"v{i}", "dataset": "toy",
+                     "split": "train", "method": "real" if i % 2 == 0 else "Deepfakes",
+                     "frame": 0, "source_path": None, "target_path": None})
+    manifest = save_manifest(pd.DataFrame(rows), tmp_path / "m.csv")
+    script, go = tmp_path / "decode.py", tmp_path / "go"
+    script.write_text(DECODER)
+    ready = [tmp_path / f"ready-{i}" for i in range(2)]
+    procs = [subprocess.Popen([sys.executable, str(script), str(manifest), str(tmp_path / "cache"),
+                               str(go), str(r)], cwd=Path(__file__).parent.parent) for r in ready]
+    deadline = time.monotonic() + 120
+    while not all(r.exists() for r in ready) and time.monotonic() < deadline:
+        time.sleep(0.05)  # both have imported torch and wait for the go
+    go.touch()
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    keys = [k for index in (tmp_path / "cache/48px").glob("shard-*.json")
+            for k in json.loads(index.read_text())["keys"]]
+    assert len(keys) == len(set(keys)) == 160
+
+
 def test_lazy_decoding_also_caches(tmp_path, count_decodes):
     ds = ManifestDataset(table(tmp_path), image_size=SIZE, preload=False)
     assert count_decodes == []

@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +49,11 @@ def decode_image(path: str, size: int) -> np.ndarray:
 class FrameCache:
     """Decoded, resized frames keyed by (path, size): memory first, then the memory-mapped
     frame store under `cache_dir` (ablate/data/frame_store.py), which later runs, other
-    trials and loader workers share. A frame edited on disk is decoded again."""
+    trials and loader workers share. A frame edited on disk is decoded again.
+
+    With a store, only its memory-mapped rows are kept in memory (and the frames decoded since
+    its last flush, in the store): the first run of a large set must not hold it all decoded.
+    """
 
     def __init__(self, cache_dir: str | Path | None = None, memory: bool = True) -> None:
         self.memory = memory
@@ -63,8 +69,9 @@ class FrameCache:
         array = store.get(frame_key(path)) if store is not None else None
         if array is None:
             array = decode_image(path, size)
-            if store is not None:
+            if store is not None:  # held there until its next flush, then read from the shard
                 store.add(frame_key(path), array)
+                return array
         if self.memory:
             self._arrays[key] = array
         return array
@@ -73,6 +80,14 @@ class FrameCache:
         """Write newly decoded frames to the store (a no-op without one)."""
         for store in self._stores.values():
             store.flush()
+
+    @contextmanager
+    def decoding(self, files: Iterable[str], size: int) -> Iterator[None]:
+        """Around decoding `files` ahead of use: with a store, one process at a time decodes
+        a given set (`FrameStore.claim`) and what it decoded is flushed at the end."""
+        store = self._store(size)
+        with store.claim(files) if store is not None else nullcontext():
+            yield
 
     def stored(self, size: int) -> int:
         """Frames of `size` in the store on disk (0 without one)."""
@@ -242,14 +257,15 @@ class ManifestDataset(Dataset):
             files |= set(fakes["source_path"].dropna()) | set(fakes["target_path"].dropna())
         problems = {}
         desc = f"decoding frames at {self.image_size}px"
-        for file in tqdm(sorted(files), desc=desc, unit="img", disable=None, leave=False):
-            if not os.path.isfile(file):
-                problems[file] = "missing files"
-            elif preload:
-                try:
-                    self.cache.get(file, self.image_size)
-                except Exception:  # noqa: BLE001 - PIL raises many types for a bad file
-                    problems[file] = "unreadable images"
+        with self.cache.decoding(files, self.image_size) if preload else nullcontext():
+            for file in tqdm(sorted(files), desc=desc, unit="img", disable=None, leave=False):
+                if not os.path.isfile(file):
+                    problems[file] = "missing files"
+                elif preload:
+                    try:
+                        self.cache.get(file, self.image_size)
+                    except Exception:  # noqa: BLE001 - PIL raises many types for a bad file
+                        problems[file] = "unreadable images"
         self.cache.flush()
         return problems
 

@@ -7,7 +7,9 @@ decoded frames becomes one shard: a raw uint8 array [n, S, S, 3] and a JSON list
 frames' keys, written to temporary names and renamed, the index last, so a shard is seen
 whole or not at all (two trials building at once each add their own; a key found twice is
 served from either). A key is the file's absolute path, modification time and size: an
-edited frame is decoded again, never served stale.
+edited frame is decoded again, never served stale. Processes that decode the same frames at
+once (the processes of a data-parallel run, trials on one dataset) take turns through `claim`:
+the first decodes, the others find its shards.
 
     <folder>/<S>px/shard-<id>.u8     the pixels, row i = the i-th key
     <folder>/<S>px/shard-<id>.json   {"size": S, "keys": [...]}
@@ -15,12 +17,19 @@ edited frame is decoded again, never served stale.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
+import logging
 import os
 import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 FLUSH_EVERY = 1024  # frames held before they are written as a shard (lazy decoding)
 
@@ -92,6 +101,27 @@ class FrameStore:
         self._pending[key] = frame
         if len(self._pending) >= FLUSH_EVERY:
             self.flush()
+
+    @contextmanager
+    def claim(self, files: Iterable[str]) -> Iterator[None]:
+        """Hold while decoding `files` into this store: another process claiming the same
+        files waits here, then finds them stored instead of decoding (and storing) them a
+        second time. The lock is the OS's (flock): it goes with a killed process."""
+        names = "\n".join(sorted(files)).encode()
+        lock = self.folder / f".decoding-{hashlib.sha256(names).hexdigest()[:16]}.lock"
+        with open(lock, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("another process is decoding these frames into %s; waiting for it",
+                         self.folder)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                self.refresh()  # what the process before us stored
+                yield
+            finally:
+                self.flush()  # before the next process looks
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def flush(self) -> None:
         """Write the held frames as one shard (pixels first, the index that reveals them last)."""
