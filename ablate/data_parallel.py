@@ -102,7 +102,9 @@ def train_parallel(cfg: Any, processes: int,
             while events is not None and (item := events.get()) is not None:
                 if item[0] == "step":
                     _, step, steps, terms = item
-                    bar.total = steps
+                    if bar.total is None:  # the first message; a resumed run starts past 0
+                        bar.reset(total=steps)
+                        bar.initial = bar.n = step - 1
                     bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items()}, refresh=False)
                     bar.update(step - bar.n)
                     continue

@@ -172,6 +172,53 @@ def test_with_a_store_only_its_mapped_rows_are_kept_in_memory(tmp_path, monkeypa
         assert np.array_equal(ds.cache.get(f, SIZE), dataset_module.decode_image(f, SIZE))
 
 
+def test_lazily_decoded_frames_are_mapped_rows_once_stored(tmp_path):
+    """Without preload, a frame read twice before the store's flush is not kept decoded:
+    after the flush the cache serves the shard's row."""
+    df = table(tmp_path)
+    ds = ManifestDataset(df, image_size=SIZE, cache_dir=tmp_path / "cache", preload=False)
+    path = df["path"][0]
+    first, again = ds.cache.get(path, SIZE), ds.cache.get(path, SIZE)
+    assert not _file_backed(again)  # held by the store, not yet written
+    ds.cache.flush()
+    stored = ds.cache.get(path, SIZE)
+    assert _file_backed(stored) and np.array_equal(stored, first)
+
+
+def test_a_claim_within_a_claim_of_the_same_frames_goes_on(tmp_path):
+    """flock is per open file: a second claim of a set this process holds must not wait for
+    itself."""
+    import threading
+
+    from ablate.data.frame_store import FrameStore
+
+    store = FrameStore(tmp_path / "cache", SIZE)
+
+    def nested() -> None:
+        with store.claim(["a.png", "b.png"]), store.claim(["b.png", "a.png"]):
+            pass
+
+    thread = threading.Thread(target=nested, daemon=True)
+    thread.start()
+    thread.join(timeout=20)
+    assert not thread.is_alive()
+
+
+def test_a_store_that_cannot_be_locked_is_used_without_waiting(tmp_path, monkeypatch, caplog):
+    """A file system that refuses flock (ENOLCK) stores and serves frames all the same."""
+    import errno
+
+    import ablate.data.frame_store as frame_store
+
+    def refuse(handle, operation):  # noqa: ANN001
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(frame_store.fcntl, "flock", refuse)
+    df = table(tmp_path)
+    ds = ManifestDataset(df, image_size=SIZE, cache_dir=tmp_path / "cache")
+    assert ds.cache.stored(SIZE) == 7 and "cannot be locked" in caplog.text
+
+
 DECODER = """
 import sys, time
 from pathlib import Path

@@ -66,11 +66,15 @@ class FrameCache:
         if key in self._arrays:
             return self._arrays[key]
         store = self._store(size)
-        array = store.get(frame_key(path)) if store is not None else None
-        if array is None:
+        if store is None:
             array = decode_image(path, size)
-            if store is not None:  # held there until its next flush, then read from the shard
-                store.add(frame_key(path), array)
+        else:  # kept here once mapped; until the store's next flush it holds the frame
+            frame = frame_key(path)
+            array = store.get(frame)
+            if array is None:
+                array = decode_image(path, size)
+                store.add(frame, array)
+            if not isinstance(array, np.memmap):
                 return array
         if self.memory:
             self._arrays[key] = array

@@ -7,9 +7,9 @@ decoded frames becomes one shard: a raw uint8 array [n, S, S, 3] and a JSON list
 frames' keys, written to temporary names and renamed, the index last, so a shard is seen
 whole or not at all (two trials building at once each add their own; a key found twice is
 served from either). A key is the file's absolute path, modification time and size: an
-edited frame is decoded again, never served stale. Processes that decode the same frames at
-once (the processes of a data-parallel run, trials on one dataset) take turns through `claim`:
-the first decodes, the others find its shards.
+edited frame is decoded again, never served stale. Processes that preload the same set of
+frames at once (the processes of a data-parallel run, trials on one dataset) take turns
+through `claim`: the first decodes, the others find its shards.
 
     <folder>/<S>px/shard-<id>.u8     the pixels, row i = the i-th key
     <folder>/<S>px/shard-<id>.json   {"size": S, "keys": [...]}
@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -38,6 +39,26 @@ def frame_key(path: str) -> str:
     """What identifies a decoded frame: the file and the version of it on disk."""
     stat = os.stat(path)
     return f"{os.path.abspath(path)}|{stat.st_mtime_ns}|{stat.st_size}"
+
+
+_HELD: set[Path] = set()  # the claims this process holds
+
+
+def _lock(handle: IO[str], folder: Path) -> bool:
+    """flock `handle`, waiting (and saying so) while another process holds it; False where
+    the file system refuses locks."""
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        log.warning("another process is decoding these frames into %s; waiting for it "
+                    "to store them", folder)
+    except OSError as err:
+        log.warning("frame store %s cannot be locked (%s); decoding without waiting for "
+                    "other processes", folder, err.strerror)
+        return False
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    return True
 
 
 class FrameStore:
@@ -106,22 +127,31 @@ class FrameStore:
     def claim(self, files: Iterable[str]) -> Iterator[None]:
         """Hold while decoding `files` into this store: another process claiming the same
         files waits here, then finds them stored instead of decoding (and storing) them a
-        second time. The lock is the OS's (flock): it goes with a killed process."""
+        second time. The lock is the OS's (flock): it goes with a killed process. Where the
+        folder cannot be locked (read only, a file system without locks) nobody waits."""
         names = "\n".join(sorted(files)).encode()
         lock = self.folder / f".decoding-{hashlib.sha256(names).hexdigest()[:16]}.lock"
-        with open(lock, "a") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                log.info("another process is decoding these frames into %s; waiting for it",
-                         self.folder)
-                fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                self.refresh()  # what the process before us stored
-                yield
-            finally:
-                self.flush()  # before the next process looks
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        if lock in _HELD:  # claimed already by this process: one flock per open file
+            yield
+            return
+        try:
+            handle = open(lock, "a")  # noqa: SIM115 - held across the yield below
+        except OSError as err:
+            log.warning("frame store %s cannot be locked (%s); decoding without waiting for "
+                        "other processes", self.folder, err.strerror)
+            handle = None
+        try:
+            if handle is not None and not _lock(handle, self.folder):
+                handle.close()
+                handle = None
+            _HELD.add(lock)
+            self.refresh()  # what the process before us stored
+            yield
+        finally:
+            _HELD.discard(lock)
+            self.flush()  # before the next process looks
+            if handle is not None:
+                handle.close()  # releases the flock
 
     def flush(self) -> None:
         """Write the held frames as one shard (pixels first, the index that reveals them last)."""
