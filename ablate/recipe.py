@@ -28,9 +28,9 @@ from ablate.slots import GUIDANCE_ONLY, NO_GUIDE, SLOTS, is_guidance_key
 # train.precision stays in: bf16 changes numbers beyond rounding noise.
 NON_RESULT_KEYS = (
     "run", "train.device", "train.log_every", "train.channels_last", "train.attention",
-    "train.grad_checkpointing", "train.compile", "train.latent_cache", "train.latent_cache_dir",
-    "train.latent_cache_mb", "train.loader_workers", "train.pin_memory", "train.processes",
-    "data.frame_cache_dir",
+    "train.grad_checkpointing", "train.branch_backward", "train.compile", "train.latent_cache",
+    "train.latent_cache_dir", "train.latent_cache_mb", "train.loader_workers", "train.pin_memory",
+    "train.processes", "data.frame_cache_dir",
 )
 
 # `eval` keys came after recipes were first hashed: at these defaults they are left out of

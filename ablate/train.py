@@ -160,19 +160,22 @@ def train_step(
         posteriors = cache.posteriors(
             detector.teacher, torch.cat([clean, batch["source"], batch["target"]]),
             device)  # [3B, 2C, h', w']
+    # train.branch_backward: the losses come back backpropagated, each branch freed early
+    by_branch = speed is not None and speed.branch_backward and detector.guided
     with autocast(device, speed):
         losses = detector.guided_losses(images, sources, targets, labels, generator,
                                         posteriors=posteriors,
                                         batched=speed.batched if speed is not None else True,
                                         clean=clean.to(device) if posteriors is None
-                                        and detector.guided else None)
+                                        and detector.guided else None, backward=by_branch)
     total = losses["total"]
     if not torch.isfinite(total):
         raise TrainingDiverged(
             f"loss became {total.item()} ({', '.join(f'{k}={v.item():.3g}' for k, v in losses.items())}); "
             "lower train.lr or enable train.grad_clip"
         )
-    total.backward()
+    if not by_branch:
+        total.backward()
     params = [p for g in optimizer.param_groups for p in g["params"]]
     if shard is not None:
         average_gradients(params, shard.world)

@@ -69,8 +69,11 @@ def global_error(grads, ref):
     ["teacher=tiny-sd21", "guide.shared=false", "weight=code"],
     ["teacher=tiny-sdxl", "guide=adapter", "weight.detach=true"],
 ], ids=["sd15-shared", "sd21-separate", "sdxl-adapter"])
-@pytest.mark.parametrize("speed", [Speed(), Speed(channels_last=True, grad_checkpointing=True)],
-                         ids=["defaults", "channels_last+ckpt"])
+@pytest.mark.parametrize("speed", [Speed(), Speed(channels_last=True, grad_checkpointing=True),
+                                   Speed(branch_backward=True),
+                                   Speed(branch_backward=True, grad_checkpointing=True)],
+                         ids=["defaults", "channels_last+ckpt", "branch_backward",
+                              "branch_backward+ckpt"])
 def test_optimised_step_equals_straightforward(overrides, speed, tiny_teachers, restore):
     det = detector_for(overrides, tiny_teachers)
     batch = fixed_batch()
@@ -86,6 +89,27 @@ def test_optimised_step_equals_straightforward(overrides, speed, tiny_teachers, 
             torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
         assert global_error(grads, ref_grads) < 1e-5
     assert cache.misses == 8 and cache.hits == 8  # 4 images + 2 sources + 2 targets, once
+
+
+@pytest.mark.parametrize("teacher", ["tiny-sd3", "tiny-flux"])
+def test_branch_backward_gives_the_joint_gradients_with_transformer_teachers(teacher):
+    """Freeing each branch early (train.branch_backward) through the DiT guides as well."""
+    from ablate.registry import build
+
+    det = detector_for([f"teacher={teacher}"], {teacher: build("teacher", teacher)})
+    with torch.no_grad():  # their zero projections too: gradients reach the whole copy
+        g = torch.Generator().manual_seed(5)
+        for name, p in det.guide.named_parameters():
+            if "controlnet_" in name or "proj" in name:
+                p.add_(torch.randn(p.shape, generator=g) * 0.02)
+    batch = fixed_batch()
+    ref_losses, ref_grads = step(det, batch, Speed.straightforward(), None)
+    losses, grads = step(det, batch, Speed(branch_backward=True), None)
+    for key, value in losses.items():
+        assert value == pytest.approx(ref_losses[key], rel=1e-5, abs=1e-7), key
+    assert grads.keys() == ref_grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_bf16_step_stays_close_to_fp32(tiny_teachers, restore):

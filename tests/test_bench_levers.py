@@ -76,7 +76,7 @@ def test_memory_matrix_on_cpu_has_a_row_per_lever(monkeypatch):
         assert "error" not in row, (name, row)
     for name in ("bf16", "teacher_bf16"):
         assert rows[name]["na"].startswith("n/a: ")
-    for name in ("plain", "grad_checkpointing", "sdpa", "adamw8bit", "all"):
+    for name in ("plain", "grad_checkpointing", "branch_backward", "sdpa", "adamw8bit", "all"):
         assert rows[name]["peak_mb"] > 0 and rows[name]["step_s"] > 0, name
         assert rows[name]["peak_mb"] >= rows[name]["floor_mb"] > 0
     assert rows["plain"]["precision"] == "fp32" and rows["plain"]["optimizer"] == "adamw"

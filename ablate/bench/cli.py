@@ -72,7 +72,8 @@ def bench(overrides: tuple[str, ...], recipe: tuple[str, ...], device: str, warm
     trial compute instead (ablate/bench/overhead.py says how it is measured).
     With --decode VIDEO: frame sampling speed of `ablate data prepare` instead.
     With --memory-matrix: peak memory per memory lever (precision, gradient
-    checkpointing, attention kernel, 8-bit AdamW, bf16 teacher), one row each.
+    checkpointing, branch-by-branch backward, attention kernel, 8-bit AdamW, bf16
+    teacher), one row each.
     With --data-wait: the share of each step spent waiting for the data loader.
 
     \b

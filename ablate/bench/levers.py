@@ -1,7 +1,7 @@
 """`ablate bench --memory-matrix`: peak memory of the guided train step per memory lever.
 
-Rows: the plain configuration (fp32, no gradient checkpointing, math attention, fp32
-AdamW, fp32 teacher), each lever alone on top of it, and all of them together. Every
+Rows: the plain configuration (fp32, no gradient checkpointing, one joint backward, math
+attention, fp32 AdamW, fp32 teacher), each lever alone on top of it, and all of them together. Every
 row builds a fresh detector and optimiser and runs `warmup` + `repeats` real train
 steps on one synthetic batch (latent cache as the recipe says; warm after the first
 step). The peak covers the whole row: weights, the first (cold-cache) step, the
@@ -54,13 +54,14 @@ class Lever:
     overrides: tuple[str, ...]
 
 
-PLAIN = ("train.precision=fp32", "train.grad_checkpointing=false", "train.attention=math",
-         "train.optimizer=adamw", "teacher.dtype=float32")
+PLAIN = ("train.precision=fp32", "train.grad_checkpointing=false", "train.branch_backward=false",
+         "train.attention=math", "train.optimizer=adamw", "teacher.dtype=float32")
 LEVERS = (
     Lever("plain", "plain: fp32, no ckpt, math attn, AdamW, fp32 teacher", ()),
     Lever("bf16", "train.precision=bf16", ("train.precision=bf16",)),
     Lever("grad_checkpointing", "train.grad_checkpointing=true",
           ("train.grad_checkpointing=true",)),
+    Lever("branch_backward", "train.branch_backward=true", ("train.branch_backward=true",)),
     Lever("sdpa", "train.attention=sdpa", ("train.attention=sdpa",)),
     Lever("adamw8bit", "train.optimizer=adamw8bit", ("train.optimizer=adamw8bit",)),
     Lever("teacher_bf16", "teacher.dtype=bfloat16", ("teacher.dtype=bfloat16",)),

@@ -18,6 +18,8 @@ from ablate.model.latent_cache import sample_latents, vae_posterior
 from ablate.model.teachers.base import scale_residuals
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ablate.distributed import Shard
 
 
@@ -99,7 +101,7 @@ class DiffusionFakeDetector(nn.Module):
     def guided_losses(
         self, images: Tensor, sources: Tensor, targets: Tensor, labels: Tensor,
         generator: torch.Generator | None = None, posteriors: Tensor | None = None,
-        batched: bool = True, clean: Tensor | None = None,
+        batched: bool = True, clean: Tensor | None = None, backward: bool = False,
     ) -> dict[str, Tensor]:
         """images/sources/targets [B, 3, H, W] in [-1, 1], labels [B] (1 = fake).
 
@@ -112,10 +114,16 @@ class DiffusionFakeDetector(nn.Module):
         their posteriors with `generator`, then one noise and one timestep [B] shared
         by both branches: the same random stream, so cached and uncached steps agree.
         `batched=False` runs the two branches one after the other (the reference).
-        Without guidance only "ce" and "total" are returned.
+        `backward=True` (guided only) also backpropagates: each branch's loss as soon as it
+        is known, so its activations are freed before the other branch runs, then the rest;
+        the gradients are the joint ones, summed in another order, and the returned losses
+        are detached. Without guidance only "ce" and "total" are returned.
         """
         lw = self.loss_weights
-        feats = self.classifier.backbone(images)  # [B, C, h, w]
+        encoded = self.classifier.backbone(images)  # [B, C, h, w]
+        backward = backward and self.guided
+        # a leaf that collects the branches' gradients for one encoder backward at the end
+        feats = encoded.detach().requires_grad_() if backward else encoded
         ce = F.binary_cross_entropy_with_logits(self.classifier.logits(feats), labels.float())
         if not self.guided:
             return {"ce": ce, "total": lw.ce * ce}
@@ -153,6 +161,9 @@ class DiffusionFakeDetector(nn.Module):
 
         scales = (w_s.detach() if self.weight_source.detach else w_s,
                   w_t.detach() if self.weight_target.detach else w_t)
+        if backward:
+            return self._backward_by_branch(encoded, feats, (lat_s, lat_t), noise, t, scales,
+                                            size, losses, weight_losses)
         diffusion = self._diffusion_batched if batched else self._diffusion_sequential
         per_branch = diffusion(feats, (lat_s, lat_t), noise, t, scales, size)  # [2B]
         losses["source"], losses["target"] = per_branch[:b].mean(), per_branch[b:].mean()
@@ -160,6 +171,40 @@ class DiffusionFakeDetector(nn.Module):
             lw.ce * ce + lw.source * losses["source"] + lw.target * losses["target"]
             + sum(weight_losses, torch.zeros((), device=ce.device))
         )
+        return losses
+
+    def _backward_by_branch(
+        self, encoded: Tensor, feats: Tensor, branch_latents: tuple[Tensor, Tensor],
+        noise: Tensor, t: Tensor, scales: tuple[Tensor, Tensor], size: int,
+        losses: dict[str, Tensor], weight_losses: list[Tensor],
+    ) -> dict[str, Tensor]:
+        """`guided_losses(backward=True)`: branch by branch, then the heads and the encoder.
+
+        `feats` is a leaf cut from `encoded`, and each branch weight enters its branch as a
+        leaf too, so a branch's backward frees its own graph (filter, guide, teacher) and
+        leaves the shared ones (encoder, weight heads) for one backward at the end, fed with
+        the gradients the branches left on the leaves."""
+        lw, b = self.loss_weights, noise.shape[0]
+        leaves = tuple(w.detach().requires_grad_(w.requires_grad) for w in scales)  # [B] each
+        weights = (lw.source, lw.target)
+
+        def release(index: int, mse: Tensor) -> None:
+            (weights[index] * mse.mean()).backward()
+
+        per_branch = self._diffusion_sequential(feats, branch_latents, noise, t, leaves, size,
+                                                release)  # [2B], detached
+        head = lw.ce * losses["ce"] + sum(weight_losses, torch.zeros((), device=noise.device))
+        outputs, grads = [head], [None]
+        for w, leaf in zip(scales, leaves, strict=True):
+            if leaf.grad is not None:  # a weight trained by the diffusion loss (not detached)
+                outputs.append(w)
+                grads.append(leaf.grad)
+        torch.autograd.backward(outputs, grads)
+        encoded.backward(feats.grad)
+        losses = {k: v.detach() for k, v in losses.items()}
+        losses["source"], losses["target"] = per_branch[:b].mean(), per_branch[b:].mean()
+        losses["total"] = (head.detach() + lw.source * losses["source"]
+                           + lw.target * losses["target"])
         return losses
 
     def filtered(self, filt: nn.Module, feats: Tensor) -> Tensor:
@@ -192,8 +237,11 @@ class DiffusionFakeDetector(nn.Module):
     def _diffusion_sequential(
         self, feats: Tensor, branch_latents: tuple[Tensor, Tensor], noise: Tensor, t: Tensor,
         scales: tuple[Tensor, Tensor], size: int,
+        release: Callable[[int, Tensor], None] | None = None,
     ) -> Tensor:
-        """The same losses, one branch after the other: B-sized guide and teacher calls."""
+        """The same losses, one branch after the other: B-sized guide and teacher calls.
+        `release(index, mse [B])` backpropagates a branch before the next runs (its MSE is
+        then kept detached)."""
         teacher, b = self.teacher, noise.shape[0]
         out = []
         for index, (filt, latents, w) in enumerate(
@@ -204,6 +252,10 @@ class DiffusionFakeDetector(nn.Module):
             target = teacher.diffusion_target(latents, noise, t)
             residuals = self.guide.branch(index, noisy, t, cond, teacher.conditioning(b, size))
             pred = teacher.predict(noisy, t, *scale_residuals(residuals, w))
-            out.append(F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3)))
+            mse = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+            if release is not None:
+                release(index, mse)
+                mse = mse.detach()
+            out.append(mse)
         return torch.cat(out)  # [2B]
 

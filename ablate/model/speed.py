@@ -37,6 +37,7 @@ class Speed:
     channels_last: bool = False
     attention: str = "sdpa"  # sdpa: torch SDPA kernels | math: diffusers' explicit softmax; UNets only: SD3/Flux keep their own SDPA processors
     grad_checkpointing: bool = False  # filters, guide and teacher: recompute, don't store
+    branch_backward: bool = False  # each branch backpropagated (and freed) before the next
     compile: bool = False  # torch.compile of backbone, filters, guide and teacher UNet
     latent_cache: bool = True  # VAE posteriors once per image (model/latent_cache.py)
     batched: bool = True  # both branches in one 2B teacher call and one guide call
@@ -76,6 +77,7 @@ class Speed:
             channels_last=bool(channels_last),
             attention=attention,
             grad_checkpointing=bool(get("grad_checkpointing", False)),
+            branch_backward=bool(get("branch_backward", False)),
             compile=bool(get("compile", False)),
             latent_cache=bool(get("latent_cache", True)),
             latent_cache_dir=get("latent_cache_dir", None),
