@@ -111,6 +111,8 @@ def train(overrides: tuple[str, ...], dry_run: bool, quiet: bool) -> None:
       ablate train recipe=baseline                  # the plain encoder + head (no guidance)
       ablate train recipe=official_code teacher.path=/models/sd15   # released-code setup
       ablate train train.processes=4 train.device=cuda   # one run on 4 GPUs (Ray Train, DDP)
+      ablate train recipe=official_code train.grad_checkpointing=true train.branch_backward=true
+                                                    # less GPU memory, the same result
     """
     from ablate import recipe
     from ablate.train import train as run_training
@@ -120,9 +122,14 @@ def train(overrides: tuple[str, ...], dry_run: bool, quiet: bool) -> None:
     if ignored:
         click.secho(f"note: guide=none builds no teacher, filter or weight module; ignored: "
                     f"{' '.join(ignored)}", fg="yellow", err=True)
+    processes = int(cfg.train.get("processes", 1))
     if dry_run:
+        from ablate.distributed import check_split
         from ablate.model.build import build_detector
         from ablate.train import count_params
+
+        if processes > 1:
+            check_split(int(cfg.train.batch_size), processes)
 
         detector = build_detector(cfg)
         click.echo(recipe.to_yaml(cfg))
@@ -130,7 +137,6 @@ def train(overrides: tuple[str, ...], dry_run: bool, quiet: bool) -> None:
         click.echo(f"trainable parameters: {count_params(detector, trainable_only=True):,}")
         click.echo(f"inference parameters: {count_params(detector.classifier):,}")
         return
-    processes = int(cfg.train.get("processes", 1))
     if processes > 1:
         from ablate.data_parallel import train_parallel
 

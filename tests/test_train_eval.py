@@ -89,6 +89,7 @@ def _ablate(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     (["recipe=paper", "teacher=tiny-sd15"], "backbone.pretrained_path"),  # no ImageNet weights
     (["data.augment=true"], "augment"),                   # presets, not booleans
     (["train.eval_every=weekly"], "eval_every"),
+    (["train.processes=3"], "multiple of 3"),             # batch 8 over 3 processes
 ])
 def test_train_bad_input_is_one_line(overrides, message, tmp_path):
     if overrides == ["filter=nope"]:  # one case through a real process and its exit code
