@@ -112,11 +112,13 @@ def test_branch_backward_gives_the_joint_gradients_with_transformer_teachers(tea
         torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_bf16_step_stays_close_to_fp32(tiny_teachers, restore):
+@pytest.mark.parametrize("branch_backward", [False, True])
+def test_bf16_step_stays_close_to_fp32(branch_backward, tiny_teachers, restore):
     det = detector_for([], tiny_teachers)
     batch = fixed_batch()
     ref_losses, ref_grads = step(det, batch, Speed.straightforward(), None)
-    losses, grads = step(det, batch, Speed(precision="bf16"), LatentCache())
+    losses, grads = step(det, batch, Speed(precision="bf16", branch_backward=branch_backward),
+                         LatentCache())
     for key, value in losses.items():
         assert value == pytest.approx(ref_losses[key], rel=2e-2, abs=1e-4), key
     assert global_error(grads, ref_grads) < 0.1

@@ -189,7 +189,7 @@ class DiffusionFakeDetector(nn.Module):
         weights = (lw.source, lw.target)
 
         def release(index: int, mse: Tensor) -> None:
-            (weights[index] * mse.mean()).backward()
+            _backward([weights[index] * mse.mean()])
 
         per_branch = self._diffusion_sequential(feats, branch_latents, noise, t, leaves, size,
                                                 release)  # [2B], detached
@@ -199,8 +199,8 @@ class DiffusionFakeDetector(nn.Module):
             if leaf.grad is not None:  # a weight trained by the diffusion loss (not detached)
                 outputs.append(w)
                 grads.append(leaf.grad)
-        torch.autograd.backward(outputs, grads)
-        encoded.backward(feats.grad)
+        _backward(outputs, grads)
+        _backward([encoded], [feats.grad])
         losses = {k: v.detach() for k, v in losses.items()}
         losses["source"], losses["target"] = per_branch[:b].mean(), per_branch[b:].mean()
         losses["total"] = (head.detach() + lw.source * losses["source"]
@@ -259,3 +259,9 @@ class DiffusionFakeDetector(nn.Module):
             out.append(mse)
         return torch.cat(out)  # [2B]
 
+
+def _backward(outputs: list[Tensor], grads: list[Tensor | None] | None = None) -> None:
+    """Backward outside autocast, as torch advises: `guided_losses(backward=True)` runs
+    inside the step's autocast region. [outputs], [their gradients] (None: scalars)."""
+    with torch.autocast(outputs[0].device.type, enabled=False):
+        torch.autograd.backward(outputs, grads)
