@@ -156,10 +156,8 @@ def train_step(
     # the last step's gradients go now, not after the forward: a model's worth less at peak
     optimizer.zero_grad(set_to_none=True)
     posteriors = None
-    if cache is not None and detector.guided:  # keys hash the CPU tensors, before they move
-        posteriors = cache.posteriors(
-            detector.teacher, torch.cat([clean, batch["source"], batch["target"]]),
-            device)  # [3B, 2C, h', w']
+    if cache is not None and detector.guided:
+        posteriors = cached_posteriors(detector, batch, cache, device)  # [3B, 2C, h', w']
     # train.branch_backward: the losses come back backpropagated, each branch freed early
     by_branch = speed is not None and speed.branch_backward and detector.guided
     with autocast(device, speed):
@@ -176,7 +174,8 @@ def train_step(
         )
     if not by_branch:
         total.backward()
-    params = [p for g in optimizer.param_groups for p in g["params"]]
+    params = ([p for g in optimizer.param_groups for p in g["params"]]
+              if shard is not None or grad_clip else [])
     if shard is not None:
         average_gradients(params, shard.world)
     if grad_clip:
@@ -184,6 +183,15 @@ def train_step(
     optimizer.step()
     terms = {k: float(v.detach()) for k, v in losses.items()}
     return terms if shard is None else average_terms(terms, shard.world, device)
+
+
+def cached_posteriors(detector: DiffusionFakeDetector, batch: dict, cache: LatentCache,
+                      device: torch.device) -> torch.Tensor:
+    """The teacher's VAE posteriors [3B, 2C, h', w'] of a batch's un-augmented frames, sources
+    and targets, through `cache` (keys hash the CPU tensors, before they move)."""
+    clean = batch.get("clean", batch["image"])
+    return cache.posteriors(detector.teacher,
+                            torch.cat([clean, batch["source"], batch["target"]]), device)
 
 
 def latent_cache_for(speed: Speed) -> LatentCache | None:
@@ -243,8 +251,8 @@ def train(
     if shard is not None:
         detector.shard = shard
         detector.classifier = sync_batch_norm(detector.classifier, device)
-        if not lead:  # keeps the validation points, not the validation
-            val, on_eval, on_checkpoint = _Points() if val is not None else None, None, None
+        if not lead:  # follows process 0's validation points, validates nothing
+            on_eval, on_checkpoint = None, None
     detector = detector.to(device)
     if shard is not None:
         same_start(detector)  # on the device: NCCL broadcasts GPU tensors
@@ -290,7 +298,7 @@ def train(
         if step % max(cfg.train.log_every, 1) == 0 or step == steps:
             curves += [(step, f"loss/{k}", v) for k, v in terms.items()]
         if val is not None and ((every and step % every == 0) or step == steps):
-            if isinstance(val, _Points):
+            if not lead:
                 if on_follow is not None:
                     on_follow(step)
                 continue
@@ -333,11 +341,6 @@ def train(
     save_run(result.folder, cfg, trainable, classifier_state(trainable), info)
     write_curves(result.folder, curves)  # tensorboard --logdir results/runs
     return result
-
-
-class _Points:
-    """A data-parallel follower's stand-in for the validation split: it validates nothing
-    but is where process 0 validates."""
 
 
 def checkpoint(on_checkpoint: Callable[[int, float, Path], None], step: int, val_auc: float,

@@ -53,10 +53,10 @@ def warm_cache(detector: Any, dataset: Any, batch_size: int, cache: Any,
                device: torch.device) -> None:
     """Every frame's teacher latents into the cache, untimed (later epochs find them)."""
     from ablate.data.loader import make_loader
+    from ablate.train import cached_posteriors
 
-    for batch in make_loader(dataset, batch_size, shuffle=False):
-        cache.posteriors(detector.teacher,
-                         torch.cat([batch["clean"], batch["source"], batch["target"]]), device)
+    for batch in make_loader(dataset, batch_size, shuffle=False):  # the step's own keys
+        cached_posteriors(detector, batch, cache, device)
 
 
 def timed_epoch(step: Any, loader: Any, device: torch.device, warmup: int,

@@ -11,16 +11,14 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor, nn
 
+from ablate.distributed import Shard
 from ablate.model.latent_cache import sample_latents, vae_posterior
 from ablate.model.teachers.base import scale_residuals
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-
-    from ablate.distributed import Shard
 
 
 @dataclass(frozen=True)
@@ -135,16 +133,13 @@ class DiffusionFakeDetector(nn.Module):
         with torch.no_grad():  # nothing below needs a gradient until the guide
             posteriors = posteriors.to(feats.device)
             mean_x, mean_s, mean_t = posteriors[:, : teacher.latent_channels].chunk(3)
-            shard = self.shard  # data-parallel: this process's rows of global draws
+            # this process's rows of global draws (one process: all of them)
+            shard = self.shard or Shard(0, 1)
             latents = sample_latents(teacher, posteriors[b:], generator, shard)
             lat_s, lat_t = latents.chunk(2)  # [B, C_lat, h', w'] each
-            if shard is None:
-                noise = randn_tensor(lat_s.shape, generator=generator, device=lat_s.device,
-                                     dtype=lat_s.dtype)  # the same noise for both branches
-                t = teacher.sample_timesteps(b, generator, lat_s.device, lat_s.shape[-2:])  # [B]
-            else:
-                noise = shard.randn(tuple(lat_s.shape), generator, lat_s.device, lat_s.dtype)
-                t = shard.timesteps(teacher, b, generator, lat_s.device, lat_s.shape[-2:])
+            # the same noise for both branches [B, C_lat, h', w'], timesteps [B]
+            noise = shard.randn(tuple(lat_s.shape), generator, lat_s.device, lat_s.dtype)
+            t = shard.timesteps(teacher, b, generator, lat_s.device, lat_s.shape[-2:])
             cosines = {  # posterior means of the un-augmented x vs s (resp. t); reals: 1
                 key: torch.where(labels > 0, F.cosine_similarity(
                     mean_x.flatten(1), mean.flatten(1), dim=1), 1.0)

@@ -23,14 +23,12 @@ import weakref
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from ablate.distributed import Shard
+from ablate.distributed import Shard
 
 _POOL = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
 _THREADED_BYTES = 256 * 1024  # hashlib releases the GIL; threads pay off on big images
@@ -60,15 +58,12 @@ def sample_latents(
 
     One draw for all N rows (same random stream whether or not the posterior came
     from the cache). With a `shard` the rows are sources then targets of this process's
-    slice, and the draw is the global batch's, of which it keeps its rows."""
+    slice, and the draw is the global batch's, of which it keeps its rows (one process:
+    the whole draw, as `DiagonalGaussianDistribution.sample` makes it)."""
     gaussian = DiagonalGaussianDistribution(posterior)
-    if shard is None:
-        latents = gaussian.sample(generator=generator)
-    else:  # DiagonalGaussianDistribution.sample, with the global draw's rows
-        eps = shard.randn(tuple(gaussian.mean.shape), generator, posterior.device,
-                          posterior.dtype, groups=2)
-        latents = gaussian.mean + gaussian.std * eps
-    return teacher.scale_latents(latents)
+    eps = (shard or Shard(0, 1)).randn(tuple(gaussian.mean.shape), generator, posterior.device,
+                                       posterior.dtype, groups=2)
+    return teacher.scale_latents(gaussian.mean + gaussian.std * eps)
 
 
 def content_keys(images: Tensor) -> list[str]:
