@@ -103,13 +103,10 @@ def count_flops(step: Callable[[], Any]) -> int:
 
 def utilisation(flops: int | None, step_s: float, peak: Peak) -> dict[str, Any]:
     """FLOPs per step -> achieved TFLOP/s and MFU (None where no peak is known)."""
-    if not flops or step_s <= 0:
-        return {"flops_per_step": flops, "achieved_tflops": None, "peak_tflops": peak.tflops,
-                "peak_source": peak.source, "mfu": None}
-    achieved = flops / step_s / 1e12
+    achieved = flops / step_s / 1e12 if flops and step_s > 0 else None
     return {"flops_per_step": flops, "achieved_tflops": achieved, "peak_tflops": peak.tflops,
             "peak_source": peak.source,
-            "mfu": achieved / peak.tflops if peak.tflops else None}
+            "mfu": achieved / peak.tflops if achieved is not None and peak.tflops else None}
 
 
 def format_mfu(u: dict[str, Any]) -> str:

@@ -249,6 +249,7 @@ def memory_matrix(overrides: list[str] | tuple[str, ...] = (), device: str = "au
     before = machine(dev)
 
     pool = row_processes(jobs) if dev.type == "cpu" else None
+    jobs = jobs if pool is not None else 1  # CUDA rows run one after the other, here
 
     def run(extra: tuple[str, ...], count: bool = False) -> dict[str, Any]:
         o = row_overrides(recipe, extra)
@@ -258,7 +259,7 @@ def memory_matrix(overrides: list[str] | tuple[str, ...] = (), device: str = "au
 
     try:
         plain = run((), count=True)
-        rows = lever_rows(plain, recipe, dev, run, jobs if pool else 1)
+        rows = lever_rows(plain, recipe, dev, run, jobs)
     finally:
         if pool is not None:
             pool.shutdown()
@@ -270,7 +271,7 @@ def memory_matrix(overrides: list[str] | tuple[str, ...] = (), device: str = "au
         "warmup": warmup, "repeats": repeats, "plain": list(PLAIN),
         "peak_kind": ("cuda max_memory_allocated (reserved beside it)" if dev.type == "cuda"
                       else "whole process peak resident memory (VmHWM), own process per row"),
-        "jobs": jobs if dev.type == "cpu" else 1,
+        "jobs": jobs,
         "machine": {"start": before, "end_load_avg": machine(dev)["load_avg"]},
         "rows": rows, "goal": memory_goal(rows, dev),
         "mfu_peak": peak_for(dev, "bf16", peak_tflops).source,

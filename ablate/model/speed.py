@@ -57,11 +57,6 @@ class Speed:
                               f"not {precision!r}")
         if precision == "auto":
             precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-        channels_last = get("channels_last", "auto")
-        if channels_last not in _AUTO_FLAGS:
-            raise AblateError(f"train.channels_last must be auto, true or false, not {channels_last!r}")
-        if channels_last == "auto":
-            channels_last = device.type == "cuda"
         attention = get("attention", "sdpa")
         if attention not in ATTENTION:
             raise AblateError(f"train.attention must be one of {', '.join(ATTENTION)}, "
@@ -69,12 +64,9 @@ class Speed:
         workers = get("loader_workers", 0)
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
             raise AblateError(f"train.loader_workers must be a whole number >= 0, not {workers!r}")
-        pin = get("pin_memory", "auto")
-        if pin not in _AUTO_FLAGS:
-            raise AblateError(f"train.pin_memory must be auto, true or false, not {pin!r}")
         return cls(
             precision=precision,
-            channels_last=bool(channels_last),
+            channels_last=_auto_flag(get, "channels_last", device),
             attention=attention,
             grad_checkpointing=bool(get("grad_checkpointing", False)),
             branch_backward=bool(get("branch_backward", False)),
@@ -83,7 +75,7 @@ class Speed:
             latent_cache_dir=get("latent_cache_dir", None),
             latent_cache_mb=float(get("latent_cache_mb", 8192)),
             loader_workers=workers,
-            pin_memory=device.type == "cuda" if pin == "auto" else bool(pin),
+            pin_memory=_auto_flag(get, "pin_memory", device),
         )
 
     @classmethod
@@ -97,6 +89,14 @@ class Speed:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _auto_flag(get: Any, name: str, device: torch.device) -> bool:
+    """`train.<name>`: auto (on a GPU only), true or false."""
+    value = get(name, "auto")
+    if value not in _AUTO_FLAGS:
+        raise AblateError(f"train.{name} must be auto, true or false, not {value!r}")
+    return device.type == "cuda" if value == "auto" else bool(value)
 
 
 @contextlib.contextmanager
