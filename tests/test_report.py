@@ -219,12 +219,14 @@ def test_ablation_paired_difference(built) -> None:
     abl = pd.read_csv(built.folder / "ablation.csv")
     row = abl[(abl["factor"] == "filter") & (abl["variant"] == "no_mhsa")
               & (abl["metric"] == "auc")].iloc[0]
-    diffs = np.array([np.subtract(AUC[NO_MHSA][t], AUC[REF][t]) for t in TESTS]).ravel()
+    diffs = np.array([np.subtract(AUC[NO_MHSA][t], AUC[REF][t]) for t in TESTS])  # (T, seeds)
+    seed_means = diffs.mean(axis=0)  # test sets averaged within each seed: the unit is the run
+    mean, half = t_ci(seed_means)
     assert row["matching"] == "paired" and row["reference"] == "paper"
-    assert row["n_pairs"] == len(diffs) == 6
-    assert row["mean"] == pytest.approx(diffs.mean())
-    assert diffs.min() <= row["ci_low"] <= row["mean"] <= row["ci_high"] <= diffs.max()
-    assert row["ci_high"] < 0  # no_mhsa is worse on every pair
+    assert row["n_seeds"] == len(seed_means) == 3
+    assert row["mean"] == pytest.approx(mean)
+    assert (row["ci_high"] - row["ci_low"]) / 2 == pytest.approx(half)
+    assert row["procedure"] == "t over seed means"
     const = abl[(abl["variant"] == "constant") & (abl["metric"] == "auc")].iloc[0]
     assert const["matching"] == "paired"
     assert const["mean"] == pytest.approx(
@@ -239,13 +241,13 @@ def test_ablation_unmatched_when_no_single_slot_change(built) -> None:
     controlnet = [REF, NO_MHSA, CONST]
     diffs = [AUC[ADAPT][t][s] - np.mean([AUC[k][t][s] for k in controlnet])
              for t in TESTS for s in SEEDS]
-    assert guide["mean"] == pytest.approx(np.mean(diffs)) and guide["n_pairs"] == 6
+    assert guide["mean"] == pytest.approx(np.mean(diffs)) and guide["n_seeds"] == 3
     md = (built.folder / "report.md").read_text()
     mean, low, high = (abl.loc[(abl["variant"] == "no_mhsa") & (abl["metric"] == "auc"), c].iloc[0]
                        for c in ("mean", "ci_low", "ci_high"))
     assert (f"filter=no_mhsa instead of paper: AUC {mean * 100:+.2f} ± "
             f"{(high - low) / 2 * 100:.2f} points") in md
-    assert "paired, 6 seed × test-set differences" in md
+    assert "paired, 3 seeds; MDE " in md
 
 
 def test_reference_is_the_default_recipe(built) -> None:
@@ -486,11 +488,12 @@ def test_report_measures_guidance_against_the_matched_baseline(tmp_path) -> None
     effects = pd.read_csv(report.folder / "guidance.csv")
     auc = effects[effects["metric"] == "auc"].set_index("variant")
     for key in (REF, NO_MHSA):
-        diffs = [AUC[key][t][s] - BASE_AUC[t][s] for s in SEEDS for t in TESTS]
+        diffs = [np.mean([AUC[key][t][s] - BASE_AUC[t][s] for t in TESTS]) for s in SEEDS]
         row = auc.loc[f"filter={key[0]} guide={key[2]} train.lr=0.0001"]
-        assert row["reference"] == "guide=none train.lr=0.0001" and row["n_pairs"] == 6
-        assert row["mean"] == pytest.approx(np.mean(diffs))
-        assert row["ci_low"] < row["mean"] < row["ci_high"]
+        assert row["reference"] == "guide=none train.lr=0.0001" and row["n_seeds"] == 3
+        mean, half = t_ci(diffs)
+        assert row["mean"] == pytest.approx(mean)
+        assert (row["ci_high"] - row["ci_low"]) / 2 == pytest.approx(half)
     ablation = pd.read_csv(report.folder / "ablation.csv")
     none_row = ablation[(ablation["factor"] == "guide") & (ablation["metric"] == "auc")].iloc[0]
     assert none_row["variant"] == "none" and none_row["matching"] == "paired"
@@ -524,13 +527,12 @@ def test_first_table_and_headline_equal_a_numpy_recomputation(tmp_path) -> None:
             row = cell.loc[(test, who)]
             assert (row["mean"], row["ci_low"], row["ci_high"]) == pytest.approx(
                 t_ci(list(values)), abs=1e-12), (test, who)
-    # Avg: the mean over every (seed, test set) difference, its bootstrap CI by hand
-    diffs = np.sort([AUC[REF][t][s] - BASE_AUC[t][s] for s in SEEDS for t in TESTS])
-    means = diffs[np.random.default_rng(0).integers(0, 6, size=(2000, 6))].mean(axis=1)
+    # Avg: the test sets averaged within each seed, then the t CI over those seed means
+    seed_means = [np.mean([AUC[REF][t][s] - BASE_AUC[t][s] for t in TESTS]) for s in SEEDS]
     avg = cell.loc[("avg", "difference")]
-    assert avg["mean"] == pytest.approx(diffs.mean(), abs=1e-12) and avg["n"] == 6
-    assert (avg["ci_low"], avg["ci_high"]) == pytest.approx(
-        tuple(np.quantile(means, [0.025, 0.975])), abs=1e-12)
+    assert avg["n"] == 3 and avg["ci"] == "t over seed means"
+    assert (avg["mean"], avg["ci_low"], avg["ci_high"]) == pytest.approx(
+        t_ci(seed_means), abs=1e-12)
     # the guidance table (every guided recipe vs its baseline) agrees on the same pairs
     guidance = pd.read_csv(report.folder / "guidance.csv")
     ref_row = guidance[(guidance["metric"] == "auc") & guidance["variant"].str.startswith(

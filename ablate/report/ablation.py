@@ -5,7 +5,8 @@ few discrete values, e.g. filter.heads), and each of its variants:
 
 - *paired*: configs that differ from the reference only in that slot (its name and
   its own arguments). Difference = variant - reference for each (seed, test set)
-  both have; mean over those pairs with a percentile-bootstrap 95% CI.
+  both have; averaged over the test sets within each seed, then a Student-t 95% CI
+  over those seed means (`stats.seed_interval`: the training run is the unit).
 - *unmatched*: no such config exists (e.g. a TPE sweep that never held the rest
   fixed). Then per (seed, test set): mean over all configs with the variant minus
   mean over all configs with the reference's choice. Other slots differ too, so
@@ -24,14 +25,14 @@ import pandas as pd
 from ablate.report.data import SLOTS, SweepData, format_value
 from ablate.report.display import Table, pm
 from ablate.report.reference import Reference
-from ablate.report.stats import bootstrap_mean
+from ablate.report.stats import DEFAULT_EFFECT, seed_interval, seeds_needed
 from ablate.report.tables import AVG, MAIN_METRICS
 from ablate.slots import is_baseline_flat, is_guidance_key, without_guidance
 
 MAX_LEVELS = 6  # a non-slot key with more distinct values (a continuous lr) is not ablated
 PAIR_KEYS = ["seed", "dataset", "level", "metric"]
-COLUMNS = ["factor", "variant", "reference", "matching", "n_configs", "metric", "n_pairs",
-           "mean", "ci_low", "ci_high"]
+COLUMNS = ["factor", "variant", "reference", "matching", "n_configs", "metric", "n_seeds",
+           "mean", "ci_low", "ci_high", "sd_seeds", "mde", "seeds_needed", "procedure", "note"]
 
 
 def factors(data: SweepData) -> list[str]:
@@ -100,6 +101,7 @@ def pair_differences(data: SweepData, seed_vals: pd.DataFrame,
                 cand = per_seed(data, seed_vals, matched)[["config", *PAIR_KEYS, "value"]]
                 diffs = cand.merge(ref_vals, on=PAIR_KEYS, suffixes=("", "_ref"))
                 diffs["diff"] = diffs["value"] - diffs["value_ref"]
+                diffs["unmatched"] = unmatched_note(cand, ref_vals)
                 matching, used = "paired", matched
             else:
                 same_as_ref = [c for c, f in pool.items() if _value(f, factor) == ref_value]
@@ -110,10 +112,18 @@ def pair_differences(data: SweepData, seed_vals: pd.DataFrame,
                                  n_configs=len(used))
             parts.append(diffs)
     columns = ["factor", "variant", "reference", "matching", "n_configs", "config", *PAIR_KEYS,
-               "diff"]  # config: the matched recipe (paired rows only)
+               "diff", "unmatched"]  # config: the matched recipe (paired rows only)
     if not parts:
         return pd.DataFrame(columns=columns)
     return pd.concat(parts, ignore_index=True).reindex(columns=columns)
+
+
+def unmatched_note(mine: pd.DataFrame, ref: pd.DataFrame) -> str:
+    """Which seeds one side has and the other lacks (only matched seeds are compared)."""
+    a, b = set(mine["seed"].astype(int)), set(ref["seed"].astype(int))
+    parts = [f"{who} has seed(s) {', '.join(map(str, sorted(extra)))} without a partner"
+             for who, extra in (("variant", a - b), ("reference", b - a)) if extra]
+    return "; ".join(parts)
 
 
 def matched_comparisons(pairs: pd.DataFrame, ref: Reference) -> list[tuple[str, str, str]]:
@@ -131,15 +141,27 @@ def _unmatched(data: SweepData, seed_vals: pd.DataFrame, variant_configs: list[s
     return joined.assign(diff=joined["value"] - joined["value_ref"]).reset_index()
 
 
-def ablation(pairs: pd.DataFrame) -> pd.DataFrame:
-    """Mean difference and bootstrap 95% CI per (factor, variant, metric)."""
+def ablation(pairs: pd.DataFrame, effect: float = DEFAULT_EFFECT) -> pd.DataFrame:
+    """Per (factor, variant, metric): the mean difference over test sets, its 95% CI over
+    seeds, the minimum detectable effect, and the seeds needed to see `effect`."""
     rows = []
     keys = ["factor", "variant", "reference", "matching", "n_configs", "metric"]
     for key, group in pairs.groupby(keys, sort=False):
-        mean, low, high, n = bootstrap_mean(group["diff"].to_numpy())
-        rows.append({**dict(zip(keys, key, strict=True)), "n_pairs": n, "mean": mean,
-                     "ci_low": low, "ci_high": high})
+        found = seed_interval(group)
+        notes = [found.note, *sorted(set(group.get("unmatched", pd.Series(dtype=str))
+                                         .dropna()) - {""})]
+        rows.append({**dict(zip(keys, key, strict=True)), **found.as_dict(),
+                     "note": "; ".join(n for n in notes if n),
+                     "ci_low": found.low, "ci_high": found.high,
+                     "seeds_needed": seeds_needed(effect, found.sd)})
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def mde_clause(by_metric: pd.DataFrame) -> str:
+    """`; MDE 2.10 points` for the AUC row, or nothing without one."""
+    if "auc" not in by_metric.index or pd.isna(by_metric.loc["auc", "mde"]):
+        return ""
+    return f"; MDE {by_metric.loc['auc', 'mde'] * 100:.2f} points"
 
 
 def excludes_zero(row: pd.Series) -> bool:
@@ -147,17 +169,42 @@ def excludes_zero(row: pd.Series) -> bool:
 
 
 def effect_cells(by_metric: pd.DataFrame) -> tuple[list[str], list[bool]]:
-    """ΔAUC and ΔEER cells (points, ± CI half-width) and whether each CI excludes 0."""
+    """ΔAUC and ΔEER cells (points, ± CI half-width), then the AUC's minimum detectable
+    effect, and whether each CI excludes 0."""
     cells, marks = [], []
     for metric in MAIN_METRICS:
         if metric in by_metric.index:
             r = by_metric.loc[metric]
-            cells.append(pm(r["mean"], r["ci_low"], r["ci_high"], signed=True))
+            cells.append(effect_text(r))
             marks.append(excludes_zero(r))
         else:
             cells.append("-")
             marks.append(False)
+    auc = by_metric.loc["auc"] if "auc" in by_metric.index else None
+    cells.append("-" if auc is None or pd.isna(auc["mde"]) else f"{auc['mde'] * 100:.2f}")
+    marks.append(False)
     return cells, marks
+
+
+def effect_text(r: pd.Series) -> str:
+    """`+1.20 ± 0.80`, or `+1.20 (no interval: 1 seed)` when one seed cannot give one."""
+    text = pm(r["mean"], r["ci_low"], r["ci_high"], signed=True)
+    if pd.notna(r["mean"]) and int(r["n_seeds"]) == 1:
+        text += " (no interval: 1 seed)"
+    return text
+
+
+def seeds_cell(r: pd.Series) -> str:
+    """The seeds a difference is over, flagged when some were left out as unmatched."""
+    return f"{int(r['n_seeds'])}{'*' if r.get('note') else ''}"
+
+
+INTERVAL_NOTE = ("Δ: variant minus reference per (seed, test set), averaged over the test sets "
+                 "within each seed; ± half-width of the Student-t 95% CI over those seed means "
+                 "(the training run is the unit; test sets are conditions, not replicates). "
+                 "MDE: the ΔAUC a paired t test over these seeds would detect with 80% power at "
+                 "α = 0.05, from their spread. Seeds*: some seeds were left out, unmatched or "
+                 "missing a test set (see the CSV's note).")
 
 
 def ablation_table(abl: pd.DataFrame, ref: Reference) -> Table:
@@ -167,16 +214,16 @@ def ablation_table(abl: pd.DataFrame, ref: Reference) -> Table:
         by_metric = group.set_index("metric")
         first = group.iloc[0]
         row = [factor, f"{variant} (vs {first['reference']})", first["matching"],
-               str(int(by_metric["n_pairs"].max()))]
+               seeds_cell(by_metric.iloc[0])]
         cells, marks = effect_cells(by_metric)
         rows.append(row + cells)
         bold.append([False] * len(row) + marks)
     return Table(f"Ablation against the reference ({ref.label})",
-                 ["Slot", "Variant", "Matching", "Pairs", "ΔAUC (pts)", "ΔEER (pts)"], rows, bold,
-                 note="variant minus reference per (seed, test set), mean ± half-width of a "
-                      "bootstrap 95% CI; bold: the CI excludes 0. AUC: positive is better; "
+                 ["Slot", "Variant", "Matching", "Seeds", "ΔAUC (pts)", "ΔEER (pts)",
+                  "MDE ΔAUC (pts)"], rows, bold,
+                 note=f"{INTERVAL_NOTE} Bold: the CI excludes 0. AUC: positive is better; "
                       "EER: negative is better. unmatched = no recipe differs from the "
-                      "reference in this slot only.", align="lllrrr", slug="ablation")
+                      "reference in this slot only.", align="lllrrrr", slug="ablation")
 
 
 def sentences(abl: pd.DataFrame) -> list[str]:
@@ -185,9 +232,8 @@ def sentences(abl: pd.DataFrame) -> list[str]:
     for (factor, variant), group in abl.groupby(["factor", "variant"], sort=False):
         by_metric = group.set_index("metric")
         first = group.iloc[0]
-        effects = [f"{m.upper()} {pm(r['mean'], r['ci_low'], r['ci_high'], signed=True)} points"
-                   for m, r in by_metric.iterrows()]
+        effects = [f"{m.upper()} {effect_text(r)} points" for m, r in by_metric.iterrows()]
         lines.append(f"{factor}={variant} instead of {first['reference']}: "
                      f"{', '.join(effects)} ({first['matching']}, "
-                     f"{int(by_metric['n_pairs'].max())} seed × test-set differences)")
+                     f"{int(by_metric['n_seeds'].max())} seeds{mde_clause(by_metric)})")
     return lines

@@ -34,6 +34,7 @@ from ablate.report.render import (
     write_latex,
     write_text,
 )
+from ablate.report.stats import DEFAULT_EFFECT
 from ablate.report.versions import version_counts, versions_line
 from ablate.results import ResultsDB, default_url, require_existing_db
 
@@ -86,8 +87,12 @@ def prepare_folder(folder: Path) -> Path:
 
 def build_report(sweep: str | None = None, db_url: str | None = None,
                  out: str | Path | None = None, formats: str | Iterable[str] | None = None,
-                 importance: str = "fanova") -> Report:
-    """Write the report of `sweep` (default: the newest) into `out` in the given formats."""
+                 importance: str = "fanova", effect: float = DEFAULT_EFFECT) -> Report:
+    """Write the report of `sweep` (default: the newest) into `out` in the given formats.
+
+    `effect`: the difference (metric units; 0.01 = 1 AUC point) whose needed seeds every
+    comparison quotes.
+    """
     chosen = parse_formats(formats)
     if importance not in EVALUATORS:
         raise AblateError(f"unknown importance evaluator {importance!r}; choose from "
@@ -97,23 +102,26 @@ def build_report(sweep: str | None = None, db_url: str | None = None,
         data = load_sweep(db, sweep)
     folder = prepare_folder(Path(out) if out else default_folder(data.name))
     try:
-        return _write(data, folder, chosen, importance)
+        return _write(data, folder, chosen, importance, effect)
     except OSError as exc:
         raise AblateError(f"cannot write the report to {folder}: "
                           f"{exc.strerror or exc}; choose another --out") from None
 
 
-def _write(data: SweepData, folder: Path, formats: tuple[str, ...], evaluator: str) -> Report:
+def _write(data: SweepData, folder: Path, formats: tuple[str, ...], evaluator: str,
+           effect: float = DEFAULT_EFFECT) -> Report:
     summ = tables.summary(data)
     ref = choose_reference(data)
     main = tables.main_table(summ, data, ref.label)
     seed_vals = tables.seed_values(data)
     pairs = abl_mod.pair_differences(data, seed_vals, ref)
-    abl = abl_mod.ablation(pairs)
+    abl = abl_mod.ablation(pairs, effect)
     guided_pairs = guidance_mod.guidance_pairs(data, seed_vals)
-    effects = abl_mod.ablation(guided_pairs)  # mean and bootstrap CI per guided recipe
+    effects = abl_mod.ablation(guided_pairs, effect)  # mean and CI over seeds per guided recipe
     imp = param_importance(data, evaluator)
-    head = headline_mod.headline(data, seed_vals, ref)
+    pair = headline_mod.choose_pair(data, ref)
+    two_stage = paired_mod.two_stage_difference(data, *pair) if pair else {}
+    head = headline_mod.headline(data, seed_vals, ref, effect, two_stage)
     comparisons = ([("guidance: " + head.guided_label + " vs " + head.baseline_label,
                      head.guided, head.baseline)] if head else [])
     tests_table = paired_mod.paired_tests(

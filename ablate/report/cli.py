@@ -17,12 +17,17 @@ from ablate.report import EVALUATORS, FORMATS
               metavar="LIST", help=f"Comma-separated, any of {','.join(FORMATS)}.")
 @click.option("--importance", type=click.Choice(EVALUATORS), default="fanova", show_default=True,
               help="Optuna importance evaluator (ped-anova also assesses conditional params).")
+@click.option("--effect", type=click.FloatRange(min=0, min_open=True), default=1.0,
+              show_default=True, metavar="POINTS",
+              help="The effect (AUC points) whose needed seeds every comparison quotes.")
 def report(sweep: str | None, db_url: str | None, out: str | None, formats: str,
-           importance: str) -> None:
+           importance: str, effect: float) -> None:
     """Write a sweep's report: cross-dataset table, per-slot ablation, importance, plots.
 
     \b
-    Reads the results DB only. Writes into the report folder:
+    Reads the results DB only. Every interval on a difference is over training runs
+    (seeds); each comparison also says the smallest effect its seeds could detect.
+    Writes into the report folder:
       report.md / report.html   every table and plot (the HTML embeds its images)
       *.tex                     booktabs tables (main, ablation, pareto, ...)
       *.csv                     the numbers behind every table, per trial and per pair
@@ -36,6 +41,6 @@ def report(sweep: str | None, db_url: str | None, out: str | None, formats: str,
     """
     from ablate.report.build import build_report
 
-    result = build_report(sweep, db_url, out, formats, importance)
+    result = build_report(sweep, db_url, out, formats, importance, effect / 100)
     click.echo(f"report of sweep {result.sweep} written to {result.folder}/")
     click.echo(result.main_markdown)

@@ -3,20 +3,30 @@
 The baseline of a guided config is the config with guide=none that agrees with it
 on everything the baseline has (backbone, data, optimiser, steps, ...; it has no
 filter, weight module or teacher). Difference = guided - baseline for each (seed,
-test set) both have, then the mean with a percentile-bootstrap 95% CI, as for the
-ablation table. Only sweeps that hold a baseline get this table.
+test set) both have, averaged over test sets within each seed, then a Student-t 95%
+CI over seeds, as for the ablation table. Only sweeps that hold a baseline get it.
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
-from ablate.report.ablation import PAIR_KEYS, effect_cells, per_seed
+from ablate.report.ablation import (
+    INTERVAL_NOTE,
+    PAIR_KEYS,
+    effect_cells,
+    effect_text,
+    mde_clause,
+    per_seed,
+    seeds_cell,
+    unmatched_note,
+)
 from ablate.report.data import SweepData
-from ablate.report.display import Table, pm
+from ablate.report.display import Table
 from ablate.slots import is_baseline_flat, without_guidance
 
-COLUMNS = ["factor", "variant", "reference", "matching", "n_configs", *PAIR_KEYS, "diff"]
+COLUMNS = ["factor", "variant", "reference", "matching", "n_configs", *PAIR_KEYS, "diff",
+           "unmatched"]
 
 
 def baseline_of(data: SweepData, config: str) -> str | None:
@@ -40,6 +50,7 @@ def guidance_pairs(data: SweepData, seed_vals: pd.DataFrame) -> pd.DataFrame:
         ref = per_seed(data, seed_vals, [base])[[*PAIR_KEYS, "value"]]
         diffs = mine.merge(ref, on=PAIR_KEYS, suffixes=("", "_ref"))
         diffs["diff"] = diffs["value"] - diffs["value_ref"]
+        diffs["unmatched"] = unmatched_note(mine, ref)
         parts.append(diffs.assign(factor="guidance", variant=labels[config],
                                   reference=labels[base], matching="paired", n_configs=1))
     if not parts:
@@ -52,17 +63,16 @@ def guidance_table(effects: pd.DataFrame) -> Table:
     rows, bold = [], []
     for variant, group in effects.groupby("variant", sort=False):
         by_metric = group.set_index("metric")
-        row = [str(variant), str(group.iloc[0]["reference"]),
-               str(int(by_metric["n_pairs"].max()))]
+        row = [str(variant), str(group.iloc[0]["reference"]), seeds_cell(by_metric.iloc[0])]
         cells, marks = effect_cells(by_metric)
         rows.append(row + cells)
         bold.append([False] * len(row) + marks)
     return Table("Guidance against the plain baseline",
-                 ["Guided recipe", "Baseline", "Pairs", "ΔAUC (pts)", "ΔEER (pts)"], rows, bold,
-                 note="guided minus baseline (the same recipe with guide=none) per (seed, test "
-                      "set), mean ± half-width of a bootstrap 95% CI; bold: the CI excludes 0. "
-                      "AUC: positive means guidance helps; EER: negative means it helps.",
-                 align="llrrr", slug="guidance")
+                 ["Guided recipe", "Baseline", "Seeds", "ΔAUC (pts)", "ΔEER (pts)",
+                  "MDE ΔAUC (pts)"], rows, bold,
+                 note=f"{INTERVAL_NOTE.replace('variant minus reference', 'guided minus baseline (the same recipe with guide=none)')} "
+                      "Bold: the CI excludes 0. AUC: positive means guidance helps; EER: "
+                      "negative means it helps.", align="llrrrr", slug="guidance")
 
 
 def sentences(effects: pd.DataFrame) -> list[str]:
@@ -70,8 +80,7 @@ def sentences(effects: pd.DataFrame) -> list[str]:
     lines = []
     for variant, group in effects.groupby("variant", sort=False):
         by_metric = group.set_index("metric")
-        parts = [f"{m.upper()} {pm(r['mean'], r['ci_low'], r['ci_high'], signed=True)} points"
-                 for m, r in by_metric.iterrows()]
+        parts = [f"{m.upper()} {effect_text(r)} points" for m, r in by_metric.iterrows()]
         lines.append(f"{variant} vs the plain baseline: {', '.join(parts)} "
-                     f"({int(by_metric['n_pairs'].max())} seed × test-set differences)")
+                     f"({int(by_metric['n_seeds'].max())} seeds{mde_clause(by_metric)})")
     return lines

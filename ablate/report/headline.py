@@ -7,8 +7,10 @@ setup with guide=none). Per test set and on average:
 - each detector's frame AUC, frame EER and video AUC: mean ± 95% CI over seeds
   (Student t, as in the main table);
 - the paired difference guided - baseline: per test set over seeds (t), and on
-  average over every (seed, test set) pair (percentile bootstrap, the same numbers
-  as the guidance and ablation tables).
+  average over test sets (`stats.seed_interval`: the mean over test sets within each
+  seed, then t over those seed means; the same numbers as the guidance table), with
+  its minimum detectable effect. Where the runs' per-frame scores are readable, the
+  Avg row also gets the two-stage interval (seeds and test videos).
 
 `summary_paragraph` turns these numbers, the ablation rows and the importances into a
 few plain sentences, hedged by the CIs; every number in it is a cell of a table.
@@ -26,12 +28,20 @@ from ablate.report.data import SweepData
 from ablate.report.display import Table, pm
 from ablate.report.guidance import baseline_of
 from ablate.report.reference import Reference, _best_val
-from ablate.report.stats import bootstrap_mean, t_interval
+from ablate.report.stats import (
+    DEFAULT_EFFECT,
+    TWO_STAGE,
+    seed_interval,
+    seeds_needed,
+    t_interval,
+)
 from ablate.report.tables import AVG
 from ablate.slots import is_baseline_flat
 
 MEASURES = [("frame", "auc", "AUC"), ("frame", "eer", "EER"), ("video", "auc", "video AUC")]
-COLUMNS = ["dataset", "level", "metric", "detector", "n", "mean", "ci_low", "ci_high", "ci"]
+COLUMNS = ["dataset", "level", "metric", "detector", "n", "mean", "ci_low", "ci_high", "ci",
+           "mde", "seeds_needed", "note"]
+TWO_STAGE_ROW = "difference, two-stage"  # the Avg difference with test-sample uncertainty
 
 
 @dataclass
@@ -40,7 +50,8 @@ class Headline:
     baseline: str
     guided_label: str
     baseline_label: str
-    numbers: pd.DataFrame  # COLUMNS; detector in {baseline, guided, difference}
+    numbers: pd.DataFrame  # COLUMNS; detector in {baseline, guided, difference, TWO_STAGE_ROW}
+    effect: float = DEFAULT_EFFECT  # the effect "seeds needed" is quoted for
 
     def cell(self, dataset: str, detector: str, level: str = "frame",
              metric: str = "auc") -> pd.Series | None:
@@ -64,8 +75,13 @@ def choose_pair(data: SweepData, ref: Reference) -> tuple[str, str] | None:
     return best, baseline_of(data, best)
 
 
-def headline(data: SweepData, seed_vals: pd.DataFrame, ref: Reference) -> Headline | None:
-    """The first table's numbers (see module doc), or None without a guided/baseline pair."""
+def headline(data: SweepData, seed_vals: pd.DataFrame, ref: Reference,
+             effect: float = DEFAULT_EFFECT, two_stage: dict | None = None) -> Headline | None:
+    """The first table's numbers (see module doc), or None without a guided/baseline pair.
+
+    `two_stage`: (level, metric) -> (mean, low, high, n) of the Avg difference with test
+    videos resampled too (`paired.two_stage_difference`), where the scores were readable.
+    """
     pair = choose_pair(data, ref)
     if pair is None:
         return None
@@ -83,11 +99,15 @@ def headline(data: SweepData, seed_vals: pd.DataFrame, ref: Reference) -> Headli
                                  "t over seeds"))
             both = pd.concat([per["guided"].rename("g"), per["baseline"].rename("b")],
                              axis=1, join="inner").dropna()
-            if dataset == AVG:  # every (seed, test set) pair, as the guidance table pairs them
-                pairs = both.drop(index=AVG, level="dataset", errors="ignore")
-                diff = (pairs["g"] - pairs["b"]).to_numpy()
-                rows.append(_row(dataset, level, metric, "difference", *bootstrap_mean(diff),
-                                 "bootstrap over (seed, test set)"))
+            if dataset == AVG:  # test sets averaged within each seed, then t over seeds
+                pairs = both.drop(index=AVG, level="dataset", errors="ignore").reset_index()
+                found = seed_interval(pairs.assign(diff=pairs["g"] - pairs["b"]))
+                rows.append(_row(dataset, level, metric, "difference", found.mean, found.low,
+                                 found.high, found.n_seeds, found.procedure, found.mde,
+                                 seeds_needed(effect, found.sd), found.note))
+                if two_stage and (level, metric) in two_stage:
+                    rows.append(_row(dataset, level, metric, TWO_STAGE_ROW,
+                                     *two_stage[(level, metric)], TWO_STAGE))
             else:
                 mine = both.xs(dataset, level="dataset") if dataset in set(
                     both.index.get_level_values("dataset")) else both.iloc[0:0]
@@ -95,13 +115,16 @@ def headline(data: SweepData, seed_vals: pd.DataFrame, ref: Reference) -> Headli
                                  *t_interval((mine["g"] - mine["b"]).to_numpy()),
                                  "t over paired seeds"))
     return Headline(guided, base, str(labels[guided]), str(labels[base]),
-                    pd.DataFrame(rows, columns=COLUMNS))
+                    pd.DataFrame(rows, columns=COLUMNS), effect)
 
 
 def _row(dataset: str, level: str, metric: str, who: str, mean: float, low: float, high: float,
-         n: int, ci: str) -> dict:
+         n: int, ci: str, mde: float = float("nan"), needed: int | None = None,
+         note: str = "") -> dict:
     return {"dataset": dataset, "level": level, "metric": metric, "detector": who, "n": n,
-            "mean": mean, "ci_low": low, "ci_high": high, "ci": ci}
+            "mean": mean, "ci_low": low, "ci_high": high, "ci": ci if n >= 2 else
+            "no interval (1 seed)" if n == 1 else ci, "mde": mde, "seeds_needed": needed,
+            "note": note}
 
 
 def _excludes_zero(row: pd.Series | None) -> bool:
@@ -142,48 +165,84 @@ def _better(cells: list[pd.Series | None], metric: str) -> list[bool]:
 
 
 def difference_table(h: Headline, tests: list[str]) -> Table:
-    """Rows: test sets and Avg; columns: Δ (guided - baseline) per measure, in points."""
-    columns = ["Test set", *(f"Δ {name} (pts)" for _, _, name in MEASURES), "Pairs"]
+    """Rows: test sets, Avg and (with readable scores) Avg two-stage; columns: Δ (guided -
+    baseline) per measure in points, the seeds, and the Avg's minimum detectable effect."""
+    columns = ["Test set", *(f"Δ {name} (pts)" for _, _, name in MEASURES), "Seeds",
+               "MDE ΔAUC (pts)", "Interval"]
     rows, bold = [], []
-    for dataset in [*tests, AVG]:
-        row, marks = ["Avg" if dataset == AVG else dataset], [False]
-        n = 0
+    lines = [(d, "difference") for d in [*tests, AVG]]
+    if not h.numbers[h.numbers["detector"] == TWO_STAGE_ROW].empty:
+        lines.append((AVG, TWO_STAGE_ROW))
+    for dataset, who in lines:
+        name = "Avg" if dataset == AVG else dataset
+        row, marks = [name if who == "difference" else f"{name} (seeds × videos)"], [False]
+        auc = h.cell(dataset, who)
         for level, metric, _ in MEASURES:
-            c = h.cell(dataset, "difference", level, metric)
+            c = h.cell(dataset, who, level, metric)
             row.append("-" if c is None else pm(c["mean"], c["ci_low"], c["ci_high"],
                                                 signed=True))
             marks.append(_excludes_zero(c))
-            if c is not None and level == "frame" and metric == "auc":
-                n = int(c["n"])
-        rows.append(row + [str(n)])
-        bold.append(marks + [False])
+        mde = "-" if auc is None or pd.isna(auc["mde"]) else f"{auc['mde'] * 100:.2f}"
+        row += ["-" if auc is None else str(int(auc["n"])), mde,
+                "-" if auc is None else str(auc["ci"])]
+        rows.append(row)
+        bold.append(marks + [False] * 3)
     return Table("Paired difference, guided − baseline (points)", columns, rows, bold,
                  slug="guidance_difference",
                  note="per test set: mean over paired seeds ± half-width of its Student-t 95% "
-                      "CI; Avg: mean over every (seed, test set) pair ± half-width of a "
-                      "bootstrap 95% CI (as in the ablation table). Bold: the CI excludes 0. "
-                      "AUC: positive means guidance helps; EER: negative means it helps.")
+                      "CI; Avg: the test sets averaged within each seed, then the mean ± "
+                      "half-width of the Student-t 95% CI over those seed means (the training "
+                      "run is the unit; test sets are conditions, not replicates). Seeds × "
+                      "videos: the same centre, its interval adding the test videos' sampling "
+                      "(two-stage, docs/report.md). MDE: the Avg ΔAUC a paired t test over these "
+                      "seeds detects with 80% power at α = 0.05. Bold: the CI excludes 0. AUC: "
+                      "positive means guidance helps; EER: negative means it helps.",
+                 align="lrrrrrl")
 
 
 def _effect(c: pd.Series) -> str:
+    if pd.isna(c["ci_low"]):
+        return f"{c['mean'] * 100:+.1f} points"
     return (f"{c['mean'] * 100:+.1f} points (95% CI {c['ci_low'] * 100:+.1f} to "
             f"{c['ci_high'] * 100:+.1f})")
 
 
+def power_sentence(c: pd.Series, effect: float) -> str:
+    """What these seeds could have seen: the minimum detectable effect, and the seeds that
+    the chosen effect would need."""
+    if pd.isna(c.get("mde", float("nan"))):
+        return ""
+    text = (f" With {int(c['n'])} seeds, the smallest effect this comparison detects with 80% "
+            f"power is {c['mde'] * 100:.1f} points")
+    needed = c.get("seeds_needed")
+    if needed is not None and pd.notna(needed):
+        text += f"; a {effect * 100:g}-point effect would need {int(needed)} seeds"
+    return text + "."
+
+
 def headline_sentence(h: Headline) -> str:
-    """`Guidance changes mean test AUC by +2.1 points (95% CI +0.4 to +3.8) over ...`."""
+    """`Guidance changes mean test AUC by +2.1 points (95% CI +0.4 to +3.8) over ...`, with
+    the interval's procedure and what the study could have detected."""
     c = h.cell(AVG, "difference")
     if c is None or pd.isna(c["mean"]):
         return (f"Guidance ({h.guided_label}) and the plain encoder ({h.baseline_label}) share "
-                "no test set with every seed, so no difference is reported.")
+                "no seed with every test set, so no difference is reported.")
     text = (f"Guidance ({h.guided_label}) changes mean test AUC by {_effect(c)} over the "
-            f"plain encoder ({h.baseline_label}), over {int(c['n'])} paired seed × test-set "
-            "differences")
-    if pd.isna(c["ci_low"]):
-        return text + "; too few pairs for a CI."
+            f"plain encoder ({h.baseline_label})")
+    if int(c["n"]) < 2:
+        return text + f", from {int(c['n'])} seed: no interval (1 seed), so no verdict."
+    text += (f", over {int(c['n'])} paired seeds (the test sets averaged within each seed, "
+             "Student t over seeds)")
+    power = power_sentence(c, h.effect)
     if not _excludes_zero(c):
-        return text + "; the CI includes 0, so these runs show no clear effect either way."
-    return text + (": guidance helps here." if c["mean"] > 0 else ": guidance hurts here.")
+        could = ("" if pd.isna(c["mde"]) else
+                 f" So a {h.effect * 100:g}-point effect "
+                 f"{'could' if c['mde'] <= h.effect else 'could not'} have been told apart "
+                 "from none here.")
+        return (text + "; the CI includes 0, so these runs show no clear effect either way."
+                + power + could)
+    return text + (": guidance helps here." if c["mean"] > 0 else ": guidance hurts here.") \
+        + power
 
 
 def summary_paragraph(h: Headline | None, abl: pd.DataFrame, imp_table: pd.DataFrame,

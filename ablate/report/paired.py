@@ -13,7 +13,7 @@ the runs wrote (`scores.csv` in each run folder, local or on --storage):
   are the unit, so it respects within-video correlation.
 
 Both condition on the trained models: they measure test-set sampling, not training
-noise (the CIs over seeds do that). Holm corrects each test's p-values over every
+noise, so neither is a verdict on a recipe (the intervals over seeds are). Holm corrects each test's p-values over every
 comparison x test set in the table; the table names the test behind each p-value.
 Runs whose scores cannot be read here are left out and the table says so.
 """
@@ -34,6 +34,7 @@ N_BOOT = 1000
 COLUMNS = ["comparison", "a", "b", "dataset", "seeds", "n_frames", "n_videos", "auc_a", "auc_b",
            "diff", "test", "p", "p_holm"]
 TESTS = ("DeLong (frames)", "paired video bootstrap")
+TWO_STAGE_METRICS = ("auc", "eer")  # frame level: what scores.csv rows are
 
 
 def read_scores(runs: pd.DataFrame, key: str) -> dict[tuple[str, int], pd.DataFrame]:
@@ -125,3 +126,39 @@ def bootstrap_p(videos: np.ndarray, y: np.ndarray, va: np.ndarray, vb: np.ndarra
     if d.size == 0:
         return float("nan")
     return float(min(1.0, 2 * min(np.mean(d <= 0), np.mean(d >= 0))))
+
+
+def two_stage_difference(data: SweepData, a: str, b: str,
+                         n_boot: int = N_BOOT) -> dict[tuple[str, str], tuple]:
+    """(level, metric) -> (mean, low, high, n_seeds) of A - B averaged over test sets, with
+    seeds and test videos resampled (`stats.two_stage_interval`); {} when the runs' scores
+    are not readable here or the seeds share no test set.
+
+    Every seed both recipes have must have scored every test set; each test set uses the
+    frames every run scored, with one video resample (seed 0) for all runs.
+    """
+    from ablate.metrics import auc, bootstrap_values, eer
+    from ablate.report.stats import two_stage_interval
+
+    scores = read_scores(data.counted[data.counted["config"].isin([a, b])], "config")
+    seeds = sorted({s for (c, s) in scores if c == a} & {s for (c, s) in scores if c == b})
+    if not seeds:
+        return {}
+    out = {}
+    for metric, fn in (("auc", auc), ("eer", eer)):
+        observed, replicates = [], []  # per test set: (k,), (k, n_boot)
+        for dataset in data.tests:
+            frames = aligned_frames(scores, a, b, seeds, dataset)
+            if frames is None:
+                return {}
+            y, va, vb, videos = frames
+            if len(set(y)) < 2:
+                return {}
+            observed.append([fn(y, x) - fn(y, z) for x, z in zip(va, vb, strict=True)])
+            replicates.append([bootstrap_values(videos, y, x, metric, n_boot=n_boot, seed=0)[0]
+                               - bootstrap_values(videos, y, z, metric, n_boot=n_boot, seed=0)[0]
+                               for x, z in zip(va, vb, strict=True)])
+        obs = np.asarray(observed, dtype=float).T  # (k, T)
+        reps = np.transpose(np.asarray(replicates, dtype=float), (1, 0, 2))  # (k, T, n_boot)
+        out[("frame", metric)] = two_stage_interval(obs, reps)
+    return out
