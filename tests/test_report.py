@@ -635,9 +635,17 @@ def test_two_objective_report_shows_the_hand_worked_front(tmp_path: Path) -> Non
     assert {line.split("|")[1].strip() for line in table} == {front_label(n) for n in FRONT}
     cells = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
              for line in table}
-    # Val AUC (%), params, test AUC mean (%), step time, seeds
-    assert cells[front_label("F")] == ["95.00", "2,000", "76.00", "0.15", "2"]
-    assert cells[front_label("C")] == ["85.00", "500", "67.00", "0.15", "2"]
+    # Val AUC (%) and test AUC mean (%) ± the t CI over the 2 seeds, params, step time, seeds
+
+    def auc_cell(values: list[float]) -> str:
+        mean, half = t_ci(values)
+        return f"{mean * 100:.2f} ± {half * 100:.2f}"
+
+    for name in ("F", "C"):
+        _, vals, params, tests = FRONT_RECIPES[name]
+        assert cells[front_label(name)] == [auc_cell(vals), f"{params:,}", auc_cell(tests),
+                                            "0.15", "2"]
+    assert cells[front_label("F")][2] == "76.00 ± 12.71"  # hand-worked: t(.975, 1) * 0.01
     assert "![pareto](pareto.png)" in section
     assert (report.folder / "pareto.png").stat().st_size > 1000
     assert "Pareto front (4 of 7 recipes)" in (report.folder / "report.html").read_text()

@@ -23,6 +23,7 @@ from ablate.report.data import SweepData, load_sweep
 from ablate.report.display import Table, number
 from ablate.report.importance import Importance, param_importance
 from ablate.report.provenance import provenance_note
+from ablate.report.ranks import RankComparison, rank_comparison, rank_tables
 from ablate.report.reference import Reference, choose_reference
 from ablate.report.render import (
     Document,
@@ -100,16 +101,34 @@ def build_report(sweep: str | None = None, db_url: str | None = None,
     require_existing_db(db_url or default_url())
     with ResultsDB(db_url) as db:
         data = load_sweep(db, sweep)
+        if sweep is None and data.settings.get("confirms"):  # the newest is a confirmation
+            data = load_sweep(db, str(data.settings["confirms"]))
+        confirmation = _confirmation(db, data)
     folder = prepare_folder(Path(out) if out else default_folder(data.name))
+    verdict, search = (confirmation, data) if confirmation is not None else (data, None)
     try:
-        return _write(data, folder, chosen, importance, effect)
+        return _write(verdict, folder, chosen, importance, effect, search)
     except OSError as exc:
         raise AblateError(f"cannot write the report to {folder}: "
                           f"{exc.strerror or exc}; choose another --out") from None
 
 
+def _confirmation(db: ResultsDB, search: SweepData) -> SweepData | None:
+    """The confirmation sweep of a search (`confirm:` in its space), once it has results."""
+    name = search.settings.get("confirmation")
+    if not name or db.sweep_id(str(name)) is None:
+        return None
+    try:
+        found = load_sweep(db, str(name))
+    except AblateError:  # no counted result yet: the search's own numbers, labelled
+        return None
+    return found if not found.counted.empty else None
+
+
 def _write(data: SweepData, folder: Path, formats: tuple[str, ...], evaluator: str,
-           effect: float = DEFAULT_EFFECT) -> Report:
+           effect: float = DEFAULT_EFFECT, search: SweepData | None = None) -> Report:
+    """`data`: the sweep whose runs give the verdicts; `search`: with a confirmation, the
+    search that chose those recipes (its numbers are shown, labelled as selected-on)."""
     summ = tables.summary(data)
     ref = choose_reference(data)
     main = tables.main_table(summ, data, ref.label)
@@ -118,7 +137,7 @@ def _write(data: SweepData, folder: Path, formats: tuple[str, ...], evaluator: s
     abl = abl_mod.ablation(pairs, effect)
     guided_pairs = guidance_mod.guidance_pairs(data, seed_vals)
     effects = abl_mod.ablation(guided_pairs, effect)  # mean and CI over seeds per guided recipe
-    imp = param_importance(data, evaluator)
+    imp = param_importance(search or data, evaluator)
     pair = headline_mod.choose_pair(data, ref)
     two_stage = paired_mod.two_stage_difference(data, *pair) if pair else {}
     head = headline_mod.headline(data, seed_vals, ref, effect, two_stage)
@@ -130,15 +149,24 @@ def _write(data: SweepData, folder: Path, formats: tuple[str, ...], evaluator: s
     first = ([headline_mod.first_table(head, data.tests),
               headline_mod.difference_table(head, data.tests)] if head else [])
     front = tables.pareto(data)
+    ranked = _ranks(seed_vals, ref)
     counts, errs = tables.status_counts(data), tables.errors(data)
     images = _plots(data, summ, abl, imp, front, ref, folder) if {"md", "html"} & set(formats) \
         else {}
+    if images and ranked is not None:
+        from ablate.report.cd_plot import cd_diagram
+
+        images["cd_diagram"] = cd_diagram(ranked.friedman.mean_ranks, ranked.cd, folder)
     how = provenance_note(data.metrics)  # EER convention, bootstrap unit, ... of every cell
     for table in [main, *first[:1]]:
         table.note = f"{table.note} {how}".strip()
     doc = _document(data, main, ref, abl, effects, imp, front, counts, errs, images,
                     summary, first, tests_table, how)
-    report = Report(data.name, folder, main_markdown=markdown_table(main), summary=summary,
+    if ranked is not None:
+        _add_ranks(doc, ranked, images)
+    if search is not None:
+        _add_search_stage(doc, data, search)
+    report = Report(search.name if search is not None else data.name, folder, main_markdown=markdown_table(main), summary=summary,
                     first_markdown="\n\n".join(f"{t.title}\n\n{markdown_table(t)}"
                                                    for t in first))
     report.files += [p for p in images.values() if p is not None]
@@ -155,8 +183,49 @@ def _write(data: SweepData, folder: Path, formats: tuple[str, ...], evaluator: s
             "guidance": effects, "guidance_pairs": guided_pairs, "paired_tests": tests_table,
             "ablation": abl, "ablation_pairs": pairs, "importance": imp.table,
             "pareto": front, "status": counts, "errors": errs, "trials": trial_table(data),
+            "ranks": ranked.holm if ranked is not None else pd.DataFrame(),
             "code_versions": version_counts(data.counted)})
     return report
+
+
+def _ranks(seed_vals: pd.DataFrame, ref: Reference) -> RankComparison | None:
+    """Recipes ranked within each test set by frame AUC (3+ recipes on 3+ test sets)."""
+    v = seed_vals[(seed_vals["level"] == "frame") & (seed_vals["metric"] == "auc")
+                  & (seed_vals["dataset"] != tables.AVG)]
+    return rank_comparison(v[["label", "seed", "dataset", "value"]], ref.label)
+
+
+def _add_ranks(doc: Document, ranked: RankComparison, images: dict[str, Path | None]) -> None:
+    """The rank comparison, after the ablation (where a reader asks "does it hold on every
+    test set?")."""
+    at = next((i + 1 for i, s in enumerate(doc.sections) if s.title == "Ablation by slot"),
+              len(doc.sections))
+    doc.sections.insert(at, Section("Ranks across test sets", tables=rank_tables(ranked),
+                                    images=_images(images, "cd_diagram"), text=[
+        "Does a recipe win on every test set, or on one by a lot? The recipes are ranked "
+        "within each test set; the diagram joins recipes whose mean ranks are closer than "
+        "the Nemenyi critical difference (CD)."]))
+
+
+def _add_search_stage(doc: Document, confirmation: SweepData, search: SweepData) -> None:
+    """Name the confirmation in the header, and show the search's own numbers after the
+    verdicts, labelled as numbers of the runs that chose the winners."""
+    seeds = sorted({int(s) for s in confirmation.counted["seed"]})
+    doc.title = f"Sweep report: {search.name} (verdicts from its confirmation runs)"
+    doc.meta.insert(1, ("confirmation", f"{confirmation.name}: the "
+                        f"{confirmation.counted['config'].nunique()} best recipes of the search "
+                        f"by source-val AUC, retrained on fresh seeds {', '.join(map(str, seeds))}"))
+    table = tables.main_table(tables.summary(search), search)
+    table.title = "Search stage: the runs that chose the winners (selected-on, biased upward)"
+    table.slug = "search_stage"
+    at = next((i for i, s in enumerate(doc.sections) if s.title == "Parameter importance"),
+              len(doc.sections))
+    doc.sections.insert(at, Section("Search stage (selected-on numbers)", tables=[table], text=[
+        f"Every table above comes from the confirmation sweep {confirmation.name}: the "
+        "search's best recipes retrained on seeds the search never used. The numbers below "
+        f"are the search's own ({search.name}): they chose the winners, so the winners' "
+        "numbers here carry the luck that made them win (the winner's curse) and are "
+        "biased upward. They are kept for the record, not for a verdict."]))
 
 
 def _plots(data: SweepData, summ: pd.DataFrame, abl: pd.DataFrame, imp: Importance,

@@ -130,11 +130,14 @@ MEASURE_NAMES = {"val_auc": "Val AUC (%)", "test_auc_mean": "Test AUC mean (%)",
                  "peak_mem_mb": "Peak mem (MB)"}
 
 
-def objective_values(data: SweepData, metrics: list[str]) -> pd.DataFrame:
+def objective_values(data: SweepData, metrics: list[str],
+                     intervals: bool = False) -> pd.DataFrame:
     """Per config (label), the mean over its counted seeds of each metric (NaN if unknown).
 
     val_auc: the frame AUC on the source val split; test_auc_mean: the trial's mean frame
     AUC over its test sets; the rest are trial columns (params_trainable, step_time_s, ...).
+    With `intervals`, each metric also gets `<metric>_low` / `_high`: its Student-t 95% CI
+    over seeds (each seed one training run; NaN below two seeds).
     """
     out = pd.DataFrame(index=pd.Index(list(dict.fromkeys(data.counted["label"])), name="label"))
     m = data.metrics
@@ -154,7 +157,12 @@ def objective_values(data: SweepData, metrics: list[str]) -> pd.DataFrame:
             out[metric] = np.nan
             continue
         series = pd.Series(np.asarray(values, dtype=float), index=counted["label"].to_numpy())
-        out[metric] = series.groupby(level=0).mean()
+        groups = series.groupby(level=0)
+        out[metric] = groups.mean()
+        if intervals:
+            ci = groups.apply(lambda x: pd.Series(t_interval(x.to_numpy())[1:3],
+                                                  index=["low", "high"])).unstack()
+            out[f"{metric}_low"], out[f"{metric}_high"] = ci["low"], ci["high"]
     return out
 
 
@@ -175,7 +183,8 @@ def pareto(data: SweepData) -> pd.DataFrame | None:
         return None
     names = [str(o["metric"]) for o in objectives]
     maximize = maximized(objectives)
-    values = objective_values(data, [*names, *(m for m in MEASURES if m not in names)])
+    values = objective_values(data, [*names, *(m for m in MEASURES if m not in names)],
+                              intervals=True)
     values["n_seeds"] = data.counted.groupby("label")["seed"].nunique()
     values["on_front"] = pareto_mask(values[names].to_numpy(), maximize)
     values = values.reset_index()
@@ -190,7 +199,7 @@ def pareto_table(front: pd.DataFrame, objectives: list[dict]) -> Table:
     modes = ["max" if up else "min" for up in maximized(objectives)]
     others = [m for m in MEASURES if m not in names and front[m].notna().any()]
     on = front[front["on_front"]]
-    rows = [[r["label"], *(_measure_text(n, r[n]) for n in [*names, *others]),
+    rows = [[r["label"], *(_measure_text(n, r) for n in [*names, *others]),
              str(int(r["n_seeds"]))] for _, r in on.iterrows()]
     header = [*(f"{MEASURE_NAMES.get(n, n)} [{mode}]" for n, mode in zip(names, modes,
                                                                           strict=True)),
@@ -198,17 +207,20 @@ def pareto_table(front: pd.DataFrame, objectives: list[dict]) -> Table:
     known = int(front[names].notna().all(axis=1).sum())
     note = (f"{len(on)} of {known} recipes are on the front: no other recipe is at least as good "
             f"on both {names[0]} ({modes[0]}) and {names[1]} ({modes[1]}) and better on one "
-            "(ties are kept). Every value is a mean over the recipe's finished seeds.")
+            "(ties are kept). Every value is a mean over the recipe's finished seeds; AUCs "
+            "carry ± half-width of their Student-t 95% CI over seeds (each seed one training "
+            "run). The front is drawn through the means, so a point whose CI overlaps a "
+            "dominating one is not clearly off it.")
     if known < len(front):
         note += f" {len(front) - known} recipe(s) lack an objective value and are left out."
     return Table(f"Pareto front ({len(on)} of {known} recipes)",
                  ["Recipe", *header, "Seeds"], rows, note=note, slug="pareto")
 
 
-def _measure_text(name: str, value: float) -> str:
+def _measure_text(name: str, row: pd.Series) -> str:
     if "auc" in name:
-        return pm(value, None, None)
-    return number(value)
+        return pm(row[name], row.get(f"{name}_low"), row.get(f"{name}_high"))
+    return number(row[name])
 
 
 # ---------------------------------------------------------------- status and errors
