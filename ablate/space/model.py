@@ -22,7 +22,8 @@ KNOWN_METRICS = (
 )
 SAMPLERS = ("tpe", "random", "grid", "nsga2")
 TOP_KEYS = ("description", "fixed", "params", "objectives", "budget", "seeds",
-            "early_stopping", "resources", "tests", "sampler", "design", "factors", "reference")
+            "early_stopping", "resources", "tests", "sampler", "design", "factors", "reference",
+            "confirm")
 PARAM_FIELDS = ("choice", "int", "float", "log", "step", "when")
 TINY_PREFIX = "tiny-"  # teachers not starting with it load real weights (minutes)
 MODEL_KEYS = ("backbone", "filter", "weight", "guide", "teacher", "loss", "image_size")
@@ -110,6 +111,18 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class Confirm:
+    """After a search: retrain the `top` best recipes by source-val on `seeds` fresh seeds.
+
+    The search chose its winners on its own runs, so their numbers are biased upward (the
+    winner's curse); the report's verdicts use the confirmation runs only.
+    """
+
+    top: int
+    seeds: int
+
+
+@dataclass(frozen=True)
 class SamplerSpec:
     name: str = "tpe"
     seed: int | None = 0
@@ -133,6 +146,21 @@ class SearchSpace:
     sampler: SamplerSpec
     source_path: Path | None = None
     design: Any = None  # a space.design.Design: explicit cells instead of a sampler
+    first_seed: int = 0  # seeds: {count: 3, first: 3} runs seeds 3, 4, 5
+    confirm: Confirm | None = None
+
+    @property
+    def seed_ids(self) -> list[int]:
+        """The seeds every recipe runs with."""
+        return list(range(self.first_seed, self.first_seed + self.seeds))
+
+    @property
+    def confirm_seed_ids(self) -> list[int]:
+        """Fresh seeds for the confirmation stage: the ones right after the search's."""
+        if self.confirm is None:
+            return []
+        start = self.first_seed + self.seeds
+        return list(range(start, start + self.confirm.seeds))
 
     @property
     def metrics(self) -> list[str]:

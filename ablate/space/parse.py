@@ -14,6 +14,7 @@ from ablate.space.model import (
     PARAM_FIELDS,
     SAMPLERS,
     TOP_KEYS,
+    Confirm,
     EarlyStopping,
     Objective,
     Param,
@@ -44,7 +45,11 @@ def parse_space(text: str, path: Path) -> SearchSpace:
     trials, max_concurrent = _budget(data.get("budget"), where)
     if design is not None:
         trials = design.size
-    seeds = _int(data.get("seeds", 1), "seeds", where, minimum=1)
+    seeds, first_seed = _seeds(data.get("seeds", 1), where)
+    confirm = _confirm(data.get("confirm"), where)
+    if confirm is not None and design is not None:
+        where.fail("confirm", "a design runs every cell on its seeds, so it already is the "
+                              "confirmation; drop confirm: (it is for searches)")
     if seeds > 1 and ("seed" in fixed or any(p.key == "seed" for p in params)):
         where.fail("seeds", "seeds > 1 sets the recipe's seed itself; remove `seed` from fixed/params")
     tests = _tests(data.get("tests"), where)
@@ -66,6 +71,8 @@ def parse_space(text: str, path: Path) -> SearchSpace:
                  else _sampler(data.get("sampler"), params, len(objectives), where)),
         source_path=path,
         design=design,
+        first_seed=first_seed,
+        confirm=confirm,
     )
 
 
@@ -238,6 +245,28 @@ def _budget(value: Any, where: _Where) -> tuple[int, int]:
     b = _section(value, "budget", ("trials", "max_concurrent"), where)
     trials = _int(b.get("trials", 8), "budget.trials", where, minimum=1)
     return trials, _int(b.get("max_concurrent", 1), "budget.max_concurrent", where, minimum=1)
+
+
+def _seeds(value: Any, where: _Where) -> tuple[int, int]:
+    """`seeds: 3` (seeds 0, 1, 2) or `seeds: {count: 3, first: 3}` (seeds 3, 4, 5)."""
+    if isinstance(value, dict):
+        s = _section(value, "seeds", ("count", "first"), where)
+        if "count" not in s:
+            where.fail("seeds", "needs count:, e.g. {count: 3, first: 3}")
+        return (_int(s["count"], "seeds.count", where, minimum=1),
+                _int(s.get("first", 0), "seeds.first", where, minimum=0))
+    return _int(value, "seeds", where, minimum=1), 0
+
+
+def _confirm(value: Any, where: _Where) -> Confirm | None:
+    """`confirm: {top: k, seeds: n}`: retrain the k best recipes on n fresh seeds."""
+    if value is None:
+        return None
+    c = _section(value, "confirm", ("top", "seeds"), where)
+    if "top" not in c or "seeds" not in c:
+        where.fail("confirm", "needs top: and seeds:, e.g. {top: 3, seeds: 3}")
+    return Confirm(_int(c["top"], "confirm.top", where, minimum=1),
+                   _int(c["seeds"], "confirm.seeds", where, minimum=2))
 
 
 def _early_stopping(value: Any, where: _Where) -> EarlyStopping:

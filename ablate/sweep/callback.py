@@ -138,7 +138,7 @@ class ResultsCallback(Callback):
     def _record_unfinished(self, trial, status: str, error: str | None) -> None:  # noqa: ANN001
         """A trial that ended without its final report (pruned, or its worker died),
         under the first seed it had not recorded."""
-        seeds = [s for s in range(self.space.seeds)
+        seeds = [s for s in self.space.seed_ids
                  if (trial.trial_id, s) not in self.recorded]
         if not seeds:
             return

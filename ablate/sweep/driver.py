@@ -36,6 +36,7 @@ from ablate.sweep.cluster import (
     local_capacity,
     node_versions,
 )
+from ablate.sweep.confirm import confirmation_name
 from ablate.sweep.reconcile import (
     Plan,
     counted_trials,
@@ -61,6 +62,7 @@ class SweepSummary:
     db_url: str
     wall_s: float
     table: Any  # pandas.DataFrame
+    confirmation: SweepSummary | None = None  # the search's confirmation sweep, if it had one
 
 
 def run_sweep(
@@ -69,9 +71,13 @@ def run_sweep(
     resume: bool = False, force: bool = False, cpus: float | None = None,
     gpus: float | None = None, n_boot: int = 1000, grid: dict[str, list[str]] | None = None,
     settings: dict[str, Any] | None = None, mlflow: str | None = None, wandb: str | None = None,
-    storage: str | None = None, reuse_any_version: bool = False,
+    storage: str | None = None, reuse_any_version: bool = False, stage: dict | None = None,
 ) -> SweepSummary:
-    """Run (or resume) one sweep and return its summary; see the module docstring."""
+    """Run (or resume) one sweep and return its summary; see the module docstring.
+
+    A search space with `confirm:` then runs (or resumes) its confirmation sweep
+    (`ablate.sweep.confirm`); `stage` is what a confirmation sweep records of its search.
+    """
     import ray
 
     from ablate import storage as store
@@ -137,6 +143,8 @@ def run_sweep(
                         else space.sampler_name),
             **_design_settings(space),
             "overrides": settings or stored.get("overrides") or {},
+            **({"confirmation": confirmation_name(name)} if space.confirm and not grid else {}),
+            **(stage or {}),
         }, version, resume=resume)
         heartbeat.start(sweep_id)
         study = None if grid else _open_study(space, name, db)
@@ -169,8 +177,33 @@ def run_sweep(
                           f"{space_name} --name {name} --resume")
     from ablate.sweep.table import summary_table
 
+    confirmation = None
+    if space.confirm is not None and not grid:
+        confirmation = _confirm(space, space_text, name, db, {
+            "db_url": db_url, "address": address, "concurrency": concurrency, "cpus": cpus,
+            "gpus": gpus, "n_boot": n_boot, "storage": storage, "force": force,
+            "reuse_any_version": reuse_any_version})
     return SweepSummary(name, sweep_id, db.url, time.perf_counter() - start,
-                        summary_table(db, name))
+                        summary_table(db, name), confirmation)
+
+
+def _confirm(space, space_text: str, search: str, db, kwargs: dict) -> SweepSummary:  # noqa: ANN001
+    """Retrain the search's best recipes on fresh seeds, in sweep `<search>-confirm`."""
+    from ablate.sweep.confirm import winners, write_confirm_space
+
+    name = confirmation_name(search)
+    found = winners(db, search, space)
+    seeds = space.confirm_seed_ids
+    _say(f"sweep {search}: confirming its {len(found)} best recipe(s) by source-val AUC on "
+         f"fresh seeds {', '.join(map(str, seeds))} (sweep {name}):")
+    for w in found:
+        _say(f"  {w.label}: val AUC {w.val_auc:.4f} over {w.seeds} seed(s): "
+             f"{' '.join(w.overrides) or '(the fixed recipe)'}")
+    path = write_confirm_space(space_text, seeds, len(found), SPACES_DIR, name)
+    return run_sweep(str(path), name=name, resume=db.sweep_id(name) is not None,
+                     grid={w.label: list(w.overrides) for w in found},
+                     stage={"confirms": search, "winners": [w.__dict__ for w in found]},
+                     **kwargs)
 
 
 def _design_settings(space) -> dict[str, Any]:  # noqa: ANN001
@@ -220,7 +253,7 @@ def _run(r: _Run) -> None:
     limit = r.concurrency or space.max_concurrent or max(int(available // max(per_trial["cpu"], 1)), 1)
     runs = store.join(r.storage, r.name, "runs") if r.storage else str((RUNS_DIR / r.name).resolve())
     context = TrialContext(
-        space_text=r.space_text, space_name=space.name, seeds=list(range(space.seeds)),
+        space_text=r.space_text, space_name=space.name, seeds=space.seed_ids,
         runs_location=runs, reuse=r.reuse, done=plan.done, checkpoints=plan.checkpoints,
         threads=max(int(per_trial["cpu"] / per_trial.get("processes", 1)), 1), n_boot=r.n_boot,
         workdir=str(Path.cwd()) if r.local else None, grid=r.grid,
@@ -278,7 +311,7 @@ def _ended(db, name: str, sweep_id: int, n_trials: int, space, grid, study) -> s
     """finished when the database and the study say every planned trial is settled."""
     if grid:
         by_tune = stored_seeds(db, name)
-        return "interrupted" if labels_left(space, grid, space.seeds, by_tune) else "finished"
+        return "interrupted" if labels_left(space, grid, by_tune) else "finished"
     return "finished" if counted_trials(study) >= n_trials else "interrupted"
 
 

@@ -66,7 +66,7 @@ def plan_resume(db, sweep_id: int, sweep_name: str, n_trials: int, seeds: int,  
     checkpoints = {f"{identity}:{seed}": c["uri"]
                    for (identity, seed), c in db.checkpoints(sweep_id).items()}
     if grid:
-        labels = labels_left(space, grid, seeds, by_tune)
+        labels = labels_left(space, grid, by_tune)
         return Plan(len(labels), done, checkpoints, labels)
     counted = settle_study(study, by_tune, seeds, space)
     return Plan(max(n_trials - counted, 0), done, checkpoints)
@@ -121,7 +121,7 @@ def counted_trials(study) -> int:  # noqa: ANN001
                if not t.user_attrs.get(INTERRUPTED_ATTR))
 
 
-def labels_left(space, grid: dict[str, list[str]], seeds: int,  # noqa: ANN001
+def labels_left(space, grid: dict[str, list[str]],  # noqa: ANN001
                 by_tune: dict[str, list[dict]]) -> list[str]:
     """An explicit grid's labels whose seeds the sweep has not all written."""
     from ablate.errors import AblateError
@@ -134,7 +134,7 @@ def labels_left(space, grid: dict[str, list[str]], seeds: int,  # noqa: ANN001
     for label in grid:
         try:
             wanted = {(recipe_hash(compose(trial_overrides(space, {GRID_KEY: label}, grid, s))), s)
-                      for s in range(seeds)}
+                      for s in space.seed_ids}
         except AblateError:  # written as the label's choices (ablate.sweep.callback._recipe)
             if not any(r["recipe"] == {GRID_KEY: label} for r in rows):
                 left.append(label)
