@@ -2,10 +2,18 @@
 
 The comparison is a sweep over an explicit grid (one recipe per teacher) run by
 the sweep machinery, so it is recorded in the results database like any sweep
-and reused, resumed and reported the same way. Differences against the first
-teacher are *paired*: both teachers' scores on the same test videos are
-resampled together (one bootstrap draw of videos, applied to both), which is
-much tighter than comparing two independent CIs.
+and reused, resumed and reported the same way.
+
+The training run (seed) is the unit of replication; test sets are fixed conditions,
+never replicates. Per test set, a teacher's AUC/EER is the mean over its seeds with a
+Student-t interval over seeds, and its difference to the first teacher is *paired* by
+seed (the seeds both ran), with a Student-t interval over those per-seed differences.
+Each teacher's Avg row averages the test sets within each seed first, then takes the
+interval over those seed means (`report.stats.seed_interval`), with its minimum
+detectable effect and, from the runs' per-frame scores, a two-stage interval that adds
+the test videos' sampling. With one seed there is no interval over seeds: a teacher's
+own numbers carry that run's video-bootstrap CI (test sample only), a difference none.
+DeLong's p tests only the test sample for one pair of trained models.
 """
 
 from __future__ import annotations
@@ -13,15 +21,34 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
 import yaml
 
+from ablate.compare_output import (
+    AVG,
+    AVG_T,
+    BASE_DELTA,
+    DIFF_T,
+    NO_SEEDS,
+    OWN_T,
+    RUN_BOOT,
+    require_free,
+    write_comparison,
+)
 from ablate.errors import AblateError
 from ablate.report.delong import holm
 from ablate.report.paired import delong_on, read_scores
+from ablate.report.stats import (
+    DEFAULT_EFFECT,
+    NO_INTERVAL,
+    SEED_T,
+    TWO_STAGE,
+    seed_interval,
+    seeds_needed,
+    t_interval,
+)
 from ablate.slots import NO_GUIDE
 from ablate.space import parse_settings
 
@@ -210,9 +237,13 @@ def trial_rows(db, name: str, teachers: dict[str, dict]) -> pd.DataFrame:  # noq
 
 
 def comparison_table(db, name: str, teachers: dict[str, dict], n_boot: int = 1000) -> pd.DataFrame:  # noqa: ANN001
-    """Per teacher and test set: AUC/EER [95% CI], paired delta vs the first teacher, cost.
+    """Per teacher and test set, and per teacher on average over test sets (test_set AVG):
+    AUC/EER with 95% CIs over seeds, the paired Δ vs the first teacher, DeLong's p, costs.
 
-    `teachers` maps each label, first = the baseline, to its composed teacher config.
+    `teachers` maps each label, first = the base, to its composed teacher config. The
+    training run (seed) is the unit: every interval is over seeds (PROCEDURES names each,
+    in columns ci_method, d_ci_method and d_2s_method); `n_boot` sizes the video resamples
+    of the Avg rows' two-stage interval.
     """
     trials = trial_rows(db, name, teachers)
     done = trials[trials["status"].isin(["finished", "reused"])]
@@ -220,38 +251,239 @@ def comparison_table(db, name: str, teachers: dict[str, dict], n_boot: int = 100
         errors = "; ".join(f"{r.teacher}: {r.status} {r.error or ''}".strip()
                            for r in trials.itertuples())
         raise AblateError(f"comparison {name} has no finished trials ({errors})")
-    scores = read_scores(done, "teacher")  # (teacher, seed) -> per-frame scores
     metrics = db.metrics(name)
+    vals, notes = seed_values(metrics, done)
+    scores = read_scores(done, "teacher")  # (teacher, seed) -> per-frame scores: DeLong, 2-stage
     labels = list(teachers)
     base = labels[0]
+    datasets = _test_sets(metrics)
+    costs = {lab: _costs(done[done["teacher"] == lab]) for lab in labels}
     rows = []
-    for dataset in _test_sets(metrics):
-        boot = {lab: _boot_over_seeds(scores, lab, dataset, n_boot) for lab in labels}
+    for dataset in datasets:
         for lab in labels:
-            row = {"teacher": lab, "test_set": dataset}
-            mine = done[done["teacher"] == lab]
-            row["seeds"] = int(mine["seed"].nunique())
-            for metric in ("auc", "eer"):
-                point, low, high = _metric(metrics, mine, dataset, metric, boot[lab], None)
-                row.update({metric: point, f"{metric}_low": low, f"{metric}_high": high})
-                d_point, d_low, d_high = _metric(metrics, mine, dataset, metric, boot[lab],
-                                                 (boot[base], done[done["teacher"] == base]))
-                row.update({f"d_{metric}": d_point, f"d_{metric}_low": d_low,
-                            f"d_{metric}_high": d_high})
-            row["ci_method"] = "paired video bootstrap" if boot[lab] else "stored CIs (no scores)"
-            row["p_delong"] = _delong_p(scores, lab, base, dataset)
-            for cost in ("step_time_s", "peak_mem_mb", "params_trainable"):
-                row[cost] = float(mine[cost].mean()) if mine[cost].notna().any() else np.nan
-            rows.append(row)
+            rows.append(_merged({"teacher": lab, "test_set": dataset,
+                                 "note": _join(*notes.get(lab, [])),
+                                 "p_delong": _delong_p(scores, lab, base, dataset)},
+                                _own_cells(vals, lab, dataset),
+                                _delta_cells(vals, lab, base, dataset), costs[lab]))
+    for lab in labels:
+        row = _merged({"teacher": lab, "test_set": AVG, "note": _join(*notes.get(lab, [])),
+                       "p_delong": np.nan}, _own_avg_cells(vals, lab, datasets),
+                      _delta_avg_cells(vals, lab, base, datasets), costs[lab])
+        readable = {k[0] for k in scores}
+        if lab != base and row["d_seeds"] >= 2 and {lab, base} <= readable:
+            row = _merged(row, _two_stage_cells(done, lab, base, datasets, n_boot,
+                                                row["d_seeds"]))
+        rows.append(row)
     table = pd.DataFrame(rows)
-    # Holm over every teacher x test set compared with the base
+    # Holm over every teacher x test set compared with the base (Avg rows have no p: NaN)
     table["p_delong_holm"] = holm(table["p_delong"].to_numpy(dtype=float))
-    return with_frozen_params(table, teachers)
+    return with_frozen_params(table.reindex(columns=TABLE_COLUMNS), teachers)
+
+
+TABLE_COLUMNS = [
+    "teacher", "test_set", "seeds", "auc", "auc_low", "auc_high", "eer", "eer_low", "eer_high",
+    "ci_method", "d_seeds", "d_auc", "d_auc_low", "d_auc_high", "d_eer", "d_eer_low",
+    "d_eer_high", "d_ci_method", "sd_seeds", "mde", "seeds_needed", "d_2s_seeds", "d_auc_2s",
+    "d_auc_2s_low", "d_auc_2s_high", "d_eer_2s", "d_eer_2s_low", "d_eer_2s_high", "d_2s_method",
+    "p_delong", "p_delong_holm", "note", "step_time_s", "peak_mem_mb", "params_trainable",
+]
+METRICS = ("auc", "eer")
+NAN = float("nan")
+
+
+def seed_values(metrics: pd.DataFrame, done: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """(teacher, seed, dataset, metric, value, ci_low, ci_high): each finished run's stored
+    frame-level test AUC/EER and its own video-bootstrap CI; and teacher -> notes.
+
+    One run per (teacher, seed): where a seed ran twice (two recipes composing the same
+    teacher), the later trial counts (as `read_scores` keeps it) and the note says so.
+    """
+    test = metrics[(metrics["split"] == "test") & (metrics["level"] == "frame")
+                   & metrics["metric"].isin(METRICS)]
+    runs = done[done["teacher"].notna()][["id", "teacher", "seed"]].rename(
+        columns={"id": "trial_id"})
+    vals = test.drop(columns=["seed", "teacher"], errors="ignore").merge(runs, on="trial_id")
+    vals = vals.sort_values("trial_id", kind="stable")
+    notes: dict[str, list[str]] = {}
+    per_run = runs.groupby(["teacher", "seed"])["trial_id"].nunique()
+    for (teacher, seed), k in per_run[per_run > 1].items():
+        notes.setdefault(teacher, []).append(f"seed {int(seed)} ran {k} times: the last "
+                                             "run is used")
+    vals = vals.drop_duplicates(["teacher", "seed", "dataset", "metric"], keep="last")
+    vals = vals.assign(seed=vals["seed"].astype(int))
+    return vals[["teacher", "seed", "dataset", "metric", "value", "ci_low", "ci_high"]], notes
+
+
+def _per_seed(vals: pd.DataFrame, teacher: str, dataset: str, metric: str) -> pd.DataFrame:
+    """The teacher's runs on one test set: value, ci_low, ci_high indexed by seed."""
+    mine = vals[(vals["teacher"] == teacher) & (vals["dataset"] == dataset)
+                & (vals["metric"] == metric)]
+    return mine.dropna(subset=["value"]).set_index("seed").sort_index()
+
+
+def _own_cells(vals: pd.DataFrame, teacher: str, dataset: str) -> dict:
+    """The teacher's own AUC/EER on one test set: t over seeds, or one run's stored CI."""
+    out, methods = {}, {}
+    for metric in METRICS:
+        runs = _per_seed(vals, teacher, dataset, metric)
+        if len(runs) >= 2:
+            point, low, high, _ = t_interval(runs["value"].to_numpy())
+            methods[metric] = OWN_T
+        elif len(runs) == 1:  # one run: its own video bootstrap, test sample only
+            point, low, high = (float(runs[c].iloc[0]) for c in ("value", "ci_low", "ci_high"))
+            methods[metric] = RUN_BOOT if np.isfinite([low, high]).all() else NO_INTERVAL
+        else:
+            point, low, high = NAN, NAN, NAN
+            methods[metric] = NO_SEEDS
+        out.update({metric: point, f"{metric}_low": low, f"{metric}_high": high})
+        out.setdefault("seeds", len(runs))
+    return {**out, "ci_method": _methods(methods)}
+
+
+def _own_avg_cells(vals: pd.DataFrame, teacher: str, datasets: list[str]) -> dict:
+    """The teacher's AUC/EER averaged over test sets within each seed, then t over seeds."""
+    out, methods, notes = {}, {}, []
+    for metric in METRICS:
+        mine = vals[(vals["teacher"] == teacher) & (vals["metric"] == metric)]
+        found = seed_interval(mine, value="value")
+        out.update({metric: found.mean, f"{metric}_low": found.low,
+                    f"{metric}_high": found.high})
+        out.setdefault("seeds", found.n_seeds)
+        methods[metric] = _avg_method(found.procedure)
+        notes += [found.note, _missing_sets(mine, datasets)]
+    return {**out, "ci_method": _methods(methods), "note": _join(*notes)}
+
+
+def _paired(vals: pd.DataFrame, teacher: str, base: str, dataset: str,
+            metric: str) -> tuple[pd.Series, str]:
+    """(per-seed difference teacher - base on the seeds both ran, a note when the two
+    teachers' seeds differ on this test set)."""
+    mine = _per_seed(vals, teacher, dataset, metric)["value"]
+    theirs = _per_seed(vals, base, dataset, metric)["value"]
+    diff = (mine - theirs).dropna()  # aligned on seed: unmatched seeds drop out
+    return diff, _seed_note(set(mine.index), set(theirs.index), base, f" on {dataset}")
+
+
+def _delta_cells(vals: pd.DataFrame, teacher: str, base: str, dataset: str) -> dict:
+    """Δ vs the base on one test set: t over matched seeds; one matched seed: no interval."""
+    if teacher == base:
+        return {"d_seeds": _per_seed(vals, base, dataset, "auc").shape[0], "d_auc": 0.0,
+                "d_auc_low": NAN, "d_auc_high": NAN, "d_eer": 0.0, "d_eer_low": NAN,
+                "d_eer_high": NAN, "d_ci_method": BASE_DELTA, "note": ""}
+    out, methods, notes = {}, {}, []
+    for metric in METRICS:
+        diff, note = _paired(vals, teacher, base, dataset, metric)
+        point, low, high, n = t_interval(diff.to_numpy())
+        out.update({f"d_{metric}": point, f"d_{metric}_low": low, f"d_{metric}_high": high})
+        out.setdefault("d_seeds", n)
+        methods[metric] = DIFF_T if n >= 2 else NO_INTERVAL if n == 1 else NO_SEEDS
+        notes.append(note)
+    return {**out, "d_ci_method": _methods(methods), "note": _join(*notes)}
+
+
+def _delta_avg_cells(vals: pd.DataFrame, teacher: str, base: str, datasets: list[str]) -> dict:
+    """Δ vs the base averaged over test sets within each matched seed, then t over seeds
+    (`stats.seed_interval`), with the ΔAUC's spread, MDE and seeds needed."""
+    if teacher == base:
+        found = seed_interval(vals[(vals["teacher"] == base) & (vals["metric"] == "auc")],
+                              value="value")
+        return {"d_seeds": found.n_seeds, "d_auc": 0.0, "d_auc_low": NAN, "d_auc_high": NAN,
+                "d_eer": 0.0, "d_eer_low": NAN, "d_eer_high": NAN, "d_ci_method": BASE_DELTA}
+    out, methods = {}, {}
+    mine, theirs = (set(vals.loc[vals["teacher"] == t, "seed"]) for t in (teacher, base))
+    notes = [_seed_note(mine, theirs, base, "")]
+    for metric in METRICS:
+        diffs = pd.concat([_paired(vals, teacher, base, d, metric)[0].rename("diff")
+                           .rename_axis("seed").reset_index().assign(dataset=d)
+                           for d in datasets], ignore_index=True)
+        found = seed_interval(diffs)
+        out.update({f"d_{metric}": found.mean, f"d_{metric}_low": found.low,
+                    f"d_{metric}_high": found.high})
+        methods[metric] = _avg_method(found.procedure)
+        notes += [found.note, _missing_sets(diffs, datasets)]
+        if metric == "auc":  # the spread, power and seeds needed quoted for ΔAUC
+            needed = seeds_needed(DEFAULT_EFFECT, found.sd)
+            out.update({"d_seeds": found.n_seeds, "sd_seeds": found.sd, "mde": found.mde,
+                        "seeds_needed": np.nan if needed is None else float(needed)})
+    return {**out, "d_ci_method": _methods(methods), "note": _join(*notes)}
+
+
+def _two_stage_cells(done: pd.DataFrame, teacher: str, base: str, datasets: list[str],
+                     n_boot: int, n_seeds: int) -> dict:
+    """The Avg Δ with seeds and test videos resampled (`paired.two_stage_difference`, from
+    the runs' per-frame scores); {} where the scores cannot be read or aligned."""
+    from ablate.report.data import SweepData
+    from ablate.report.paired import two_stage_difference
+
+    runs = done[done["teacher"].isin([teacher, base])].assign(config=lambda f: f["teacher"])
+    data = SweepData(name="", info={}, settings={}, db_url="", optuna_url="", trials=runs,
+                     counted=runs, metrics=pd.DataFrame(), curves=pd.DataFrame(),
+                     tests=list(datasets), varying=[])
+    found = two_stage_difference(data, teacher, base, n_boot)
+    if not found:
+        return {}
+    out = {"d_2s_method": TWO_STAGE}
+    for metric in METRICS:
+        mean, low, high, n = found[("frame", metric)]
+        out.update({f"d_{metric}_2s": mean, f"d_{metric}_2s_low": low,
+                    f"d_{metric}_2s_high": high, "d_2s_seeds": n})
+    if out["d_2s_seeds"] < 2:
+        out["d_2s_method"] = NO_INTERVAL
+    if out["d_2s_seeds"] != n_seeds:
+        out["note"] = f"seeds × videos uses the {out['d_2s_seeds']} seeds with readable scores"
+    return out
+
+
+def _seed_note(mine: set, theirs: set, base: str, where: str) -> str:
+    """A note when a teacher's seeds differ from the base's: Δ uses the matched ones only."""
+    if mine == theirs:
+        return ""
+    matched = ", ".join(map(str, sorted(mine & theirs))) or "none"
+    return (f"seeds differ from {base}'s{where} (this: {_seeds(mine)}; {base}: "
+            f"{_seeds(theirs)}): Δ uses matched seeds {matched} only")
+
+
+def _seeds(seeds: set) -> str:
+    return ", ".join(str(int(s)) for s in sorted(seeds)) or "none"
+
+
+def _missing_sets(frame: pd.DataFrame, datasets: list[str]) -> str:
+    missing = [d for d in datasets if d not in set(frame["dataset"])]
+    return f"Avg leaves out {', '.join(missing)} (no matched runs)" if missing else ""
+
+
+def _avg_method(procedure: str) -> str:
+    return {SEED_T: AVG_T, "no seeds": NO_SEEDS}.get(procedure, procedure)
+
+
+def _methods(by_metric: dict[str, str]) -> str:
+    """One procedure name, or each metric's where AUC's and EER's differ."""
+    if len(set(by_metric.values())) == 1:
+        return next(iter(by_metric.values()))
+    return "; ".join(f"{m.upper()}: {p}" for m, p in by_metric.items())
+
+
+def _merged(*parts: dict) -> dict:
+    """The cells of `parts` in one row, their notes joined."""
+    row = {k: v for part in parts for k, v in part.items()}
+    row["note"] = _join(*(part.get("note", "") for part in parts))
+    return row
+
+
+def _join(*notes: str) -> str:
+    return "; ".join(dict.fromkeys(n for n in notes if n))
+
+
+def _costs(runs: pd.DataFrame) -> dict:
+    return {c: float(runs[c].mean()) if runs[c].notna().any() else np.nan
+            for c in ("step_time_s", "peak_mem_mb", "params_trainable")}
 
 
 def _delong_p(scores: dict, label: str, base: str, dataset: str) -> float:
     """DeLong's p of mean frame AUC (seeds both have) of `label` against `base`, on the
-    frames both scored; NaN for the base itself or without readable scores."""
+    frames both scored; NaN for the base itself or without readable scores. It tests the
+    test sample's variance for these trained models only, not training randomness."""
     found = None if label == base else delong_on(scores, label, base, dataset)
     return float("nan") if found is None else found[0].p_value
 
@@ -259,163 +491,3 @@ def _delong_p(scores: dict, label: str, base: str, dataset: str) -> float:
 def _test_sets(metrics: pd.DataFrame) -> list[str]:
     test = metrics[metrics["split"] == "test"]
     return list(dict.fromkeys(test["dataset"]))
-
-
-def _boot_over_seeds(scores: dict, label: str, dataset: str, n_boot: int) -> dict:
-    """{'auc': (points per seed, resample values averaged over seeds), 'eer': ...} or {}."""
-    from ablate.metrics import auc, bootstrap_values, eer
-
-    seeds = sorted(s for (lab, s) in scores if lab == label)
-    if not seeds:
-        return {}
-    out: dict[str, tuple[list[float], np.ndarray]] = {}
-    for metric, fn in (("auc", auc), ("eer", eer)):
-        points, values = [], []
-        for seed in seeds:
-            frame = scores[(label, seed)]
-            frame = frame[frame["dataset"] == dataset].sort_values("path", kind="stable")
-            if frame.empty:
-                return {}
-            y, s = frame["label"].to_numpy(), frame["score"].to_numpy()
-            points.append(fn(y, s))
-            # bootstrap seed 0 for every teacher and seed: the same video resamples
-            values.append(bootstrap_values(frame["video_id"].astype(str).to_numpy(), y, s,
-                                           metric, n_boot=n_boot, seed=0)[0])
-        out[metric] = (points, np.mean(values, axis=0))
-    return out
-
-
-def _metric(metrics: pd.DataFrame, trials: pd.DataFrame, dataset: str, metric: str,
-            boot: dict, paired: tuple[dict, pd.DataFrame] | None) -> tuple[float, float, float]:
-    """(point, CI low, CI high): of the metric, or with `paired` of its difference to the base."""
-    if boot and (paired is None or paired[0]):
-        points, values = boot[metric]
-        if paired is not None:
-            base_points, base_values = paired[0][metric]
-            points = [np.mean(points) - np.mean(base_points)]
-            values = values - base_values
-        low, high = np.quantile(values, [0.025, 0.975])
-        return float(np.mean(points)), float(low), float(high)
-    # no scores here (a cluster run folder elsewhere): the database's numbers
-    def stored(rows: pd.DataFrame) -> pd.DataFrame:
-        ids = rows["id"] if "id" in rows else rows["trial_id"]
-        return metrics[(metrics["trial_id"].isin(ids)) & (metrics["dataset"] == dataset)
-                       & (metrics["split"] == "test") & (metrics["level"] == "frame")
-                       & (metrics["metric"] == metric)]
-    mine = stored(trials)
-    if paired is None:
-        return float(mine["value"].mean()), float(mine["ci_low"].mean()), float(
-            mine["ci_high"].mean())
-    base = stored(paired[1])
-    return float(mine["value"].mean() - base["value"].mean()), np.nan, np.nan
-
-
-# ---------------------------------------------------------------- output
-
-
-def _fmt(point: float, low: float, high: float, signed: bool = False) -> str:
-    if np.isnan(point):
-        return "n/a"
-    sign = "+" if signed else ""
-    text = f"{point:{sign}.3f}"
-    return text if np.isnan(low) else f"{text} [{low:{sign}.3f}, {high:{sign}.3f}]"
-
-
-def display_table(table: pd.DataFrame) -> pd.DataFrame:
-    """The comparison as strings: one row per teacher and test set."""
-    base = table["teacher"].iloc[0]
-    rows = []
-    for r in table.itertuples():
-        first = r.teacher == base
-        rows.append({
-            "teacher": r.teacher, "test set": r.test_set, "seeds": r.seeds,
-            "AUC [95% CI]": _fmt(r.auc, r.auc_low, r.auc_high),
-            "EER [95% CI]": _fmt(r.eer, r.eer_low, r.eer_high),
-            f"ΔAUC vs {base}": "—" if first else _fmt(r.d_auc, r.d_auc_low, r.d_auc_high, True),
-            f"ΔEER vs {base}": "—" if first else _fmt(r.d_eer, r.d_eer_low, r.d_eer_high, True),
-            "DeLong p (Holm)": _p_cell(r, first),
-            "step (s)": f"{r.step_time_s:.3f}", "peak mem (MB)": f"{r.peak_mem_mb:.0f}",
-            "trainable params": f"{r.params_trainable:,.0f}",
-            "frozen params": "?" if pd.isna(getattr(r, "params_frozen", np.nan))
-            else f"{r.params_frozen:,.0f}",
-        })
-    return pd.DataFrame(rows)
-
-
-def _p_cell(r, first: bool) -> str:  # noqa: ANN001
-    """DeLong's p against the base and, in brackets, Holm-adjusted; '—' where none."""
-    p, adj = getattr(r, "p_delong", np.nan), getattr(r, "p_delong_holm", np.nan)
-    return "—" if first or pd.isna(p) else f"{p:.3g} ({adj:.3g})"
-
-
-def markdown(frame: pd.DataFrame) -> str:
-    head = "| " + " | ".join(frame.columns) + " |"
-    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([head, rule, *body])
-
-
-COMPARISON_FILES = ("compare.csv", "compare.md", "compare.png")
-
-
-def require_free(folder: Path) -> None:
-    """AblateError when `folder` already holds a comparison's files: they are never replaced."""
-    taken = [n for n in COMPARISON_FILES if (folder / n).exists()]
-    if taken:
-        raise AblateError(f"{folder} already holds a comparison ({', '.join(taken)}); "
-                          "choose another --out (an existing comparison is never overwritten)")
-
-
-def write_comparison(table: pd.DataFrame, folder: Path) -> Path:
-    """compare.csv (numbers), compare.md (the table and how CIs were computed), compare.png.
-
-    Every file is created exclusively, so a comparison already in `folder` (or one that
-    another process writes there meanwhile) is never overwritten: AblateError instead.
-    """
-    methods = ", ".join(sorted(set(table["ci_method"])))
-    note = (f"CIs: 95% percentile bootstrap over test videos ({methods}); deltas are paired "
-            "(the same video resamples for both teachers), averaged over matched seeds.")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        require_free(folder)
-        with open(folder / "compare.csv", "x", newline="") as fh:  # claims the folder
-            table.to_csv(fh, index=False)
-        with open(folder / "compare.md", "x") as fh:
-            fh.write(markdown(display_table(table)) + "\n\n" + note + "\n")
-        with open(folder / "compare.png", "xb") as fh:
-            _plot(table, fh)
-    except FileExistsError:
-        require_free(folder)  # raises, naming what is there
-        raise
-    except OSError as err:
-        raise AblateError(f"cannot write the comparison to {folder}: {err.strerror or err}; "
-                          "choose another --out") from None
-    return folder
-
-
-def _plot(table: pd.DataFrame, path: Path | BinaryIO) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    sns.set_theme(style="whitegrid")
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * table["test_set"].nunique(), 3.6))
-    sets, teachers = list(dict.fromkeys(table["test_set"])), list(dict.fromkeys(table["teacher"]))
-    width = 0.8 / len(teachers)
-    colours = sns.color_palette("deep", len(teachers))
-    for i, teacher in enumerate(teachers):
-        mine = table[table["teacher"] == teacher].set_index("test_set").loc[sets]
-        x = np.arange(len(sets)) + (i - (len(teachers) - 1) / 2) * width
-        err = np.vstack([mine["auc"] - mine["auc_low"], mine["auc_high"] - mine["auc"]])
-        ax.bar(x, mine["auc"], width, yerr=np.nan_to_num(err), capsize=3, label=teacher,
-               color=colours[i])
-    ax.set_xticks(np.arange(len(sets)), sets, rotation=20)
-    ax.set_ylabel("frame AUC (95% CI)")
-    ax.set_ylim(0, 1)
-    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-    ax.legend(title="teacher", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, format="png")
-    plt.close(fig)
