@@ -194,12 +194,20 @@ def eval_cmd(run: str, tests: tuple[str, ...], scores_out: str | None, bootstrap
 @cli.command("spaces")
 @click.argument("space", required=False, metavar="[NAME_OR_PATH]")
 @click.option("--db", "db_url", metavar="URL",
-              help="Results DB whose finished runs give measured step times (default: "
-                   "$ABLATE_DB or sqlite:///results/ablate.db).")
+              help="Results DB whose finished runs give measured step times and, with "
+                   "--power, the between-seed spread (default: $ABLATE_DB or "
+                   "sqlite:///results/ablate.db).")
 @click.option("--measure", is_flag=True,
               help="Time the reference's guided and baseline steps now (ablate bench, one "
                    "thread, seconds on CPU) for cells no finished run has measured.")
-def spaces_cmd(space: str | None, db_url: str | None, measure: bool) -> None:
+@click.option("--power", is_flag=True,
+              help="Instead of the cost: the seeds this space needs, from the between-seed "
+                   "spread of earlier runs of the same (else a similar) recipe in the DB.")
+@click.option("--effect", type=click.FloatRange(min=0, min_open=True), default=1.0,
+              show_default=True, metavar="POINTS",
+              help="With --power: the AUC effect (points) to quote the seeds needed for.")
+def spaces_cmd(space: str | None, db_url: str | None, measure: bool, power: bool,
+               effect: float) -> None:
     """List the search spaces, or show one: a design's cells and what it will cost.
 
     \b
@@ -209,13 +217,31 @@ def spaces_cmd(space: str | None, db_url: str | None, measure: bool) -> None:
     measured on finished runs of the same recipe in the results DB.
 
     \b
+    --power: the between-seed sd of a paired test-AUC difference (mean over test sets
+    per seed) measured on earlier runs, the smallest effect the space's seeds detect
+    (80% power, paired t over seeds) and the seeds a --effect needs; "unknown", with a
+    pilot command, when no run has 2 seeds.
+
+    \b
     Examples:
       ablate spaces                  # every space, one line each
       ablate spaces ablation         # the cells of the CPU module ablation, with cost
       ablate spaces ablation --measure   # ... timing the steps no finished run has timed
+      ablate spaces demo --power --effect 2   # seeds needed to see a 2-point AUC effect
     """
     from ablate.space import list_spaces, load_space
 
+    if power:
+        if space is None:
+            raise click.UsageError("--power needs a space: ablate spaces NAME --power")
+        if measure:
+            raise click.UsageError("--measure times steps for the cost table; --power "
+                                   "shows no cost, so drop one of them")
+        from ablate.space.power import space_power
+
+        for line in space_power(load_space(space), db_url, effect / 100).lines():
+            click.echo(line)
+        return
     if space is None:
         for name, description in list_spaces():
             click.echo(f"  {name:<15} {description}")
@@ -308,8 +334,13 @@ def sweep_cmd(space: str, trials: int | None, concurrency: int | None, db_url: s
                         reuse_any_version=reuse_any_version)
     if not summary.table.empty:
         click.echo(summary.table.to_string(index=False))
+    confirmation = summary.confirmation
+    if confirmation is not None and not confirmation.table.empty:
+        click.echo(f"confirmation runs (fresh seeds), sweep {confirmation.name}:")
+        click.echo(confirmation.table.to_string(index=False))
     click.echo(f"sweep {summary.name} done in {summary.wall_s:.0f}s; results in {summary.db_url}")
-    click.echo(f"next: ablate report --sweep {summary.name}")
+    click.echo(f"next: ablate report --sweep {summary.name}"
+               + (" (its verdicts come from the confirmation runs)" if confirmation else ""))
 
 
 @cli.command("dashboard")
@@ -360,7 +391,8 @@ def compare_teachers_cmd(teachers: str, seeds: int, recipe: tuple[str, ...], tes
     \b
     Runs through the sweep machinery (recorded in the results DB like any sweep),
     then reports per test set AUC and EER per teacher with 95% CIs, the paired
-    difference against the first teacher (video bootstrap), and each teacher's cost
+    difference against the first teacher (Student t over seeds; Avg rows add the
+    smallest detectable effect and a seeds x videos interval), and each teacher's cost
     (train-step time, peak memory, trainable and frozen parameters).
 
     \b
@@ -369,7 +401,8 @@ def compare_teachers_cmd(teachers: str, seeds: int, recipe: tuple[str, ...], tes
       ablate compare-teachers --teachers "sd15[path=/m/sd15],sd21[path=/m/sd21]" \\
           --recipe recipe=paper --recipe data.train=ffpp --tests celebdf,dfd --gpus 1
     """
-    from ablate.compare import compare_teachers, display_table, markdown, parse_teachers
+    from ablate.compare import compare_teachers, parse_teachers
+    from ablate.compare_output import display_table, markdown
 
     specs = parse_teachers(teachers)
     test_sets = [t.strip() for t in tests.split(",") if t.strip()] if tests else None
