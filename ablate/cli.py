@@ -253,6 +253,12 @@ def spaces_cmd(space: str | None, db_url: str | None, measure: bool, power: bool
     if found.design is None:
         click.echo(f"sampler {found.sampler.name}, {found.trials} trials x {found.seeds} seeds; "
                    f"params: {', '.join(p.key for p in found.params) or 'none'}")
+        c = found.confirm
+        click.echo(f"then a confirmation: the {c.top} best by source-val AUC retrained on fresh "
+                   f"seeds {', '.join(map(str, found.confirm_seed_ids))} ({c.top * c.seeds} runs); "
+                   "the report's verdicts come from those runs" if c else
+                   "no confirmation stage: the report's winner is measured on the runs that "
+                   "chose it (add confirm: {top: k, seeds: n} to re-measure it)")
         return
     from ablate.space import format_value
     from ablate.space.cost import design_cost, minutes

@@ -456,12 +456,18 @@ def baseline_recipe(seed: int, lr: float = 1e-4) -> dict:
             "data": {"train": "synth-blend", "tests": TESTS}, "image_size": 64, "seed": seed}
 
 
-def _report_with_baseline(tmp_path: Path):  # noqa: ANN202
-    """REF and NO_MHSA guided, their plain baseline (BASE_AUC) and one at another lr."""
+def _report_with_baseline(tmp_path: Path, extra_baseline_seed: bool = False):  # noqa: ANN202
+    """REF and NO_MHSA guided, their plain baseline (BASE_AUC) and one at another lr; with
+    `extra_baseline_seed`, the baseline also ran seed 7, which no guided recipe has."""
     url = f"sqlite:///{tmp_path / 'b.db'}"
     with ResultsDB(url) as db:
         sid = db.start_sweep("withbase", "ablation", {"objectives": [
             {"metric": "val_auc", "mode": "max"}]}, "v1")
+        if extra_baseline_seed:
+            rows = [{"dataset": t, "split": "test", "level": "frame", "metric": "auc",
+                     "value": 0.2} for t in TESTS]  # far off: used, it would move the mean
+            db.record_trial(sid, "base:7", recipe_hash="base-7", recipe=baseline_recipe(7),
+                            seed=7, status="finished", started=T0, ended=T0, metrics=rows)
         for seed in SEEDS:
             for key in (REF, NO_MHSA):
                 record(db, sid, f"{key[0]}:{seed}", key, seed, metrics=metrics_of(key, seed))
@@ -549,6 +555,31 @@ def test_first_table_and_headline_equal_a_numpy_recomputation(tmp_path) -> None:
     assert text.index("## Summary") < text.index("Baseline vs + guidance") < text.index(
         "Cross-dataset results")
     assert "Baseline vs + guidance" in report.first_markdown
+
+
+def test_unmatched_seeds_are_said_and_left_out_of_the_paired_difference(tmp_path) -> None:
+    report = _report_with_baseline(tmp_path, extra_baseline_seed=True)
+    first = pd.read_csv(report.folder / "baseline_vs_guidance.csv", keep_default_na=False)
+    avg = first[(first["dataset"] == "avg") & (first["detector"] == "difference")
+                & (first["level"] == "frame") & (first["metric"] == "auc")].iloc[0]
+    seed_means = [np.mean([AUC[REF][t][s] - BASE_AUC[t][s] for t in TESTS]) for s in SEEDS]
+    assert int(avg["n"]) == 3 and float(avg["mean"]) == pytest.approx(np.mean(seed_means))
+    assert "seed(s) 7 without a partner" in avg["note"]
+    assert "only matched seeds compared" in report.summary
+
+
+def test_one_seed_is_no_interval_in_every_comparison(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'one.db'}"
+    with ResultsDB(url) as db:
+        sid = db.start_sweep("one", "ablation", {"objectives": [
+            {"metric": "val_auc", "mode": "max"}]}, "v1")
+        for key in (REF, NO_MHSA):
+            record(db, sid, f"{key[0]}:0", key, 0, metrics=metrics_of(key, 0))
+    report = build_report("one", url, tmp_path / "rep", formats="md,csv")
+    abl = pd.read_csv(report.folder / "ablation.csv")
+    row = abl[(abl["variant"] == "no_mhsa") & (abl["metric"] == "auc")].iloc[0]
+    assert row["n_seeds"] == 1 and pd.isna(row["ci_low"]) and row["procedure"] == "no interval (1 seed)"
+    assert "(no interval: 1 seed)" in (report.folder / "report.md").read_text()
 
 
 # ---------------------------------------------------------------- Pareto front, by hand

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ablate.report.ablation import excludes_zero
+from ablate.report.ablation import excludes_zero, unmatched_note
 from ablate.report.data import SweepData
 from ablate.report.display import Table, pm
 from ablate.report.guidance import baseline_of
@@ -102,9 +102,11 @@ def headline(data: SweepData, seed_vals: pd.DataFrame, ref: Reference,
             if dataset == AVG:  # test sets averaged within each seed, then t over seeds
                 pairs = both.drop(index=AVG, level="dataset", errors="ignore").reset_index()
                 found = seed_interval(pairs.assign(diff=pairs["g"] - pairs["b"]))
+                unmatched = unmatched_note(*(per[w].reset_index() for w in ("guided", "baseline")))
                 rows.append(_row(dataset, level, metric, "difference", found.mean, found.low,
                                  found.high, found.n_seeds, found.procedure, found.mde,
-                                 seeds_needed(effect, found.sd), found.note))
+                                 seeds_needed(effect, found.sd),
+                                 "; ".join(n for n in (found.note, unmatched) if n)))
                 if two_stage and (level, metric) in two_stage:
                     rows.append(_row(dataset, level, metric, TWO_STAGE_ROW,
                                      *two_stage[(level, metric)], TWO_STAGE))
@@ -233,6 +235,8 @@ def headline_sentence(h: Headline) -> str:
         return text + f", from {int(c['n'])} seed: no interval (1 seed), so no verdict."
     text += (f", over {int(c['n'])} paired seeds (the test sets averaged within each seed, "
              "Student t over seeds)")
+    if isinstance(c.get("note"), str) and c["note"]:
+        text += f" ({c['note'].replace('variant', 'the guided recipe').replace('reference', 'the baseline')}; only matched seeds compared)"
     power = power_sentence(c, h.effect)
     if not _excludes_zero(c):
         could = ("" if pd.isna(c["mde"]) else
