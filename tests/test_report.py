@@ -725,3 +725,46 @@ def test_trial_code_version_column_wins_over_the_sweeps() -> None:
     bare = trials.drop(columns="code_version")  # a trials table without the column
     assert result_versions(bare, origins.drop(columns="code_version"), sweeps).tolist() == [
         "sweep-v", "sweep-v", "old-v"]
+
+
+# ---------------------------------------------------------------- ranks across test sets
+
+
+def test_three_recipes_on_three_test_sets_get_a_rank_section(tmp_path: Path) -> None:
+    """Ranks within each test set of the mean AUC over seeds, by hand with pandas, and the
+    Friedman statistic against scipy; the CD diagram is drawn."""
+    tests = ["synth-colour", "synth-warp", "synth-lowres"]
+    rng = np.random.default_rng(5)
+    base = {"paper": 0.80, "no_mhsa": 0.78, "conv_only": 0.70, "code": 0.79}
+    url = f"sqlite:///{tmp_path / 'ranks.db'}"
+    values = []
+    with ResultsDB(url) as db:
+        sid = db.start_sweep("ranks", "ablation", {"objectives": [
+            {"metric": "val_auc", "mode": "max"}]}, "v1")
+        for filt, level in base.items():
+            key = (filt, "paper", "controlnet")
+            for seed in SEEDS:
+                rows = [{"dataset": "synth-blend", "split": "val", "level": "frame",
+                         "metric": "auc", "value": level}]
+                for i, test in enumerate(tests):
+                    auc = float(level - 0.02 * i + rng.normal(0, 0.01))
+                    values.append((filt, seed, test, auc))
+                    rows.append({"dataset": test, "split": "test", "level": "frame",
+                                 "metric": "auc", "value": auc})
+                rec = {**recipe(key, seed), "data": {"train": "synth-blend", "tests": tests}}
+                db.record_trial(sid, f"{filt}:{seed}", recipe_hash=f"{filt}-{seed}",
+                                recipe=rec, seed=seed, status="finished", started=T0, ended=T0,
+                                metrics=rows)
+    report = build_report("ranks", url, tmp_path / "rep", formats="md,csv")
+    frame = pd.DataFrame(values, columns=["filter", "seed", "dataset", "auc"])
+    cells = frame.groupby(["filter", "dataset"])["auc"].mean().unstack()
+    by_hand = cells.rank(axis=0, ascending=False).mean(axis=1)  # 1 = best, per test set
+    ranks = pd.read_csv(report.folder / "ranks.csv")
+    for r in ranks.itertuples():
+        filt = r.recipe.split("filter=")[1].split()[0]
+        assert r.mean_rank == pytest.approx(by_hand[filt])
+    md = (report.folder / "report.md").read_text()
+    section = md.split("## Ranks across test sets", 1)[1].split("\n## ", 1)[0]
+    chi2 = stats.friedmanchisquare(*[cells.loc[f].to_numpy() for f in cells.index]).statistic
+    assert f"chi2_F = {chi2:.3g}" in section
+    assert (report.folder / "cd_diagram.png").stat().st_size > 1000
