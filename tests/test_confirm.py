@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
-from test_sweep import write_space
+from test_sweep import in_tmp, write_space  # noqa: F401  (in_tmp: a fixture)
 from test_sweep_faults import _ablate, _kill_driver, _rows
 
 from ablate.report import build_report
@@ -36,13 +36,6 @@ def confirm_space(folder: Path, trials: int = 3, seeds: int = 3, top: int = 2) -
     text = path.read_text().replace("seeds: 1", f"seeds: {seeds}")
     path.write_text(text + f"confirm: {{top: {top}, seeds: {seeds}}}\n")
     return str(path)
-
-
-@pytest.fixture
-def in_tmp(tmp_path, monkeypatch):
-    monkeypatch.setenv("ABLATE_CACHE", str(Path("results").resolve()))
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def _config(recipe_json: str) -> str:
