@@ -54,7 +54,7 @@ def _mean_val(db: ResultsDB, name: str) -> pd.Series:
                          val=trials["id"].map(per_trial)).groupby("config")["val"].mean()
 
 
-def test_a_search_confirms_its_best_recipes_on_fresh_seeds_and_reports_from_them(in_tmp):
+def test_a_search_confirms_its_best_recipes_on_fresh_seeds_and_reports_from_them(in_tmp):  # noqa: F811
     url = f"sqlite:///{in_tmp / 'r.db'}"
     space = confirm_space(in_tmp)
     summary = run_sweep(space, db_url=url, name="s", n_boot=20)
