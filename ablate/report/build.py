@@ -299,8 +299,11 @@ def _document(data: SweepData, main: Table, ref: Reference, abl: pd.DataFrame,
     sections.append(Section("How to read this report", text=[
         "Each cell is the mean over seeds with half the width of its 95% confidence interval "
         "(Student t over seeds; one seed: the run's own bootstrap over videos or identities, "
-        "see the metrics line above). Ablation differences are "
-        "paired per seed and test set, with a bootstrap 95% CI of their mean. See docs/report.md."]))
+        "see the metrics line above). The training run is the unit: a difference is paired "
+        "by seed, averaged over the test sets within each seed, and its Student-t 95% CI is "
+        "over those seed means (test sets are conditions, not replicates); MDE is the "
+        "difference its seeds detect with 80% power. See docs/report.md, \"How every "
+        "interval is made\", for the procedures and their coverage in simulation."]))
     return Document(f"Sweep report: {data.name}", meta, sections)
 
 
@@ -327,7 +330,7 @@ def _ablation_section(abl: pd.DataFrame, ref: Reference,
 
 
 def _paired_section(t: pd.DataFrame) -> Section:
-    title = "Paired tests on the same test frames"
+    title = "Paired tests on the same test frames (test-sample variance only)"
     if t.empty:
         return Section(title, text=["No matched comparison has per-frame scores readable "
                                     "here (scores.csv in the run folders), so no p-values."])
@@ -352,7 +355,9 @@ def _paired_section(t: pd.DataFrame) -> Section:
                   note="ΔAUC: mean frame AUC over the seeds both have, A − B, on the frames both "
                        "scored. DeLong treats frames as independent (optimistic with many "
                        "frames per video); the paired video bootstrap resamples videos. Both "
-                       "measure test-set sampling given the trained models. In brackets: Holm-"
+                       "measure test-set sampling given the trained models, so neither is a "
+                       "verdict on a recipe: training randomness is in the intervals over "
+                       "seeds above. In brackets: Holm-"
                        "adjusted over every row of the column; bold: adjusted p < 0.05.")
     return Section(title, tables=[table])
 
