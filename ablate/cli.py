@@ -324,7 +324,7 @@ def sweep_cmd(space: str, trials: int | None, concurrency: int | None, db_url: s
 
     \b
     Examples:
-      ablate sweep --space quick                       # CPU demo, ~5 min on 2 cores
+      ablate sweep --space quick                       # CPU search + its confirmation, ~9 min on 2 cores
       ablate sweep --space modules --db postgresql://me@dbhost/ablate
       ablate sweep --space paper --address ray://head:10001 --gpus 1 \\
           --storage s3://bucket/sweeps             # a cluster without a shared disk

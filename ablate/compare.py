@@ -38,6 +38,7 @@ from ablate.compare_output import (
     write_comparison,
 )
 from ablate.errors import AblateError
+from ablate.provenance import is_part
 from ablate.report.delong import holm
 from ablate.report.paired import delong_on, read_scores
 from ablate.report.stats import (
@@ -266,13 +267,14 @@ def comparison_table(db, name: str, teachers: dict[str, dict], n_boot: int = 100
                                  "p_delong": _delong_p(scores, lab, base, dataset)},
                                 _own_cells(vals, lab, dataset),
                                 _delta_cells(vals, lab, base, dataset), costs[lab]))
+    whole = [d for d in datasets if not is_part(d)]  # a breakdown is not counted twice
     for lab in labels:
         row = _merged({"teacher": lab, "test_set": AVG, "note": _join(*notes.get(lab, [])),
-                       "p_delong": np.nan}, _own_avg_cells(vals, lab, datasets),
-                      _delta_avg_cells(vals, lab, base, datasets), costs[lab])
+                       "p_delong": np.nan}, _own_avg_cells(vals, lab, whole),
+                      _delta_avg_cells(vals, lab, base, whole), costs[lab])
         readable = {k[0] for k in scores}
         if lab != base and row["d_seeds"] >= 2 and {lab, base} <= readable:
-            row = _merged(row, _two_stage_cells(done, lab, base, datasets, n_boot,
+            row = _merged(row, _two_stage_cells(done, lab, base, whole, n_boot,
                                                 row["d_seeds"]))
         rows.append(row)
     table = pd.DataFrame(rows)

@@ -30,8 +30,10 @@ PROCEDURES = {
             "both teachers ran), mean and Student-t 95% interval over those seeds",
     AVG_T: "Avg rows: each seed's value (or paired Δ) averaged over the test sets first, then "
            "the mean and Student-t 95% interval over those seed means",
-    TWO_STAGE: "Avg rows, column ΔAUC [95% CI, seeds × videos]: the same centre, from the "
-               "runs' per-frame scores; "
+    TWO_STAGE: "Avg rows, column ΔAUC [95% CI, seeds × videos]: recomputed from the runs' "
+               "per-frame scores on the frames every run scored (so its centre can differ a "
+               "little from the stored metrics'); videos are resampled (scores.csv has no "
+               "identities); "
                "its interval adds the test videos' sampling (video resamples shared by every "
                "run) to the seed-to-seed variance (ablate.report.stats.two_stage_interval)",
     RUN_BOOT: "a single training run: that run's own stored percentile video bootstrap CI; it "

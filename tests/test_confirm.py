@@ -81,6 +81,11 @@ def test_a_search_confirms_its_best_recipes_on_fresh_seeds_and_reports_from_them
     # resumed after it finished: nothing new runs in either sweep
     run_sweep(space, db_url=url, name="s", resume=True, n_boot=20)
     assert len(db.trials("s")) == len(search) and len(db.trials("s-confirm")) == len(confirm)
+    # the confirmation resumed on its own (as its interrupted message once said): it keeps
+    # confirming the winners, never the space's fixed recipe
+    run_sweep(str(in_tmp / "results/spaces/s-confirm.yaml"), db_url=url, name="s-confirm",
+              resume=True, n_boot=20)
+    assert len(db.trials("s-confirm")) == len(confirm)
 
     # A/A on real runs: the winner against itself, search seeds 0-2 vs confirmation seeds
     # 3-5 (paired by position): the t interval over seed means must hold 0
@@ -133,17 +138,32 @@ def test_confirmation_killed_then_resumed_loses_and_repeats_nothing(tmp_path):
     assert ResultsDB(url).list_sweeps().set_index("name").loc["k-confirm", "status"] == "finished"
 
 
+def test_a_sweep_named_like_the_confirmation_is_never_taken_over(tmp_path) -> None:
+    from ablate.errors import AblateError
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    with ResultsDB(url) as db:
+        db.start_sweep("h-confirm", "other", {"seeds": 3}, "v1")
+    with pytest.raises(AblateError, match="not the confirmation of h"):
+        run_sweep(confirm_space(tmp_path), db_url=url, name="h", n_boot=20)
+    assert ResultsDB(url).sweep_id("h") is None  # refused before the search started
+
+
 @pytest.mark.parametrize("text,message", [
     ("confirm: {top: 1, seeds: 1}\n", "confirm.seeds"),
     ("confirm: {top: 0, seeds: 3}\n", "confirm.top"),
     ("confirm: {top: 2}\n", "needs top: and seeds:"),
     ("confirm: {top: 2, seeds: 3, when: x}\n", "unknown field"),
+    ("confirm: {top: 2, seeds: 3}\nfixed_seed\n", "may not set `seed`"),
 ])
 def test_bad_confirm_sections_are_one_line(tmp_path, text, message):
     from ablate.errors import AblateError
 
     path = Path(write_space(tmp_path, params=PARAMS))
-    path.write_text(path.read_text() + text)
+    body = path.read_text()
+    if "fixed_seed" in text:  # the space fixes the seed itself
+        body, text = body.replace("fixed:\n", "fixed:\n  seed: 4\n"), text.replace("fixed_seed\n", "")
+    path.write_text(body + text)
     with pytest.raises(AblateError, match=message):
         load_space(str(path))
 

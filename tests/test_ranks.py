@@ -272,7 +272,7 @@ def test_rank_comparison_drops_a_test_set_the_reference_lacks() -> None:
 
 def test_rank_comparison_ranks_the_means_over_seeds() -> None:
     values = _sweep(4, 5, seeds=3, rng_seed=5)
-    rc = rank_comparison(values, "r1", n_boot=300)
+    rc = rank_comparison(values, "r1", n_boot=300, min_boot_seeds=3)
     assert rc is not None
     cells = values.pivot_table(index="label", columns="dataset", values="value", aggfunc="mean")
     pd.testing.assert_frame_equal(rc.table.loc[cells.index, cells.columns], cells,
@@ -299,7 +299,7 @@ def test_rank_table_bolds_the_rows_holm_rejects() -> None:
         for label, v in scores.items():
             for s in range(2):
                 cells[(label, s, f"t{d}")] = v + 0.001 * s
-    rc = rank_comparison(_tidy(cells), "ref", n_boot=200)
+    rc = rank_comparison(_tidy(cells), "ref", n_boot=200, min_boot_seeds=2)
     assert rc is not None
     (table,) = rank_tables(rc)
     assert isinstance(table, Table) and table.slug == "ranks"
@@ -326,3 +326,10 @@ def test_cd_diagram_writes_a_png(tmp_path) -> None:
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert cd_diagram(pd.Series({"only": 1.0}), 1.0, tmp_path, name="one.png") is None
     assert not (tmp_path / "one.png").exists()
+
+
+def test_no_improvement_interval_below_five_seeds_by_default() -> None:
+    values = _sweep(4, 5, seeds=3, rng_seed=5)
+    rc = rank_comparison(values, "r1", n_boot=300)
+    assert rc is not None and rc.holm["p_improve"].notna().all()
+    assert rc.holm["p_improve_low"].isna().all() and rc.holm["p_improve_high"].isna().all()

@@ -768,3 +768,28 @@ def test_three_recipes_on_three_test_sets_get_a_rank_section(tmp_path: Path) -> 
     chi2 = stats.friedmanchisquare(*[cells.loc[f].to_numpy() for f in cells.index]).statistic
     assert f"chi2_F = {chi2:.3g}" in section
     assert (report.folder / "cd_diagram.png").stat().st_size > 1000
+
+
+def test_a_test_sets_breakdown_is_never_counted_again_in_an_average(tmp_path: Path) -> None:
+    """`synth-colour::part` rows (a per-method breakdown) are shown, but the Avg and every
+    paired difference average the whole test sets only."""
+    url = f"sqlite:///{tmp_path / 'parts.db'}"
+    with ResultsDB(url) as db:
+        sid = db.start_sweep("parts", "ablation", {"objectives": [
+            {"metric": "val_auc", "mode": "max"}]}, "v1")
+        for key in (REF, NO_MHSA):
+            for seed in SEEDS:
+                rows = metrics_of(key, seed) + [{
+                    "dataset": "synth-colour::fam1", "split": "test", "level": "frame",
+                    "metric": "auc", "value": 0.1 if key == REF else 0.9}]
+                record(db, sid, f"{key[0]}:{seed}", key, seed, metrics=rows)
+    report = build_report("parts", url, tmp_path / "rep", formats="csv")
+    main = pd.read_csv(report.folder / "main.csv")
+    avg = main[(main["label"] == "filter=paper") & (main["dataset"] == "avg")
+               & (main["level"] == "frame") & (main["metric"] == "auc")].iloc[0]
+    per_seed = np.mean([AUC[REF][t] for t in TESTS], axis=0)
+    assert avg["mean"] == pytest.approx(per_seed.mean())
+    abl = pd.read_csv(report.folder / "ablation.csv")
+    row = abl[(abl["variant"] == "no_mhsa") & (abl["metric"] == "auc")].iloc[0]
+    diffs = np.mean([np.subtract(AUC[NO_MHSA][t], AUC[REF][t]) for t in TESTS], axis=0)
+    assert row["mean"] == pytest.approx(diffs.mean())

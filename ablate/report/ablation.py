@@ -22,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 
+from ablate.provenance import is_part
 from ablate.report.data import SLOTS, SweepData, format_value
 from ablate.report.display import Table, pm
 from ablate.report.reference import Reference
@@ -75,6 +76,7 @@ def same_rest(flat: dict[str, Any], ref_flat: dict[str, Any], factor: str) -> bo
 def per_seed(data: SweepData, seed_vals: pd.DataFrame, configs: list[str]) -> pd.DataFrame:
     """Per-seed test values of the main metrics for these configs (no avg pseudo-set)."""
     v = seed_vals[seed_vals["config"].isin(configs) & (seed_vals["dataset"] != AVG)
+                  & ~seed_vals["dataset"].map(is_part).astype(bool)
                   & (seed_vals["level"] == "frame") & seed_vals["metric"].isin(MAIN_METRICS)]
     return v.dropna(subset=["value"])
 

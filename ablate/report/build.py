@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from ablate.errors import AblateError
+from ablate.provenance import is_part
 from ablate.report import EVALUATORS, FORMATS, tables
 from ablate.report import ablation as abl_mod
 from ablate.report import guidance as guidance_mod
@@ -100,9 +101,7 @@ def build_report(sweep: str | None = None, db_url: str | None = None,
                           f"{', '.join(EVALUATORS)}")
     require_existing_db(db_url or default_url())
     with ResultsDB(db_url) as db:
-        data = load_sweep(db, sweep)
-        if sweep is None and data.settings.get("confirms"):  # the newest is a confirmation
-            data = load_sweep(db, str(data.settings["confirms"]))
+        data = load_sweep(db, sweep or _newest_search(db))
         confirmation = _confirmation(db, data)
     folder = prepare_folder(Path(out) if out else default_folder(data.name))
     verdict, search = (confirmation, data) if confirmation is not None else (data, None)
@@ -113,8 +112,22 @@ def build_report(sweep: str | None = None, db_url: str | None = None,
                           f"{exc.strerror or exc}; choose another --out") from None
 
 
+def _newest_search(db: ResultsDB) -> str | None:
+    """The newest sweep, or the search it confirms when that is a confirmation (None: no
+    sweep at all, which load_sweep turns into its one-line error)."""
+    import json
+
+    sweeps = db.list_sweeps()
+    if sweeps.empty:
+        return None
+    newest = sweeps.sort_values(["created", "id"]).iloc[-1]
+    settings = json.loads(newest["settings_json"]) if newest.get("settings_json") else {}
+    return str(settings.get("confirms") or newest["name"])
+
+
 def _confirmation(db: ResultsDB, search: SweepData) -> SweepData | None:
-    """The confirmation sweep of a search (`confirm:` in its space), once it has results."""
+    """The confirmation sweep of a search (`confirm:` in its space), once it has results;
+    a sweep of that name that confirms another search is not it."""
     name = search.settings.get("confirmation")
     if not name or db.sweep_id(str(name)) is None:
         return None
@@ -122,7 +135,18 @@ def _confirmation(db: ResultsDB, search: SweepData) -> SweepData | None:
         found = load_sweep(db, str(name))
     except AblateError:  # no counted result yet: the search's own numbers, labelled
         return None
-    return found if not found.counted.empty else None
+    if found.settings.get("confirms") != search.name or found.counted.empty:
+        return None
+    return found
+
+
+def _unconfirmed_note(doc: Document, search: SweepData) -> None:
+    """A search whose space asked for a confirmation that has no results yet."""
+    name = search.settings.get("confirmation")
+    doc.meta.insert(1, ("confirmation", f"{name}: not run yet, or no finished run; every "
+                        "number below is the search's own (selected-on, biased upward for "
+                        "its winners). Resume the search to run it: ablate sweep --space "
+                        f"{search.info.get('space')} --name {search.name} --resume"))
 
 
 def _write(data: SweepData, folder: Path, formats: tuple[str, ...], evaluator: str,
@@ -166,6 +190,8 @@ def _write(data: SweepData, folder: Path, formats: tuple[str, ...], evaluator: s
         _add_ranks(doc, ranked, images)
     if search is not None:
         _add_search_stage(doc, data, search)
+    elif data.settings.get("confirmation"):
+        _unconfirmed_note(doc, data)
     report = Report(search.name if search is not None else data.name, folder, main_markdown=markdown_table(main), summary=summary,
                     first_markdown="\n\n".join(f"{t.title}\n\n{markdown_table(t)}"
                                                    for t in first))
@@ -191,7 +217,8 @@ def _write(data: SweepData, folder: Path, formats: tuple[str, ...], evaluator: s
 def _ranks(seed_vals: pd.DataFrame, ref: Reference) -> RankComparison | None:
     """Recipes ranked within each test set by frame AUC (3+ recipes on 3+ test sets)."""
     v = seed_vals[(seed_vals["level"] == "frame") & (seed_vals["metric"] == "auc")
-                  & (seed_vals["dataset"] != tables.AVG)]
+                  & (seed_vals["dataset"] != tables.AVG)
+                  & ~seed_vals["dataset"].map(is_part).astype(bool)]  # blocks: whole sets
     return rank_comparison(v[["label", "seed", "dataset", "value"]], ref.label)
 
 
@@ -212,9 +239,12 @@ def _add_search_stage(doc: Document, confirmation: SweepData, search: SweepData)
     verdicts, labelled as numbers of the runs that chose the winners."""
     seeds = sorted({int(s) for s in confirmation.counted["seed"]})
     doc.title = f"Sweep report: {search.name} (verdicts from its confirmation runs)"
-    doc.meta.insert(1, ("confirmation", f"{confirmation.name}: the "
+    status = str(confirmation.info.get("status"))
+    doc.meta.insert(1, ("confirmation", f"{confirmation.name} ({status}): the "
                         f"{confirmation.counted['config'].nunique()} best recipes of the search "
-                        f"by source-val AUC, retrained on fresh seeds {', '.join(map(str, seeds))}"))
+                        f"by source-val AUC, retrained on fresh seeds {', '.join(map(str, seeds))}"
+                        + ("" if status == "finished" else "; not finished: resume the search "
+                           "to complete it")))
     table = tables.main_table(tables.summary(search), search)
     table.title = "Search stage: the runs that chose the winners (selected-on, biased upward)"
     table.slug = "search_stage"

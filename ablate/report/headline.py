@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ablate.provenance import is_part
 from ablate.report.ablation import excludes_zero, unmatched_note
 from ablate.report.data import SweepData
 from ablate.report.display import Table, pm
@@ -101,6 +102,7 @@ def headline(data: SweepData, seed_vals: pd.DataFrame, ref: Reference,
                              axis=1, join="inner").dropna()
             if dataset == AVG:  # test sets averaged within each seed, then t over seeds
                 pairs = both.drop(index=AVG, level="dataset", errors="ignore").reset_index()
+                pairs = pairs[~pairs["dataset"].map(is_part).astype(bool)]  # not twice
                 found = seed_interval(pairs.assign(diff=pairs["g"] - pairs["b"]))
                 unmatched = unmatched_note(*(per[w].reset_index() for w in ("guided", "baseline")))
                 rows.append(_row(dataset, level, metric, "difference", found.mean, found.low,
@@ -195,7 +197,9 @@ def difference_table(h: Headline, tests: list[str]) -> Table:
                       "CI; Avg: the test sets averaged within each seed, then the mean ± "
                       "half-width of the Student-t 95% CI over those seed means (the training "
                       "run is the unit; test sets are conditions, not replicates). Seeds × "
-                      "videos: the same centre, its interval adding the test videos' sampling "
+                      "videos: recomputed from the per-frame scores on the frames every run "
+                      "scored, its interval adding the test videos' sampling (videos "
+                      "resampled: scores.csv holds no identities) "
                       "(two-stage, docs/report.md). MDE: the Avg ΔAUC a paired t test over these "
                       "seeds detects with 80% power at α = 0.05. Bold: the CI excludes 0. AUC: "
                       "positive means guidance helps; EER: negative means it helps.",

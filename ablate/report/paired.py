@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from ablate.errors import AblateError
+from ablate.provenance import is_part
 from ablate.report.data import SweepData
 from ablate.report.delong import delong_mean_test, holm
 
@@ -147,7 +148,7 @@ def two_stage_difference(data: SweepData, a: str, b: str,
     out = {}
     for metric, fn in (("auc", auc), ("eer", eer)):
         observed, replicates = [], []  # per test set: (k,), (k, n_boot)
-        for dataset in data.tests:
+        for dataset in [t for t in data.tests if not is_part(t)]:
             frames = aligned_frames(scores, a, b, seeds, dataset)
             if frames is None:
                 return {}

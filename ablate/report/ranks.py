@@ -33,6 +33,7 @@ from ablate.report.display import Table, number
 MIN_RECIPES = 3
 MIN_TESTS = 3
 ALPHA = 0.05
+MIN_BOOT_SEEDS = 5  # below this per recipe, a bootstrap over runs sees too few resamples
 VALUE_COLUMNS = ["label", "seed", "dataset", "value"]
 
 
@@ -214,8 +215,8 @@ def probability_of_improvement(values: pd.DataFrame, recipe: str, reference: str
 
 
 def rank_comparison(values: pd.DataFrame, reference: str, higher_is_better: bool = True,
-                    alpha: float = ALPHA, n_boot: int = 2000,
-                    seed: int = 0) -> RankComparison | None:
+                    alpha: float = ALPHA, n_boot: int = 2000, seed: int = 0,
+                    min_boot_seeds: int = MIN_BOOT_SEEDS) -> RankComparison | None:
     """The rank comparison of a sweep, or None below 3 recipes x 3 complete test sets.
 
     `values` is tidy (label, seed, dataset, value), one row per run x test set. Test sets
@@ -245,8 +246,11 @@ def rank_comparison(values: pd.DataFrame, reference: str, higher_is_better: bool
     result = friedman(cells, higher_is_better)
     table = holm_vs_reference(cells, reference, higher_is_better, alpha)
     kept = values[values["label"].isin(cells.index) & values["dataset"].isin(cells.columns)]
-    pi = [probability_of_improvement(kept, recipe, reference, n_boot=n_boot, seed=seed,
-                                     higher_is_better=higher_is_better)
+    runs = kept.groupby("label")["seed"].nunique()
+    pi = [probability_of_improvement(
+        kept, recipe, reference, seed=seed, higher_is_better=higher_is_better,
+        # 3 runs give 10 distinct resamples: no interval rather than one that pretends
+        n_boot=n_boot if min(runs[recipe], runs[reference]) >= min_boot_seeds else 0)
           for recipe in table["recipe"]]
     table["p_improve"] = [v[0] for v in pi]
     table["p_improve_low"] = [v[1] for v in pi]
@@ -309,7 +313,8 @@ def rank_tables(rc: RankComparison, metric_name: str = "frame AUC") -> list[Tabl
             f"{fr.k - 1} comparisons with the reference; bold: Holm rejects at {rc.alpha:g}. "
             "P(better than ref): chance a training run of the recipe beats one of the "
             "reference on a test set, averaged over test sets (Agarwal et al. 2021); "
-            "interval: stratified bootstrap over seeds (a drawn seed keeps all its test sets).")
+            "interval: percentile bootstrap over whole training runs (a drawn seed keeps all "
+            f"its test sets), given only with {MIN_BOOT_SEEDS} or more seeds per recipe.")
     if rc.notes:
         note += " " + " ".join(f"{text[0].upper()}{text[1:]}." for text in rc.notes)
     return [Table(f"Ranks across test sets ({metric_name}, reference {rc.reference})", columns,

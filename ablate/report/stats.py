@@ -8,7 +8,7 @@ interval below covers the truth.
 - `t_interval`: mean over seeds with a Student-t 95% interval (one value per seed).
 - `seed_interval`: a paired difference averaged over test sets: first the mean over the
   test sets within each seed, then a Student-t interval over those seed means.
-- `two_stage_interval`: the same centre, with test-sample uncertainty added: the variance
+- `two_stage_interval`: a seed-mean centre with test-sample uncertainty added: the variance
   over seeds plus the test sample's shared variance, estimated from video resamples that
   draw the same videos for every seed (every run scored the same videos).
 - `minimum_detectable_effect` / `seeds_needed`: power of the paired t test over seeds.

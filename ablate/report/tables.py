@@ -36,7 +36,7 @@ def seed_values(data: SweepData) -> pd.DataFrame:
         return m
     wide = m.pivot_table(index=["trial_id", "config", "label", "seed", "level", "metric"],
                          columns="dataset", values="value", aggfunc="first")
-    wide = wide.reindex(columns=data.tests)
+    wide = wide.reindex(columns=[t for t in data.tests if not is_part(t)])  # parts: not twice
     avg = wide.mean(axis=1, skipna=False).rename("value").reset_index()
     avg["dataset"], avg["ci_low"], avg["ci_high"] = AVG, np.nan, np.nan
     return pd.concat([m, avg[m.columns]], ignore_index=True)

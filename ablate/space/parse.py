@@ -47,6 +47,9 @@ def parse_space(text: str, path: Path) -> SearchSpace:
         trials = design.size
     seeds, first_seed = _seeds(data.get("seeds", 1), where)
     confirm = _confirm(data.get("confirm"), where)
+    if confirm is not None and ("seed" in fixed or any(p.key == "seed" for p in params)):
+        where.fail("confirm", "the confirmation runs fresh seeds, so the space may not set "
+                              "`seed` itself; use seeds: (a count, or {count, first})")
     if confirm is not None and design is not None:
         where.fail("confirm", "a design runs every cell on its seeds, so it already is the "
                               "confirmation; drop confirm: (it is for searches)")

@@ -129,7 +129,8 @@ def space_power(space: SearchSpace, db_url: str | None = None,
     from ablate.results import DEFAULT_URL, ResultsDB, default_url, require_existing_db
 
     effect = DEFAULT_EFFECT if effect is None else float(effect)
-    base = Power(space.name, space.seeds, effect)
+    seeds = verdict_seeds(space)
+    base = Power(space.name, seeds, effect)
     recipes = _space_recipes(space)
     url = db_url or default_url()
     explicit = bool(db_url or os.environ.get("ABLATE_DB"))
@@ -144,8 +145,14 @@ def space_power(space: SearchSpace, db_url: str | None = None,
         return _unknown(base, space, recipes, shown, found)
     source, candidates = found
     best = max(candidates, key=lambda c: c.sd)
-    return Power(space.name, space.seeds, effect, best, source, candidates,
-                 minimum_detectable_effect(best.sd, space.seeds), seeds_needed(effect, best.sd))
+    return Power(space.name, seeds, effect, best, source, candidates,
+                 minimum_detectable_effect(best.sd, seeds), seeds_needed(effect, best.sd))
+
+
+def verdict_seeds(space: SearchSpace) -> int:
+    """The seeds the report's verdicts rest on: a search's confirmation seeds, when it has
+    one, else the space's seeds."""
+    return space.confirm.seeds if space.confirm is not None else space.seeds
 
 
 # ---------------------------------------------------------------- the space's recipes
@@ -323,8 +330,9 @@ def pilot_command(space: SearchSpace, recipes: list[_Recipe] | None = None,
     fewer)."""
     recipes = recipes if recipes is not None else _space_recipes(space)
     target = space.name
-    if space.seeds < PILOT_SEEDS:
-        target = f"<a copy of {space.source_path or space.name} with seeds: {PILOT_SEEDS}>"
+    if space.seeds < PILOT_SEEDS or space.confirm is not None:
+        target = (f"<a copy of {space.source_path or space.name} with seeds: {PILOT_SEEDS}"
+                  f"{' and no confirm:' if space.confirm is not None else ''}>")
     parts = ["ablate sweep --space", target]
     if space.design is None:
         parts.append("--trials 2")

@@ -93,6 +93,8 @@ def run_sweep(
     stored = json.loads(row["settings_json"]) if row.get("settings_json") else {}
     if stored.get("space_text"):  # resume: the very space the sweep started with
         space = parse_space(stored["space_text"], Path(stored.get("space_file", space.name)))
+    if resume and not grid and stored.get("winners"):  # a confirmation: the recipes it confirms
+        grid = {w["label"]: list(w["overrides"]) for w in stored["winners"]}
     per_trial = {"cpu": cpus if cpus is not None else space.resources.cpu,
                  "gpu": gpus if gpus is not None else space.resources.gpu}
     check_request(per_trial["cpu"], per_trial["gpu"])
@@ -112,6 +114,8 @@ def run_sweep(
                           "them: the sweep logs where it began")
     if resume:
         _refuse_live(row, name)
+    if space.confirm is not None and not grid:  # before a GPU-week, not after it
+        _check_confirmation_name(db, name)
     if settings and not resume:  # --set: the space with more fixed settings
         space = load_space(derive_space(space, settings, SPACES_DIR / name))
     for note in validate_space(space):  # seconds; raises one error listing every problem
@@ -173,25 +177,39 @@ def run_sweep(
         if ray.is_initialized():
             ray.shutdown()
     if status == "interrupted":
-        raise AblateError(f"sweep {name} interrupted; continue it with: ablate sweep --space "
-                          f"{space_name} --name {name} --resume")
+        of = stage or stored
+        again = (f"--space {of.get('search_space')} --name {of['confirms']} --resume (the "
+                 "search, then its confirmation)" if of.get("confirms")
+                 else f"--space {space_name} --name {name} --resume")
+        raise AblateError(f"sweep {name} interrupted; continue it with: ablate sweep {again}")
     from ablate.sweep.table import summary_table
 
     confirmation = None
     if space.confirm is not None and not grid:
-        confirmation = _confirm(space, space_text, name, db, {
+        confirmation = _confirm(space, space_text, name, space_name, db, {
             "db_url": db_url, "address": address, "concurrency": concurrency, "cpus": cpus,
             "gpus": gpus, "n_boot": n_boot, "storage": storage, "force": force,
-            "reuse_any_version": reuse_any_version})
+            "reuse_any_version": reuse_any_version, "mlflow": mlflow, "wandb": wandb})
     return SweepSummary(name, sweep_id, db.url, time.perf_counter() - start,
                         summary_table(db, name), confirmation)
 
 
-def _confirm(space, space_text: str, search: str, db, kwargs: dict) -> SweepSummary:  # noqa: ANN001
+def _check_confirmation_name(db, search: str) -> None:  # noqa: ANN001
+    """A sweep named like the confirmation of `search` must be that confirmation."""
+    name = confirmation_name(search)
+    taken = _sweep_row(db, name)
+    if taken and json.loads(taken.get("settings_json") or "{}").get("confirms") != search:
+        raise AblateError(f"sweep {name} exists and is not the confirmation of {search}; "
+                          "run the search under another --name")
+
+
+def _confirm(space, space_text: str, search: str, space_name: str, db,  # noqa: ANN001
+             kwargs: dict) -> SweepSummary:
     """Retrain the search's best recipes on fresh seeds, in sweep `<search>-confirm`."""
     from ablate.sweep.confirm import winners, write_confirm_space
 
     name = confirmation_name(search)
+    _check_confirmation_name(db, search)
     found = winners(db, search, space)
     seeds = space.confirm_seed_ids
     _say(f"sweep {search}: confirming its {len(found)} best recipe(s) by source-val AUC on "
@@ -200,9 +218,13 @@ def _confirm(space, space_text: str, search: str, db, kwargs: dict) -> SweepSumm
         _say(f"  {w.label}: val AUC {w.val_auc:.4f} over {w.seeds} seed(s): "
              f"{' '.join(w.overrides) or '(the fixed recipe)'}")
     path = write_confirm_space(space_text, seeds, len(found), SPACES_DIR, name)
-    return run_sweep(str(path), name=name, resume=db.sweep_id(name) is not None,
+    resume = db.sweep_id(name) is not None
+    if resume:  # trackers are fixed when a sweep starts: a resumed one logs where it began
+        kwargs = {**kwargs, "mlflow": None, "wandb": None}
+    return run_sweep(str(path), name=name, resume=resume,
                      grid={w.label: list(w.overrides) for w in found},
-                     stage={"confirms": search, "winners": [w.__dict__ for w in found]},
+                     stage={"confirms": search, "search_space": space_name,
+                            "winners": [w.__dict__ for w in found]},
                      **kwargs)
 
 
