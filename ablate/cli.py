@@ -65,19 +65,50 @@ def cli(debug: bool, plugins: tuple[str, ...], config_paths: tuple[str, ...]) ->
 
 
 @cli.command("list")
-@click.argument("slot", required=False)
-def list_cmd(slot: str | None) -> None:
-    """List the registered variants of SLOT (default: all slots), with their arguments."""
+@click.argument("words", nargs=-1, metavar="[SLOT] [PATTERN]")
+def list_cmd(words: tuple[str, ...]) -> None:
+    """List the registered variants, with their arguments: of SLOT (default: every slot),
+    those whose name or description matches PATTERN (a substring, or a glob with * ? []).
+
+    
+    Examples:
+      ablate list                  # everything
+      ablate list filter           # the filters
+      ablate list mhsa             # any variant about MHSA, in any slot
+      ablate list teacher 'tiny-*' # the tiny teacher twins
+    """
+    import fnmatch
     import textwrap
 
     from ablate.registry import SLOTS, registry
 
+    if len(words) > 2:
+        raise click.UsageError("give at most a slot and a pattern: ablate list [SLOT] [PATTERN]")
+    slot = words[0] if words and words[0] in SLOTS else None
+    rest = words[1:] if slot else words
+    if len(rest) > 1:
+        raise click.UsageError(f"{words[0]!r} is not a slot ({', '.join(SLOTS)}); give one "
+                               "pattern, or a slot and a pattern")
+    pattern = rest[0].lower() if rest else None
+
+    def wanted(entry) -> bool:  # noqa: ANN001
+        if pattern is None:
+            return True
+        text = f"{entry.name} {entry.description}".lower()
+        return (fnmatch.fnmatch(entry.name.lower(), pattern) if any(c in pattern for c in "*?[")
+                else pattern in text)
+
     indent = " " * 25
+    matched = 0
     for name in [slot] if slot else list(SLOTS):
         reg = registry(name)
+        entries = [e for e in reg.entries() if wanted(e)]
+        if not entries:
+            continue
+        matched += len(entries)
         click.secho(f"{reg.slot}", bold=True)
         shown: set[str] = set()
-        for entry in reg.entries():
+        for entry in entries:
             origin = "" if entry.origin == "built-in" else f"  [from {entry.origin}]"
             click.echo(f"  {entry.name:<22} {entry.description}{origin}")
             args = {
@@ -95,6 +126,9 @@ def list_cmd(slot: str | None) -> None:
                 label = f"  {reg.slot}.{arg}:"
                 click.echo(textwrap.fill(note, 100, initial_indent=f"{label:<25}",
                                          subsequent_indent=indent))
+    if pattern is not None and not matched:
+        raise AblateError(f"no variant{' of ' + slot if slot else ''} matches {rest[0]!r}; "
+                          "`ablate list` shows them all")
 
 
 @cli.command(epilog=OVERRIDES_HELP)

@@ -29,6 +29,8 @@ from pathlib import Path
 
 from ablate.errors import AblateError, first_line
 
+LOOSE_FILE_PREFIX = "ablate_plugin_"  # the module name of a plugin loaded from a file
+
 GROUP = "ablate.variants"
 ENV = "ABLATE_PLUGINS"
 
@@ -150,7 +152,7 @@ def _load_module(module: str, name: str, version: str) -> None:
 def _load_file(path: Path) -> None:
     path = path.resolve()
     tag = hashlib.sha1(str(path).encode()).hexdigest()[:8]  # two files may share a name
-    module = f"ablate_plugin_{path.stem}_{tag}"
+    module = f"{LOOSE_FILE_PREFIX}{path.stem}_{tag}"
     if module in _LOADED:
         return
     spec = importlib.util.spec_from_file_location(module, path)

@@ -199,3 +199,66 @@ def test_bad_plugins_are_one_line_errors_naming_the_plugin(tmp_path):
     (tmp_path / "empty").mkdir()
     assert "no .yaml files" in _one_error_line(
         _ablate("--config-path", "empty", "list", cwd=tmp_path))
+
+
+BAD_SHAPES = '''
+"""Three plugins that break their slot's contract."""
+import torch
+from torch import nn
+
+from ablate.model.backbone import TimmBackbone
+from ablate.registry import BACKBONES, FILTERS, WEIGHTS
+
+
+@FILTERS.register("offgrid", "forgets to upsample to the latent grid")
+class OffGrid(nn.Module):
+    def __init__(self, in_channels, out_channels, in_size, out_size):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 1)
+
+    def forward(self, feats):
+        return self.conv(feats)
+
+
+@WEIGHTS.register("perchannel", "one weight per channel, not per sample")
+class PerChannel(nn.Module):
+    has_loss, detach = False, False
+
+    def __init__(self, in_channels):
+        super().__init__()
+        self.fc = nn.Linear(in_channels, 4)
+
+    def forward(self, feats):
+        return self.fc(feats.mean(dim=(2, 3)))
+
+
+class Wide(TimmBackbone):
+    def forward(self, x):
+        feats = super().forward(x)
+        return torch.cat([feats, feats], dim=-1)  # a grid twice as wide as it is tall
+
+
+@BACKBONES.register("wide", "a non-square feature grid")
+def wide(image_size=32):
+    return Wide("test_efficientnet", image_size, None)
+'''
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("filter=offgrid", "filter variant 'offgrid' (badshapes.OffGrid) returns [2, 32, 1, 1] for "
+                       "an input of shape [2, 256, 1, 1]; expected [2, 32, 4, 4]"),
+    ("weight=perchannel", "weight variant 'perchannel' (badshapes.PerChannel) returns [2, 4] "
+                          "for an input of shape [2, 256, 1, 1]; expected [2] or [2, 1]"),
+    ("backbone=wide", "backbone variant 'wide' (badshapes.Wide) returns [2, 256, 1, 2] for an "
+                      "input of shape [2, 3, 32, 32]; expected [2, 256, 2, 2]"),
+])
+def test_a_plugin_that_breaks_its_slots_contract_is_one_line_at_build_time(
+        tmp_path, override, expected):
+    (tmp_path / "badshapes.py").write_text(BAD_SHAPES)
+    conf = tmp_path / "conf"
+    for slot, name in (("filter", "offgrid"), ("weight", "perchannel"), ("backbone", "wide")):
+        (conf / slot).mkdir(parents=True, exist_ok=True)
+        (conf / slot / f"{name}.yaml").write_text(f"name: {name}\n")
+    line = _one_error_line(_ablate("--plugin", "badshapes.py", "--config-path", "conf", "train",
+                                   "--dry-run", *TINY, override, cwd=tmp_path))
+    assert expected in line, line

@@ -52,3 +52,28 @@ def test_every_slot_has_variants_and_a_config_file(tmp_path):
 def test_unknown_slot():
     with pytest.raises(AblateError, match="valid slots"):
         registry("encoder")
+
+
+def test_list_filters_variants_by_slot_and_pattern() -> None:
+    from click.testing import CliRunner
+
+    from ablate.cli import cli
+    from ablate.registry import SLOTS, registry
+
+    def listed(*args: str) -> set[str]:
+        out = CliRunner().invoke(cli, ["list", *args])
+        assert out.exit_code == 0, out.output
+        return {line.split()[0] for line in out.output.splitlines() if line.startswith("  ")
+                and not line.startswith("   ") and not line.strip().endswith(":")
+                and "." not in line.split()[0]}
+
+    names = {s: {e.name for e in registry(s).entries()} for s in SLOTS}
+    tiny = {n for n in names["teacher"] if n.startswith("tiny-")}
+    assert tiny and listed("teacher", "tiny-*") == tiny  # a glob on the names of one slot
+    about_mhsa = {e.name for s in SLOTS for e in registry(s).entries()
+                  if "mhsa" in f"{e.name} {e.description}".lower()}
+    assert about_mhsa and listed("MHSA") == about_mhsa  # a substring, any slot, any case
+    assert listed("filter") == names["filter"]
+    bad = CliRunner().invoke(cli, ["list", "no-such-thing-at-all"])
+    assert bad.exit_code != 0 and "no variant matches 'no-such-thing-at-all'" in str(
+        bad.exception or bad.output)

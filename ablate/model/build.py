@@ -7,6 +7,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ablate.errors import AblateError
+from ablate.model.contracts import check_backbone, check_filter, check_weight
 from ablate.model.detector import Classifier, DiffusionFakeDetector, LossWeights
 from ablate.recipe import is_guided
 from ablate.registry import build
@@ -23,6 +24,7 @@ def build_classifier(cfg: DictConfig) -> Classifier:
     """Encoder + head: all that inference needs (no teacher is loaded)."""
     name, args = _slot(cfg, "backbone")
     backbone = build("backbone", name, image_size=cfg.image_size, **args)
+    check_backbone(name, backbone, cfg.image_size)
     return Classifier(backbone, backbone.num_features)
 
 
@@ -54,9 +56,11 @@ def build_detector(cfg: DictConfig, teacher=None) -> DiffusionFakeDetector:  # n
               in_size=grid, out_size=latent, **f_args)
         for _ in range(2)
     )
+    check_filter(f_name, filters[0], channels, grid, guide_channels, latent)
     w_name, w_args = _slot(cfg, "weight")
     branch_weights = tuple(build("weight", w_name, in_channels=channels, **w_args)
                            for _ in range(2))
+    check_weight(w_name, branch_weights[0], channels, grid)
     g_name, g_args = _slot(cfg, "guide")
     guide = build("guide", g_name, teacher=teacher, **g_args)
     return DiffusionFakeDetector(classifier, filters, branch_weights, guide, teacher, weights)

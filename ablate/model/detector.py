@@ -145,7 +145,9 @@ class DiffusionFakeDetector(nn.Module):
                     mean_x.flatten(1), mean.flatten(1), dim=1), 1.0)
                 for key, mean in (("weight_source", mean_s), ("weight_target", mean_t))
             }
-        w_s, w_t = self.weight_source(feats), self.weight_target(feats)  # [B] each
+        # [B] each (a module may return [B, 1]: its contract, ablate.model.contracts)
+        w_s = self.weight_source(feats).reshape(-1)
+        w_t = self.weight_target(feats).reshape(-1)
         losses = {"ce": ce}
         weight_losses = []
         for key, module, w in (("weight_source", self.weight_source, w_s),
