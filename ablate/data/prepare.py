@@ -25,6 +25,7 @@ Why this shape:
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
@@ -502,8 +503,10 @@ def _run(
     Closing the iterator early cancels the videos not yet started.
     """
     if workers == 1 or len(jobs) <= 1:
-        for job in jobs:
-            yield prepare_video(job, settings, preset)
+        for job in jobs:  # one thread, as in a worker: the face detector's float sums (and
+            with _one_thread():  # so its boxes) then match whatever --workers is
+                result = prepare_video(job, settings, preset)
+            yield result
         return
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
@@ -514,6 +517,21 @@ def _run(
         finally:
             for future in pending:
                 future.cancel()
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """torch and OpenCV on one thread for the block, then as they were."""
+    import torch
+
+    threads, cv_threads = torch.get_num_threads(), cv2.getNumThreads()
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        cv2.setNumThreads(cv_threads)
 
 
 def _worker_init() -> None:
