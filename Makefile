@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint install clean
+.PHONY: demo test test-fast lint install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check ablate tests
 	$(BIN)/python -m pytest -q -n 2 --dist worksteal --durations=15 tests
+
+# the fast tier: every test not marked slow, ray, subprocess, postgres or browser (the marks
+# come from what each test uses: tests/conftest.py)
+FAST := not (slow or ray or subprocess or postgres or browser)
+test-fast: $(STAMP)
+	$(BIN)/ruff check ablate tests
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m "$(FAST)" tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check ablate tests

@@ -58,3 +58,88 @@ def run_cli(*args: str, cwd, env: dict | None = None) -> tuple[int, str, str]:
         os.environ.update(old_env)
         cli._State.debug = False
     return code, out.getvalue(), err.getvalue()
+
+
+# ---------------------------------------------------------------- test tiers
+# Every test is marked from what it uses, so a new one cannot land in the fast tier by
+# forgetting a marker: the names its code (and its fixtures' and its module's helpers'
+# code, followed three calls deep) refers to, and the fixtures it requests. `make
+# test-fast` runs the tests with none of these marks; `make test` runs every test.
+
+TIER_MARKS = {
+    "slow": "full-size model builds, trained runs and end-to-end runs",
+    "ray": "starts Ray (a sweep, compare-teachers, data-parallel training)",
+    "subprocess": "runs the `ablate` CLI or Python in a child process",
+    "postgres": "needs the throwaway PostgreSQL server (tests/pg.py)",
+    "browser": "drives headless Chromium",
+}
+USES = {  # mark -> names whose use in a test's code implies it
+    "ray": {"run_sweep", "compare_teachers", "TorchTrainer", "run_data_parallel",
+            "connect_ray", "ray"},
+    "subprocess": {"subprocess", "Popen", "check_output"},
+    "postgres": {"postgres_url", "fresh_postgres_url", "psycopg"},
+    "browser": {"chromium"},
+}
+SLOW_FIXTURES = {  # fixtures that train, fit or build something large (seconds each)
+    "run_folder", "setup", "uninterrupted", "fitted", "adapted", "root", "two_processes",
+    "twins", "files", "dit_teachers", "saved", "site", "mtcnn", "clips", "ffpp", "frames",
+    "video", "small", "stats",
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for mark, why in TIER_MARKS.items():
+        config.addinivalue_line("markers", f"{mark}: {why}")
+
+
+def _names(code, module_globals: dict, seen: set, depth: int) -> set[str]:  # noqa: ANN001
+    """Names and strings a code object refers to, with those of the module's own helper
+    functions it calls, `depth` calls deep."""
+    import types
+
+    if code in seen:
+        return set()
+    seen.add(code)
+    found = set(code.co_names) | {c for c in code.co_consts if isinstance(c, str)}
+    for const in code.co_consts:  # nested functions and lambdas
+        if isinstance(const, types.CodeType):
+            found |= _names(const, module_globals, seen, depth)
+    if depth > 0:
+        for name in list(found):
+            helper = module_globals.get(name)
+            inner = getattr(helper, "__code__", None)
+            if inner is not None and getattr(helper, "__module__", None) == \
+                    module_globals.get("__name__"):
+                found |= _names(inner, module_globals, seen, depth - 1)
+    return found
+
+
+def tier_marks(item: pytest.Item) -> set[str]:
+    """The tier marks a collected test earns from what it uses."""
+    func = getattr(item, "function", None)
+    if func is None:
+        return set()
+    fixtures = set(getattr(item, "fixturenames", ()))
+    names: set[str] = set(fixtures)
+    seen: set = set()
+    names |= _names(func.__code__, func.__globals__, seen, 3)
+    for defs in item._fixtureinfo.name2fixturedefs.values():
+        for d in defs:
+            f = getattr(d, "func", None)
+            if f is not None and hasattr(f, "__code__"):
+                names |= _names(f.__code__, f.__globals__, seen, 3)
+    marks = {mark for mark, used in USES.items() if names & used}
+    if any(n.startswith("train.processes=") and n != "train.processes=1" for n in names):
+        marks.add("ray")  # a data-parallel run: Ray Train workers
+    if names & {"memory_matrix", "--memory-matrix", "multiprocessing"}:
+        marks.add("subprocess")  # one process per row (ablate.bench.levers)
+    if fixtures & SLOW_FIXTURES:
+        marks.add("slow")
+    return marks
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        have = {m.name for m in item.iter_markers()}
+        for mark in tier_marks(item) - have:
+            item.add_marker(getattr(pytest.mark, mark))

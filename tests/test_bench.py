@@ -64,6 +64,7 @@ def global_error(grads, ref):
     return float(diff / sum((ref[n] ** 2).sum() for n in ref) ** 0.5)
 
 
+@pytest.mark.slow  # seconds of training or many steps: not in make test-fast
 @pytest.mark.parametrize("overrides", [
     [],
     ["teacher=tiny-sd21", "guide.shared=false", "weight=code"],
@@ -112,6 +113,7 @@ def test_branch_backward_gives_the_joint_gradients_with_transformer_teachers(tea
         torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
+@pytest.mark.slow  # seconds of training or many steps: not in make test-fast
 @pytest.mark.parametrize("branch_backward", [False, True])
 def test_bf16_step_stays_close_to_fp32(branch_backward, tiny_teachers, restore):
     det = detector_for([], tiny_teachers)
@@ -178,6 +180,7 @@ def test_speed_settings_resolve_and_reject():
         Speed.from_config(compose(["train.precision=fp8"]).train, CPU)
 
 
+@pytest.mark.slow  # seconds of training or many steps: not in make test-fast
 def test_bench_json_runs_on_a_tiny_recipe():
     args = ["bench", "--json", "--device", "cpu", "--warmup", "1", "--repeats", "2",
             "--eval-batches", "1", "--eval-batch-size", "4", "train.batch_size=2"]

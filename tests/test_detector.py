@@ -51,6 +51,7 @@ def test_backbones_run_one_guided_step(backbone, tiny_teachers):
     assert torch.isfinite(torch.tensor(terms["total"]))
 
 
+@pytest.mark.slow  # seconds of training or many steps: not in make test-fast
 @pytest.mark.parametrize("teacher", TINY_TEACHERS)
 def test_loss_decreases_on_a_fixed_batch(teacher, tiny_teachers):
     cfg, det = detector_for([f"teacher={teacher}", "train.lr=1e-3"], tiny_teachers)

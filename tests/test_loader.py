@@ -64,6 +64,7 @@ def test_loading_a_batch_leaves_the_global_rng_alone(frames):
     assert torch.equal(before, torch.random.get_rng_state())
 
 
+@pytest.mark.slow  # seconds of training or many steps: not in make test-fast
 def test_a_run_with_loader_workers_is_the_run_without(monkeypatch, tmp_path):
     base = [*TINY, "train.steps=4", "data.augment=code", f"run.out_dir={tmp_path}"]
     runs = []
@@ -77,6 +78,7 @@ def test_a_run_with_loader_workers_is_the_run_without(monkeypatch, tmp_path):
     assert all(torch.equal(rec_a.final[k], rec_b.final[k]) for k in rec_a.final)
 
 
+@pytest.mark.slow  # seconds of training or many steps: not in make test-fast
 def test_a_frame_cache_dir_is_filled_once_then_read_by_later_runs(monkeypatch, tmp_path):
     import ablate.data.dataset as dataset_module
 

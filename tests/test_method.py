@@ -246,6 +246,7 @@ def test_paper_and_code_presets_select_every_epoch():
 # --------------------------------------------------------------- learning
 
 
+@pytest.mark.slow  # seconds of training or many steps: not in make test-fast
 @pytest.mark.parametrize("guide", ["controlnet", "adapter"])
 def test_diffusion_losses_fall_when_only_the_guide_trains(guide, tiny_teachers):
     """With a fixed batch, noise and timestep, training the guide alone lowers L_s and L_t:

@@ -55,6 +55,7 @@ def test_it_is_a_result_setting():
     assert recipe_hash(compose(["train.optimizer=adamw8bit"])) != recipe_hash(compose([]))
 
 
+@pytest.mark.slow  # seconds of training or many steps: not in make test-fast
 def test_a_run_with_8bit_adamw_resumes_exactly(monkeypatch, tmp_path):
     """Its quantised state (uint8 moments, block maxima) survives the saved training state."""
     cfg = compose([*TINY, "train.steps=4", "train.optimizer=adamw8bit", "backbone=small",

@@ -130,6 +130,7 @@ def test_state_folder_exists_only_during_the_callback(uninterrupted):
     assert rec.given and not any(p.exists() for p in rec.given)
 
 
+@pytest.mark.slow  # seconds of training or many steps: not in make test-fast
 def test_default_data_resumes_mid_epoch(monkeypatch, tmp_path):
     """The sweep's path: train builds the loader itself (800 frames: 4 steps stay in epoch 0)."""
     cfg = compose([*TINY, "train.steps=4", f"run.out_dir={tmp_path}"])
@@ -141,6 +142,7 @@ def test_default_data_resumes_mid_epoch(monkeypatch, tmp_path):
     assert rec_b.items == 2 * BATCH
 
 
+@pytest.mark.slow  # seconds of training or many steps: not in make test-fast
 def test_a_list_loader_resumes_by_slicing(setup, monkeypatch, tmp_path):
     _, _, val = setup
     cfg = compose([*TINY, "train.steps=4", f"run.out_dir={tmp_path}"])

@@ -228,6 +228,7 @@ def test_number_and_list_values_round_trip_through_hydra():
 # --- validation ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # seconds of training or many steps: not in make test-fast
 def test_validate_quick_passes_in_seconds():
     import ablate.model  # noqa: F401  (imports are not what we time)
 

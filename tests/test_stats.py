@@ -117,6 +117,7 @@ def test_two_stage_adds_the_shared_test_sample_variance_by_hand() -> None:
 CASES = [(n, t, e) for n in (3, 5) for t in (3, 5) for e in (0.0, 0.02)]
 
 
+@pytest.mark.slow  # 1,000 simulated studies a case: seconds each, not in make test-fast
 @pytest.mark.parametrize("n_seeds,n_tests,effect", CASES)
 def test_shipped_intervals_keep_their_95_percent_promise(n_seeds, n_tests, effect) -> None:
     """1,000 simulated studies (a seed effect, a seed x test-set interaction, video noise

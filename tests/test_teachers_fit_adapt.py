@@ -111,6 +111,7 @@ def test_fit_is_cached_and_refuses_to_overwrite_other_settings(fitted: FitResult
     _one_line_error(err, "other settings", "--force")
 
 
+@pytest.mark.slow  # seconds of training or many steps: not in make test-fast
 def test_fitting_reduces_the_denoising_loss_on_a_fixed_batch() -> None:
     for family in ("sd15", "sd21"):  # epsilon and v-prediction objectives
         teacher = tiny_teacher(family)
