@@ -56,12 +56,15 @@ from ablate.space import parse_settings
 SPACES_DIR = Path("results/spaces")
 REPORTS_DIR = Path("results/reports")
 
-# The CPU default when no --recipe is given: the `quick` space's recipe.
-CPU_RECIPE = {
-    "backbone": "tiny", "image_size": 64, "data.train": "synth-blend", "train": "cpu",
-    "train.steps": 240, "train.batch_size": 8, "train.eval_every": 40, "train.log_every": 20,
-}
-CPU_TESTS = ["synth-blend", "synth-colour", "synth-warp", "synth-lowres"]
+CPU_SPACE = "compare-cpu"  # the default recipe and test sets without --recipe: a space file
+
+
+def cpu_default() -> tuple[dict, list[str]]:
+    """(fixed settings, test sets) of the shipped `compare-cpu` space."""
+    from ablate.space import load_space
+
+    space = load_space(CPU_SPACE)
+    return dict(space.fixed), list(space.tests or [])
 
 
 @dataclass(frozen=True)
@@ -189,13 +192,14 @@ def compare_teachers(
     name = name or f"compare-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
     folder = Path(out) if out else REPORTS_DIR / name
     require_free(folder)  # before any training: a taken folder costs seconds, not hours
-    fixed = parse_recipe(recipe) if recipe else dict(CPU_RECIPE)
+    default_fixed, default_tests = cpu_default()
+    fixed = parse_recipe(recipe) if recipe else default_fixed
     guide_settings = sorted(k for k in fixed if k.startswith("guide."))
     if guide_settings and any(s.is_baseline for s in specs):
         raise AblateError(f"--recipe sets {', '.join(guide_settings)}, which the `none` row "
                           "(no guide) cannot take; compare the baseline with the default guide, "
                           "or drop `none` from --teachers")
-    tests = tests or ([] if recipe else CPU_TESTS)
+    tests = tests or ([] if recipe else default_tests)
     if not tests:
         raise AblateError("give the test sets with --tests when --recipe is set")
     space_path = write_space(name, specs, fixed, tests, seeds, {"cpu": cpus, "gpu": gpus})

@@ -114,17 +114,14 @@ def _p_cell(r, first: bool) -> str:  # noqa: ANN001
     return "—" if first or pd.isna(p) else f"{p:.3g} ({adj:.3g})"
 
 
-def _cell(value: object) -> str:
-    """A markdown table cell: `|` escaped, on one line."""
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
 def markdown(frame: pd.DataFrame) -> str:
-    head = "| " + " | ".join(_cell(c) for c in frame.columns) + " |"
-    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    body = ["| " + " | ".join(_cell(v) for v in row) + " |"
-            for row in frame.itertuples(index=False)]
-    return "\n".join([head, rule, *body])
+    """The display table through the report's Markdown renderer (one cell escaping rule)."""
+    from ablate.report.display import Table
+    from ablate.report.render import markdown_table
+
+    rows = [[str(v).replace("\n", " ") for v in row] for row in frame.itertuples(index=False)]
+    return markdown_table(Table("", [str(c) for c in frame.columns], rows,
+                                align="l" * len(frame.columns)))
 
 
 def comparison_note(table: pd.DataFrame) -> str:

@@ -401,7 +401,7 @@ def test_a_seed_missing_a_test_set_leaves_the_avg(tmp_path):
 
 def test_markdown_escapes_pipes():
     frame = pd.DataFrame({"a|b": ["x|y"], "c": ["z"]})
-    assert markdown(frame) == "| a\\|b | c |\n|---|---|\n| x\\|y | z |"
+    assert markdown(frame) == "| a\\|b | c |\n| --- | --- |\n| x\\|y | z |"
     label = "sd15[path=/m/a|b]"
     table = tiny_table().assign(teacher=["none", label])
     for line in markdown(display_table(table)).splitlines():
@@ -495,3 +495,15 @@ def test_one_seed_note_says_test_sample_only(tmp_path):
     assert "video bootstrap (1 seed: test sample only)" in md
     assert "no interval (1 seed)" in md and "--seeds 3" in md
     assert "not a verdict on a teacher" in md
+
+
+def test_the_cpu_default_is_the_shipped_space_and_the_recipe_it_always_was():
+    """Read from search_spaces/compare-cpu.yaml; the values are those the default had as
+    code before it moved there, so every stored comparison keeps its recipe hash."""
+    from ablate.compare import cpu_default
+
+    fixed, tests = cpu_default()
+    assert fixed == {"backbone": "tiny", "image_size": 64, "data.train": "synth-blend",
+                     "train": "cpu", "train.steps": 240, "train.batch_size": 8,
+                     "train.eval_every": 40, "train.log_every": 20}
+    assert tests == ["synth-blend", "synth-colour", "synth-warp", "synth-lowres"]
