@@ -38,6 +38,7 @@ from ablate.compare_output import (
     write_comparison,
 )
 from ablate.errors import AblateError
+from ablate.outputs import REPORTS_DIR, SPACES_DIR
 from ablate.provenance import is_part
 from ablate.report.delong import holm
 from ablate.report.paired import delong_on, read_scores
@@ -52,9 +53,6 @@ from ablate.report.stats import (
 )
 from ablate.slots import NO_GUIDE
 from ablate.space import parse_settings
-
-SPACES_DIR = Path("results/spaces")
-REPORTS_DIR = Path("results/reports")
 
 CPU_SPACE = "compare-cpu"  # the default recipe and test sets without --recipe: a space file
 

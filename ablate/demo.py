@@ -22,6 +22,8 @@ from typing import Any
 
 import click
 
+from ablate.outputs import TEACHERS_DIR
+
 DEMO_TEACHER = "tiny-sd15"
 DEMO_SPACE = "demo"
 
@@ -50,7 +52,8 @@ def run_demo(db_url: str | None = None, fit_steps: int | None = None,
         settings = FitSettings(teacher=DEMO_TEACHER, data="synth-blend",
                                **({"steps": fit_steps} if fit_steps else {}))
         # a non-default fit gets its own folder (the default one holds the default fit)
-        out = f"results/teachers/{DEMO_TEACHER}-synth-blend-{fit_steps}steps" if fit_steps else None
+        out = (str(TEACHERS_DIR / f"{DEMO_TEACHER}-synth-blend-{fit_steps}steps") if fit_steps
+               else None)
         result = fit_teacher(settings, out, False, "cpu", progress=True)
         click.echo(f"      {'reused' if result.reused else 'fitted'}: {result.folder}")
         return result.folder

@@ -37,9 +37,10 @@ from omegaconf import DictConfig, OmegaConf
 from ablate.data.manifest import COLUMNS, PATH_COLUMNS, load_manifest
 from ablate.data.sources import Source, locate, recipe_overrides
 from ablate.errors import AblateError
+from ablate.outputs import TEACHERS_DIR
 
 # torch-free copies of ablate.model.teachers's names (tests/test_identity.py keeps them equal)
-TEACHERS_DIR = Path("results/teachers")
+
 ADAPTER_WEIGHTS = "pytorch_lora_weights.safetensors"
 PROVENANCE = ("ablate_teacher.json", "ablate_adapter.json")  # what a fit/adapt used, not weights
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".json", ".txt", ".model")

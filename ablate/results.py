@@ -54,9 +54,10 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from ablate.errors import AblateError
+from ablate.outputs import DEFAULT_DB_URL
 
 SCHEMA_VERSION = 3
-DEFAULT_URL = "sqlite:///results/ablate.db"
+DEFAULT_URL = DEFAULT_DB_URL
 STALE_AFTER_S = 90.0  # a running sweep whose heartbeat is older than this has lost its driver
 SQLITE_BUSY_TIMEOUT_S = 30.0  # how long a SQLite writer waits for another writer
 PG_CONNECT_TIMEOUT_S = 5

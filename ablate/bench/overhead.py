@@ -23,8 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ablate.errors import AblateError
-
-RAY_DIR = Path("results/ray")
+from ablate.outputs import RAY_DIR
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from ablate.data.manifest import load_manifest
 from ablate.errors import AblateError
+from ablate.outputs import MANIFESTS_DIR
 
-MANIFEST_DIR = Path("results/manifests")
+MANIFEST_DIR = MANIFESTS_DIR
 CACHE_VERSION = 2  # bump when an adapter writes other rows for the same settings (2: identity, family, WildDeepfake source videos)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from ablate.errors import AblateError
+from ablate.outputs import REPORTS_DIR
 from ablate.provenance import is_part
 from ablate.report import EVALUATORS, FORMATS, tables
 from ablate.report import ablation as abl_mod
@@ -39,8 +40,6 @@ from ablate.report.render import (
 from ablate.report.stats import DEFAULT_EFFECT
 from ablate.report.versions import version_counts, versions_line
 from ablate.results import ResultsDB, default_url, require_existing_db
-
-REPORTS_DIR = Path("results/reports")
 
 
 @dataclass

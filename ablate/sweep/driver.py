@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ablate.errors import AblateError
+from ablate.outputs import RAY_DIR, RUNS_DIR, SPACES_DIR
 from ablate.sweep.cluster import (
     check_fits,
     check_request,
@@ -49,9 +50,6 @@ from ablate.sweep.trial import GRID_KEY, TrialContext, run_trial
 from ablate.tracking import tune_callbacks
 from ablate.version import code_version
 
-RAY_DIR = Path("results/ray")
-RUNS_DIR = Path("results/runs")
-SPACES_DIR = Path("results/spaces")
 HEARTBEAT_S = 15.0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-TEACHERS_DIR = "results/teachers"  # = ablate.model.teachers.TEACHERS_DIR; importing it would load torch for --help
+from ablate.outputs import TEACHERS_DIR  # torch-free, so --help stays fast
 
 _COMMON = [
     click.option("--data", default="synth-blend", show_default=True, metavar="NAME",

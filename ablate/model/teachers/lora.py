@@ -18,10 +18,10 @@ from torch import Tensor, nn
 
 from ablate.errors import AblateError, first_line
 from ablate.model.teachers.base import Teacher, parse_dtype
+from ablate.outputs import TEACHERS_DIR
 
 log = logging.getLogger(__name__)
 
-TEACHERS_DIR = Path("results/teachers")  # default home of fitted twins and adapters
 FITTED_META = "ablate_teacher.json"  # next to a fitted twin's unet/ vae/ ...: what it was fit on
 ADAPTER_META = "ablate_adapter.json"  # next to the adapter weights: its base teacher
 ADAPTER_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' LoRA file name
