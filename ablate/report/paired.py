@@ -26,11 +26,11 @@ import numpy as np
 import pandas as pd
 
 from ablate.errors import AblateError
+from ablate.outputs import SCORES
 from ablate.provenance import is_part
 from ablate.report.data import SweepData
 from ablate.report.delong import delong_mean_test, holm
 
-SCORES = "scores.csv"  # what each run folder holds (ablate.sweep.trial.SCORES, torch-free here)
 N_BOOT = 1000
 COLUMNS = ["comparison", "a", "b", "dataset", "seeds", "n_frames", "n_videos", "auc_a", "auc_b",
            "diff", "test", "p", "p_holm"]

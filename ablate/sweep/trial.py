@@ -30,11 +30,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ablate.outputs import SCORES
 from ablate.provenance import is_part
 from ablate.space.budget import planned_evaluations
 from ablate.tracking import write_metrics
 
-SCORES = "scores.csv"
 GRID_KEY = "recipe"  # a trial's config key naming one of an explicit grid's recipes
 RETRY_KEY = "ablate_retry_of"  # Tune ids of the cut-off trials a resumed trial continues
 KIND = "ablate_kind"
