@@ -75,7 +75,7 @@ TIER_MARKS = {
 }
 USES = {  # mark -> names whose use in a test's code implies it
     "ray": {"run_sweep", "compare_teachers", "TorchTrainer", "run_data_parallel",
-            "connect_ray", "ray"},
+            "train_parallel", "connect_ray", "ray"},
     "subprocess": {"subprocess", "Popen", "check_output"},
     "postgres": {"postgres_url", "fresh_postgres_url", "psycopg"},
     "browser": {"chromium"},

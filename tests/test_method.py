@@ -194,6 +194,7 @@ def test_bf16_teacher_on_a_cpu_without_bf16_is_a_one_line_error(monkeypatch, tmp
 # --------------------------------------------------------------- selection
 
 
+@pytest.mark.slow  # seconds of training or many steps: not in make test-fast
 def test_selection_keeps_an_early_peak_in_both_checkpoints(tmp_path, monkeypatch):
     """Source-val AUC peaks at the 2nd of 4 evaluations: that step is what ships."""
     aucs = iter([0.6, 0.9, 0.7, 0.8])
