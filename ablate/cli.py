@@ -237,9 +237,9 @@ def eval_cmd(run: str, tests: tuple[str, ...], scores_out: str | None, bootstrap
 @click.option("--power", is_flag=True,
               help="Instead of the cost: the seeds this space needs, from the between-seed "
                    "spread of earlier runs of the same (else a similar) recipe in the DB.")
-@click.option("--effect", type=click.FloatRange(min=0, min_open=True), default=1.0,
-              show_default=True, metavar="POINTS",
-              help="With --power: the AUC effect (points) to quote the seeds needed for.")
+@click.option("--effect", type=click.FloatRange(min=0, min_open=True), default=None,
+              metavar="POINTS", help="With --power: the AUC effect (points) to quote the seeds "
+                                     "needed for (default: 1 point, as ablate report).")
 def spaces_cmd(space: str | None, db_url: str | None, measure: bool, power: bool,
                effect: float) -> None:
     """List the search spaces, or show one: a design's cells and what it will cost.
@@ -273,7 +273,7 @@ def spaces_cmd(space: str | None, db_url: str | None, measure: bool, power: bool
                                    "shows no cost, so drop one of them")
         from ablate.space.power import space_power
 
-        for line in space_power(load_space(space), db_url, effect / 100).lines():
+        for line in space_power(load_space(space), db_url, None if effect is None else effect / 100).lines():
             click.echo(line)
         return
     if space is None:

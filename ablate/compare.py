@@ -41,7 +41,7 @@ from ablate.errors import AblateError
 from ablate.outputs import REPORTS_DIR, SPACES_DIR
 from ablate.provenance import is_part
 from ablate.report.delong import holm
-from ablate.report.paired import delong_on, read_scores
+from ablate.report.paired import delong_on, read_scores, two_stage_difference
 from ablate.report.stats import (
     DEFAULT_EFFECT,
     NO_INTERVAL,
@@ -276,7 +276,7 @@ def comparison_table(db, name: str, teachers: dict[str, dict], n_boot: int = 100
                       _delta_avg_cells(vals, lab, base, whole), costs[lab])
         readable = {k[0] for k in scores}
         if lab != base and row["d_seeds"] >= 2 and {lab, base} <= readable:
-            row = _merged(row, _two_stage_cells(done, lab, base, whole, n_boot,
+            row = _merged(row, _two_stage_cells(scores, lab, base, whole, n_boot,
                                                 row["d_seeds"]))
         rows.append(row)
     table = pd.DataFrame(rows)
@@ -413,18 +413,11 @@ def _delta_avg_cells(vals: pd.DataFrame, teacher: str, base: str, datasets: list
     return {**out, "d_ci_method": _methods(methods), "note": _join(*notes)}
 
 
-def _two_stage_cells(done: pd.DataFrame, teacher: str, base: str, datasets: list[str],
+def _two_stage_cells(scores: dict, teacher: str, base: str, datasets: list[str],
                      n_boot: int, n_seeds: int) -> dict:
     """The Avg Δ with seeds and test videos resampled (`paired.two_stage_difference`, from
     the runs' per-frame scores); {} where the scores cannot be read or aligned."""
-    from ablate.report.data import SweepData
-    from ablate.report.paired import two_stage_difference
-
-    runs = done[done["teacher"].isin([teacher, base])].assign(config=lambda f: f["teacher"])
-    data = SweepData(name="", info={}, settings={}, db_url="", optuna_url="", trials=runs,
-                     counted=runs, metrics=pd.DataFrame(), curves=pd.DataFrame(),
-                     tests=list(datasets), varying=[])
-    found = two_stage_difference(data, teacher, base, n_boot)
+    found = two_stage_difference(scores, teacher, base, datasets, n_boot)
     if not found:
         return {}
     out = {"d_2s_method": TWO_STAGE}

@@ -154,7 +154,6 @@ def ablation(pairs: pd.DataFrame, effect: float = DEFAULT_EFFECT) -> pd.DataFram
                                          .dropna()) - {""})]
         rows.append({**dict(zip(keys, key, strict=True)), **found.as_dict(),
                      "note": "; ".join(n for n in notes if n),
-                     "ci_low": found.low, "ci_high": found.high,
                      "seeds_needed": seeds_needed(effect, found.sd)})
     return pd.DataFrame(rows, columns=COLUMNS)
 
@@ -201,12 +200,14 @@ def seeds_cell(r: pd.Series) -> str:
     return f"{int(r['n_seeds'])}{'*' if r.get('note') else ''}"
 
 
-INTERVAL_NOTE = ("Δ: variant minus reference per (seed, test set), averaged over the test sets "
-                 "within each seed; ± half-width of the Student-t 95% CI over those seed means "
-                 "(the training run is the unit; test sets are conditions, not replicates). "
-                 "MDE: the ΔAUC a paired t test over these seeds would detect with 80% power at "
-                 "α = 0.05, from their spread. Seeds*: some seeds were left out, unmatched or "
-                 "missing a test set (see the CSV's note).")
+def interval_note(difference: str = "variant minus reference") -> str:
+    """How a table of differences over seeds was made, for its note."""
+    return (f"Δ: {difference} per (seed, test set), averaged over the test sets within each "
+            "seed; ± half-width of the Student-t 95% CI over those seed means (the training "
+            "run is the unit; test sets are conditions, not replicates). MDE: the ΔAUC a "
+            "paired t test over these seeds would detect with 80% power at α = 0.05, from "
+            "their spread. Seeds*: some seeds were left out, unmatched or missing a test set "
+            "(see the CSV's note).")
 
 
 def ablation_table(abl: pd.DataFrame, ref: Reference) -> Table:
@@ -223,7 +224,7 @@ def ablation_table(abl: pd.DataFrame, ref: Reference) -> Table:
     return Table(f"Ablation against the reference ({ref.label})",
                  ["Slot", "Variant", "Matching", "Seeds", "ΔAUC (pts)", "ΔEER (pts)",
                   "MDE ΔAUC (pts)"], rows, bold,
-                 note=f"{INTERVAL_NOTE} Bold: the CI excludes 0. AUC: positive is better; "
+                 note=f"{interval_note()} Bold: the CI excludes 0. AUC: positive is better; "
                       "EER: negative is better. unmatched = no recipe differs from the "
                       "reference in this slot only.", align="lllrrrr", slug="ablation")
 

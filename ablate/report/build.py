@@ -88,12 +88,13 @@ def prepare_folder(folder: Path) -> Path:
 
 def build_report(sweep: str | None = None, db_url: str | None = None,
                  out: str | Path | None = None, formats: str | Iterable[str] | None = None,
-                 importance: str = "fanova", effect: float = DEFAULT_EFFECT) -> Report:
+                 importance: str = "fanova", effect: float | None = None) -> Report:
     """Write the report of `sweep` (default: the newest) into `out` in the given formats.
 
     `effect`: the difference (metric units; 0.01 = 1 AUC point) whose needed seeds every
-    comparison quotes.
+    comparison quotes (None: `stats.DEFAULT_EFFECT`).
     """
+    effect = DEFAULT_EFFECT if effect is None else effect
     chosen = parse_formats(formats)
     if importance not in EVALUATORS:
         raise AblateError(f"unknown importance evaluator {importance!r}; choose from "
@@ -162,12 +163,13 @@ def _write(data: SweepData, folder: Path, formats: tuple[str, ...], evaluator: s
     effects = abl_mod.ablation(guided_pairs, effect)  # mean and CI over seeds per guided recipe
     imp = param_importance(search or data, evaluator)
     pair = headline_mod.choose_pair(data, ref)
-    two_stage = paired_mod.two_stage_difference(data, *pair) if pair else {}
+    matched = abl_mod.matched_comparisons(pairs, ref)
+    scores = paired_mod.comparison_scores(data, ([("headline", *pair)] if pair else []) + matched)
+    two_stage = (paired_mod.two_stage_difference(scores, *pair, data.tests) if pair else {})
     head = headline_mod.headline(data, seed_vals, ref, effect, two_stage)
     comparisons = ([("guidance: " + head.guided_label + " vs " + head.baseline_label,
                      head.guided, head.baseline)] if head else [])
-    tests_table = paired_mod.paired_tests(
-        data, comparisons + abl_mod.matched_comparisons(pairs, ref))
+    tests_table = paired_mod.paired_tests(data, comparisons + matched, scores)
     summary = headline_mod.summary_paragraph(head, abl, imp.table, imp.evaluator)
     first = ([headline_mod.first_table(head, data.tests),
               headline_mod.difference_table(head, data.tests)] if head else [])

@@ -17,9 +17,10 @@ from ablate.report import EVALUATORS, FORMATS
               metavar="LIST", help=f"Comma-separated, any of {','.join(FORMATS)}.")
 @click.option("--importance", type=click.Choice(EVALUATORS), default="fanova", show_default=True,
               help="Optuna importance evaluator (ped-anova also assesses conditional params).")
-@click.option("--effect", type=click.FloatRange(min=0, min_open=True), default=1.0,
-              show_default=True, metavar="POINTS",
-              help="The effect (AUC points) whose needed seeds every comparison quotes.")
+@click.option("--effect", type=click.FloatRange(min=0, min_open=True), default=None,
+              metavar="POINTS", help="The effect (AUC points) whose needed seeds every "
+                                     "comparison quotes (default: 1 point, "
+                                     "ablate.report.stats.DEFAULT_EFFECT).")
 def report(sweep: str | None, db_url: str | None, out: str | None, formats: str,
            importance: str, effect: float) -> None:
     """Write a sweep's report: cross-dataset table, per-slot ablation, importance, plots.
@@ -41,6 +42,7 @@ def report(sweep: str | None, db_url: str | None, out: str | None, formats: str,
     """
     from ablate.report.build import build_report
 
-    result = build_report(sweep, db_url, out, formats, importance, effect / 100)
+    result = build_report(sweep, db_url, out, formats, importance,
+                          None if effect is None else effect / 100)
     click.echo(f"report of sweep {result.sweep} written to {result.folder}/")
     click.echo(result.main_markdown)

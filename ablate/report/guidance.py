@@ -12,10 +12,10 @@ from __future__ import annotations
 import pandas as pd
 
 from ablate.report.ablation import (
-    INTERVAL_NOTE,
     PAIR_KEYS,
     effect_cells,
     effect_text,
+    interval_note,
     mde_clause,
     per_seed,
     seeds_cell,
@@ -70,7 +70,7 @@ def guidance_table(effects: pd.DataFrame) -> Table:
     return Table("Guidance against the plain baseline",
                  ["Guided recipe", "Baseline", "Seeds", "ΔAUC (pts)", "ΔEER (pts)",
                   "MDE ΔAUC (pts)"], rows, bold,
-                 note=f"{INTERVAL_NOTE.replace('variant minus reference', 'guided minus baseline (the same recipe with guide=none)')} "
+                 note=f"{interval_note('guided minus baseline (the same recipe with guide=none)')} "
                       "Bold: the CI excludes 0. AUC: positive means guidance helps; EER: "
                       "negative means it helps.", align="llrrrr", slug="guidance")
 

@@ -69,11 +69,16 @@ def delong_on(scores: dict, a: str, b: str, dataset: str):  # noqa: ANN201
         return None
 
 
-def paired_tests(data: SweepData, comparisons: list[tuple[str, str, str]],
-                 n_boot: int = N_BOOT) -> pd.DataFrame:
-    """`comparisons`: (name, config A, config B). One row per (comparison, test set, test)."""
+def comparison_scores(data: SweepData, comparisons: list[tuple[str, str, str]]) -> dict:
+    """(config, seed) -> per-frame scores of every config the comparisons name, read once."""
     configs = {c for _, a, b in comparisons for c in (a, b)}
-    scores = read_scores(data.counted[data.counted["config"].isin(configs)], "config")
+    return read_scores(data.counted[data.counted["config"].isin(configs)], "config")
+
+
+def paired_tests(data: SweepData, comparisons: list[tuple[str, str, str]], scores: dict,
+                 n_boot: int = N_BOOT) -> pd.DataFrame:
+    """`comparisons`: (name, config A, config B); `scores`: `comparison_scores`. One row per
+    (comparison, test set, test)."""
     labels = data.counted.drop_duplicates("config").set_index("config")["label"]
     rows = []
     for name, a, b in comparisons:
@@ -129,11 +134,11 @@ def bootstrap_p(videos: np.ndarray, y: np.ndarray, va: np.ndarray, vb: np.ndarra
     return float(min(1.0, 2 * min(np.mean(d <= 0), np.mean(d >= 0))))
 
 
-def two_stage_difference(data: SweepData, a: str, b: str,
+def two_stage_difference(scores: dict, a: str, b: str, tests: list[str],
                          n_boot: int = N_BOOT) -> dict[tuple[str, str], tuple]:
-    """(level, metric) -> (mean, low, high, n_seeds) of A - B averaged over test sets, with
+    """(level, metric) -> (mean, low, high, n_seeds) of A - B averaged over `tests`, with
     seeds and test videos resampled (`stats.two_stage_interval`); {} when the runs' scores
-    are not readable here or the seeds share no test set.
+    (`scores`: (key, seed) -> frames, as `read_scores` gives) lack A or B or a test set.
 
     Every seed both recipes have must have scored every test set; each test set uses the
     frames every run scored, with one video resample (seed 0) for all runs.
@@ -141,14 +146,13 @@ def two_stage_difference(data: SweepData, a: str, b: str,
     from ablate.metrics import auc, bootstrap_values, eer
     from ablate.report.stats import two_stage_interval
 
-    scores = read_scores(data.counted[data.counted["config"].isin([a, b])], "config")
     seeds = sorted({s for (c, s) in scores if c == a} & {s for (c, s) in scores if c == b})
     if not seeds:
         return {}
     out = {}
     for metric, fn in (("auc", auc), ("eer", eer)):
         observed, replicates = [], []  # per test set: (k,), (k, n_boot)
-        for dataset in [t for t in data.tests if not is_part(t)]:
+        for dataset in [t for t in tests if not is_part(t)]:
             frames = aligned_frames(scores, a, b, seeds, dataset)
             if frames is None:
                 return {}

@@ -12,8 +12,6 @@ interval below covers the truth.
   over seeds plus the test sample's shared variance, estimated from video resamples that
   draw the same videos for every seed (every run scored the same videos).
 - `minimum_detectable_effect` / `seeds_needed`: power of the paired t test over seeds.
-- `pairs_bootstrap`: the old estimator (percentile bootstrap over (seed, test set) pairs),
-  kept only so the docs and the tests can show how it fails.
 - Pareto front: the points no other point beats on both objectives (ties kept).
 """
 
@@ -73,10 +71,6 @@ class SeedInterval:
     mde: float  # minimum detectable effect at ALPHA, POWER with these seeds (NaN below 2)
     procedure: str
     note: str = ""  # what was left out (unmatched seeds, seeds missing a test set)
-
-    def seeds_for(self, effect: float) -> int | None:
-        """Seeds a study needs to see `effect` at ALPHA with POWER, given this spread."""
-        return seeds_needed(effect, self.sd)
 
     def as_dict(self) -> dict:
         return {"mean": self.mean, "ci_low": self.low, "ci_high": self.high,
@@ -147,21 +141,6 @@ def two_stage_interval(observed: np.ndarray, replicates: np.ndarray,
     t_q, z_q = stats.t.ppf(0.5 + level / 2, n - 1), stats.norm.ppf(0.5 + level / 2)
     half = float(math.sqrt(t_q ** 2 * between + z_q ** 2 * shared))
     return centre, centre - half, centre + half, n
-
-
-def pairs_bootstrap(values: Sequence[float], n_boot: int = N_BOOT, seed: int = 0,
-                    level: float = 0.95) -> tuple[float, float, float, int]:
-    """The old estimator, percentile bootstrap over (seed, test set) pairs: too narrow,
-    because it counts the test sets of one run as independent (docs/report.md)."""
-    x, n, early = _finite(values)
-    if early is not None:
-        return early
-    x = np.sort(x)
-    mean = float(x.mean())
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)  # (n_boot,)
-    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return mean, float(low), float(high), n
 
 
 # ---------------------------------------------------------------- power

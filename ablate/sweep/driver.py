@@ -206,8 +206,7 @@ def _confirm(space, space_text: str, search: str, space_name: str, db,  # noqa: 
     """Retrain the search's best recipes on fresh seeds, in sweep `<search>-confirm`."""
     from ablate.sweep.confirm import winners, write_confirm_space
 
-    name = confirmation_name(search)
-    _check_confirmation_name(db, search)
+    name = confirmation_name(search)  # not another's: checked before the search started
     found = winners(db, search, space)
     seeds = space.confirm_seed_ids
     _say(f"sweep {search}: confirming its {len(found)} best recipe(s) by source-val AUC on "
