@@ -174,6 +174,29 @@ def test_one_recipe_gives_sqrt2_times_its_spread(demo: dict, tmp_path: Path) -> 
         0.01, np.sqrt(2) * one)
 
 
+def test_a_measured_paired_spread_beats_one_recipe_times_sqrt2(demo: dict,
+                                                              tmp_path: Path) -> None:
+    """One cell of the space's own recipes alone gives only √2 x its spread; a paired
+    difference measured in a sweep of the same space (other settings) is preferred."""
+    rng = np.random.default_rng(4)
+    tests = demo["tests"]
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    with ResultsDB(url) as db:
+        sid = db.start_sweep("demo-ref", "demo", {}, "v1")
+        record_cells(db, sid, demo, {"reference": auc_table(rng, len(tests), 0, 0.02, 0.02)})
+        sid = db.start_sweep("demo-paired", "demo", {}, "v1")  # the space, other settings
+        tables = {g: auc_table(rng, len(tests), 0.0, 0.02, 0.02) for g in ("controlnet", "none")}
+        for seed in SEEDS:
+            for guide, aucs in tables.items():
+                record(db, sid, f"{guide}:{seed}", f"p-{guide}-{seed}",
+                       fake_recipe(guide, seed, tests), seed, tests, aucs[seed])
+    out = power_cli("--db", url).output
+    assert "paired ΔAUC" in out and "(sweep demo-paired, guide=none vs" in out, out
+    expected = float(np.std((tables["none"] - tables["controlnet"]).mean(axis=1), ddof=1))
+    assert number(r"paired ΔAUC: ([\d.]+) points", out) == pytest.approx(expected * 100,
+                                                                          abs=0.006)
+
+
 def test_other_settings_of_the_same_space_then_the_newest_sweep(demo: dict,
                                                                 tmp_path: Path) -> None:
     rng = np.random.default_rng(2)

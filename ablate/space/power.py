@@ -192,8 +192,9 @@ def _hashes(recipes: list[_Recipe], seeds: list[int]) -> dict[str, str]:
 
 def _find(db: Any, space: SearchSpace,
           recipes: list[_Recipe]) -> tuple[str, list[Estimate]] | str:
-    """(source, estimates of the preferred kind) from the first source that has one, or why
-    none has one (a phrase)."""
+    """(source, estimates) from the first tier with a paired difference, else from the first
+    with one recipe's spread (a measured paired spread beats an assumed one), or why none
+    has one (a phrase)."""
     from ablate.report.data import RESULT_STATUSES
 
     sweeps = db.list_sweeps()
@@ -214,6 +215,7 @@ def _find(db: Any, space: SearchSpace,
     ]
     cache: dict[str, tuple[pd.DataFrame, str] | None] = {}
     most = 0  # the most seeds any recipe has, for the "why not"
+    fallback: tuple[str, list[Estimate]] | None = None  # the first tier's per-recipe spread
     for source, names, shape in tiers:
         paired, single = [], []
         for name in names:
@@ -230,8 +232,11 @@ def _find(db: Any, space: SearchSpace,
             single += s
             if source == "newest" and (p or s):
                 break  # only the newest sweep that has one
-        if paired or single:
-            return source, paired or single
+        if paired:
+            return source, paired
+        fallback = fallback or ((source, single) if single else None)
+    if fallback:  # no tier measured a paired difference: one recipe's spread, times √2
+        return fallback
     if most == 1:
         return ("every recipe in the results DB has test AUC from 1 seed only, so there is "
                 "no between-seed spread to measure")
