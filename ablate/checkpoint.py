@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig
 from safetensors.torch import load_file, save_file
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.recipe import load_yaml, to_yaml
 
 INFERENCE = "inference.safetensors"

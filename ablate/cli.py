@@ -10,7 +10,7 @@ import click
 
 from ablate import locations
 from ablate import plugins as plugin_loader
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 
 OVERRIDES_HELP = """
 Recipe overrides use Hydra syntax: `slot=variant` picks a variant
@@ -158,8 +158,8 @@ def train(overrides: tuple[str, ...], dry_run: bool, quiet: bool) -> None:
                     f"{' '.join(ignored)}", fg="yellow", err=True)
     processes = int(cfg.train.get("processes", 1))
     if dry_run:
-        from ablate.distributed import check_split
         from ablate.model.build import build_detector
+        from ablate.sharding import check_split
         from ablate.train import count_params
 
         if processes > 1:
@@ -527,7 +527,7 @@ def _attach_groups() -> None:
     from ablate.bench.cli import bench
     from ablate.data.cli import data
     from ablate.report.cli import report
-    from ablate.teachers.cli import teachers
+    from ablate.teacher_fitting.cli import teachers
 
     for command in (data, teachers, report, bench):
         cli.add_command(command)

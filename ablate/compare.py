@@ -37,8 +37,9 @@ from ablate.compare_output import (
     require_free,
     write_comparison,
 )
-from ablate.errors import AblateError
-from ablate.outputs import REPORTS_DIR, SPACES_DIR
+from ablate.core.errors import AblateError
+from ablate.core.names import NO_GUIDE
+from ablate.core.paths import REPORTS_DIR, SPACES_DIR
 from ablate.provenance import is_part
 from ablate.report.delong import holm
 from ablate.report.paired import delong_on, read_scores, two_stage_difference
@@ -51,7 +52,6 @@ from ablate.report.stats import (
     seeds_needed,
     t_interval,
 )
-from ablate.slots import NO_GUIDE
 from ablate.space import parse_settings
 
 CPU_SPACE = "compare-cpu"  # the default recipe and test sets without --recipe: a space file
@@ -212,7 +212,7 @@ def compare_teachers(
 
 def with_frozen_params(table: pd.DataFrame, teachers: dict[str, dict | None]) -> pd.DataFrame:
     """Adds each teacher's frozen parameters (denoiser + VAE; 0 for `none`)."""
-    from ablate.teachers.catalog import frozen_params
+    from ablate.teacher_fitting.catalog import frozen_params
 
     counts = {label: frozen_params(cfg) for label, cfg in teachers.items()}
     return table.assign(params_frozen=table["teacher"].map(counts).astype(float))

@@ -12,7 +12,7 @@ from typing import BinaryIO
 import numpy as np
 import pandas as pd
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.report.stats import DEFAULT_EFFECT, MAX_SEEDS, NO_INTERVAL, SEED_T, TWO_STAGE
 
 AVG = "avg"  # test_set of each teacher's row averaged over test sets (as in the report)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.results import ResultsDB, default_url, require_existing_db
 
 

@@ -1,7 +1,7 @@
 """`train.processes=N`: start the N processes of one data-parallel run as Ray Train
 workers (`TorchTrainer`: gloo on CPUs, NCCL on GPUs), one GPU each where there are GPUs.
 
-Each worker runs the usual `ablate.train.train` on its shard (`ablate.distributed` holds
+Each worker runs the usual `ablate.train.train` on its shard (`ablate.sharding` holds
 the arithmetic); process 0's validations and its RunResult come back to the launching
 process, which is the `ablate train` command or a sweep's Tune trial.
 """
@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ablate.distributed import check_split, current_shard
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
+from ablate.sharding import check_split, current_shard
 from ablate.sweep.cluster import connect_ray
 
 RESULT = "run_result.json"  # process 0's RunResult, in the checkpoint it reports
@@ -144,7 +144,7 @@ def _forwarder(queue: Any, stop: Any) -> Any:
 def _worker_error(err: BaseException) -> str:
     """The first line of what went wrong in a worker (Ray's own wrapper says only that
     workers failed), e.g. a recipe's one-line AblateError."""
-    from ablate.errors import first_line
+    from ablate.core.errors import first_line
 
     failures = getattr(err, "worker_failures", None) or {}
     for failure in failures.values():

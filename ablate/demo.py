@@ -22,7 +22,7 @@ from typing import Any
 
 import click
 
-from ablate.outputs import TEACHERS_DIR
+from ablate.core.paths import TEACHERS_DIR
 
 DEMO_TEACHER = "tiny-sd15"
 DEMO_SPACE = "demo"
@@ -42,7 +42,7 @@ def run_demo(db_url: str | None = None, fit_steps: int | None = None,
     from ablate.data.synthetic import ensure_benchmark
     from ablate.report.build import build_report
     from ablate.sweep import run_sweep
-    from ablate.teachers.fit import FitSettings, fit_teacher
+    from ablate.teacher_fitting.fit import FitSettings, fit_teacher
 
     start = time.perf_counter()
     _step(1, "embedded benchmark (four face-swap families, cached)",

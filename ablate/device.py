@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 
 
 def pick_device(name: str) -> torch.device:

@@ -19,9 +19,9 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from ablate.core.errors import AblateError
 from ablate.data.dataset import FrameCache, ManifestDataset
 from ablate.data.loader import resolve_dataset, split_rows
-from ablate.errors import AblateError
 from ablate.metrics import (
     BOOT_UNITS,
     check_eer_convention,

@@ -15,7 +15,7 @@ import logging
 import os
 from pathlib import Path
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 
 log = logging.getLogger(__name__)
 _WARNED: set[Path] = set()

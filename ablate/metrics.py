@@ -34,7 +34,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
+from ablate.core.names import METRIC_HOW
 
 FRAME_METRICS = ("auc", "eer", "ap", "acc_05", "acc_thr")
 VIDEO_METRICS = ("video_auc", "video_eer")
@@ -601,8 +602,7 @@ def _ci(metric, video_ids, y, s, boot: Bootstrap | None, threshold, alpha,
     return _percentiles(values, alpha)
 
 
-PROVENANCE = ("aggregation", "threshold", "threshold_from", "n_boot", "boot_seed", "boot_unit",
-              "eer_convention")
+PROVENANCE = METRIC_HOW  # the columns _row fills that say how a row was computed
 
 
 def _row(level: str, metric: str, value: float, n: int, ci: Sequence[float],

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from ablate.errors import AblateError, first_line
+from ablate.core.errors import AblateError, first_line
 
 LOOSE_FILE_PREFIX = "ablate_plugin_"  # the module name of a plugin loaded from a file
 

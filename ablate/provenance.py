@@ -4,7 +4,7 @@ Two metric rows are comparable only when they scored the same frames. `manifest_
 names those rows by their content (path, label, video_id, split), so a row added,
 removed, relabelled or moved to another video changes it, and a reordered manifest
 or the same tree under another folder does not (paths are taken relative to the
-folder all of them share, as `ablate.identity.canonical_rows` does; unlike that
+folder all of them share, as `ablate.reuse_key.canonical_rows` does; unlike that
 fingerprint, which feeds the seeded shuffle, the order of test rows changes no
 number, so the rows are sorted first).
 
@@ -18,8 +18,8 @@ import os
 
 import pandas as pd
 
-from ablate.errors import AblateError
-from ablate.identity import SHORT
+from ablate.core.errors import AblateError
+from ablate.reuse_key import SHORT
 
 HASHED = ("path", "label", "video_id", "split")  # what identifies a scored row
 

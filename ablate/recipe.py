@@ -19,8 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ablate import locations
-from ablate.errors import AblateError
-from ablate.slots import GUIDANCE_ONLY, NO_GUIDE, SLOTS, is_guidance_key
+from ablate.core.errors import AblateError
+from ablate.core.names import GUIDANCE_ONLY, NO_GUIDE, SLOTS, is_guidance_key
 
 # Keys that change where or how visibly a run happens, not what it computes.
 # Settings that change how fast a result comes, not what it is (beyond float rounding):

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 
 
 @dataclass(frozen=True)

@@ -53,8 +53,9 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from ablate.errors import AblateError
-from ablate.outputs import DEFAULT_DB_URL
+from ablate.core.errors import AblateError
+from ablate.core.names import METRIC_PROVENANCE
+from ablate.core.paths import DEFAULT_DB_URL
 
 SCHEMA_VERSION = 3
 DEFAULT_URL = DEFAULT_DB_URL
@@ -67,9 +68,6 @@ _WRITE = "ablate_write"  # execution option: this connection will write
 SWEEP_STATUSES = ("running", "finished", "interrupted", "failed")
 TRIAL_STATUSES = ("finished", "pruned", "failed", "nan", "reused", "running")
 LEVELS = ("frame", "video")
-# how a metric row was computed (ablate.metrics.PROVENANCE + the scored rows' hash); NULL = unknown
-METRIC_PROVENANCE = ("aggregation", "threshold", "threshold_from", "n_boot", "boot_seed",
-                     "boot_unit", "eer_convention", "manifest_sha")
 METRIC_KEYS = ("dataset", "split", "level", "metric", "value", "ci_low", "ci_high", "n",
                *METRIC_PROVENANCE)
 SWEEP_ROW_KEYS = ("id", "tune_trial_id", "identity", "recipe_hash", "seed", "status", "started",

@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from ablate.errors import AblateError, first_line
+from ablate.core.errors import AblateError, first_line
 
 
 def is_uri(location: str | Path) -> bool:

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,8 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from ablate.checkpoint import save_run
+from ablate.core.errors import AblateError
 from ablate.device import pick_device, supports_dtype
-from ablate.distributed import Shard, average_gradients, average_terms, same_start, sync_batch_norm
-from ablate.errors import AblateError
 from ablate.model.build import build_detector
 from ablate.model.detector import DiffusionFakeDetector
 from ablate.model.latent_cache import LatentCache
@@ -33,6 +32,7 @@ from ablate.model.speed import (
 from ablate.model.teachers import parse_dtype as teacher_dtype
 from ablate.recipe import is_guided, recipe_hash
 from ablate.scoring import Selection, score, validation_point
+from ablate.sharding import Shard, average_gradients, average_terms, same_start, sync_batch_norm
 from ablate.tracking import write_curves
 from ablate.train_state import TrainState, capture_rng, load_state, restore_rng, save_state
 
@@ -228,7 +228,7 @@ def train(
     as the uninterrupted one: same weights, curves and selection. Callbacks must not draw
     from torch's global RNG (the saved state does not see those draws).
 
-    `shard`: this process's place in a data-parallel run (`ablate.distributed`, which starts
+    `shard`: this process's place in a data-parallel run (`ablate.sharding`, which starts
     the processes): it trains on its slice of each global batch; only process 0 validates,
     calls the callbacks and writes the run folder (the others return it unsaved). The
     others call `on_follow(step)` where process 0 validates (Ray Train's reports are

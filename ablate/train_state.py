@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.scoring import Selection
 
 FORMAT = "ablate-train-state-v1"

@@ -13,6 +13,7 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
+from ablate.core.errors import AblateError
 from ablate.data.adapters import (
     DATASETS,
     adapter_settings,
@@ -23,7 +24,6 @@ from ablate.data.adapters import (
 )
 from ablate.data.cli import data as data_cli
 from ablate.data.manifest import COLUMNS, OPTIONAL_COLUMNS, load_manifest
-from ablate.errors import AblateError
 
 ALL = {"frames_per_video": None, "frames_per_video_eval": None}
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "data"

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
+from ablate.core.errors import AblateError
 from ablate.data.augment import PRESETS, build_augment
-from ablate.errors import AblateError
 
 SIZE = 16
 

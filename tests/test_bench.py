@@ -17,7 +17,7 @@ import torch
 from click.testing import CliRunner
 
 from ablate.cli import cli
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.model.build import build_detector
 from ablate.model.latent_cache import LatentCache, content_keys, vae_fingerprint
 from ablate.model.speed import Speed, configure_detector

@@ -18,7 +18,7 @@ from ablate.bench.flops import (
 )
 from ablate.bench.levers import LEVERS, not_applicable
 from ablate.cli import cli
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 
 TINY = ["image_size=32", "train.batch_size=2"]
 

@@ -20,7 +20,7 @@ from ablate.compare import (
     parse_teachers,
 )
 from ablate.compare_output import AVG, RUN_BOOT, display_table, markdown
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.report.stats import NO_INTERVAL, TWO_STAGE
 from ablate.results import ResultsDB
 

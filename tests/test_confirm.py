@@ -139,7 +139,7 @@ def test_confirmation_killed_then_resumed_loses_and_repeats_nothing(tmp_path):
 
 
 def test_a_sweep_named_like_the_confirmation_is_never_taken_over(tmp_path) -> None:
-    from ablate.errors import AblateError
+    from ablate.core.errors import AblateError
 
     url = f"sqlite:///{tmp_path / 'r.db'}"
     with ResultsDB(url) as db:
@@ -157,7 +157,7 @@ def test_a_sweep_named_like_the_confirmation_is_never_taken_over(tmp_path) -> No
     ("confirm: {top: 2, seeds: 3}\nfixed_seed\n", "may not set `seed`"),
 ])
 def test_bad_confirm_sections_are_one_line(tmp_path, text, message):
-    from ablate.errors import AblateError
+    from ablate.core.errors import AblateError
 
     path = Path(write_space(tmp_path, params=PARAMS))
     body = path.read_text()
@@ -169,7 +169,7 @@ def test_bad_confirm_sections_are_one_line(tmp_path, text, message):
 
 
 def test_confirm_in_a_design_is_refused_and_seeds_can_start_anywhere(tmp_path):
-    from ablate.errors import AblateError
+    from ablate.core.errors import AblateError
 
     design = Path("search_spaces/demo.yaml").read_text()
     path = tmp_path / "d.yaml"

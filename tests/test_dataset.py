@@ -12,9 +12,9 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 import ablate.data.dataset as dataset_module
+from ablate.core.errors import AblateError
 from ablate.data.dataset import FrameCache, ManifestDataset
 from ablate.data.manifest import save_manifest
-from ablate.errors import AblateError
 
 SIZE = 8
 

@@ -21,9 +21,9 @@ import pytest
 from conftest import run_cli
 from PIL import Image
 
+from ablate.core.errors import AblateError
 from ablate.data.deepfakebench import import_deepfakebench
 from ablate.data.manifest import load_manifest
-from ablate.errors import AblateError
 
 FF = "FaceForensics++"
 INDICES = (0, 10, 20)  # three frames per video, indices spaced so nearest != same

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.report.delong import DeLongResult, delong_test, holm
 
 ROOT = Path(__file__).resolve().parent.parent

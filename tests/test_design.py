@@ -17,7 +17,7 @@ import pytest
 from conftest import run_cli
 from scipy import stats
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.recipe import compose
 from ablate.results import ResultsDB
 from ablate.space import load_space, validate_space

@@ -21,7 +21,7 @@ from diffusers.loaders import single_file_utils as sfu
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.model.teachers import flux, sd3, single_file
 from ablate.registry import TEACHERS, build
 
@@ -531,8 +531,8 @@ def test_unset_part_settings_leave_recipe_hashes_and_teacher_digests_as_they_wer
         monkeypatch, tmp_path):
     from omegaconf import open_dict
 
-    from ablate.identity import teacher_fingerprint
     from ablate.recipe import compose, recipe_hash
+    from ablate.reuse_key import teacher_fingerprint
 
     monkeypatch.setenv("ABLATE_CACHE", str(tmp_path))
     for family, keys in (("sd3", ("vae_path", "clip_l_path", "clip_g_path", "t5_path")),

@@ -21,7 +21,7 @@ from diffusers import (
 )
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.model.build import build_detector
 from ablate.model.teachers import flow, scale_residuals
 from ablate.recipe import compose
@@ -357,7 +357,7 @@ def test_timestep_laws_are_the_families_defaults(dit_teachers):
 
 @pytest.fixture(scope="module")
 def sd3_adapter(tmp_path_factory):
-    from ablate.teachers.adapt import AdaptSettings, adapt_teacher
+    from ablate.teacher_fitting.adapt import AdaptSettings, adapt_teacher
 
     settings = AdaptSettings(teacher="tiny-sd3", rank=4, steps=4, batch_size=4, image_size=32,
                              lr=1e-2, max_frames=16)
@@ -398,7 +398,7 @@ def test_a_lora_of_another_base_is_one_line(sd3_adapter):
 
 
 def test_fitting_a_flux_twin_sets_its_latent_shift_and_scale(tmp_path):
-    from ablate.teachers.fit import FitSettings, fit_teacher
+    from ablate.teacher_fitting.fit import FitSettings, fit_teacher
 
     result = fit_teacher(FitSettings(teacher="tiny-flux", steps=2, vae_steps=1, batch_size=4,
                                      image_size=32, max_frames=16), out=tmp_path / "fit",
@@ -445,7 +445,7 @@ def test_separate_guides_per_branch_give_the_batched_and_the_sequential_loss(tea
 
 
 def test_fitting_a_transformer_twin_at_a_size_its_patches_cannot_take_is_one_line(tmp_path):
-    from ablate.teachers.fit import FitSettings, fit_teacher
+    from ablate.teacher_fitting.fit import FitSettings, fit_teacher
 
     with pytest.raises(AblateError, match=r"image_size 72 .* multiple of its VAE factor x patch"):
         fit_teacher(FitSettings(teacher="tiny-sd3", steps=1, vae_steps=0, batch_size=2,
@@ -455,7 +455,7 @@ def test_fitting_a_transformer_twin_at_a_size_its_patches_cannot_take_is_one_lin
 
 def test_frozen_params_count_one_weights_variant(saved, tmp_path):
     """A diffusers folder with fp16 variants beside the plain weights counts each tensor once."""
-    from ablate.teachers.catalog import frozen_params
+    from ablate.teacher_fitting.catalog import frozen_params
 
     folder = tmp_path / "variants"
     shutil.copytree(saved["tiny-sd3"], folder)

@@ -15,8 +15,8 @@ import pytest
 import skimage.data
 from skimage.transform import rotate
 
+from ablate.core.errors import AblateError
 from ablate.data import crops, faces
-from ablate.errors import AblateError
 
 LEFT_EYE, RIGHT_EYE, MOUTH = (203, 102), (245, 103), (225, 147)
 

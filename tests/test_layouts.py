@@ -15,10 +15,10 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from ablate.core.errors import AblateError
 from ablate.data.adapters import DATASETS, build_manifest
 from ablate.data.cli import data as data_cli
 from ablate.data.manifest import load_manifest
-from ablate.errors import AblateError
 
 CELEB_TEST_LIST = "1 YouTube-real/00170.mp4\n0 Celeb-synthesis/id0_id1_0000.mp4\n"
 

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from ablate.core.errors import AblateError
 from ablate.data.manifest import (
     COLUMNS,
     check_manifest,
@@ -17,7 +18,6 @@ from ablate.data.manifest import (
     read_protocol,
     save_manifest,
 )
-from ablate.errors import AblateError
 
 
 def png(path: Path, value: int = 128) -> str:

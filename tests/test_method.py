@@ -16,7 +16,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import load_file
 
 from ablate.checkpoint import INFERENCE, TRAINABLE
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.model.build import build_detector
 from ablate.recipe import compose, recipe_hash
 from ablate.train import make_optimizer, train, train_step
@@ -415,9 +415,9 @@ def test_bf16_autocast_with_a_bf16_teacher_still_moves_every_fp32_parameter(guid
 def test_report_matching_agrees_with_the_recipe_hash_rules():
     """What the report pairs as 'the baseline of a guided recipe' is what composing the same
     recipe with guide=none stores: one rule for identity and for matching."""
+    from ablate.core.names import without_guidance
     from ablate.recipe import result_dict
     from ablate.report.data import flatten
-    from ablate.slots import without_guidance
 
     setup = ["backbone=tiny", "train.lr=3e-4", "data.augment=paper", "seed=2"]
     for guided in (["filter=code", "weight=code"], ["guide=adapter", "guide.width=32"],

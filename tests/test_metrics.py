@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from ablate import metrics as M
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 
 
 def _sklearn_eer(y, s) -> float:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.model.filter import FeatureFilter
 from ablate.registry import build, registry
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.recipe import compose, recipe_hash
 from ablate.train import make_optimizer, train
 from tests.test_resume import TINY, _assert_same_end, record

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import skimage.data
 
+from ablate.core.errors import AblateError
 from ablate.data import faces
 from ablate.data import prepare as prep
-from ablate.errors import AblateError
 
 FRAMES = 20
 SIDE = 160

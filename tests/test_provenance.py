@@ -17,9 +17,9 @@ from conftest import run_cli
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from ablate.checkpoint import RUN_INFO
+from ablate.core.errors import AblateError
 from ablate.data.manifest import load_manifest
 from ablate.data.synthetic import ensure_benchmark
-from ablate.errors import AblateError
 from ablate.evaluate import evaluate_run
 from ablate.provenance import manifest_sha
 from ablate.recipe import compose, recipe_hash, result_dict

@@ -1,6 +1,6 @@
 import pytest
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.registry import Registry, build, registry
 
 

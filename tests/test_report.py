@@ -24,7 +24,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from scipy import stats
 
 from ablate.cli import cli
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.report import build_report
 from ablate.report.importance import sampler_note
 from ablate.report.stats import pareto_mask

@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from pg import fresh_postgres_url, postgres_url  # noqa: F401  (fixtures)
 
 from ablate import results
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.results import ResultsDB
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,10 +15,10 @@ from safetensors.torch import load_file
 from torch.utils.data import Dataset
 
 from ablate.checkpoint import RUN_INFO, TRAINABLE
+from ablate.core.errors import AblateError
 from ablate.data.dataset import ManifestDataset
 from ablate.data.loader import make_loader, train_and_val
 from ablate.data.sampler import ResumableLoader
-from ablate.errors import AblateError
 from ablate.model.build import build_detector
 from ablate.recipe import compose
 from ablate.train import train

@@ -10,7 +10,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.recipe import compose
 from ablate.space import (
     SearchSpace,

@@ -15,7 +15,7 @@ import pytest
 from conftest import run_cli
 from pg import fresh_postgres_url, postgres_url  # noqa: F401
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.results import ResultsDB
 from ablate.sweep import run_sweep
 

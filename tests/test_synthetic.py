@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ablate.core.errors import AblateError
 from ablate.data import synthetic as S
-from ablate.errors import AblateError
 
 SMALL = {"n_identities": 8, "videos_per_identity": 2, "frames_per_video": 4}
 TINY = {"n_identities": 6, "videos_per_identity": 1, "frames_per_video": 2}

@@ -13,7 +13,7 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.model.teachers import Teacher, image_size_error, sd15, sd21, sdxl, tiny_teacher
 from ablate.model.teachers import unet as teacher_module
 from ablate.registry import TEACHERS

@@ -14,7 +14,7 @@ from safetensors import safe_open
 from torch import Tensor
 
 from ablate.cli import cli, main
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.model.teachers import (
     ADAPTER_META,
     ADAPTER_WEIGHTS,
@@ -27,8 +27,8 @@ from ablate.model.teachers import (
     unet_fingerprint,
 )
 from ablate.registry import build
-from ablate.teachers.adapt import AdaptResult, AdaptSettings, adapt_teacher, base_spec
-from ablate.teachers.fit import (
+from ablate.teacher_fitting.adapt import AdaptResult, AdaptSettings, adapt_teacher, base_spec
+from ablate.teacher_fitting.fit import (
     FitResult,
     FitSettings,
     LatentBank,

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.evaluate import evaluate_run
 from ablate.recipe import compose
 from ablate.results import ResultsDB

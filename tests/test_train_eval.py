@@ -121,9 +121,9 @@ def test_train_baseline_from_the_cli(tmp_path):
 def test_a_test_set_is_scored_on_its_test_split_only(run_folder, tmp_path):
     """A manifest given as a test set: its test rows only; without test rows, one clear
     error (never the training frames scored as if held out)."""
+    from ablate.core.errors import AblateError
     from ablate.data.manifest import load_manifest, save_manifest
     from ablate.data.synthetic import ensure_benchmark
-    from ablate.errors import AblateError
     from ablate.evaluate import test_rows
 
     table = load_manifest(ensure_benchmark())

@@ -87,7 +87,7 @@ def bench(overrides: tuple[str, ...], recipe: tuple[str, ...], device: str, warm
           backbone.random_init=true --device cuda
       ablate bench --data-wait --loader-workers 2
     """
-    from ablate.errors import AblateError
+    from ablate.core.errors import AblateError
 
     modes = [name for name, on in (("--decode", decode), ("--sweep-overhead", sweep),
                                    ("--memory-matrix", matrix), ("--data-wait", wait)) if on]
@@ -143,7 +143,7 @@ def _decode(video: str, seconds: float, repeats: int, as_json: bool) -> None:
     from pathlib import Path
 
     from ablate.bench.decode import bench_decode, format_decode, make_clip
-    from ablate.errors import AblateError
+    from ablate.core.errors import AblateError
 
     with tempfile.TemporaryDirectory() as tmp:
         if video == SYNTHETIC:
@@ -158,7 +158,7 @@ def _decode(video: str, seconds: float, repeats: int, as_json: bool) -> None:
 def _sweep_overhead(sweep: str, wall: float | None, concurrency: int | None,
                     as_json: bool) -> None:
     from ablate.bench.overhead import sweep_overhead
-    from ablate.errors import AblateError
+    from ablate.core.errors import AblateError
 
     if not wall:
         raise AblateError("--sweep-overhead needs --wall SECONDS: the sweep's wall time")

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 
 
 def guided_frames(folder: Path, n: int, size: int, augment: str,

@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 
 MEMORY_GOAL_GB = 16.0  # issue 15: the released recipe (~40 GB) on a 16 GB card
 

@@ -22,8 +22,8 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ablate.errors import AblateError
-from ablate.outputs import RAY_DIR
+from ablate.core.errors import AblateError
+from ablate.core.paths import RAY_DIR
 
 
 @dataclass(frozen=True)

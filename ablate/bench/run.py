@@ -49,9 +49,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ablate.bench.flops import format_mfu, guided_step_flops, peak_for, utilisation
+from ablate.core.errors import AblateError
 from ablate.data.dataset import ManifestDataset
 from ablate.device import pick_device
-from ablate.errors import AblateError
 from ablate.model.build import build_classifier, build_detector, loss_weights
 from ablate.model.detector import DiffusionFakeDetector
 from ablate.model.latent_cache import LatentCache

@@ -16,9 +16,9 @@ from typing import Any
 
 import pandas as pd
 
+from ablate.core.errors import AblateError
 from ablate.data import celebdf, df40, dfdc, diffswap, faceforensics, wilddeepfake  # noqa: F401
-from ablate.data.manifest import save_manifest
-from ablate.data.table import (  # noqa: F401 - the names other modules import from here
+from ablate.data.adapter_base import (  # noqa: F401 - the names other modules import from here
     DATASETS,
     PRESETS,
     REAL,
@@ -32,7 +32,7 @@ from ablate.data.table import (  # noqa: F401 - the names other modules import f
     sample_evenly,
     sampling_from,
 )
-from ablate.errors import AblateError
+from ablate.data.manifest import save_manifest
 
 
 def build_manifest(adapter: str, root: str, out: str, **settings: Any) -> pd.DataFrame:

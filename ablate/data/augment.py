@@ -28,7 +28,7 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 
 PRESETS = ("none", "flip", "paper", "code")
 

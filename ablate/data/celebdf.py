@@ -17,8 +17,8 @@ from typing import Any
 
 import pandas as pd
 
-from ablate.data.layouts import Layout, choose
-from ablate.data.table import (
+from ablate.core.errors import AblateError
+from ablate.data.adapter_base import (
     DATASETS,
     REAL,
     Notes,
@@ -30,7 +30,7 @@ from ablate.data.table import (
     sampling_from,
     subfolders,
 )
-from ablate.errors import AblateError
+from ablate.data.layouts import Layout, choose
 
 CELEB_REAL = ("Celeb-real", "YouTube-real")
 CELEB_FAKE = "Celeb-synthesis"

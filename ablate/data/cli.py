@@ -10,7 +10,7 @@ from typing import Any
 import click
 import yaml
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 
 
 @click.group("data")

@@ -25,10 +25,10 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from ablate.core.errors import AblateError
 from ablate.data.augment import Augment, build_augment
 from ablate.data.frame_store import FrameStore, frame_key
 from ablate.data.manifest import SPLITS, load_manifest, validate
-from ablate.errors import AblateError
 
 log = logging.getLogger(__name__)
 

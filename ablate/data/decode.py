@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 
 try:  # PyAV: FFmpeg bindings (a dependency; the import error says how to install it)
     import av

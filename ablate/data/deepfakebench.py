@@ -48,9 +48,9 @@ from typing import Any
 
 import pandas as pd
 
+from ablate.core.errors import AblateError
 from ablate.data.adapters import REAL, FramePairer, Notes, _frame_index
 from ablate.data.manifest import COLUMNS, SPLITS, save_manifest
-from ablate.errors import AblateError
 
 COMPRESSIONS = ("c23", "c40", "raw")
 # datasets whose split level holds a compression level (abstract_dataset.py)

@@ -21,8 +21,8 @@ from typing import Any
 
 import pandas as pd
 
-from ablate.data.manifest import SPLITS, load_manifest
-from ablate.data.table import (
+from ablate.core.errors import AblateError
+from ablate.data.adapter_base import (
     DATASETS,
     REAL,
     Notes,
@@ -36,7 +36,7 @@ from ablate.data.table import (
     sampling_from,
     subfolders,
 )
-from ablate.errors import AblateError
+from ablate.data.manifest import SPLITS, load_manifest
 
 FAMILIES = {
     "FS": "face swapping",

@@ -19,8 +19,8 @@ from typing import Any
 
 import pandas as pd
 
-from ablate.data.layouts import Layout, choose
-from ablate.data.table import (
+from ablate.core.errors import AblateError
+from ablate.data.adapter_base import (
     DATASETS,
     REAL,
     Notes,
@@ -31,7 +31,7 @@ from ablate.data.table import (
     require_dir,
     sampling_from,
 )
-from ablate.errors import AblateError
+from ablate.data.layouts import Layout, choose
 
 
 def layouts(frames_dir: str, tops: set[str]) -> list[Layout]:

@@ -14,7 +14,8 @@ from typing import Any
 
 import pandas as pd
 
-from ablate.data.table import (
+from ablate.core.errors import AblateError
+from ablate.data.adapter_base import (
     DATASETS,
     REAL,
     Notes,
@@ -26,7 +27,6 @@ from ablate.data.table import (
     sampling_from,
     subfolders,
 )
-from ablate.errors import AblateError
 
 
 @DATASETS.register("diffswap", "DiffSwap face swaps, real/ and fake/ folders, all test")

@@ -22,9 +22,8 @@ from typing import Any
 
 import pandas as pd
 
-from ablate.data.layouts import Layout, choose, holds_image_folders
-from ablate.data.manifest import SPLITS
-from ablate.data.table import (
+from ablate.core.errors import AblateError
+from ablate.data.adapter_base import (
     DATASETS,
     REAL,
     Notes,
@@ -36,7 +35,8 @@ from ablate.data.table import (
     sampling_from,
     subfolders,
 )
-from ablate.errors import AblateError
+from ablate.data.layouts import Layout, choose, holds_image_folders
+from ablate.data.manifest import SPLITS
 
 FFPP_METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures", "FaceShifter")
 FFPP_TRAIN_METHODS = FFPP_METHODS[:4]

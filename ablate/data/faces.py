@@ -28,7 +28,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 
 DETECTORS = ("mtcnn", "lbp", "haar", "none")
 WITH_LANDMARKS = frozenset({"mtcnn"})

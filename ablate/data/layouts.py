@@ -14,8 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ablate.data.table import is_image
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
+from ablate.data.adapter_base import is_image
 
 AUTO = ("auto", None, "")
 

@@ -11,13 +11,13 @@ import pandas as pd
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
+from ablate.core.errors import AblateError
 from ablate.data.dataset import FrameCache, ManifestDataset
 from ablate.data.sampler import ResumableLoader
 from ablate.data.sources import MANIFEST_DIR, benchmark_datasets, recipe_overrides, resolve_dataset
-from ablate.errors import AblateError
 
 if TYPE_CHECKING:
-    from ablate.distributed import Shard
+    from ablate.sharding import Shard
 
 __all__ = ["MANIFEST_DIR", "benchmark_datasets", "resolve_dataset", "source_table",
            "split_rows", "train_and_val", "make_loader"]

@@ -42,7 +42,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 
 log = logging.getLogger(__name__)
 

@@ -42,6 +42,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from ablate.core.errors import AblateError
 from ablate.data import decode
 from ablate.data.crops import ALIGNS, centre_crop, crop_face
 from ablate.data.faces import (
@@ -54,7 +55,6 @@ from ablate.data.faces import (
     pick_track,
     smooth,
 )
-from ablate.errors import AblateError
 
 VIDEO_EXTENSIONS = frozenset(
     {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"}

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 if TYPE_CHECKING:
-    from ablate.distributed import Shard
+    from ablate.sharding import Shard
 
 
 def epoch_seed(seed: int, epoch: int, stream: str) -> int:
@@ -80,7 +80,7 @@ class ResumableLoader(DataLoader):
         if shard is None:
             kwargs.update(batch_size=batch_size, sampler=sampler, drop_last=drop_last)
         else:  # this process's slice of each global batch of `batch_size`
-            from ablate.distributed import ShardedBatches
+            from ablate.sharding import ShardedBatches
 
             kwargs["batch_sampler"] = ShardedBatches(sampler, batch_size, drop_last, shard)
         super().__init__(dataset, num_workers=num_workers, generator=torch.Generator(),

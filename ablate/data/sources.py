@@ -23,9 +23,9 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from ablate.core.errors import AblateError
+from ablate.core.paths import MANIFESTS_DIR
 from ablate.data.manifest import load_manifest
-from ablate.errors import AblateError
-from ablate.outputs import MANIFESTS_DIR
 
 MANIFEST_DIR = MANIFESTS_DIR
 CACHE_VERSION = 2  # bump when an adapter writes other rows for the same settings (2: identity, family, WildDeepfake source videos)

@@ -44,8 +44,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from ablate.core.errors import AblateError
 from ablate.data.manifest import COLUMNS
-from ablate.errors import AblateError
 
 VERSION = "2"  # bump whenever the generator's output changes (invalidates caches)
 METHODS = ("blend", "colour", "warp", "lowres")

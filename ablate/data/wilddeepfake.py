@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from ablate.data.table import (
+from ablate.data.adapter_base import (
     DATASETS,
     REAL,
     Notes,

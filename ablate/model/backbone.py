@@ -13,7 +13,7 @@ import timm
 import torch
 from torch import Tensor, nn
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.registry import BACKBONES
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.model.contracts import check_backbone, check_filter, check_weight
 from ablate.model.detector import Classifier, DiffusionFakeDetector, LossWeights
 from ablate.recipe import is_guided

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.plugins import LOOSE_FILE_PREFIX
 
 BATCH = 2  # a batch of one would hide a module that drops or mixes up the batch axis

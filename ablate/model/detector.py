@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ablate.distributed import Shard
 from ablate.model.latent_cache import sample_latents, vae_posterior
 from ablate.model.teachers.base import scale_residuals
+from ablate.sharding import Shard
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -78,7 +78,7 @@ class DiffusionFakeDetector(nn.Module):
         self.guide = guide
         self.teacher = teacher
         self.loss_weights = loss_weights
-        # this process's place in a data-parallel run (ablate/distributed.py); not saved
+        # this process's place in a data-parallel run (ablate/sharding.py); not saved
         self.shard: Shard | None = None
         # recompute the filters' activations in backward (train.grad_checkpointing)
         self.checkpoint_filters = False

@@ -28,7 +28,7 @@ import torch
 from diffusers import FluxControlNetModel, SD3ControlNetModel
 from torch import Tensor, nn
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.model.teachers.packing import image_ids, pack, text_ids
 
 SD3_DEFAULT_LAYERS = 12  # SD3ControlNetModel.from_transformer

@@ -27,7 +27,7 @@ import math
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.registry import FILTERS
 
 

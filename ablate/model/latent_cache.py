@@ -28,7 +28,7 @@ import torch
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from torch import Tensor, nn
 
-from ablate.distributed import Shard
+from ablate.sharding import Shard
 
 _POOL = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
 _THREADED_BYTES = 256 * 1024  # hashlib releases the GIL; threads pay off on big images

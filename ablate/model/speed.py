@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 
 PRECISIONS = ("auto", "fp32", "bf16")
 ATTENTION = ("sdpa", "math")

@@ -22,13 +22,13 @@ from typing import Any
 
 import pandas as pd
 
+from ablate.core.names import is_baseline_flat, is_guidance_key, without_guidance
 from ablate.provenance import is_part
 from ablate.report.data import SLOTS, SweepData, format_value
 from ablate.report.display import Table, pm
 from ablate.report.reference import Reference
 from ablate.report.stats import DEFAULT_EFFECT, seed_interval, seeds_needed
 from ablate.report.tables import AVG, MAIN_METRICS
-from ablate.slots import is_baseline_flat, is_guidance_key, without_guidance
 
 MAX_LEVELS = 6  # a non-slot key with more distinct values (a continuous lr) is not ablated
 PAIR_KEYS = ["seed", "dataset", "level", "metric"]

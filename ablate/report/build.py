@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ablate.errors import AblateError
-from ablate.outputs import REPORTS_DIR
+from ablate.core.errors import AblateError
+from ablate.core.paths import REPORTS_DIR
 from ablate.provenance import is_part
 from ablate.report import EVALUATORS, FORMATS, tables
 from ablate.report import ablation as abl_mod

@@ -15,10 +15,10 @@ from typing import Any
 
 import pandas as pd
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
+from ablate.core.names import SLOTS, is_baseline_flat, is_guidance_key
 from ablate.report.versions import result_versions
 from ablate.results import ResultsDB
-from ablate.slots import SLOTS, is_baseline_flat, is_guidance_key
 
 RESULT_STATUSES = ("finished", "reused")
 _STATUS_RANK = {"finished": 0, "reused": 1}

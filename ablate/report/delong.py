@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ablate.core.names import is_baseline_flat, without_guidance
 from ablate.report.ablation import (
     PAIR_KEYS,
     effect_cells,
@@ -23,7 +24,6 @@ from ablate.report.ablation import (
 )
 from ablate.report.data import SweepData
 from ablate.report.display import Table
-from ablate.slots import is_baseline_flat, without_guidance
 
 COLUMNS = ["factor", "variant", "reference", "matching", "n_configs", *PAIR_KEYS, "diff",
            "unmatched"]

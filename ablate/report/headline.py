@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ablate.core.names import is_baseline_flat
 from ablate.provenance import is_part
 from ablate.report.ablation import excludes_zero, unmatched_note
 from ablate.report.data import SweepData
@@ -37,7 +38,6 @@ from ablate.report.stats import (
     t_interval,
 )
 from ablate.report.tables import AVG
-from ablate.slots import is_baseline_flat
 
 MEASURES = [("frame", "auc", "AUC"), ("frame", "eer", "EER"), ("video", "auc", "video AUC")]
 COLUMNS = ["dataset", "level", "metric", "detector", "n", "mean", "ci_low", "ci_high", "ci",

@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.report import EVALUATORS
 from ablate.report.data import SweepData
 

@@ -25,8 +25,8 @@ import io
 import numpy as np
 import pandas as pd
 
-from ablate.errors import AblateError
-from ablate.outputs import SCORES
+from ablate.core.errors import AblateError
+from ablate.core.names import SCORES
 from ablate.provenance import is_part
 from ablate.report.data import SweepData
 from ablate.report.delong import delong_mean_test, holm

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.report.delong import holm
 from ablate.report.display import Table, number
 

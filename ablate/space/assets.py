@@ -42,8 +42,8 @@ def _check_datasets(check: _Check, cfgs: list[Any]) -> None:
 
 def _check_dataset_config(check: _Check, name: str, overrides: dict | None) -> None:
     """The manifest the loader will read (cached per settings) exists, or can be built."""
+    from ablate.core.errors import AblateError
     from ablate.data.sources import dataset_settings, manifest_cache_path
-    from ablate.errors import AblateError
     from ablate.locations import find
 
     try:

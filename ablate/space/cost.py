@@ -100,7 +100,7 @@ def _reference_overrides(space: SearchSpace) -> list[str]:
 
 def _measured(hashes: list[str], db_url: str | None) -> pd.DataFrame:
     """Per recipe hash: median step time, median train steps, finished runs (n)."""
-    from ablate.errors import AblateError
+    from ablate.core.errors import AblateError
     from ablate.results import ResultsDB, default_url, require_existing_db
 
     empty = pd.DataFrame(columns=["step_time_s", "train_steps", "n"])

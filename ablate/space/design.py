@@ -18,7 +18,7 @@ import itertools
 import math
 from dataclasses import dataclass
 
-from ablate.slots import NO_GUIDE, is_guidance_key
+from ablate.core.names import NO_GUIDE, is_guidance_key
 from ablate.space.model import Param, Scalar, format_value
 
 DESIGNS = ("one-at-a-time", "factorial")

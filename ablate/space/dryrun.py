@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.space.check import _Check
 from ablate.space.model import MODEL_KEYS, TINY_PREFIX
 

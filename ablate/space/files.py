@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.space.model import SearchSpace
 from ablate.space.parse import parse_space
 from ablate.space.reader import _read_yaml, _Where

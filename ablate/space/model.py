@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 
 KNOWN_METRICS = (
     "val_auc", "test_auc_mean", "params_trainable", "params_inference",

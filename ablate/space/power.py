@@ -247,7 +247,7 @@ def _sweep_values(db: Any, name: str) -> tuple[pd.DataFrame, str] | None:
     """(one sweep's frame test AUC per recipe, seed and test set, the report's reference
     recipe), counted the way the report counts them (`load_sweep`: finished or reused, one
     per recipe and seed), with recipe_hash and label; None when it has nothing to report."""
-    from ablate.errors import AblateError
+    from ablate.core.errors import AblateError
     from ablate.report.data import load_sweep
     from ablate.report.reference import choose_reference
     from ablate.report.tables import AVG, seed_values

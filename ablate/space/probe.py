@@ -7,15 +7,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.space.check import _Check
 from ablate.space.model import Param, format_value
 
 
 def _registered(check: _Check) -> list[Param]:
     """Slot choices must name registered variants; returns the params left to probe."""
+    from ablate.core.names import SLOTS
     from ablate.registry import registry
-    from ablate.slots import SLOTS
 
     for key, value in check.space.fixed.items():
         if key in SLOTS and value not in registry(key):

@@ -9,7 +9,7 @@ from typing import NoReturn
 
 import yaml
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.space.model import TOP_KEYS
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.space.assets import _check_datasets, _check_encoders, _check_teachers
 from ablate.space.budget import planned_evaluations
 from ablate.space.check import _Check

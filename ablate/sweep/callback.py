@@ -16,7 +16,7 @@ from typing import Any
 from ray.tune import Callback
 
 from ablate import storage
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.sweep.searcher import StopLedger
 from ablate.sweep.trial import KIND, RUNG_METRIC, trial_overrides
 

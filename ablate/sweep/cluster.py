@@ -11,7 +11,7 @@ import os
 import socket
 from typing import Any
 
-from ablate.errors import AblateError, first_line
+from ablate.core.errors import AblateError, first_line
 
 
 def check_request(cpus: float, gpus: float) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 
 CONFIRM_SUFFIX = "-confirm"
 COUNTED = ("finished", "reused")

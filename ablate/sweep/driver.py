@@ -26,8 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ablate.errors import AblateError
-from ablate.outputs import RAY_DIR, RUNS_DIR, SPACES_DIR
+from ablate.core.errors import AblateError
+from ablate.core.paths import RAY_DIR, RUNS_DIR, SPACES_DIR
 from ablate.sweep.cluster import (
     check_fits,
     check_request,

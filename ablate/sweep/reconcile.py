@@ -124,7 +124,7 @@ def counted_trials(study) -> int:  # noqa: ANN001
 def labels_left(space, grid: dict[str, list[str]],  # noqa: ANN001
                 by_tune: dict[str, list[dict]]) -> list[str]:
     """An explicit grid's labels whose seeds the sweep has not all written."""
-    from ablate.errors import AblateError
+    from ablate.core.errors import AblateError
     from ablate.recipe import compose, recipe_hash
 
     rows = [r for group in by_tune.values() for r in group

@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ablate.outputs import SCORES
+from ablate.core.names import SCORES
 from ablate.provenance import is_part
 from ablate.space.budget import planned_evaluations
 from ablate.tracking import write_metrics
@@ -138,7 +138,7 @@ class _Trial:
         try:
             result = self._seed(seed, base)
         except Exception as err:  # noqa: BLE001 - a failing seed is a result, not a crash
-            from ablate.errors import first_line
+            from ablate.core.errors import first_line
             from ablate.train import TrainingDiverged
 
             status = "nan" if isinstance(err, TrainingDiverged) else "failed"
@@ -153,14 +153,14 @@ class _Trial:
         return result
 
     def _seed(self, seed: int, base: dict[str, Any]) -> dict:
-        from ablate.identity import trial_identity
         from ablate.recipe import compose, result_dict
+        from ablate.reuse_key import reuse_key
 
         ctx = self.context
         parallel = [f"train.processes={ctx.processes}"] if ctx.processes > 1 else []
         cfg = compose([*trial_overrides(self.space, self.config, ctx.grid, seed),
                        f"run.name={self.name}-seed{seed}", *parallel])
-        base.update(recipe=result_dict(cfg), **trial_identity(cfg))
+        base.update(recipe=result_dict(cfg), **reuse_key(cfg))
         key = f"{base['identity']}:{seed}"
         if key in ctx.done and self._continues(ctx.done[key]):
             # written by this very trial before the sweep was cut off: read it back

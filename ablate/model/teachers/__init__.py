@@ -13,6 +13,8 @@ Importing this package registers every family in the `teacher` slot.
 
 from pathlib import Path
 
+from ablate.core.names import ADAPTER_META, ADAPTER_WEIGHTS, FITTED_META
+from ablate.core.paths import TEACHERS_DIR
 from ablate.model.teachers import flux, sd3, single_file, unet  # noqa: F401  (register all)
 from ablate.model.teachers.base import (
     Teacher,
@@ -22,12 +24,8 @@ from ablate.model.teachers.base import (
     transformer_family,
 )
 from ablate.model.teachers.lora import (
-    ADAPTER_META,
     ADAPTER_NAME,
-    ADAPTER_WEIGHTS,
-    FITTED_META,
     LORA_TARGETS,
-    TEACHERS_DIR,
     base_override,
     denoiser_fingerprint,
     fingerprints_match,

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ablate.errors import AblateError, first_line
+from ablate.core.errors import AblateError, first_line
 
 DTYPES = {
     "float32": torch.float32,

@@ -29,9 +29,10 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from torch import Tensor, nn
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
+from ablate.core.names import FITTED_META
 from ablate.model.teachers.base import Teacher, parse_dtype
-from ablate.model.teachers.lora import FITTED_META, in_dtype, read_json, stored_path, with_lora
+from ablate.model.teachers.lora import in_dtype, read_json, stored_path, with_lora
 
 DENSITIES = ("logit_normal", "uniform")
 

@@ -16,15 +16,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ablate.errors import AblateError, first_line
+from ablate.core.errors import AblateError, first_line
+from ablate.core.names import ADAPTER_META, ADAPTER_WEIGHTS
+from ablate.core.paths import TEACHERS_DIR
 from ablate.model.teachers.base import Teacher, parse_dtype
-from ablate.outputs import TEACHERS_DIR
 
 log = logging.getLogger(__name__)
 
-FITTED_META = "ablate_teacher.json"  # next to a fitted twin's unet/ vae/ ...: what it was fit on
-ADAPTER_META = "ablate_adapter.json"  # next to the adapter weights: its base teacher
-ADAPTER_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' LoRA file name
 ADAPTER_NAME = "ablate"
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # attention projections of every block
 _PROBE_TENSORS, _PROBE_VALUES = 64, 4

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 from torch import Tensor, nn
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.model.teachers.base import (
     fill_random,
     load_part,

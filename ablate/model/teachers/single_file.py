@@ -44,7 +44,7 @@ from diffusers import (
 )
 from torch import Tensor, nn
 
-from ablate.errors import AblateError, first_line
+from ablate.core.errors import AblateError, first_line
 from ablate.model.teachers import flux, sd3
 from ablate.model.teachers.base import on_meta
 from ablate.model.teachers.flow import FILE_LOADERS, PICKLES

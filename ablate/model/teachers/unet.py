@@ -34,7 +34,8 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from torch import Tensor, nn
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
+from ablate.core.names import FITTED_META
 from ablate.model.teachers.base import (
     Teacher,
     fill_random,
@@ -44,7 +45,7 @@ from ablate.model.teachers.base import (
     parse_dtype,
     transformer_family,
 )
-from ablate.model.teachers.lora import FITTED_META, in_dtype, read_json, stored_path, with_lora
+from ablate.model.teachers.lora import in_dtype, read_json, stored_path, with_lora
 from ablate.model.teachers.text import (
     BOS,
     EOS,

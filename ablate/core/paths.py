@@ -19,4 +19,3 @@ REPORTS_DIR = RESULTS / "reports"  # ablate report / compare-teachers output
 TEACHERS_DIR = RESULTS / "teachers"  # fitted twins and LoRA adapters
 MANIFESTS_DIR = RESULTS / "manifests"  # manifests built from dataset folders
 
-SCORES = "scores.csv"  # in every evaluated run folder: one row per scored test frame

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ablate.outputs import TEACHERS_DIR  # torch-free, so --help stays fast
+from ablate.core.paths import TEACHERS_DIR  # torch-free, so --help stays fast
 
 _COMMON = [
     click.option("--data", default="synth-blend", show_default=True, metavar="NAME",
@@ -64,7 +64,7 @@ def fit_cmd(teacher: str, data: str, batch_size: int | None, lr: float | None, s
     the teacher's own objective (eps, v or flow velocity) and the empty prompt. Saved in diffusers layout; the same
     teacher + data + settings are reused unless --force.
     """
-    from ablate.teachers.fit import FitSettings, fit_teacher
+    from ablate.teacher_fitting.fit import FitSettings, fit_teacher
 
     settings = FitSettings(teacher=teacher, data=data, seed=seed, max_frames=max_frames,
                            **_given(batch_size=batch_size, lr=lr, steps=steps,
@@ -105,7 +105,7 @@ def adapt_cmd(teacher: str, data: str, batch_size: int | None, lr: float | None,
     twin's folder. Stores the adapter (safetensors, diffusers/PEFT format) and the base it
     belongs to; use it as teacher.lora=FOLDER with that same base teacher.
     """
-    from ablate.teachers.adapt import AdaptSettings, adapt_teacher
+    from ablate.teacher_fitting.adapt import AdaptSettings, adapt_teacher
 
     settings = AdaptSettings(
         teacher=teacher, path=base_path, seed=seed, dtype=dtype, data=data, rank=lora_rank,
@@ -132,6 +132,6 @@ def adapt_cmd(teacher: str, data: str, batch_size: int | None, lr: float | None,
               type=click.Path(file_okay=False), help="Where fitted teachers and adapters live.")
 def list_cmd(root: str) -> None:
     """Built-in, fitted and adapted teachers: parameters, size on disk, where, how to use."""
-    from ablate.teachers.catalog import catalog, format_catalog
+    from ablate.teacher_fitting.catalog import catalog, format_catalog
 
     click.echo(format_catalog(catalog(root)))

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Sampler
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 
 log = logging.getLogger(__name__)
 

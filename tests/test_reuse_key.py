@@ -15,18 +15,18 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from ablate import identity
+import ablate.reuse_key as keys
+from ablate.core.errors import AblateError
 from ablate.data import sources
 from ablate.data.manifest import COLUMNS, save_manifest
-from ablate.errors import AblateError
-from ablate.identity import (
+from ablate.recipe import compose
+from ablate.reuse_key import (
     canonical_rows,
     data_fingerprint,
     dataset_fingerprint,
+    reuse_key,
     teacher_fingerprint,
-    trial_identity,
 )
-from ablate.recipe import compose
 
 
 def _frames(folder: Path, n: int, value: int) -> None:
@@ -53,8 +53,8 @@ def isolated(tmp_path, monkeypatch):
     """Manifests, digests and stored teachers in tmp; the shared benchmark stays shared."""
     monkeypatch.setenv("ABLATE_CACHE", str(Path("results").resolve()))
     monkeypatch.setattr(sources, "MANIFEST_DIR", tmp_path / "manifests")
-    monkeypatch.setattr(identity, "cache_folder", lambda: tmp_path / "cache")
-    monkeypatch.setattr(identity, "TEACHERS_DIR", tmp_path / "teachers")
+    monkeypatch.setattr(keys, "cache_folder", lambda: tmp_path / "cache")
+    monkeypatch.setattr(keys, "TEACHERS_DIR", tmp_path / "teachers")
     return tmp_path
 
 
@@ -93,21 +93,21 @@ def _pair_of(table: pd.DataFrame, video: str, frame: int = 0) -> tuple[str, str]
 
 def test_same_recipe_same_identity_and_each_part_counts(isolated):
     cfg = compose([])
-    first = trial_identity(cfg)
+    first = reuse_key(cfg)
     assert set(first) == {"recipe_hash", "data_sha", "teacher_sha", "identity"}
-    assert trial_identity(cfg) == first  # digests now cached
-    (isolated / "cache" / identity.DIGEST_FILE).unlink()  # as a fresh process would find it
-    assert trial_identity(compose([])) == first
+    assert reuse_key(cfg) == first  # digests now cached
+    (isolated / "cache" / keys.DIGEST_FILE).unlink()  # as a fresh process would find it
+    assert reuse_key(compose([])) == first
     assert first["teacher_sha"].startswith("builtin:")
     # the identity is a function of all three parts: one changed part changes it
-    other_data = trial_identity(compose(["data.tests=[synth-blend]"]))
+    other_data = reuse_key(compose(["data.tests=[synth-blend]"]))
     assert other_data["data_sha"] != first["data_sha"]
-    assert trial_identity(compose(["seed=1"]))["identity"] != first["identity"]
-    assert trial_identity(compose(["teacher.seed=1"]))["teacher_sha"] != first["teacher_sha"]
+    assert reuse_key(compose(["seed=1"]))["identity"] != first["identity"]
+    assert reuse_key(compose(["teacher.seed=1"]))["teacher_sha"] != first["teacher_sha"]
 
 
 def test_identity_module_imports_neither_torch_nor_ray():
-    code = ("import sys, ablate.identity; "
+    code = ("import sys, ablate.reuse_key; "
             "bad = [m for m in ('torch', 'ray') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
@@ -142,14 +142,14 @@ def test_config_edit_c23_to_c40_changes_data_sha_and_the_manifest(tinyff, isolat
     legacy.parent.mkdir(parents=True)
     legacy.write_text("not a manifest\n")
     cfg = _recipe()
-    c23, whole = data_fingerprint(cfg), trial_identity(cfg)
+    c23, whole = data_fingerprint(cfg), reuse_key(cfg)
     table = resolve_dataset("tinyff")
     assert set(table["path"].str.split("/").str[-4]) == {"c23"}  # .../<comp>/frames/<vid>/x.png
     assert len(table) == 9 * 4  # 6 originals + 3 fakes, 4 frames each
     tinyff(compression="c40")
     c40 = data_fingerprint(cfg)
     assert c40 != c23
-    edited = trial_identity(cfg)  # the recipe is unchanged, its result is not
+    edited = reuse_key(cfg)  # the recipe is unchanged, its result is not
     assert edited["recipe_hash"] == whole["recipe_hash"] and edited["identity"] != whole["identity"]
     table = resolve_dataset("tinyff")
     assert set(table["path"].str.split("/").str[-4]) == {"c40"} and len(table) == 9 * 3
@@ -179,7 +179,7 @@ def test_baseline_ignores_source_is_like_its_recipe_hash(tinyff):
     a_cfg, b_cfg = _recipe("guide=none", "data.source_is=A"), _recipe("guide=none")
     assert _pair_of(source_table(a_cfg), "Deepfakes/000_001") == ("001", "000")  # config's B
     assert data_fingerprint(a_cfg) == data_fingerprint(b_cfg)
-    assert trial_identity(a_cfg) == trial_identity(b_cfg)
+    assert reuse_key(a_cfg) == reuse_key(b_cfg)
 
 
 def test_same_rows_other_frames_change_data_sha(tinyff):
@@ -247,7 +247,7 @@ def _fitted_twin(folder: Path, unet_bytes: bytes) -> Path:
 def test_refit_twin_changes_teacher_sha(isolated):
     folder = _fitted_twin(isolated / "teachers" / "tiny-sd15-synth-blend", b"a" * 1000)
     cfg = compose(["teacher.path=tiny-sd15-synth-blend"])  # a name under the teachers folder
-    first, whole = teacher_fingerprint(cfg), trial_identity(cfg)
+    first, whole = teacher_fingerprint(cfg), reuse_key(cfg)
     assert first.startswith("weights:")
     assert teacher_fingerprint(compose([f"teacher.path={folder}"])) == first  # same weights
     weights = folder / "unet/diffusion_pytorch_model.safetensors"
@@ -258,20 +258,20 @@ def test_refit_twin_changes_teacher_sha(isolated):
     assert refit != first
     (folder / "ablate_teacher.json").write_text('{"created": "tomorrow"}')  # provenance only
     assert teacher_fingerprint(cfg) == refit
-    assert trial_identity(cfg)["identity"] != whole["identity"]
-    assert trial_identity(cfg)["recipe_hash"] == whole["recipe_hash"]
+    assert reuse_key(cfg)["identity"] != whole["identity"]
+    assert reuse_key(cfg)["recipe_hash"] == whole["recipe_hash"]
 
 
 def test_touch_keeps_the_sha_but_rehashes(isolated, monkeypatch):
     lora = isolated / "adapter.safetensors"
     lora.write_bytes(b"lora weights" * 50)
     calls = []
-    real = identity.sha256_file
-    monkeypatch.setattr(identity, "sha256_file", lambda p: calls.append(p) or real(p))
+    real = keys.sha256_file
+    monkeypatch.setattr(keys, "sha256_file", lambda p: calls.append(p) or real(p))
     cfg = compose([f"teacher.lora={lora}"])
     first = teacher_fingerprint(cfg)
     assert len(calls) == 1
-    cached = json.loads((isolated / "cache" / identity.DIGEST_FILE).read_text())["entries"]
+    cached = json.loads((isolated / "cache" / keys.DIGEST_FILE).read_text())["entries"]
     assert cached[f"file:{lora.resolve()}"]["sha256"] == hashlib.sha256(lora.read_bytes()).hexdigest()
     assert teacher_fingerprint(cfg) == first and len(calls) == 1  # cached: not read again
     stat = lora.stat()
@@ -288,16 +288,13 @@ def test_missing_weights_say_so_and_baseline_has_no_teacher(isolated):
     empty.mkdir()
     assert teacher_fingerprint(compose([f"teacher.lora={empty}"])) == f"missing:{empty}"
     assert teacher_fingerprint(compose(["guide=none"])) is None
-    assert trial_identity(compose(["recipe=baseline", "teacher.seed=5"]))["teacher_sha"] is None
+    assert reuse_key(compose(["recipe=baseline", "teacher.seed=5"]))["teacher_sha"] is None
 
 
-def test_torch_free_copies_match_the_teacher_module(tmp_path, monkeypatch):
+def test_the_fingerprint_finds_a_stored_teacher_where_loading_does(tmp_path, monkeypatch):
     from ablate.model.teachers import lora as tm
 
-    assert identity.TEACHERS_DIR == tm.TEACHERS_DIR
-    assert identity.ADAPTER_WEIGHTS == tm.ADAPTER_WEIGHTS
-    assert set(identity.PROVENANCE) == {tm.FITTED_META, tm.ADAPTER_META}
-    for module in (tm, identity):
+    for module in (tm, keys):
         monkeypatch.setattr(module, "TEACHERS_DIR", tmp_path)
     (tmp_path / "twin").mkdir()
-    assert identity.stored("twin") == tm.stored_path("twin", "teacher.path")
+    assert keys.stored("twin") == tm.stored_path("twin", "teacher.path")

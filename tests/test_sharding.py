@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import load_file
 
 from ablate.checkpoint import TRAINABLE
-from ablate.distributed import Shard, ShardedBatches
 from ablate.model.build import build_detector
 from ablate.recipe import compose, recipe_hash
+from ablate.sharding import Shard, ShardedBatches
 from ablate.train import train
 from tests.conftest import fixed_batch
 
@@ -60,7 +60,7 @@ def test_a_space_trains_each_trial_on_one_process_per_whole_gpu(resources, proce
 
 
 def test_a_negative_process_count_is_one_line():
-    from ablate.errors import AblateError
+    from ablate.core.errors import AblateError
     from ablate.space.parse import parse_space
 
     with pytest.raises(AblateError, match="resources.processes"):
@@ -88,7 +88,7 @@ def test_sharded_batches_split_each_global_batch():
 
 def test_a_training_set_smaller_than_one_global_batch_is_one_line():
     """Split unevenly, the processes would draw different sizes and part ways."""
-    from ablate.errors import AblateError
+    from ablate.core.errors import AblateError
 
     with pytest.raises(AblateError, match="fewer than one global batch"):
         list(ShardedBatches(list(range(3)), 4, False, Shard(0, 2)))
@@ -99,7 +99,7 @@ def test_gpu_batchnorm_is_synchronised_with_its_activation_kept():
     the activation after every norm of an EfficientNet; timm's keeps it."""
     import timm
 
-    from ablate.distributed import sync_batch_norm
+    from ablate.sharding import sync_batch_norm
 
     model = timm.create_model("test_efficientnet", num_classes=0)
     norms = {type(m).__name__ for m in sync_batch_norm(model, torch.device("cuda")).modules()
@@ -161,8 +161,8 @@ def test_ablate_train_on_two_processes_shows_process_0s_progress(tmp_path):
 
 def test_a_workers_one_line_error_reaches_the_launcher(tmp_path):
     """Ray wraps a worker's failure; the user sees the recipe's own one line."""
+    from ablate.core.errors import AblateError
     from ablate.data_parallel import train_parallel
-    from ablate.errors import AblateError
 
     cfg = compose([*BASE, f"data.train={tmp_path / 'nowhere.csv'}", f"run.out_dir={tmp_path}"])
     with pytest.raises(AblateError, match="nowhere.csv"):

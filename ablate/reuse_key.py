@@ -2,7 +2,7 @@
 
 `recipe_hash` names a recipe's settings, but two trials with equal settings can still have run
 on other data (an edited `configs/data/ffpp.yaml`, c23 -> c40; re-extracted frames) or another
-teacher (`ablate teachers fit` re-run, a replaced weights file). `trial_identity` adds a
+teacher (`ablate teachers fit` re-run, a replaced weights file). `reuse_key` adds a
 fingerprint of each; its `identity` is the key under which a stored result may be reused.
 
 Data: per dataset the recipe reads (`data.train` with the recipe's adapter overrides, each of
@@ -34,15 +34,13 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from ablate.core.errors import AblateError
+from ablate.core.names import ADAPTER_META, ADAPTER_WEIGHTS, FITTED_META
+from ablate.core.paths import TEACHERS_DIR
 from ablate.data.manifest import COLUMNS, PATH_COLUMNS, load_manifest
 from ablate.data.sources import Source, locate, recipe_overrides
-from ablate.errors import AblateError
-from ablate.outputs import TEACHERS_DIR
 
-# torch-free copies of ablate.model.teachers's names (tests/test_identity.py keeps them equal)
-
-ADAPTER_WEIGHTS = "pytorch_lora_weights.safetensors"
-PROVENANCE = ("ablate_teacher.json", "ablate_adapter.json")  # what a fit/adapt used, not weights
+PROVENANCE = (FITTED_META, ADAPTER_META)  # what a fit/adapt used, not weights
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".json", ".txt", ".model")
 LOCATION_KEYS = ("root", "manifest", "splits_dir")  # where a dataset is, not what it holds
 PROBE_FRAMES = 16  # frames whose bytes join a dataset's fingerprint
@@ -51,7 +49,7 @@ DIGEST_VERSION = 1  # bump when a cached digest's meaning changes (then all are 
 SHORT = 16  # hex digits of the fingerprints
 
 
-def trial_identity(cfg: DictConfig) -> dict[str, str | None]:
+def reuse_key(cfg: DictConfig) -> dict[str, str | None]:
     """recipe_hash, data_sha, teacher_sha and identity: a short sha over the other three,
     the key under which a finished trial's result may be reused."""
     from ablate.recipe import recipe_hash

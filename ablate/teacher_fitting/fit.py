@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.model.teachers import (
     FITTED_META,
     TEACHERS_DIR,

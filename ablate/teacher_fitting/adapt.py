@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.model.teachers import (
     ADAPTER_META,
     ADAPTER_NAME,
@@ -38,7 +38,7 @@ from ablate.model.teachers import (
     read_json,
 )
 from ablate.registry import build, registry
-from ablate.teachers.fit import (
+from ablate.teacher_fitting.fit import (
     cached,
     check_settings,
     encode_bank,

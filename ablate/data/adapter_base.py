@@ -40,8 +40,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ablate.core.errors import AblateError
 from ablate.data.manifest import COLUMNS, OPTIONAL_COLUMNS, SPLITS
-from ablate.errors import AblateError
 from ablate.registry import Registry
 
 log = logging.getLogger(__name__)
