@@ -19,7 +19,7 @@ import pytest
 import skimage.data
 
 from ablate.core.errors import AblateError
-from ablate.data import faces
+from ablate.data import decode, faces
 from ablate.data import prepare as prep
 
 FRAMES = 20
@@ -207,7 +207,7 @@ def test_frames_that_do_not_decode_make_the_video_unreadable_by_name(
 ):
     """Sampled frames past the real end (a stream cut short) are not silently dropped."""
     videos = _tree(tmp_path / "v", {"one.avi": clips["face"]})
-    monkeypatch.setattr(prep.decode, "frame_count", lambda video: FRAMES + 10)
+    monkeypatch.setattr(decode, "frame_count", lambda video: FRAMES + 10)
     summary = run(videos, tmp_path / "out")
     reason = summary.unreadable["one.avi"]
     assert str(videos / "one.avi") in reason and "re-encode or remove it, then rerun" in reason

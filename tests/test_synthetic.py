@@ -13,6 +13,7 @@ import pytest
 
 from ablate.core.errors import AblateError
 from ablate.data import synthetic as S
+from ablate.data.synthetic import cache, photo, scene
 
 SMALL = {"n_identities": 8, "videos_per_identity": 2, "frames_per_video": 4}
 TINY = {"n_identities": 6, "videos_per_identity": 1, "frames_per_video": 2}
@@ -266,10 +267,10 @@ def test_real_images_load_offline(monkeypatch):
 
     monkeypatch.setattr(socket, "socket", no_network)
     monkeypatch.setattr(socket, "create_connection", no_network)
-    S._astronaut.cache_clear()
-    S._textures.cache_clear()
+    photo._astronaut.cache_clear()
+    scene._textures.cache_clear()
     assert S.photo_available()
-    assert len(S._textures()) == 3
+    assert len(scene._textures()) == 3
 
 
 def test_without_photo_identity(tmp_path):
@@ -289,7 +290,7 @@ def test_cache_builds_once_and_rebuilds_unfinished(tmp_path, monkeypatch):
         calls.append(1)
         return real_build(*args, **kwargs)
 
-    monkeypatch.setattr(S, "build_benchmark", counting_build)
+    monkeypatch.setattr(cache, "build_benchmark", counting_build)
     first = S.ensure_benchmark(tmp_path, **TINY, methods=("lowres",))
     marker = first.parent / S.MARKER
     stamp = marker.stat().st_mtime_ns

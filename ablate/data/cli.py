@@ -1,6 +1,6 @@
 """`ablate data ...`: cut face crops from videos, build manifests from them, check them.
 
-Parsing only; the work lives in prepare.py, adapters.py and manifest.py.
+Parsing only; the work lives in prepare/, adapters.py and manifest.py.
 """
 
 from __future__ import annotations
