@@ -1,6 +1,6 @@
 """Schema version 1 of the results database, frozen as it shipped (tests build v1 files with it).
 
-Never edit this to follow ablate/results.py: it is the old shape that
+Never edit this to follow ablate/results/schema.py: it is the old shape that
 MIGRATIONS must keep upgrading.
 """
 

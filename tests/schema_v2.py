@@ -1,6 +1,6 @@
 """Schema version 2 of the results database, frozen as it shipped (tests build v2 files with it).
 
-Never edit this to follow ablate/results.py: it is the old shape that
+Never edit this to follow ablate/results/schema.py: it is the old shape that
 MIGRATIONS must keep upgrading (v2 -> v3 adds the metrics' provenance columns).
 """
 

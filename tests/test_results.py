@@ -30,7 +30,9 @@ from pg import fresh_postgres_url, postgres_url  # noqa: F401  (fixtures)
 
 from ablate import results
 from ablate.core.errors import AblateError
-from ablate.results import ResultsDB
+from ablate.results import ResultsDB, migrations
+from ablate.results import db as results_db
+from ablate.results import engine as results_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = datetime(2025, 1, 2, 3, 4, 5)
@@ -183,12 +185,13 @@ def test_invalid_trials_write_nothing(db: ResultsDB) -> None:
 KILLED_WRITER = """
 import os, sys
 from ablate import results
+from ablate.results import db as results_db  # record_trial reads _replace_children there
 db = results.ResultsDB(sys.argv[1])
-real = results._replace_children
+real = results_db._replace_children
 def die(conn, *args):
     real(conn, *args)
     os._exit(3)  # as if killed: the rows are written but never committed
-results._replace_children = die
+results_db._replace_children = die
 db.record_trial(db.sweep_id("s"), "t", recipe_hash="h1", recipe={}, seed=0, status="failed",
                 started=None, ended=None, metrics=[], curves=[(5, "loss", 9.0)])
 """
@@ -226,7 +229,7 @@ def test_concurrent_writers_all_land(db: ResultsDB, url: str) -> None:
 
 
 def test_sqlite_readers_do_not_block_writers(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(results, "SQLITE_BUSY_TIMEOUT_S", 2.0)
+    monkeypatch.setattr(results_engine, "SQLITE_BUSY_TIMEOUT_S", 2.0)
     path = tmp_path / "ablate.db"
     db = ResultsDB(f"sqlite:///{path}")
     sid = db.start_sweep("s", "s", {}, "v")
@@ -322,8 +325,8 @@ def test_version_0_database_is_migrated(url: str, monkeypatch) -> None:
         results.add_column(conn, "ablate_trials", sa.Column("run_dir", sa.Text))
         results.add_column(conn, "ablate_trials", sa.Column("step_time_s", sa.Float))
 
-    monkeypatch.setattr(results, "SCHEMA_VERSION", 1)
-    monkeypatch.setattr(results, "MIGRATIONS", {0: zero_to_one})
+    monkeypatch.setattr(migrations, "SCHEMA_VERSION", 1)
+    monkeypatch.setattr(migrations, "MIGRATIONS", {0: zero_to_one})
     with ResultsDB(url) as db:
         assert stored_version(url) == 1
         record(db, db.sweep_id("old"), "t2", run_dir="runs/2", step_time_s=0.5)
@@ -345,20 +348,20 @@ def test_migrations_run_in_order_in_one_transaction(url: str, monkeypatch) -> No
                 raise RuntimeError("migration bug")
         return migration
 
-    monkeypatch.setattr(results, "SCHEMA_VERSION", v + 2)
-    monkeypatch.setattr(results, "MIGRATIONS", {v: step(v), v + 1: step(v + 1, fail=True)})
+    monkeypatch.setattr(migrations, "SCHEMA_VERSION", v + 2)
+    monkeypatch.setattr(migrations, "MIGRATIONS", {v: step(v), v + 1: step(v + 1, fail=True)})
     with pytest.raises(RuntimeError, match="migration bug"):
         ResultsDB(url)
     assert ran == [v, v + 1] and stored_version(url) == v  # rolled back, DDL included
     assert f"extra{v}" not in {c["name"] for c in _columns(url, "ablate_sweeps")}
 
     ran.clear()
-    monkeypatch.setattr(results, "MIGRATIONS", {v: step(v), v + 1: step(v + 1)})
+    monkeypatch.setattr(migrations, "MIGRATIONS", {v: step(v), v + 1: step(v + 1)})
     ResultsDB(url).close()
     assert ran == [v, v + 1] and stored_version(url) == v + 2
     assert {f"extra{v}", f"extra{v + 1}"} <= {c["name"] for c in _columns(url, "ablate_sweeps")}
 
-    monkeypatch.setattr(results, "SCHEMA_VERSION", v + 3)
+    monkeypatch.setattr(migrations, "SCHEMA_VERSION", v + 3)
     with pytest.raises(AblateError, match=f"no migration {v + 2}->{v + 3}"):
         ResultsDB(url)
 
@@ -790,7 +793,7 @@ def test_sweeps_record_their_driver_and_heartbeat(db: ResultsDB, url: str) -> No
 
 def test_running_sweeps_whose_driver_is_gone_are_stale(db: ResultsDB, url: str,
                                                        monkeypatch) -> None:
-    monkeypatch.setattr(results, "STALE_AFTER_S", 90.0)
+    monkeypatch.setattr(results_db, "STALE_AFTER_S", 90.0)
     db.start_sweep("alive", "s", {}, "v")
     dead_pid = start_dead_sweep(url, "dead")  # fresh heartbeat, but its pid is gone here
     for name, age_s in [("remote", 60), ("remote-silent", 120)]:  # pids we cannot check

@@ -1,0 +1,115 @@
+"""Schema versions: creating the tables, and upgrading a database an older ablate wrote.
+
+`ablate_schema.version` is the schema version. `MIGRATIONS[v]` upgrades a
+database from version v to v+1; opening an older database applies them in
+order, in one transaction. Version 1 is the first schema; version 2 adds the
+reuse key (`identity`: recipe + data + teacher content) and content hashes
+to trials, the driver's host / pid / heartbeat / error to sweeps, and
+`ablate_checkpoints` (a sweep's latest checkpoint per recipe and seed).
+Version 3 adds to every metric row what makes it comparable (METRIC_PROVENANCE:
+frame -> video aggregation, threshold and its source, bootstrap resamples, seed
+and unit, EER convention, hash of the scored test rows); rows from older
+databases keep NULL there, never a guessed value.
+
+SCHEMA_VERSION and MIGRATIONS are read here only, at call time (a test that
+pretends to be another schema version patches them on this module).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlalchemy as sa
+
+from ablate.core.errors import AblateError
+from ablate.results.engine import lock_schema, read_transaction, write_transaction
+from ablate.results.schema import SCHEMA_VERSION, checkpoints_table, metadata, schema_table
+
+Migration = Callable[[sa.Connection], None]
+# MIGRATIONS[v] turns a version-v database into version v+1. To change the
+# schema: edit the tables in schema.py (new databases get them from create_all),
+# bump SCHEMA_VERSION, and add the step that brings an old database to the same
+# shape. A step spells out its columns instead of reusing the live ones, so it
+# keeps meaning the same thing when later versions change those columns.
+
+
+def add_column(conn: sa.Connection, table: str, column: sa.Column) -> None:
+    """ALTER TABLE ... ADD COLUMN, rendered for this backend (a building block for migrations)."""
+    ddl = sa.schema.CreateColumn(column).compile(dialect=conn.dialect)
+    conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {ddl}")
+
+
+def _v1_to_v2(conn: sa.Connection) -> None:
+    """Driver liveness on sweeps, the reuse key on trials, and the checkpoints table.
+
+    Old trials get identity = recipe_hash, which is what v1 reused them by.
+    (The checkpoints table is created from its live definition: a later
+    version that changes it must create it from a v2 copy here instead.)
+    """
+    for column in (sa.Column("host", sa.String), sa.Column("pid", sa.Integer),
+                   sa.Column("heartbeat", sa.DateTime), sa.Column("error", sa.Text)):
+        add_column(conn, "ablate_sweeps", column)
+    for column in (sa.Column("identity", sa.String), sa.Column("data_sha", sa.String),
+                   sa.Column("teacher_sha", sa.String), sa.Column("code_version", sa.Text)):
+        add_column(conn, "ablate_trials", column)
+    conn.exec_driver_sql("UPDATE ablate_trials SET identity = recipe_hash")
+    conn.exec_driver_sql("CREATE INDEX ix_ablate_trials_reuse ON ablate_trials (identity, seed)")
+    checkpoints_table.create(conn)
+
+
+def _v2_to_v3(conn: sa.Connection) -> None:
+    """Provenance columns on metrics; old rows keep NULL (unknown), nothing is inferred."""
+    for column in (sa.Column("aggregation", sa.String), sa.Column("threshold", sa.Float),
+                   sa.Column("threshold_from", sa.String), sa.Column("n_boot", sa.Integer),
+                   sa.Column("boot_seed", sa.Integer), sa.Column("boot_unit", sa.String),
+                   sa.Column("eer_convention", sa.String), sa.Column("manifest_sha", sa.String)):
+        add_column(conn, "ablate_metrics", column)
+
+
+MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2, 2: _v2_to_v3}
+
+
+def migrate(engine: sa.Engine, where: str) -> int:
+    """Create missing tables or upgrade an older schema; return the schema version.
+
+    `where` names the database in messages. AblateError when the database was
+    written by a newer ablate.
+    """
+    with read_transaction(engine) as conn:
+        if _stored_version(conn) == SCHEMA_VERSION:
+            return SCHEMA_VERSION
+    with write_transaction(engine) as conn:
+        lock_schema(conn)
+        version = _stored_version(conn)
+        if version is None:
+            metadata.create_all(conn)
+            conn.execute(schema_table.insert().values(version=SCHEMA_VERSION))
+        elif version > SCHEMA_VERSION:
+            raise AblateError(
+                f"results database {where} has schema version {version} (this ablate knows "
+                f"{SCHEMA_VERSION}): it was written by a newer ablate; upgrade ablate"
+            )
+        elif version < SCHEMA_VERSION:
+            _apply_migrations(conn, version)
+    return SCHEMA_VERSION
+
+
+def _apply_migrations(conn: sa.Connection, version: int) -> None:
+    """Upgrade `version` -> SCHEMA_VERSION step by step, inside the caller's transaction."""
+    for step in range(version, SCHEMA_VERSION):
+        migration = MIGRATIONS.get(step)
+        if migration is None:
+            raise AblateError(
+                f"results database has schema version {version} and this ablate has no "
+                f"migration {step}->{step + 1}; open it with the ablate that wrote it"
+            )
+        migration(conn)
+    conn.execute(schema_table.delete())
+    conn.execute(schema_table.insert().values(version=SCHEMA_VERSION))
+
+
+def _stored_version(conn: sa.Connection) -> int | None:
+    """The schema version recorded in the database, or None for a database without our tables."""
+    if not sa.inspect(conn).has_table(schema_table.name):
+        return None
+    return conn.scalar(sa.select(sa.func.max(schema_table.c.version)))
