@@ -16,24 +16,13 @@ import os
 from pathlib import Path
 
 from ablate.core.errors import AblateError
+from ablate.core.paths import builtin_folder
 
 log = logging.getLogger(__name__)
 _WARNED: set[Path] = set()
 
-CONFIG_DIR_ENV, SPACES_DIR_ENV = "ABLATE_CONFIG_DIR", "ABLATE_SPACES_DIR"  # replace built-in
 CONFIG_PATH_ENV, SPACES_PATH_ENV = "ABLATE_CONFIG_PATH", "ABLATE_SPACES_PATH"  # added after
-_PACKAGE = Path(__file__).resolve().parent
-_CHECKOUT = _PACKAGE.parent
-
-
-def builtin(kind: str) -> Path:
-    """`configs` or `search_spaces`: the env override, the checkout's, or the packaged copy."""
-    env = os.environ.get(CONFIG_DIR_ENV if kind == "configs" else SPACES_DIR_ENV)
-    if env:
-        return Path(env).expanduser()
-    if (_CHECKOUT / kind).is_dir() and (_CHECKOUT / "pyproject.toml").is_file():
-        return _CHECKOUT / kind
-    return _PACKAGE / kind  # the wheel's copy (pyproject maps the top-level folder here)
+builtin = builtin_folder  # the built-in folder of a kind (ablate.core.paths says where)
 
 
 def search_path(kind: str) -> list[Path]:

@@ -19,7 +19,7 @@ import os
 import pandas as pd
 
 from ablate.core.errors import AblateError
-from ablate.reuse_key import SHORT
+from ablate.core.names import FINGERPRINT_HEX
 
 HASHED = ("path", "label", "video_id", "split")  # what identifies a scored row
 
@@ -44,4 +44,4 @@ def manifest_sha(rows: pd.DataFrame) -> str:
     df["label"] = rows["label"].astype(int).to_numpy()
     df = df.sort_values(list(HASHED), kind="mergesort")
     blob = df.to_csv(index=False, lineterminator="\n").encode()
-    return hashlib.sha256(blob).hexdigest()[:SHORT]
+    return hashlib.sha256(blob).hexdigest()[:FINGERPRINT_HEX]

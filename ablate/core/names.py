@@ -52,3 +52,5 @@ METRIC_PROVENANCE = (*METRIC_HOW, "manifest_sha")
 FITTED_META = "ablate_teacher.json"  # next to a fitted twin's unet/ vae/ ...: what it was fit on
 ADAPTER_META = "ablate_adapter.json"  # next to the adapter weights: its base teacher
 ADAPTER_WEIGHTS = "pytorch_lora_weights.safetensors"
+
+FINGERPRINT_HEX = 16  # hex digits of a content fingerprint (data, teacher, scored rows)

@@ -7,6 +7,7 @@ place import it from here rather than keep a copy of the string.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 RESULTS = Path("results")
@@ -19,3 +20,21 @@ REPORTS_DIR = RESULTS / "reports"  # ablate report / compare-teachers output
 TEACHERS_DIR = RESULTS / "teachers"  # fitted twins and LoRA adapters
 MANIFESTS_DIR = RESULTS / "manifests"  # manifests built from dataset folders
 
+
+
+# The built-in config groups and search spaces: the checkout's `configs/` / `search_spaces/`
+# when running from a checkout (or an editable install), else the copies the wheel ships as
+# `ablate/configs` / `ablate/search_spaces`; $ABLATE_CONFIG_DIR / $ABLATE_SPACES_DIR replace them.
+CONFIG_DIR_ENV, SPACES_DIR_ENV = "ABLATE_CONFIG_DIR", "ABLATE_SPACES_DIR"
+_PACKAGE = Path(__file__).resolve().parent.parent  # ablate/
+_CHECKOUT = _PACKAGE.parent
+
+
+def builtin_folder(kind: str) -> Path:
+    """`configs` or `search_spaces`: the env override, the checkout's, or the packaged copy."""
+    env = os.environ.get(CONFIG_DIR_ENV if kind == "configs" else SPACES_DIR_ENV)
+    if env:
+        return Path(env).expanduser()
+    if (_CHECKOUT / kind).is_dir() and (_CHECKOUT / "pyproject.toml").is_file():
+        return _CHECKOUT / kind
+    return _PACKAGE / kind  # the wheel's copy (pyproject maps the top-level folder here)

@@ -53,21 +53,11 @@ def _evaluator(name: str) -> Any:
 
 
 def sampler_name(settings: dict[str, Any]) -> str | None:
-    """The sweep's Optuna sampler: from its settings, else from its search-space file."""
+    """The sweep's Optuna sampler as the driver stored it (None: not recorded, so unknown)."""
     sampler = settings.get("sampler")
     if isinstance(sampler, dict):
         sampler = sampler.get("name")
-    if sampler:
-        return str(sampler)
-    path = settings.get("space_file")
-    if not path:
-        return None
-    try:
-        from ablate.space import load_space
-
-        return load_space(path).sampler.name
-    except (AblateError, OSError):
-        return None
+    return str(sampler) if sampler else None
 
 
 def sampler_note(sampler: str | None) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from ablate.core.paths import builtin_folder
 from ablate.report.data import SLOTS, SweepData
 
 FALLBACK_DEFAULTS = {"filter": "paper", "weight": "paper", "guide": "controlnet"}
@@ -32,9 +33,7 @@ class Reference:
 def default_choices() -> dict[str, str]:
     """Slot -> variant of the default recipe (configs/config.yaml's defaults list)."""
     try:
-        from ablate.recipe import config_dir
-
-        text = (config_dir() / "config.yaml").read_text()
+        text = (builtin_folder("configs") / "config.yaml").read_text()
         defaults = yaml.safe_load(text).get("defaults") or []
     except Exception:  # noqa: BLE001 - no configs folder: the paper's choices still make sense
         return dict(FALLBACK_DEFAULTS)
