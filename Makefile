@@ -22,6 +22,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check ablate tests
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q -n 2 --dist worksteal --durations=15 tests
 
 # the fast tier: every test not marked slow, ray, subprocess, postgres or browser (the marks
@@ -29,10 +30,12 @@ test: $(STAMP)
 FAST := not (slow or ray or subprocess or postgres or browser)
 test-fast: $(STAMP)
 	$(BIN)/ruff check ablate tests
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m "$(FAST)" tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check ablate tests
+	$(BIN)/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) results/runs
