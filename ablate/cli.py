@@ -156,7 +156,7 @@ def train(overrides: tuple[str, ...], dry_run: bool, quiet: bool) -> None:
     if ignored:
         click.secho(f"note: guide=none builds no teacher, filter or weight module; ignored: "
                     f"{' '.join(ignored)}", fg="yellow", err=True)
-    processes = int(cfg.train.get("processes", 1))
+    processes = int(recipe.setting(cfg, "train.processes"))
     if dry_run:
         from ablate.model.build import build_detector
         from ablate.sharding import check_split

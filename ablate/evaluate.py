@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from ablate.core.errors import AblateError
+from ablate.core.schema import GROUPS, setting
 from ablate.data.dataset import FrameCache, ManifestDataset
 from ablate.data.loader import resolve_dataset, split_rows
 from ablate.metrics import (
@@ -30,7 +31,6 @@ from ablate.metrics import (
     video_clusters,
 )
 from ablate.provenance import PART, manifest_sha
-from ablate.recipe import EVAL_DEFAULTS
 from ablate.scoring import score
 from ablate.tracking import write_metrics
 
@@ -43,8 +43,7 @@ def eval_settings(cfg: DictConfig, eer: str | None = None,
                   bootstrap_unit: str | None = None) -> dict[str, str]:
     """The recipe's eval keys (defaults for recipes saved before they existed), with the
     given overrides; bad values fail here, before any frame is scored."""
-    stored = cfg.get("eval") or {}
-    out = {k: str(stored.get(k, v)) for k, v in EVAL_DEFAULTS.items()}
+    out = {k: str(setting(cfg, f"eval.{k}")) for k in GROUPS["eval"].settings}
     out.update({k: v for k, v in (("eer", eer), ("bootstrap_unit", bootstrap_unit)) if v})
     check_eer_convention(out["eer"])
     if out["bootstrap_unit"] not in BOOT_UNITS:
@@ -118,7 +117,7 @@ def evaluate_classifier(
     """Metrics per test set: rows dataset, split, level, metric, value, ci_low, ci_high, n,
     the provenance keys of `evaluate_scores` and `manifest_sha` (the rows scored)."""
     settings = eval_settings(cfg, eer, bootstrap_unit)
-    cache = FrameCache(cfg.data.get("frame_cache_dir"))
+    cache = FrameCache(setting(cfg, "data.frame_cache_dir"))
     datasets = {}
     for name in tests:  # every test set's rows and settings are checked before any scoring
         dataset = test_rows(name, cfg.image_size, cache, cfg.data.max_skip_fraction)

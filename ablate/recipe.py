@@ -19,23 +19,15 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ablate import locations
+from ablate.core import schema
 from ablate.core.errors import AblateError
 from ablate.core.names import GUIDANCE_ONLY, NO_GUIDE, SLOTS, is_guidance_key
+from ablate.core.schema import setting
 
-# Keys that change where or how visibly a run happens, not what it computes.
-# Settings that change how fast a result comes, not what it is (beyond float rounding):
-# a recipe differing only in these is the same result and is reused, not re-run.
-# train.precision stays in: bf16 changes numbers beyond rounding noise.
-NON_RESULT_KEYS = (
-    "run", "train.device", "train.log_every", "train.channels_last", "train.attention",
-    "train.grad_checkpointing", "train.branch_backward", "train.compile", "train.latent_cache",
-    "train.latent_cache_dir", "train.latent_cache_mb", "train.loader_workers", "train.pin_memory",
-    "train.processes", "data.frame_cache_dir",
-)
-
-# `eval` keys came after recipes were first hashed: at these defaults they are left out of
-# the hash (a recipe keeps the hash it had before they existed); any other value counts.
-EVAL_DEFAULTS = {"eer": "interpolated", "bootstrap_unit": "auto"}
+# What a result's identity leaves out, derived from the declarations in ablate/core/schema.py
+# (never listed by hand): settings or groups with result=False, and settings with
+# hash_when_default=False at their default (added after results were stored).
+NON_RESULT_KEYS = schema.NON_RESULT_KEYS
 
 
 def is_guided(cfg: DictConfig) -> bool:
@@ -106,9 +98,11 @@ def _explain(err: Exception, overrides: list[str] | tuple[str, ...]) -> str:
         if key.startswith("guide.") and _composes_without_guide(overrides, key):
             return _no_guide_message([key])
         parent = key.rsplit(".", 1)[0] if "." in key else ""
-        valid = _keys_under(parent)
-        hint = f"; valid keys{' under ' + parent if parent else ''}: {', '.join(valid)}"
-        return f"unknown recipe key {key!r}{hint} (prefix with + to add a new key)"
+        valid = valid_keys(_composed_without(overrides, key), parent)
+        if valid is None or key.rsplit(".", 1)[-1] in valid:  # known, not in the YAML
+            return (f"recipe key {key!r} is not in the composed recipe's config files; add it "
+                    f"with +{key}=VALUE")
+        return schema.unknown_key_message(key, valid)
     first = text.splitlines()[0] if text else type(err).__name__
     return f"cannot compose the recipe from {' '.join(overrides) or 'the defaults'}: {first}"
 
@@ -129,49 +123,81 @@ def _composes_without_guide(overrides: list[str] | tuple[str, ...], key: str) ->
         return False
 
 
-def _keys_under(parent: str) -> list[str]:
-    cfg = _hydra_compose([])
-    node = OmegaConf.select(cfg, parent) if parent else cfg
-    return sorted(node.keys()) if isinstance(node, DictConfig) else []
+def _composed_without(overrides: list[str] | tuple[str, ...], key: str) -> DictConfig | None:
+    """The recipe the overrides compose to without those on `key` (else the defaults): the
+    variants whose keys a bad key is checked against."""
+    rest = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] != key]
+    for attempt in (rest, []):
+        try:
+            return _hydra_compose(attempt)
+        except (HydraException, OmegaConfBaseException):
+            continue
+    return None
+
+
+def valid_keys(cfg: DictConfig | None, parent: str) -> list[str] | None:
+    """The keys a recipe may hold directly under `parent` ("" = the top level): a group's
+    declared settings (ablate/core/schema.py); for a slot, `name` and the arguments of the
+    variant `cfg` names (less those its builder passes itself). None: anything goes (a
+    variant whose factory takes **kwargs)."""
+    if parent not in SLOTS or cfg is None:
+        return schema.known_keys(parent)
+    from ablate.registry import registry
+
+    name = cfg[parent].get("name") if isinstance(cfg.get(parent), DictConfig) else None
+    if name is None or name not in registry(parent):
+        return schema.known_keys(parent)
+    entry = registry(parent).get(name)
+    if entry.takes_any_key:
+        return None
+    return ["name", *(k for k in entry.arguments() if k not in schema.BUILDER_ARGUMENTS[parent])]
+
+
+def check_keys(cfg: DictConfig) -> None:
+    """Every key of a composed recipe is declared (a group's or top-level setting) or taken by
+    its slot's variant: a typo in a config file or a `+key=` override is one line naming the
+    nearest valid key, never a setting silently ignored."""
+    for key in cfg:
+        if key not in schema.known_keys():
+            raise AblateError(schema.unknown_key_message(str(key), schema.known_keys()))
+    for parent in (*SLOTS, *schema.GROUPS):
+        node = cfg.get(parent)
+        if not isinstance(node, DictConfig):
+            continue
+        valid = valid_keys(cfg, parent)
+        for key in node:
+            if valid is not None and key not in valid:
+                raise AblateError(schema.unknown_key_message(f"{parent}.{key}", valid))
 
 
 def validate(cfg: DictConfig) -> None:
-    """Every slot names a registered variant (checked before anything is built)."""
+    """Every slot names a registered variant and every key is known (checked before
+    anything is built)."""
     from ablate.registry import registry
 
     for slot in SLOTS:
         if "name" not in cfg[slot]:
             raise AblateError(f"recipe slot {slot} has no `name`; pick one of {options(slot)}")
         registry(slot).get(cfg[slot].name)
-    if not isinstance(cfg.image_size, int) or cfg.image_size <= 0:
-        raise AblateError(f"image_size must be a positive integer, not {cfg.image_size!r}")
-    _check_choices(cfg)
     if not is_guided(cfg):
         extra = sorted(f"guide.{k}" for k in cfg.guide if k != "name")
         if extra:
             raise AblateError(_no_guide_message(extra))
+    check_keys(cfg)
+    if not isinstance(cfg.image_size, int) or cfg.image_size <= 0:
+        raise AblateError(f"image_size must be a positive integer, not {cfg.image_size!r}")
+    _check_choices(cfg)
 
 
 def _check_choices(cfg: DictConfig) -> None:
     """Settings whose bad values would only surface minutes later, when data or
-    evaluation starts: the augmentation preset and the validation interval."""
-    from ablate.data.augment import build_augment
-
-    build_augment(cfg.data.get("augment", "none"), int(cfg.image_size))
-    _check_eval(cfg.get("eval") or {})
-    every = cfg.train.get("eval_every", 0)
+    evaluation starts: those with declared choices (the augmentation preset, the EER
+    convention, the bootstrap unit) and the validation interval."""
+    schema.check_choices(cfg)
+    every = setting(cfg, "train.eval_every")
     if every != "epoch" and (isinstance(every, bool) or not isinstance(every, int) or every < 0):
         raise AblateError(f"train.eval_every must be a number of steps >= 0 or 'epoch', "
                           f"not {every!r}")
-
-
-def _check_eval(settings: DictConfig | dict) -> None:
-    from ablate.metrics import BOOT_UNITS, EER_CONVENTIONS
-
-    for key, allowed in (("eer", EER_CONVENTIONS), ("bootstrap_unit", BOOT_UNITS)):
-        value = settings.get(key)
-        if value is not None and value not in allowed:
-            raise AblateError(f"eval.{key} must be one of {', '.join(allowed)}, not {value!r}")
 
 
 def ignored_by_baseline(cfg: DictConfig, overrides: list[str] | tuple[str, ...]) -> list[str]:
@@ -181,31 +207,25 @@ def ignored_by_baseline(cfg: DictConfig, overrides: list[str] | tuple[str, ...])
     return [o for o in overrides if is_guidance_key(o.lstrip("+~").split("=", 1)[0])]
 
 
-# result-defining only when set; the teacher's separate part files (single-file sd3 / flux)
-UNSET_KEYS = ("guide.layers", "teacher.vae_path", "teacher.clip_l_path", "teacher.clip_g_path",
-              "teacher.t5_path")
-
-
 def result_dict(cfg: DictConfig) -> dict:
     """The parts of a recipe that define its result (no paths, no logging; for the
     baseline, nothing of the modules it does not build)."""
     data = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(data, dict)
-    dropped = NON_RESULT_KEYS + (() if is_guided(cfg) else GUIDANCE_ONLY)
+    dropped = schema.non_result_keys() + (() if is_guided(cfg) else GUIDANCE_ONLY)
     for dotted in dropped:
         *parents, leaf = dotted.split(".")
         node = data
         for p in parents:
             node = node.get(p, {})
         node.pop(leaf, None)
-    for dotted in UNSET_KEYS:  # added after results were stored: null keeps their hashes
+    for dotted, default in schema.omit_at_default().items():  # came later: not at the default
         parent, leaf = dotted.split(".")
-        if isinstance(data.get(parent), dict) and data[parent].get(leaf, 0) is None:
-            data[parent].pop(leaf)
-    evals = {k: v for k, v in (data.pop("eval", None) or {}).items()
-             if EVAL_DEFAULTS.get(k, object()) != v}
-    if evals:
-        data["eval"] = evals
+        node = data.get(parent)
+        if isinstance(node, dict) and leaf in node and node[leaf] == default:
+            node.pop(leaf)
+    if not data.get("eval", True):  # every eval key at its default (or eval: null)
+        data.pop("eval")
     used = plugin_identities(data)
     if used:
         data["plugins"] = used

@@ -45,6 +45,12 @@ class Entry:
         args.update(self.defaults)
         return args
 
+    @property
+    def takes_any_key(self) -> bool:
+        """Whether the factory takes **kwargs (then any recipe key of its slot is its own)."""
+        return any(p.kind is p.VAR_KEYWORD
+                   for p in inspect.signature(self.factory).parameters.values())
+
 
 class Registry:
     """Maps a variant name to a factory, with a description and preset defaults."""
@@ -80,10 +86,7 @@ class Registry:
         entry = self.get(name)
         merged = {**entry.defaults, **kwargs}
         accepted = entry.arguments()
-        takes_any = any(
-            p.kind is p.VAR_KEYWORD for p in inspect.signature(entry.factory).parameters.values()
-        )
-        unknown = sorted(set(merged) - set(accepted)) if not takes_any else []
+        unknown = sorted(set(merged) - set(accepted)) if not entry.takes_any_key else []
         if unknown:
             raise AblateError(
                 f"{self.slot} {name!r} has no argument(s) {', '.join(unknown)}; "

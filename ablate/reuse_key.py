@@ -34,8 +34,9 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from ablate.core import schema
 from ablate.core.errors import AblateError
-from ablate.core.names import ADAPTER_META, ADAPTER_WEIGHTS, FITTED_META
+from ablate.core.names import ADAPTER_META, ADAPTER_WEIGHTS, FINGERPRINT_HEX, FITTED_META
 from ablate.core.paths import TEACHERS_DIR
 from ablate.data.manifest import COLUMNS, PATH_COLUMNS, load_manifest
 from ablate.data.sources import Source, locate, recipe_overrides
@@ -46,7 +47,7 @@ LOCATION_KEYS = ("root", "manifest", "splits_dir")  # where a dataset is, not wh
 PROBE_FRAMES = 16  # frames whose bytes join a dataset's fingerprint
 DIGEST_FILE = "file_digests.json"
 DIGEST_VERSION = 1  # bump when a cached digest's meaning changes (then all are recomputed)
-SHORT = 16  # hex digits of the fingerprints
+SHORT = FINGERPRINT_HEX  # hex digits of the fingerprints
 
 
 def reuse_key(cfg: DictConfig) -> dict[str, str | None]:
@@ -133,9 +134,10 @@ def canonical_rows(table: pd.DataFrame) -> bytes:
 # ---------------------------------------------------------------- teacher
 
 
-# teacher settings that name weight files: their bytes count, not their names; unset, they are
-# left out entirely (sd3 / flux part files came later: a recipe without them keeps its digest)
-FILE_KEYS = ("path", "lora", "vae_path", "clip_l_path", "clip_g_path", "t5_path")
+# teacher settings that name weight files (declared with file=True in ablate/core/schema.py):
+# their bytes count, not their names; unset, they are left out entirely (sd3 / flux part files
+# came later: a recipe without them keeps its digest)
+FILE_KEYS = schema.FILE_KEYS
 
 
 def teacher_fingerprint(cfg: DictConfig) -> str | None:

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from ablate.checkpoint import save_run
 from ablate.core.errors import AblateError
+from ablate.core.schema import group_setting, setting
 from ablate.device import pick_device, supports_dtype
 from ablate.model.build import build_detector
 from ablate.model.detector import DiffusionFakeDetector
@@ -379,13 +380,13 @@ def classifier_state(trainable: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 def eval_every_steps(train_cfg: DictConfig, batches_per_epoch: int) -> int:
     """`train.eval_every`: a number of steps, `epoch` (once per pass over the train split,
     as the released code validates), or 0 (only at the end)."""
-    every = train_cfg.get("eval_every", 0)  # checked by recipe.validate
+    every = group_setting(train_cfg, "train.eval_every")  # checked by recipe.validate
     return max(batches_per_epoch, 1) if every == "epoch" else int(every)
 
 
 def check_teacher_precision(cfg: DictConfig, device: torch.device) -> None:
     """A reduced-precision teacher needs a device that computes in it natively."""
-    name = str(cfg.teacher.get("dtype", "float32")) if is_guided(cfg) else "float32"
+    name = str(setting(cfg, "teacher.dtype")) if is_guided(cfg) else "float32"
     dtype = teacher_dtype(name)  # unknown names: a one-line error listing the valid ones
     if not supports_dtype(device, dtype):
         raise AblateError(

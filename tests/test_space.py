@@ -256,7 +256,8 @@ params:
     assert first.startswith("search space broken has 4 problems") and len(rest) == 4
     assert "fixed.train.stepz: unknown recipe key 'train.stepz'" in message
     assert "unknown filter 'papper'; registered filter variants:" in message
-    assert "params.train.lrr: unknown recipe key 'train.lrr'; valid keys under train:" in message
+    assert ("params.train.lrr: unknown recipe key 'train.lrr'; did you mean 'train.lr'? "
+            "(valid keys under train:") in message
     assert "filter.heads=3" in message and "does not divide the filter width 256" in message
 
 

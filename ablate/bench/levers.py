@@ -41,6 +41,7 @@ from typing import Any
 import torch
 
 from ablate.core.errors import AblateError
+from ablate.core.schema import setting
 
 MEMORY_GOAL_GB = 16.0  # issue 15: the released recipe (~40 GB) on a 16 GB card
 
@@ -145,7 +146,7 @@ def measure_row(overrides: list[str], device: str, warmup: int, repeats: int,
             times.append(time.perf_counter() - tick)
     row: dict[str, Any] = {
         "step_s": statistics.median(times), "steps": repeats,
-        "precision": speed.precision, "teacher_dtype": str(cfg.teacher.get("dtype", "float32")),
+        "precision": speed.precision, "teacher_dtype": str(setting(cfg, "teacher.dtype")),
         "optimizer": cfg.train.optimizer, "latent_cache": speed.latent_cache,
         "weights_mb": _tensor_mb([*detector.parameters(), *detector.buffers()]),
         "trainable_mb": _tensor_mb(params),

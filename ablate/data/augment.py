@@ -29,8 +29,9 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from ablate.core.errors import AblateError
+from ablate.core.schema import choices
 
-PRESETS = ("none", "flip", "paper", "code")
+PRESETS = choices("data.augment")  # declared with the setting (ablate/core/schema.py)
 
 Augment = Callable[[torch.Tensor], torch.Tensor]
 

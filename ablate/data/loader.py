@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from ablate.core.errors import AblateError
+from ablate.core.schema import setting
 from ablate.data.dataset import FrameCache, ManifestDataset
 from ablate.data.sampler import ResumableLoader
 from ablate.data.sources import MANIFEST_DIR, benchmark_datasets, recipe_overrides, resolve_dataset
@@ -48,7 +49,7 @@ def train_and_val(cfg: DictConfig) -> tuple[ManifestDataset, ManifestDataset]:
     split (for selection only)."""
     table = source_table(cfg)
     _refuse_shared_videos(table, str(cfg.data.train))
-    cache = FrameCache(cfg.data.get("frame_cache_dir"))
+    cache = FrameCache(setting(cfg, "data.frame_cache_dir"))
     from ablate.recipe import is_guided
 
     # the baseline needs no source/target frames: fakes without pairs are training rows too

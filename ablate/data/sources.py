@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ablate.core.errors import AblateError
 from ablate.core.paths import MANIFESTS_DIR
+from ablate.core.schema import setting
 from ablate.data.manifest import load_manifest
 
 MANIFEST_DIR = MANIFESTS_DIR
@@ -76,7 +77,7 @@ def recipe_overrides(cfg: DictConfig) -> dict[str, Any]:
     recipe hash, it uses the dataset's own manifest whatever data.source_is says."""
     from ablate.recipe import is_guided
 
-    if not is_guided(cfg) or not cfg.data.get("source_is"):
+    if not is_guided(cfg) or not setting(cfg, "data.source_is"):
         return {}
     return {"source_is": cfg.data.source_is}
 

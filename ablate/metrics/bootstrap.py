@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ablate.core.errors import AblateError
+from ablate.core.schema import choices
 from ablate.metrics.curves import (
     FRAME_METRICS,
     _as_arrays,
@@ -27,7 +28,7 @@ from ablate.metrics.curves import (
 )
 from ablate.metrics.video import VIDEO_METRICS, _video_index, video_scores
 
-BOOT_UNITS = ("auto", "identity", "video")  # auto: identity where identities are known
+BOOT_UNITS = choices("eval.bootstrap_unit")  # auto: identity where identities are known
 _BOOT_CHUNK_ELEMENTS = 2_000_000  # frames x resamples per vectorised chunk (~16 MB float64)
 _MAX_REDRAW_FACTOR = 20  # give up when one-class resamples outnumber valid ones 20:1
 

@@ -30,9 +30,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ablate.core.errors import AblateError
+from ablate.core.schema import choices
 
 FRAME_METRICS = ("auc", "eer", "ap", "acc_05", "acc_thr")
-EER_CONVENTIONS = ("interpolated", "nearest")
+EER_CONVENTIONS = choices("eval.eer")  # declared with the setting (ablate/core/schema.py)
 
 
 # ---------------------------------------------------------------- input checks

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ablate.core.errors import AblateError
+from ablate.core.schema import group_setting
 
 PRECISIONS = ("auto", "fp32", "bf16")
 ATTENTION = ("sdpa", "math")
@@ -49,31 +50,33 @@ class Speed:
 
     @classmethod
     def from_config(cls, train_cfg: Any, device: torch.device) -> Speed:
-        """From `cfg.train`; keys a recipe lacks take their defaults."""
-        get = train_cfg.get if hasattr(train_cfg, "get") else lambda k, d=None: d
-        precision = get("precision", "auto")
+        """From `cfg.train`; keys a recipe lacks take their defaults (ablate/core/schema.py)."""
+        def get(key: str) -> Any:
+            return group_setting(train_cfg, f"train.{key}")
+
+        precision = get("precision")
         if precision not in PRECISIONS:
             raise AblateError(f"train.precision must be one of {', '.join(PRECISIONS)}, "
                               f"not {precision!r}")
         if precision == "auto":
             precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-        attention = get("attention", "sdpa")
+        attention = get("attention")
         if attention not in ATTENTION:
             raise AblateError(f"train.attention must be one of {', '.join(ATTENTION)}, "
                               f"not {attention!r}")
-        workers = get("loader_workers", 0)
+        workers = get("loader_workers")
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
             raise AblateError(f"train.loader_workers must be a whole number >= 0, not {workers!r}")
         return cls(
             precision=precision,
             channels_last=_auto_flag(get, "channels_last", device),
             attention=attention,
-            grad_checkpointing=bool(get("grad_checkpointing", False)),
-            branch_backward=bool(get("branch_backward", False)),
-            compile=bool(get("compile", False)),
-            latent_cache=bool(get("latent_cache", True)),
-            latent_cache_dir=get("latent_cache_dir", None),
-            latent_cache_mb=float(get("latent_cache_mb", 8192)),
+            grad_checkpointing=bool(get("grad_checkpointing")),
+            branch_backward=bool(get("branch_backward")),
+            compile=bool(get("compile")),
+            latent_cache=bool(get("latent_cache")),
+            latent_cache_dir=get("latent_cache_dir"),
+            latent_cache_mb=float(get("latent_cache_mb")),
             loader_workers=workers,
             pin_memory=_auto_flag(get, "pin_memory", device),
         )
@@ -93,7 +96,7 @@ class Speed:
 
 def _auto_flag(get: Any, name: str, device: torch.device) -> bool:
     """`train.<name>`: auto (on a GPU only), true or false."""
-    value = get(name, "auto")
+    value = get(name)
     if value not in _AUTO_FLAGS:
         raise AblateError(f"train.{name} must be auto, true or false, not {value!r}")
     return device.type == "cuda" if value == "auto" else bool(value)

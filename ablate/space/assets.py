@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ablate.core.schema import group_setting
 from ablate.space.check import _Check
 from ablate.space.model import TINY_PREFIX
 
@@ -72,7 +73,7 @@ def _check_encoders(check: _Check, cfgs: list[Any]) -> None:
     for b in {str(c.backbone): c.backbone for c in cfgs}.values():
         if "random_init" not in b or b.get("random_init"):
             continue
-        path = b.get("pretrained_path")
+        path = group_setting(b, "backbone.pretrained_path")
         if not path:
             check.problem(f"backbone {b.name} has no weights: set backbone.pretrained_path to a "
                           f"local timm file (under fixed: in {where}), or "
@@ -87,7 +88,7 @@ def _check_real_teacher(check: _Check, cfg: Any) -> None:
     t = cfg.teacher
     if t.get("random_init"):
         return
-    path = t.get("path")
+    path = group_setting(t, "teacher.path")
     where = check.space.source_path or check.space.name
     if not path:
         check.problem(
@@ -104,7 +105,7 @@ def _check_real_teacher(check: _Check, cfg: Any) -> None:
         check.problem(f"teacher.path {path} of teacher {t.name} must be a diffusers-layout "
                       f"folder or a .safetensors file; set it in {where}")
     for key in ("vae_path", "clip_l_path", "clip_g_path", "t5_path"):  # sd3 / flux part files
-        value = t.get(key)
+        value = group_setting(t, f"teacher.{key}")
         if value and not Path(str(value)).expanduser().is_file():
             check.problem(f"teacher.{key} {value} does not exist: set it in {where} to your "
                           f"local {t.name} part file")

@@ -3,12 +3,15 @@ Shared by validation (can ASHA stop anything?) and the sweep (the scheduler's ma
 
 from __future__ import annotations
 
+from ablate.core.schema import group_setting
+
 
 def planned_evaluations(train_cfg) -> int:  # noqa: ANN001
     """Source-val evaluations a trial will make (ASHA's time axis): per epoch with
     `eval_every: epoch` and `epochs`, else steps // eval_every; at least one (the last)."""
-    every, epochs = train_cfg.get("eval_every") or 0, train_cfg.get("epochs")
+    every = group_setting(train_cfg, "train.eval_every") or 0
+    epochs = group_setting(train_cfg, "train.epochs")
     if every == "epoch":
         return max(int(epochs or 1), 1)
-    steps = int(train_cfg.get("steps") or 0)
+    steps = int(group_setting(train_cfg, "train.steps") or 0)
     return max(steps // int(every), 1) if every and steps else 1

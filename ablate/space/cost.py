@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from ablate.core.schema import setting
 from ablate.space.model import SearchSpace
 
 COLUMNS = ["cell", "changed", "guided", "seeds", "steps", "step_time_s", "measured",
@@ -41,7 +42,8 @@ def design_cost(space: SearchSpace, db_url: str | None = None,
         cfg = compose([*space.overrides(), *cell.overrides()])
         rows.append({"cell": cell.label, "changed": ", ".join(cell.changed) or "-",
                      "guided": not cell.is_baseline, "seeds": space.seeds,
-                     "steps": cfg.train.get("steps") if not cfg.train.get("epochs") else None,
+                     "steps": (setting(cfg, "train.steps") if not setting(cfg, "train.epochs")
+                               else None),
                      "hash": recipe_hash(cfg)})
     table = pd.DataFrame(rows)
     measured = _measured(table["hash"].tolist(), db_url)

@@ -33,6 +33,7 @@ from typing import Any
 
 import pandas as pd
 
+from ablate.core.schema import setting
 from ablate.space.model import SearchSpace
 
 PILOT_SEEDS = 3
@@ -341,10 +342,9 @@ def pilot_command(space: SearchSpace, recipes: list[_Recipe] | None = None,
     parts = ["ablate sweep --space", target]
     if space.design is None:
         parts.append("--trials 2")
-    train = recipes[0].cfg.get("train") or {}
-    steps = train.get("steps")
+    steps = setting(recipes[0].cfg, "train.steps")
     searched = {p.key for p in space.params}
-    if (isinstance(steps, int) and steps >= 8 and not train.get("epochs")
+    if (isinstance(steps, int) and steps >= 8 and not setting(recipes[0].cfg, "train.epochs")
             and "train.steps" not in searched):
         parts.append(f"--set train.steps={steps // 4}")
     if db:

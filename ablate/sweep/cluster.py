@@ -106,7 +106,8 @@ def plugin_env() -> dict[str, str]:
     """Plugins and extra config/space folders of this process, for every worker: each
     node must be able to import the plugin (installed there, or the .py file on a path
     it sees), as it must be able to import ablate itself."""
-    from ablate.locations import CONFIG_DIR_ENV, CONFIG_PATH_ENV, SPACES_DIR_ENV, SPACES_PATH_ENV
+    from ablate.core.paths import CONFIG_DIR_ENV, SPACES_DIR_ENV
+    from ablate.locations import CONFIG_PATH_ENV, SPACES_PATH_ENV
     from ablate.plugins import ENV
 
     names = (ENV, CONFIG_PATH_ENV, SPACES_PATH_ENV, CONFIG_DIR_ENV, SPACES_DIR_ENV)

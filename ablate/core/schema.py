@@ -1,0 +1,317 @@
+"""The recipe's settings, each declared once: its default, one line of doc, and whether it
+changes a result.
+
+A recipe (`configs/config.yaml` composed) has
+- the top-level settings `image_size` and `seed`;
+- the groups `train`, `data`, `eval`, `run` and `loss`, each a fixed set of settings;
+- the slots `backbone`, `filter`, `weight`, `guide`, `teacher`: `name` picks the variant, and
+  the variant's own keys are the arguments of its registered factory
+  (`registry(slot).get(name).arguments()`, declared by the factory's signature, not here).
+  `SLOT_KEYS` declares only what code outside the variant reads or treats specially
+  (`teacher.path`, `teacher.dtype`, the teacher's part files, `guide.layers`, ...).
+
+What follows from the declarations, never listed by hand:
+- `NON_RESULT_KEYS`: the settings (or whole groups) with `result=False`: a recipe that differs
+  only in them is the same result, reused, not re-run;
+- `OMIT_AT_DEFAULT`: the settings added after results were stored (`hash_when_default=False`):
+  at their default they are left out of the recipe hash, so older recipes keep theirs;
+- `FILE_KEYS`: the teacher settings that name weight files (their bytes define the result).
+
+`setting(cfg, "train.eval_every")` reads a setting, falling back to its default here when a
+recipe lacks it (one saved before the setting existed); a recipe is never filled in, since a
+key added to it would change its hash. How to add a setting: docs/recipe.md.
+
+Plain Python (no Hydra, no torch): it works on a `DictConfig` and on a plain dict alike.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ablate.core.errors import AblateError
+from ablate.core.names import SLOTS
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One recipe setting."""
+
+    default: Any
+    doc: str
+    result: bool = True  # False: changes where, how fast or how visibly, not what is computed
+    hash_when_default: bool = True  # False: left out of the hash at its default (came later)
+    file: bool = False  # teacher: names a weights file whose bytes the reuse key hashes
+    choices: tuple[Any, ...] | None = None  # the only values allowed (checked at compose)
+
+
+@dataclass(frozen=True)
+class Group:
+    """A recipe group (`train`, `data`, ...): a fixed set of settings."""
+
+    name: str
+    doc: str
+    settings: dict[str, Setting]
+    result: bool = True  # False: the whole group stays out of the hash
+
+
+TOP_LEVEL: dict[str, Setting] = {
+    "image_size": Setting(64, "pixels; a multiple of the teacher's VAE factor (8)"),
+    "seed": Setting(0, "the run's seed: the unit of replication"),
+}
+
+_SPEED = "speed only (docs/performance.md): same result up to rounding"
+
+GROUPS: dict[str, Group] = {g.name: g for g in (
+    Group("train", "optimiser, schedule and speed (configs/train/)", {
+        "steps": Setting(60, "optimiser steps (when epochs is null)"),
+        "epochs": Setting(None, "if set, overrides steps with epochs x batches per epoch"),
+        "batch_size": Setting(8, "the global batch (split over train.processes)"),
+        "optimizer": Setting("adamw", "adam | adamw | adamw8bit (8-bit moments: other numbers)"),
+        "lr": Setting(1.0e-4, "learning rate"),
+        "weight_decay": Setting(0.0, "the optimiser's weight decay"),
+        "grad_clip": Setting(1.0, "max gradient norm; null = off"),
+        "device": Setting("auto", "auto | cpu | cuda", result=False),
+        "log_every": Setting(10, "steps between curve points", result=False),
+        "eval_every": Setting(20, "steps between source-val evaluations, 'epoch', or 0 = only "
+                                  "at the end (selection uses them)"),
+        "precision": Setting("auto", "auto (bf16 autocast on a GPU, else fp32) | fp32 | bf16; "
+                                     "bf16 changes numbers beyond rounding"),
+        "channels_last": Setting("auto", "auto (GPU only) | true | false; " + _SPEED,
+                                 result=False),
+        "attention": Setting("sdpa", "sdpa (PyTorch kernels) | math (explicit softmax); "
+                             + _SPEED, result=False),
+        "grad_checkpointing": Setting(False, "recompute activations (less memory); " + _SPEED,
+                                      result=False),
+        "branch_backward": Setting(False, "backpropagate each branch before the next; "
+                                   + _SPEED, result=False),
+        "compile": Setting(False, "torch.compile the trained modules and the teacher; "
+                           + _SPEED, result=False),
+        "latent_cache": Setting(True, "teacher VAE posteriors once per image; " + _SPEED,
+                                result=False),
+        "latent_cache_dir": Setting(None, "the latent cache also on disk, shared by later runs",
+                                    result=False),
+        "latent_cache_mb": Setting(8192, "memory budget of the latent cache", result=False),
+        "loader_workers": Setting(0, "processes loading batches ahead (same batches as 0)",
+                                  result=False),
+        "pin_memory": Setting("auto", "auto (GPU only) | true | false: page-locked batches",
+                              result=False),
+        "processes": Setting(1, "data-parallel processes of one run (Ray Train)", result=False),
+    }),
+    Group("data", "what is trained and tested on", {
+        "train": Setting("synth-blend", "source domain: a benchmark family, configs/data/<name> "
+                                        "or a manifest path"),
+        "tests": Setting(("synth-blend", "synth-colour", "synth-warp", "synth-lowres"),
+                         "cross-dataset test sets"),
+        "source_is": Setting(None, "FF++ fake A_B: which original is the source; null = the "
+                                   "dataset config's"),
+        "augment": Setting("flip", "augmentation of the encoder's image (ablate.data.augment)",
+                           choices=("none", "flip", "paper", "code")),
+        "max_skip_fraction": Setting(0.05, "stop if more than this share of frames is missing "
+                                           "or corrupt"),
+        "frame_cache_dir": Setting(None, "decoded frames also on disk, memory-mapped and shared",
+                                   result=False),
+    }),
+    Group("eval", "how test metrics are computed (each metric row records it)", {
+        "eer": Setting("interpolated", "interpolated (brentq) | nearest (the ROC point)",
+                       hash_when_default=False, choices=("interpolated", "nearest")),
+        "bootstrap_unit": Setting("auto", "what the bootstrap resamples; auto: identities where "
+                                          "the test manifest names them, else videos",
+                                  hash_when_default=False, choices=("auto", "identity", "video")),
+    }),
+    Group("run", "where a run is written and under which name", {
+        "name": Setting(None, "the run folder's name; null = <timestamp>-<recipe hash>"),
+        "out_dir": Setting("results/runs", "where run folders go"),
+    }, result=False),
+    Group("loss", "weights of the loss terms (configs/loss/)", {
+        "ce": Setting(1.0, "classification loss"),
+        "source": Setting(0.7, "source reconstruction (guided only)"),
+        "target": Setting(1.0, "target reconstruction (guided only)"),
+        "weight_source": Setting(1.0, "source weight-module loss (guided only)"),
+        "weight_target": Setting(1.0, "target weight-module loss (guided only)"),
+    }),
+)}
+
+_PART = "single-file sd3 / flux only: a separate part file"
+
+# Keys a slot has whatever its variant, or that code outside the variant reads; every other
+# key of a slot is an argument of its variant's factory. `name` defaults to the default
+# recipe's variant (configs/config.yaml's defaults list; tests keep the two equal).
+SLOT_KEYS: dict[str, dict[str, Setting]] = {
+    "backbone": {
+        "name": Setting("tiny", "the encoder variant (configs/backbone/)"),
+        "pretrained_path": Setting(None, "local timm weights; null = random init"),
+    },
+    "filter": {"name": Setting("paper", "the feature filter variant (configs/filter/)")},
+    "weight": {"name": Setting("paper", "the weight module variant (configs/weight/)")},
+    "guide": {
+        "name": Setting("controlnet", "the guide variant; none = the plain baseline"),
+        "layers": Setting(None, "transformer teachers: blocks copied; null = the teacher's "
+                                "default", hash_when_default=False),
+    },
+    "teacher": {
+        "name": Setting("tiny-sd15", "the frozen diffusion teacher (configs/teacher/)"),
+        "path": Setting(None, "local weights (folder or file); null = built in code", file=True),
+        "lora": Setting(None, "adapter from `ablate teachers adapt`, fused in", file=True),
+        "dtype": Setting("float32", "float32 | bfloat16 | float16: what the frozen teacher "
+                                    "computes in"),
+        "vae_path": Setting(None, _PART + " (the VAE)", hash_when_default=False, file=True),
+        "clip_l_path": Setting(None, _PART + " (CLIP-L)", hash_when_default=False, file=True),
+        "clip_g_path": Setting(None, _PART + " (CLIP-G)", hash_when_default=False, file=True),
+        "t5_path": Setting(None, _PART + " (T5-XXL)", hash_when_default=False, file=True),
+    },
+}
+assert tuple(SLOT_KEYS) == SLOTS
+
+# Factory arguments a slot's builder passes itself (ablate/model/build.py), never recipe keys.
+BUILDER_ARGUMENTS: dict[str, tuple[str, ...]] = {
+    "backbone": ("image_size",),
+    "filter": ("in_channels", "out_channels", "in_size", "out_size"),
+    "weight": ("in_channels",),
+    "guide": ("teacher",),
+    "teacher": (),
+}
+
+
+def declared() -> dict[str, Setting]:
+    """Every declared setting by dotted key (a slot's variant arguments are not here)."""
+    out = dict(TOP_LEVEL)
+    for group in GROUPS.values():
+        out.update({f"{group.name}.{k}": s for k, s in group.settings.items()})
+    for slot, settings in SLOT_KEYS.items():
+        out.update({f"{slot}.{k}": s for k, s in settings.items()})
+    return out
+
+
+def non_result_keys() -> tuple[str, ...]:
+    """Groups and settings that do not change a result (left out of the recipe hash)."""
+    out: list[str] = []
+    for group in GROUPS.values():
+        if not group.result:
+            out.append(group.name)
+        else:
+            out.extend(f"{group.name}.{k}" for k, s in group.settings.items() if not s.result)
+    out.extend(k for k, s in {**TOP_LEVEL, **_slot_settings()}.items() if not s.result)
+    return tuple(out)
+
+
+def omit_at_default() -> dict[str, Any]:
+    """dotted key -> the default at which it is left out of the hash (`hash_when_default`)."""
+    return {k: s.default for k, s in declared().items() if not s.hash_when_default}
+
+
+def _slot_settings() -> dict[str, Setting]:
+    return {f"{slot}.{k}": s for slot, keys in SLOT_KEYS.items() for k, s in keys.items()}
+
+
+NON_RESULT_KEYS = non_result_keys()
+OMIT_AT_DEFAULT = omit_at_default()
+FILE_KEYS = tuple(k for k, s in SLOT_KEYS["teacher"].items() if s.file)  # teacher.<key>
+
+
+# ------------------------------------------------------------------------------ reading
+
+
+_MISSING = object()
+
+
+def _child(node: Any, key: str) -> Any:
+    if isinstance(node, Mapping) or hasattr(node, "keys"):  # dict or DictConfig
+        try:
+            return node[key] if key in node else _MISSING
+        except TypeError:
+            return _MISSING
+    return _MISSING
+
+
+def default(key: str) -> Any:
+    """The declared default of a dotted key; an unknown key is a one-line AblateError."""
+    found = declared().get(key)
+    if found is None:
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        raise AblateError(unknown_key_message(key, known_keys(parent)))
+    value = found.default
+    return list(value) if isinstance(value, tuple) else value
+
+
+def setting(cfg: Any, key: str) -> Any:
+    """`cfg.<key>` of a whole recipe (`"train.eval_every"`), or its declared default where
+    the recipe lacks it. Only declared settings: a variant's own arguments (filter.heads)
+    take their defaults from its factory, at build time."""
+    node = cfg
+    for part in key.split("."):
+        node = _child(node, part)
+        if node is _MISSING:
+            return default(key)
+    return node
+
+
+def group_setting(node: Any, key: str) -> Any:
+    """`setting` for the group node itself: `group_setting(cfg.train, "train.precision")`."""
+    value = _child(node, key.partition(".")[2])
+    return default(key) if value is _MISSING else value
+
+
+def check_choices(cfg: Any) -> None:
+    """Every declared setting with `choices` holds one of them (a recipe lacking the setting
+    gets its default, which is one): a bad value is one line now, not minutes into a run."""
+    for key, found in declared().items():
+        if found.choices is None:
+            continue
+        value = setting(cfg, key)
+        if isinstance(value, bool) or value not in found.choices:
+            raise AblateError(f"{key} must be one of {', '.join(map(str, found.choices))}, "
+                              f"not {value!r}")
+
+
+def choices(key: str) -> tuple[Any, ...]:
+    """The values a setting allows (its declaration's `choices`)."""
+    found = declared().get(key)
+    if found is None or found.choices is None:
+        raise KeyError(f"{key} declares no choices")
+    return found.choices
+
+
+# ------------------------------------------------------------------------------ unknown keys
+
+
+def known_keys(parent: str = "") -> list[str]:
+    """The declared keys directly under `parent` ("" = the top level; a slot: its common keys
+    only, its variant's arguments come from the registry)."""
+    if not parent:
+        return [*SLOTS, *GROUPS, *TOP_LEVEL]
+    if parent in GROUPS:
+        return list(GROUPS[parent].settings)
+    if parent in SLOT_KEYS:
+        return list(SLOT_KEYS[parent])
+    return []
+
+
+def unknown_key_message(key: str, valid: Iterable[str]) -> str:
+    """One line: the unknown dotted `key`, the nearest valid one, and every valid key beside
+    it (`valid`: the keys under `key`'s parent). An unknown parent is matched itself."""
+    parent, _, leaf = key.rpartition(".")
+    valid = sorted(valid)
+    where = f"under {parent}" if parent else "at the top level"
+    if parent and not valid and parent not in known_keys():
+        top = parent.split(".")[0]
+        near = _nearest(top, known_keys())
+        hint = f"; did you mean {near + key[len(top):]!r}?" if near else ""
+        return (f"unknown recipe key {key!r}{hint} (valid keys at the top level: "
+                f"{', '.join(sorted(known_keys()))})")
+    near = _nearest(leaf, valid)
+    hint = f"; did you mean {(parent + '.' if parent else '') + near!r}?" if near else ""
+    return f"unknown recipe key {key!r}{hint} (valid keys {where}: {', '.join(valid)})"
+
+
+def _nearest(word: str, candidates: list[str]) -> str | None:
+    """difflib's closest match, else the candidate that is a prefix of `word` or has it as
+    one (lr_rate -> lr, cache -> latent_cache is no match: it must start alike)."""
+    close = difflib.get_close_matches(word, candidates, n=1)
+    if close:
+        return close[0]
+    stems = [c for c in candidates if min(len(c), len(word)) >= 2
+             and (word.startswith(c) or c.startswith(word))]
+    return max(stems, key=len) if stems else None
