@@ -418,12 +418,13 @@ class _Trap:
         return (open, (str(self.marker), "w"))
 
 
-def test_pickles_are_refused_unread_and_bad_paths_are_one_line(files, tmp_path):
+def test_pickles_are_never_unpickled_and_bad_paths_are_one_line(files, tmp_path):
     marker = tmp_path / "executed"
     trap = tmp_path / "sd3_medium.ckpt"
     trap.write_bytes(pickle.dumps({"state_dict": _Trap(marker)}))
-    one_line(r"is a pickle checkpoint; teacher sd3 reads \.safetensors files only", path=str(trap))
-    one_line(r"teacher.clip_l_path .* is a pickle checkpoint", family="flux",
+    one_line(r"cannot read teacher.path .*sd3_medium.ckpt: it holds more than tensors.*teachers "
+             r"read pickles as tensors only", path=str(trap))
+    one_line(r"cannot read teacher.clip_l_path .*: it holds more than tensors", family="flux",
              path=str(files["flux"]), vae_path=str(files["flux_ae"]), clip_l_path=str(trap))
     assert not marker.exists()
     one_line(r"teacher.path .*nowhere.safetensors does not exist",
@@ -437,6 +438,33 @@ def test_pickles_are_refused_unread_and_bad_paths_are_one_line(files, tmp_path):
                   {"scaled_fp8": torch.zeros(0), "shared.weight": torch.zeros(2, 2)})
     one_line(r"teacher.t5_path .* is a scaled fp8 checkpoint \(scaled_fp8\)", family="flux",
              path=str(files["flux_comfy"]), t5_path=str(scaled))
+
+
+@pytest.mark.parametrize(("family", "key", "suffix"), [("sd3", "sd3", ".pt"),
+                                                     ("flux", "flux_comfy", ".pth")])
+def test_a_torch_saved_file_is_read_as_sd15_reads_its_ckpt(family, key, suffix, files, twins,
+                                                           tmp_path):
+    """One pickle policy for every family (`loading.WeightsFile`): a twin's original-layout
+    state dict saved with torch.save is read by torch.load(weights_only=True), as an SD 1.5
+    .ckpt is, and computes what its .safetensors file computes; sd15 reads the same file past
+    that reader, so what stops it is its family check, not the file's format."""
+    twin, _, reference = twins[family]
+    pickled = tmp_path / f"{family}{suffix}"
+    torch.save({"state_dict": load_file(str(files[key])), "global_step": 1}, pickled)
+    assert_same_teacher(build("teacher", family, path=str(pickled), dtype="float32"),
+                        reference, twin)
+    one_line(rf"teacher file .*{suffix} is not a sd15 checkpoint; use teacher={family}",
+             family="sd15", path=str(pickled))
+
+
+def test_every_family_refuses_a_pickle_of_objects_with_the_same_line(tmp_path):
+    marker = tmp_path / "executed"
+    trap = tmp_path / "model.pt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "hook": _Trap(marker)}, trap)
+    messages = {one_line(r"cannot read teacher.path .*model.pt: it holds more than tensors "
+                         r"\(Unsupported global: GLOBAL \S*open\)", family=family, path=str(trap))
+                for family in ("sd15", "sd21", "sdxl", "sd3", "flux")}
+    assert len(messages) == 1 and not marker.exists()
 
 
 def test_part_settings_only_go_with_a_single_file(twins, files):
@@ -516,7 +544,7 @@ def test_full_size_text_encoders_have_their_known_sizes():
 
     from transformers import T5Config, T5EncoderModel
 
-    from ablate.model.teachers.unet import _CLIP_L, _OPEN_CLIP_BIGG
+    from ablate.model.teachers.unet_families import _CLIP_L, _OPEN_CLIP_BIGG
 
     clip = lambda params: (lambda: single_file.real_clip(params, True))  # noqa: E731
     assert count(clip(_CLIP_L)) == 123_650_304  # 123.06M text tower + 768 x 768 projection
@@ -576,7 +604,12 @@ def test_a_sweeps_preflight_takes_a_single_file_and_checks_its_part_files(files,
     assert problems(name="flux", path=str(files["flux"]), vae_path=str(files["flux_ae"])) == []
     missing = problems(name="sd3", path=str(files["sd3"]), t5_path=str(tmp_path / "t5.safetensors"))
     assert len(missing) == 1 and missing[0].startswith("teacher.t5_path ")
+    # the pre-check takes what the loaders take, the same for every family (docs/teachers.md)
     ckpt = tmp_path / "sd3.ckpt"
     ckpt.write_bytes(b"x")
-    assert "a diffusers-layout folder or a .safetensors file" in problems(name="sd3",
-                                                                           path=str(ckpt))[0]
+    assert problems(name="sd3", path=str(ckpt)) == problems(name="sd15", path=str(ckpt)) == []
+    onnx = tmp_path / "sd3.onnx"
+    onnx.write_bytes(b"x")
+    for name in ("sd3", "sd15"):
+        assert ("a diffusers-layout folder or a .safetensors or .ckpt/.pt/.pth/.bin file"
+                in problems(name=name, path=str(onnx))[0])

@@ -303,7 +303,7 @@ def test_sd3_without_t5_embeds_zeros_in_its_place(saved, tmp_path):
 
 
 def test_bad_teacher_folders_are_one_line(saved, tmp_path):
-    from ablate.model.teachers import unet
+    from ablate.model.teachers import unet_variants as unet
 
     unet_folder = tmp_path / "sd15"
     unet.tiny_teacher("sd15").save_pretrained(unet_folder)

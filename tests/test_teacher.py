@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ablate.core.errors import AblateError
 from ablate.model.teachers import Teacher, image_size_error, sd15, sd21, sdxl, tiny_teacher
-from ablate.model.teachers import unet as teacher_module
+from ablate.model.teachers import unet_families as teacher_module
 from ablate.registry import TEACHERS
 
 FAMILIES = ["sd15", "sd21", "sdxl"]

@@ -54,3 +54,9 @@ ADAPTER_META = "ablate_adapter.json"  # next to the adapter weights: its base te
 ADAPTER_WEIGHTS = "pytorch_lora_weights.safetensors"
 
 FINGERPRINT_HEX = 16  # hex digits of a content fingerprint (data, teacher, scored rows)
+
+# A teacher's single weights file: safetensors, or a pickle read as tensors only
+# (torch.load(weights_only=True); docs/teachers.md, "Where a teacher's weights come from").
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+WEIGHT_FILE_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
+WEIGHT_FILES = ".safetensors or .ckpt/.pt/.pth/.bin"  # as messages name them

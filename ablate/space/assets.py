@@ -7,7 +7,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ablate.core.errors import AblateError
+from ablate.core.names import WEIGHT_FILE_SUFFIXES, WEIGHT_FILES
 from ablate.core.schema import group_setting
+from ablate.data.sources import (
+    benchmark_datasets,
+    dataset_settings,
+    manifest_cache_path,
+    recipe_overrides,
+)
+from ablate.locations import find
+from ablate.recipe import is_guided, options
 from ablate.space.check import _Check
 from ablate.space.model import TINY_PREFIX
 
@@ -15,11 +25,7 @@ from ablate.space.model import TINY_PREFIX
 def _check_datasets(check: _Check, cfgs: list[Any]) -> None:
     """Every train/test set must be a manifest, a benchmark family or a ready dataset config
     (ready as the trial will read it: the train set with the recipe's data settings)."""
-    from ablate.recipe import options
-
     try:
-        from ablate.data.sources import benchmark_datasets, recipe_overrides
-
         benchmark = benchmark_datasets()
     except Exception as err:  # noqa: BLE001 (data layer broken: say so, do not hide the rest)
         check.notes.append(f"datasets not checked ({type(err).__name__}: {err})")
@@ -43,10 +49,6 @@ def _check_datasets(check: _Check, cfgs: list[Any]) -> None:
 
 def _check_dataset_config(check: _Check, name: str, overrides: dict | None) -> None:
     """The manifest the loader will read (cached per settings) exists, or can be built."""
-    from ablate.core.errors import AblateError
-    from ablate.data.sources import dataset_settings, manifest_cache_path
-    from ablate.locations import find
-
     try:
         settings = dataset_settings(name, overrides) or {}
     except AblateError as err:
@@ -60,8 +62,6 @@ def _check_dataset_config(check: _Check, name: str, overrides: dict | None) -> N
 
 
 def _check_teachers(check: _Check, cfgs: list[Any]) -> None:
-    from ablate.recipe import is_guided
-
     for cfg in cfgs:
         if is_guided(cfg) and not str(cfg.teacher.name).startswith(TINY_PREFIX):
             _check_real_teacher(check, cfg)
@@ -100,10 +100,10 @@ def _check_real_teacher(check: _Check, cfg: Any) -> None:
     elif not Path(str(path)).expanduser().exists():
         check.problem(f"teacher.path {path} does not exist: set teacher.path in {where} "
                       f"to your local {t.name} weights")
-    elif (t.name in ("sd3", "flux") and not Path(str(path)).expanduser().is_dir()
-          and Path(str(path)).suffix != ".safetensors"):
+    elif (not Path(str(path)).expanduser().is_dir()
+          and Path(str(path)).suffix not in WEIGHT_FILE_SUFFIXES):
         check.problem(f"teacher.path {path} of teacher {t.name} must be a diffusers-layout "
-                      f"folder or a .safetensors file; set it in {where}")
+                      f"folder or a {WEIGHT_FILES} file; set it in {where}")
     for key in ("vae_path", "clip_l_path", "clip_g_path", "t5_path"):  # sd3 / flux part files
         value = group_setting(t, f"teacher.{key}")
         if value and not Path(str(value)).expanduser().is_file():

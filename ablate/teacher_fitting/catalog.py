@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ablate.core.names import FITTED_META
 from ablate.model import teachers as tm
 from ablate.model.teachers import lora
 from ablate.registry import registry
@@ -57,7 +58,7 @@ def stored_entries(root: str | Path = lora.TEACHERS_DIR) -> list[Entry]:
         return []
     entries = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if (folder / lora.FITTED_META).is_file():
+        if (folder / FITTED_META).is_file():
             entries.append(_fitted(folder))
         elif (folder / lora.ADAPTER_META).is_file():
             entries.append(_adapted(folder))
@@ -180,7 +181,7 @@ def _meta(folder: Path, name: str) -> dict[str, Any]:
 
 
 def _fitted(folder: Path) -> Entry:
-    meta = _meta(folder, lora.FITTED_META)
+    meta = _meta(folder, FITTED_META)
     weights = _weight_files(folder)
     where = _display(folder)
     settings = meta.get("settings") or {}

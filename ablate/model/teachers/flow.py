@@ -21,7 +21,6 @@ Both branches of a guided step share one sigma per sample and one noise tensor.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,9 +29,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from torch import Tensor, nn
 
 from ablate.core.errors import AblateError
-from ablate.core.names import FITTED_META
-from ablate.model.teachers.base import Teacher, parse_dtype
-from ablate.model.teachers.lora import in_dtype, read_json, stored_path, with_lora
+from ablate.model.teachers.base import Teacher
 
 DENSITIES = ("logit_normal", "uniform")
 
@@ -149,71 +146,3 @@ class FlowTeacher(Teacher):
             "encoder_hidden_states": self.context.to(dtype).expand(batch_size, -1, -1),  # [B,L,D]
             "pooled_projections": self.pooled.to(dtype).expand(batch_size, -1),  # [B, P]
         }
-
-
-PICKLES = (".ckpt", ".pt", ".pth", ".bin")
-# family -> loader of one original-layout file; `single_file` fills it when imported (the
-# package's __init__ does), so the family modules need not import it
-FILE_LOADERS: dict[str, Callable[..., Teacher]] = {}
-
-
-def file_loader(family: str) -> Callable[..., Teacher]:
-    if family not in FILE_LOADERS:
-        import ablate.model.teachers  # noqa: F401  (registers every family's file loader)
-    return FILE_LOADERS[family]
-
-
-def real_teacher(family: str, path: str | None, random_init: bool, dtype: str,
-                 lora: str | None, random: Callable[[torch.dtype], Teacher],
-                 load: Callable[[Path, torch.dtype], Teacher],
-                 load_file: Callable[[Path, torch.dtype], Teacher],
-                 files: dict[str, str | None] | None = None) -> Teacher:
-    """The rule every real-weights transformer teacher follows: a local diffusers folder, one
-    original-layout .safetensors file (`load_file`), or seeded random weights (exactly one:
-    nothing is downloaded), then LoRA. `files` are the settings naming separate part files
-    (vae_path, clip_l_path, ...): they only complete a single file, so elsewhere they are
-    refused rather than silently ignored."""
-    torch_dtype = parse_dtype(dtype)
-    given = [f"teacher.{key}" for key, value in (files or {}).items() if value]
-    if path and random_init:
-        raise AblateError(f"teacher {family}: give teacher.path or random_init=true, not both")
-    if random_init:
-        if given:
-            raise AblateError(f"teacher {family}: {', '.join(given)} only complete a single-file "
-                              "teacher.path; drop it with random_init=true")
-        return with_lora(random(torch_dtype), lora)
-    if not path:
-        raise AblateError(f"teacher {family} needs teacher.path=/local/folder (diffusers layout) "
-                          "or a .safetensors file; nothing is downloaded. Use "
-                          f"teacher=tiny-{family} for CPU runs")
-    source = Path(path).expanduser()
-    if source.is_dir():
-        if given:
-            raise AblateError(f"teacher {family}: {', '.join(given)} only complete a single-file "
-                              f"teacher.path; folder {source} has its own parts, so drop it")
-        return with_lora(load(source, torch_dtype), lora)
-    if not source.exists():
-        raise AblateError(f"teacher.path {source} does not exist")
-    if source.suffix in PICKLES:
-        raise AblateError(f"teacher.path {source} is a pickle checkpoint; teacher {family} reads "
-                          ".safetensors files only (a pickle can run code when loaded): use the "
-                          ".safetensors release or a diffusers folder")
-    if source.suffix != ".safetensors":
-        raise AblateError(f"teacher.path {source} is neither a diffusers-layout folder nor a "
-                          ".safetensors file")
-    return with_lora(load_file(source, torch_dtype), lora)
-
-
-def twin(name: str, seed: int, path: str | None, lora: str | None, dtype: str,
-         tiny: Callable[[int], Teacher], load: Callable[[Path, torch.dtype], Teacher]) -> Teacher:
-    """A tiny twin: seeded random, or `path` a twin `ablate teachers fit` saved; then LoRA and
-    the compute dtype (built in fp32 first)."""
-    if not path:
-        return in_dtype(with_lora(tiny(seed), lora), dtype)
-    folder = stored_path(path, "teacher.path")
-    teacher = load(folder, torch.float32)
-    teacher.name = name
-    meta = folder / FITTED_META
-    teacher.origin = {"path": str(folder),
-                      "fit": read_json(meta).get("key") if meta.is_file() else None}
-    return in_dtype(with_lora(teacher, lora), dtype)

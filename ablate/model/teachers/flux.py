@@ -3,7 +3,7 @@ trained by flow matching on packed 2x2 latent patches, a 16-channel VAE with sca
 shift factors, the empty prompt through CLIP-L (pooled) and T5 (context).
 
     flux        Flux.1 dev / schnell from a local diffusers folder or one original-layout
-                .safetensors file (`single_file`; nothing is downloaded), or
+                weights file (`single_file`; nothing is downloaded), or
                 `random_init=true`: the Flux.1-dev architecture with seeded random weights
     tiny-flux   a CPU-sized twin: the same double and single blocks, rotary position ids over
                 (0, row, column), packing, guidance embedding and text paths
@@ -36,13 +36,7 @@ from ablate.model.teachers.base import (
     missing_parts,
     on_meta,
 )
-from ablate.model.teachers.flow import (
-    FlowTeacher,
-    TimestepLaw,
-    file_loader,
-    real_teacher,
-    twin,
-)
+from ablate.model.teachers.flow import FlowTeacher, TimestepLaw
 from ablate.model.teachers.lora import read_json
 from ablate.model.teachers.packing import image_ids, pack, text_ids, unpack
 from ablate.model.teachers.sd3 import copy_or_write_text, embed_t5, write_model_index
@@ -54,7 +48,6 @@ from ablate.model.teachers.text import (
     write_clip_tokenizer,
     write_t5_tokenizer,
 )
-from ablate.registry import TEACHERS
 
 FAMILY = "flux"
 T5_LENGTH = 512  # FluxPipeline's max_sequence_length (dev); schnell: 256
@@ -135,11 +128,13 @@ class FluxTeacher(FlowTeacher):
         return unpack(tokens, h, w)
 
     def controlnet(self, layers: int | None = None) -> nn.Module:
+        # lazy: that module imports this one
         from ablate.model.dit_guide import FluxControlNet
 
         return FluxControlNet.copy_of(self.transformer, layers)
 
     def adapter(self, width: int) -> nn.Module:
+        # lazy: that module imports this one
         from ablate.model.dit_guide import TokenAdapter
 
         config = self.transformer.config
@@ -174,47 +169,6 @@ def _write_tiny_text(teacher: FlowTeacher, folder: Path) -> None:
     t5.save_pretrained(folder / "text_encoder_2")
     write_clip_tokenizer(folder / "tokenizer", pad="clip")
     write_t5_tokenizer(folder / "tokenizer_2")
-
-
-# --- registry entries ----------------------------------------------------------------------------
-
-
-@TEACHERS.register("flux", "Flux.1 dev/schnell: flow matching on packed latents, CLIP-L + T5")
-def flux(
-    path: str | None = None,
-    random_init: bool = False,
-    dtype: str = "bfloat16",
-    lora: str | None = None,
-    guidance: float = GUIDANCE,
-    timesteps: str = "uniform",
-    shift: float | None = None,
-    vae_path: str | None = None,
-    clip_l_path: str | None = None,
-    t5_path: str | None = None,
-) -> FluxTeacher:
-    """`shift=None`: Flux's resolution-dependent time shift; a number: a fixed shift. `path`
-    a single .safetensors file: `*_path` name the parts it lacks (`single_file`)."""
-    files = {"vae_path": vae_path, "clip_l_path": clip_l_path, "t5_path": t5_path}
-
-    def load_file(file: Path, torch_dtype: torch.dtype) -> FluxTeacher:
-        return file_loader(FAMILY)(file, torch_dtype, files, guidance, timesteps, shift)
-
-    return real_teacher(
-        FAMILY, path, random_init, dtype, lora,
-        random=lambda torch_dtype: _random_teacher(torch_dtype, guidance, timesteps, shift),
-        load=lambda folder, torch_dtype: load_folder(folder, torch_dtype, guidance, timesteps,
-                                                     shift),
-        load_file=load_file, files=files)
-
-
-@TEACHERS.register("tiny-flux", "CPU-sized Flux.1 twin (double + single blocks, rotary ids, guidance)")
-def tiny_flux(seed: int = 0, path: str | None = None, lora: str | None = None,
-              dtype: str = "float32", guidance: float = GUIDANCE, timesteps: str = "uniform",
-              shift: float | None = None) -> FluxTeacher:
-    return twin("tiny-flux", seed, path, lora, dtype,
-                tiny=lambda s: tiny_teacher(s, guidance, timesteps, shift),
-                load=lambda folder, torch_dtype: load_folder(folder, torch_dtype, guidance,
-                                                             timesteps, shift))
 
 
 def law(timesteps: str, shift: float | None, scheduler: FlowMatchEulerDiscreteScheduler

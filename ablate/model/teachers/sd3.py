@@ -2,7 +2,7 @@
 scaling and shift factors, and the empty prompt through three text encoders.
 
     sd3        SD3 Medium, SD3.5 Medium / Large from a local diffusers folder or one
-               original-layout .safetensors file (`single_file`; nothing is downloaded), or
+               original-layout weights file (`single_file`; nothing is downloaded), or
                `random_init=true`: the SD3.5 Medium architecture with seeded random weights
                (speed / memory runs)
     tiny-sd3   a CPU-sized twin with the same block families (joint blocks, dual attention in
@@ -38,13 +38,7 @@ from ablate.model.teachers.base import (
     missing_parts,
     on_meta,
 )
-from ablate.model.teachers.flow import (
-    FlowTeacher,
-    TimestepLaw,
-    file_loader,
-    real_teacher,
-    twin,
-)
+from ablate.model.teachers.flow import FlowTeacher, TimestepLaw
 from ablate.model.teachers.lora import read_json
 from ablate.model.teachers.text import (
     TEXT_LENGTH,
@@ -55,7 +49,6 @@ from ablate.model.teachers.text import (
     write_clip_tokenizer,
     write_t5_tokenizer,
 )
-from ablate.registry import TEACHERS
 
 FAMILY = "sd3"
 T5_LENGTH = 256  # StableDiffusion3Pipeline's max_sequence_length
@@ -132,11 +125,13 @@ class SD3Teacher(FlowTeacher):
                                 **extra)[0]  # [B, 16, h, w]
 
     def controlnet(self, layers: int | None = None) -> nn.Module:
+        # lazy: that module imports this one
         from ablate.model.dit_guide import SD3ControlNet
 
         return SD3ControlNet.copy_of(self.transformer, layers)
 
     def adapter(self, width: int) -> nn.Module:
+        # lazy: that module imports this one
         from ablate.model.dit_guide import TokenAdapter
 
         config = self.transformer.config
@@ -210,51 +205,6 @@ def _write_tiny_text(teacher: FlowTeacher, folder: Path) -> None:
     write_clip_tokenizer(folder / "tokenizer", pad="clip")
     write_clip_tokenizer(folder / "tokenizer_2", pad="open_clip")
     write_t5_tokenizer(folder / "tokenizer_3")
-
-
-# --- registry entries ----------------------------------------------------------------------------
-
-
-@TEACHERS.register("sd3", "SD3 / SD3.5 MMDiT: flow matching, 16-ch VAE, CLIP-L + CLIP-G + T5")
-def sd3(
-    path: str | None = None,
-    random_init: bool = False,
-    dtype: str = "bfloat16",
-    lora: str | None = None,
-    t5: bool = True,
-    timesteps: str = "logit_normal",
-    shift: float | None = None,
-    vae_path: str | None = None,
-    clip_l_path: str | None = None,
-    clip_g_path: str | None = None,
-    t5_path: str | None = None,
-) -> SD3Teacher:
-    """`shift=None`: the folder's scheduler shift (3.0 for SD3 / SD3.5). `path` a single
-    .safetensors file: `*_path` name the parts it lacks (`single_file`)."""
-    files = {"vae_path": vae_path, "clip_l_path": clip_l_path, "clip_g_path": clip_g_path,
-             "t5_path": t5_path}
-    if t5_path and not t5:
-        raise AblateError("teacher.t5_path names a T5 file but teacher.t5=false skips T5; "
-                          "drop one of them")
-
-    def load_file(file: Path, torch_dtype: torch.dtype) -> SD3Teacher:
-        return file_loader(FAMILY)(file, torch_dtype, files, t5, timesteps, shift)
-
-    return real_teacher(
-        FAMILY, path, random_init, dtype, lora,
-        random=lambda torch_dtype: _random_teacher(torch_dtype, timesteps, shift),
-        load=lambda folder, torch_dtype: load_folder(folder, torch_dtype, t5, timesteps, shift),
-        load_file=load_file, files=files)
-
-
-@TEACHERS.register("tiny-sd3", "CPU-sized SD3.5 twin (joint + dual-attention blocks, 16-ch VAE)")
-def tiny_sd3(seed: int = 0, path: str | None = None, lora: str | None = None,
-             dtype: str = "float32", timesteps: str = "logit_normal",
-             shift: float | None = None) -> SD3Teacher:
-    return twin("tiny-sd3", seed, path, lora, dtype,
-                tiny=lambda s: tiny_teacher(s, timesteps, shift),
-                load=lambda folder, torch_dtype: load_folder(folder, torch_dtype, True,
-                                                             timesteps, shift))
 
 
 def law(timesteps: str, shift: float | None, scheduler_shift: float) -> TimestepLaw:

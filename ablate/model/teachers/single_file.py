@@ -1,5 +1,5 @@
-"""SD3 / SD3.5 and Flux.1 teachers from single original-layout .safetensors files (the
-Stability AI and Black Forest Labs releases, ComfyUI checkpoints), built into the same
+"""SD3 / SD3.5 and Flux.1 teachers from single original-layout weights files (the Stability AI
+and Black Forest Labs .safetensors releases, ComfyUI checkpoints), built into the same
 `SD3Teacher` / `FluxTeacher` a diffusers folder gives.
 
 Where each part is read from (a setting, when given, wins over the main file):
@@ -17,7 +17,8 @@ VAE file works too), clip_l.safetensors, clip_g.safetensors, t5xxl_fp16.safetens
 architecture is picked by matching the file's shapes (blocks, width, dual-attention blocks,
 qk-norm, position table, guidance input) against embedded configs: SD3 Medium, SD3.5 Medium,
 SD3.5 Large, Flux.1 dev and schnell, and the tiny twins (so that tests can round-trip them).
-Nothing is downloaded and pickles are never read.
+Nothing is downloaded; every file, the main one and each part, is read by
+`loading.WeightsFile`, the one reading policy of every family (pickles as tensors only).
 
 A single file carries no tokenizer, so the empty prompt's ids are built here, as the
 pipelines' tokenizers give them: CLIP [BOS 49406, EOS 49407, padding] to 77, padded with 49407
@@ -44,28 +45,29 @@ from diffusers import (
 )
 from torch import Tensor, nn
 
-from ablate.core.errors import AblateError, first_line
+from ablate.core.errors import AblateError
 from ablate.model.teachers import flux, sd3
 from ablate.model.teachers.base import on_meta
-from ablate.model.teachers.flow import FILE_LOADERS, PICKLES
+from ablate.model.teachers.loading import (
+    DIFFUSION_PREFIX,
+    FLUX_KEY,
+    SD3_KEY,
+    WeightsFile,
+    file_family,
+)
 from ablate.model.teachers.text import BOS, EOS, PAD_ID, TEXT_LENGTH, TINY_VOCAB, tiny_clip, tiny_t5
-from ablate.model.teachers.unet import _CLIP_L, _OPEN_CLIP_BIGG
+from ablate.model.teachers.unet_families import _CLIP_L, _OPEN_CLIP_BIGG
 
 log = logging.getLogger(__name__)
 
 Shapes = Mapping[str, tuple[int, ...]]
 
-DIFFUSION_PREFIX = "model.diffusion_model."
-SD3_KEY = "joint_blocks.0.context_block.adaLN_modulation.1.bias"
-FLUX_KEY = "double_blocks.0.img_attn.norm.key_norm.scale"
-UNET_KEY = "model.diffusion_model.input_blocks.0.0.weight"
 # the transformer's own keys in a bare file (one that may hold other parts unprefixed)
 SD3_ROOTS = ("joint_blocks.", "x_embedder.", "pos_embed", "t_embedder.", "y_embedder.",
              "context_embedder.", "final_layer.")
 FLUX_ROOTS = ("double_blocks.", "single_blocks.", "img_in.", "txt_in.", "time_in.", "vector_in.",
               "guidance_in.", "final_layer.")
 DIFFUSERS_VAE_KEY = "encoder.down_blocks.0.resnets.0.conv1.weight"  # a VAE file already converted
-SCALE_KEYS = ("scale_weight", "weight_scale", "scaled_fp8")  # ComfyUI's scaled fp8 files
 FLUX_WIDTH = 3072  # the width diffusers' Flux converter splits single blocks at (hard-coded)
 T5_EOS, T5_PAD = 1, 0
 # google/t5-v1_1-xxl's encoder: SD3's text_encoder_3/config.json, Flux's text_encoder_2/
@@ -124,58 +126,11 @@ CLIP_G = Part("CLIP-G", "clip_g_path", ("text_encoders.clip_g.transformer.",), "
 T5 = Part("T5-XXL", "t5_path", ("text_encoders.t5xxl.transformer.",), "t5xxl_fp16.safetensors")
 
 
-# --- reading files ---------------------------------------------------------------------------------
-
-
-def check_file(file: Path, setting: str) -> None:
-    """One line for a path that is not a readable .safetensors file; pickles are refused, as
-    loading one can run code."""
-    if not file.exists():
-        raise AblateError(f"{setting} {file} does not exist")
-    if file.is_dir():
-        raise AblateError(f"{setting} {file} is a folder; it must be a .safetensors file")
-    if file.suffix in PICKLES:
-        raise AblateError(f"{setting} {file} is a pickle checkpoint; transformer teachers read "
-                          ".safetensors files only (a pickle can run code when loaded)")
-    if file.suffix != ".safetensors":
-        raise AblateError(f"{setting} {file} is not a .safetensors file")
-
-
-class Checkpoint:
-    """One .safetensors file opened lazily: names and shapes come from its header, tensors are
-    read per part (an SD3 file with T5 inside is ~15 GB; only what is used is read)."""
-
-    def __init__(self, file: Path, setting: str) -> None:
-        from safetensors import SafetensorError, safe_open
-
-        check_file(file, setting)
-        self.file, self.where = file, f"{setting} {file}"
-        try:
-            self._handle = safe_open(str(file), framework="pt")
-            self.shapes: dict[str, tuple[int, ...]] = {
-                k: tuple(self._handle.get_slice(k).get_shape()) for k in self._handle.keys()}
-        except (SafetensorError, OSError) as err:
-            raise AblateError(f"cannot read {self.where}: {first_line(err)}") from None
-        scaled = next((k for k in self.shapes if k.endswith(SCALE_KEYS)), None)
-        if scaled:  # the scales would be left out and the fp8 weights read unscaled
-            raise AblateError(f"{self.where} is a scaled fp8 checkpoint ({scaled}), which is not "
-                              "supported; use its fp16 / bf16 (or plain fp8) release")
-
-    def prefix(self, prefixes: tuple[str, ...]) -> str | None:
-        """The first of `prefixes` some key starts with, else None."""
-        return next((p for p in prefixes if any(k.startswith(p) for k in self.shapes)), None)
-
-    def part(self, prefix: str, roots: tuple[str, ...] = ("",)) -> dict[str, Tensor]:
-        """Tensors under `prefix` (cut off) whose rest starts with one of `roots`."""
-        return {k[len(prefix):]: self._handle.get_tensor(k) for k in self.shapes
-                if k.startswith(prefix) and k[len(prefix):].startswith(roots)}
-
-
 @dataclass(frozen=True)
 class Source:
     """Where one part's tensors are: a file and the prefix they sit under."""
 
-    checkpoint: Checkpoint
+    checkpoint: WeightsFile
     prefix: str
 
     @property
@@ -186,13 +141,13 @@ class Source:
         return self.checkpoint.part(self.prefix)
 
 
-def locate(part: Part, main: Checkpoint, files: Mapping[str, str | None],
+def locate(part: Part, main: WeightsFile, files: Mapping[str, str | None],
            hint: str = "") -> Source:
     """The part's own file when its setting is given, else the main file's; a part found in
     neither is one line naming the setting to give."""
     given = files.get(part.setting)
     if given:
-        own = Checkpoint(Path(given).expanduser(), f"teacher.{part.setting}")
+        own = WeightsFile(Path(given).expanduser(), f"teacher.{part.setting}")
         return Source(own, own.prefix(part.prefixes) or "")
     prefix = main.prefix(part.prefixes)
     if prefix is None:
@@ -208,7 +163,7 @@ NAMES = {"sd3": ("SD3", "an SD3"), "flux": ("Flux.1", "a Flux.1")}  # label, wit
 MARKERS = {"sd3": SD3_KEY, "flux": FLUX_KEY}
 
 
-def transformer_prefix(main: Checkpoint, family: str) -> str:
+def transformer_prefix(main: WeightsFile, family: str) -> str:
     """The transformer's key prefix in the main file, after checking it is `family`'s; another
     family's file is one line saying which teacher takes it."""
     label, a_label = NAMES[family]
@@ -223,22 +178,6 @@ def transformer_prefix(main: Checkpoint, family: str) -> str:
                           f"transformer; use teacher={found}")
     raise AblateError(f"{main.where} holds no {label} transformer ({describe(main.shapes)}); "
                       f"point teacher.path at {a_label} .safetensors file")
-
-
-def file_family(shapes: Shapes) -> str | None:
-    """sd3 / flux / sd15 / sd21 / sdxl by the file's keys (diffusers' own test tells the
-    UNet families apart, from shapes alone), None for anything else."""
-    for prefix in (DIFFUSION_PREFIX, ""):
-        if prefix + SD3_KEY in shapes:
-            return "sd3"
-        if prefix + FLUX_KEY in shapes:
-            return "flux"
-    if UNET_KEY in shapes:
-        from diffusers.loaders.single_file_utils import infer_diffusers_model_type
-
-        meta = {k: torch.empty(s, device="meta") for k, s in shapes.items()}
-        return {"v1": "sd15", "v2": "sd21", "xl_base": "sdxl"}.get(infer_diffusers_model_type(meta))
-    return None
 
 
 def describe(shapes: Shapes) -> str:
@@ -404,7 +343,7 @@ def load_into(model: nn.Module, state: dict[str, Tensor], where: str, part: str)
     return model.eval()
 
 
-def load_transformer(cls: type, variant: Variant, main: Checkpoint, prefix: str,
+def load_transformer(cls: type, variant: Variant, main: WeightsFile, prefix: str,
                      roots: tuple[str, ...], convert: Callable[[dict], dict],
                      dtype: torch.dtype) -> nn.Module:
     state = main.part(prefix, roots if not prefix else ("",))
@@ -520,10 +459,9 @@ def t5_prompt_ids(length: int, tiny: bool = False) -> Tensor:
 # --- the two families ----------------------------------------------------------------------------
 
 
-def load_sd3(file: Path, dtype: torch.dtype, files: Mapping[str, str | None], t5: bool,
+def load_sd3(main: WeightsFile, dtype: torch.dtype, files: Mapping[str, str | None], t5: bool,
              timesteps: str, shift: float | None) -> sd3.SD3Teacher:
     """An SD3 / SD3.5 teacher from one original-layout file (+ separate part files)."""
-    main = Checkpoint(file, "teacher.path")
     prefix = transformer_prefix(main, "sd3")
     shapes = {k[len(prefix):]: s for k, s in main.shapes.items() if k.startswith(prefix)}
     variant = sd3_variant(shapes, main.where)
@@ -555,13 +493,12 @@ def load_sd3(file: Path, dtype: torch.dtype, files: Mapping[str, str | None], t5
     scheduler = FlowMatchEulerDiscreteScheduler(**variant.scheduler)
     return sd3.SD3Teacher(sd3.FAMILY, sd3.FAMILY, transformer, vae, scheduler, context, pooled,
                           sd3.law(timesteps, shift, float(scheduler.config.shift)),
-                          text_source=file)
+                          text_source=main.file)
 
 
-def load_flux(file: Path, dtype: torch.dtype, files: Mapping[str, str | None], guidance: float,
-              timesteps: str, shift: float | None) -> flux.FluxTeacher:
+def load_flux(main: WeightsFile, dtype: torch.dtype, files: Mapping[str, str | None],
+              guidance: float, timesteps: str, shift: float | None) -> flux.FluxTeacher:
     """A Flux.1 teacher from one original-layout file (+ separate part files)."""
-    main = Checkpoint(file, "teacher.path")
     prefix = transformer_prefix(main, "flux")
     shapes = {k[len(prefix):]: s for k, s in main.shapes.items() if k.startswith(prefix)}
     variant = flux_variant(shapes, main.where)
@@ -584,8 +521,5 @@ def load_flux(file: Path, dtype: torch.dtype, files: Mapping[str, str | None], g
     vae = load_vae(variant.vae, vae_source, dtype)
     scheduler = FlowMatchEulerDiscreteScheduler(**variant.scheduler)
     return flux.FluxTeacher(flux.FAMILY, flux.FAMILY, transformer, vae, scheduler, context,
-                            pooled, flux.law(timesteps, shift, scheduler), text_source=file,
+                            pooled, flux.law(timesteps, shift, scheduler), text_source=main.file,
                             guidance=guidance)
-
-
-FILE_LOADERS.update(sd3=load_sd3, flux=load_flux)
