@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from ablate.core.errors import AblateError
 from ablate.recipe import load_yaml, to_yaml
+from ablate.registry import registry
 
 INFERENCE = "inference.safetensors"
 TRAINABLE = "trainable.safetensors"
@@ -62,12 +63,12 @@ def resolve_run(path: str | Path) -> Path:
 
 def load_classifier(path: str | Path, device: str = "cpu"):  # noqa: ANN201
     """Rebuild encoder + head from a run folder; the teacher is never loaded."""
+    # lazy: loads diffusers and timm only when called
     from ablate.model.build import build_classifier
 
     folder = resolve_run(path)
     cfg = load_yaml(folder / RECIPE)
     cfg.backbone.pretrained_path = None  # the checkpoint holds the trained weights
-    from ablate.registry import registry
 
     if "random_init" in registry("backbone").get(cfg.backbone.name).arguments():
         cfg.backbone.random_init = True  # ...so a paper encoder needs no ImageNet file here

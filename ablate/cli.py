@@ -8,9 +8,23 @@ from typing import Any
 
 import click
 
-from ablate import locations
+from ablate import locations, recipe
 from ablate import plugins as plugin_loader
+from ablate.bench.cli import bench
 from ablate.core.errors import AblateError
+from ablate.dashboard import serve
+from ablate.data.cli import data
+from ablate.demo import run_demo
+from ablate.registry import SLOTS, registry
+from ablate.report.cli import report
+from ablate.report.provenance import provenance_note
+from ablate.results import ResultsDB
+from ablate.space import format_value, list_spaces, load_space, parse_settings
+from ablate.space.cost import design_cost, minutes
+from ablate.space.power import space_power
+from ablate.sweep import run_sweep
+from ablate.teacher_fitting.cli import teachers
+from ablate.version import code_version, package_version
 
 OVERRIDES_HELP = """
 Recipe overrides use Hydra syntax: `slot=variant` picks a variant
@@ -26,7 +40,6 @@ class _State:
 def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     if not value or ctx.resilient_parsing:
         return
-    from ablate.version import code_version, package_version
 
     click.echo(f"ablate {package_version()} (code version recorded with results: "
                f"{code_version()})")
@@ -79,8 +92,6 @@ def list_cmd(words: tuple[str, ...]) -> None:
     """
     import fnmatch
     import textwrap
-
-    from ablate.registry import SLOTS, registry
 
     if len(words) > 2:
         raise click.UsageError("give at most a slot and a pattern: ablate list [SLOT] [PATTERN]")
@@ -148,7 +159,7 @@ def train(overrides: tuple[str, ...], dry_run: bool, quiet: bool) -> None:
       ablate train recipe=official_code train.grad_checkpointing=true train.branch_backward=true
                                                     # less GPU memory, the same result
     """
-    from ablate import recipe
+    # lazy: loads torch only when called
     from ablate.train import train as run_training
 
     cfg = recipe.compose(overrides)
@@ -158,6 +169,7 @@ def train(overrides: tuple[str, ...], dry_run: bool, quiet: bool) -> None:
                     f"{' '.join(ignored)}", fg="yellow", err=True)
     processes = int(recipe.setting(cfg, "train.processes"))
     if dry_run:
+        # lazy: loads torch only when called
         from ablate.model.build import build_detector
         from ablate.sharding import check_split
         from ablate.train import count_params
@@ -172,6 +184,7 @@ def train(overrides: tuple[str, ...], dry_run: bool, quiet: bool) -> None:
         click.echo(f"inference parameters: {count_params(detector.classifier):,}")
         return
     if processes > 1:
+        # lazy: loads torch only when called
         from ablate.data_parallel import train_parallel
 
         result = train_parallel(cfg, processes, progress=not quiet)
@@ -213,8 +226,8 @@ def eval_cmd(run: str, tests: tuple[str, ...], scores_out: str | None, bootstrap
     RUN/metrics.csv, each row with how it was computed (EER convention, bootstrap
     unit and seed, threshold source, aggregation, hash of the scored rows).
     """
+    # lazy: loads torch only when called
     from ablate.evaluate import evaluate_run, summary_table
-    from ablate.report.provenance import provenance_note
 
     metrics, folder = evaluate_run(run, list(tests) or None, device, bootstrap, not quiet,
                                    scores_out, eer=eer, bootstrap_unit=bootstrap_unit)
@@ -263,15 +276,12 @@ def spaces_cmd(space: str | None, db_url: str | None, measure: bool, power: bool
       ablate spaces ablation --measure   # ... timing the steps no finished run has timed
       ablate spaces demo --power --effect 2   # seeds needed to see a 2-point AUC effect
     """
-    from ablate.space import list_spaces, load_space
-
     if power:
         if space is None:
             raise click.UsageError("--power needs a space: ablate spaces NAME --power")
         if measure:
             raise click.UsageError("--measure times steps for the cost table; --power "
                                    "shows no cost, so drop one of them")
-        from ablate.space.power import space_power
 
         for line in space_power(load_space(space), db_url, None if effect is None else effect / 100).lines():
             click.echo(line)
@@ -294,8 +304,6 @@ def spaces_cmd(space: str | None, db_url: str | None, measure: bool, power: bool
                    "no confirmation stage: the report's winner is measured on the runs that "
                    "chose it (add confirm: {top: k, seeds: n} to re-measure it)")
         return
-    from ablate.space import format_value
-    from ablate.space.cost import design_cost, minutes
 
     d = found.design
     click.echo(f"{d.kind} design around the reference "
@@ -365,9 +373,6 @@ def sweep_cmd(space: str, trials: int | None, concurrency: int | None, db_url: s
       ablate sweep --space quick --name quick-1 --resume   # after Ctrl-C
       ablate sweep --space quick --mlflow mlruns       # also in MLflow (mlflow ui)
     """
-    from ablate.space import parse_settings
-    from ablate.sweep import run_sweep
-
     summary = run_sweep(space, trials, concurrency, db_url, address, name, resume, force,
                         cpus, gpus, bootstrap, settings=parse_settings(settings, "--set"),
                         mlflow=mlflow, wandb=wandb, storage=storage,
@@ -396,8 +401,6 @@ def dashboard_cmd(db_url: str | None, host: str, port: int) -> None:
     Example:
       ablate dashboard --port 8080        # then browse http://127.0.0.1:8080
     """
-    from ablate.dashboard import serve
-
     serve(db_url, host, port, announce=click.echo)
 
 
@@ -441,6 +444,7 @@ def compare_teachers_cmd(teachers: str, seeds: int, recipe: tuple[str, ...], tes
       ablate compare-teachers --teachers "sd15[path=/m/sd15],sd21[path=/m/sd21]" \\
           --recipe recipe=paper --recipe data.train=ffpp --tests celebdf,dfd --gpus 1
     """
+    # lazy: loads scipy only when called
     from ablate.compare import compare_teachers, parse_teachers
     from ablate.compare_output import display_table, markdown
 
@@ -470,8 +474,6 @@ def demo_cmd(db_url: str | None, space: str, fit_steps: int | None) -> None:
     4. ablate report: prints its summary paragraph, the baseline vs + guidance
        table and the path of report.html
     """
-    from ablate.demo import run_demo
-
     run_demo(db_url, fit_steps, space)
 
 
@@ -483,8 +485,6 @@ def sweeps_cmd(db_url: str | None) -> None:
     A sweep still marked running whose driver is gone shows as `stale`, with the
     command that resumes it; a failed sweep shows why it failed.
     """
-    from ablate.results import ResultsDB
-
     with ResultsDB(db_url) as db:
         table, safe_url = db.list_sweeps(), db.safe_url
     if table.empty:
@@ -524,11 +524,6 @@ def _short(text: str, limit: int = 160) -> str:
 
 def _attach_groups() -> None:
     """Command groups that live beside their logic (each imports nothing heavy at load)."""
-    from ablate.bench.cli import bench
-    from ablate.data.cli import data
-    from ablate.report.cli import report
-    from ablate.teacher_fitting.cli import teachers
-
     for command in (data, teachers, report, bench):
         cli.add_command(command)
 

@@ -41,6 +41,8 @@ from ablate.core.errors import AblateError
 from ablate.core.names import NO_GUIDE
 from ablate.core.paths import REPORTS_DIR, SPACES_DIR
 from ablate.provenance import is_part
+from ablate.recipe import compose, result_dict
+from ablate.registry import build
 from ablate.report.delong import holm
 from ablate.report.paired import delong_on, read_scores, two_stage_difference
 from ablate.report.stats import (
@@ -52,15 +54,15 @@ from ablate.report.stats import (
     seeds_needed,
     t_interval,
 )
-from ablate.space import parse_settings
+from ablate.results import ResultsDB
+from ablate.space import load_space, parse_settings
+from ablate.sweep import run_sweep
 
 CPU_SPACE = "compare-cpu"  # the default recipe and test sets without --recipe: a space file
 
 
 def cpu_default() -> tuple[dict, list[str]]:
     """(fixed settings, test sets) of the shipped `compare-cpu` space."""
-    from ablate.space import load_space
-
     space = load_space(CPU_SPACE)
     return dict(space.fixed), list(space.tests or [])
 
@@ -155,10 +157,6 @@ def write_space(name: str, specs: list[TeacherSpec], fixed: dict, tests: list[st
 
 def check_teachers(space_path: Path, specs: list[TeacherSpec]) -> dict[str, dict]:
     """Compose each teacher's recipe (unknown names fail here); build tiny ones. -> teacher cfg."""
-    from ablate.recipe import compose, result_dict
-    from ablate.registry import build
-    from ablate.space import load_space
-
     space = load_space(space_path)
     teachers = {}
     for spec in specs:
@@ -183,9 +181,6 @@ def compare_teachers(
 ) -> tuple[pd.DataFrame, Path]:
     """Run the comparison through the sweep machinery, then build its report."""
     from datetime import UTC, datetime
-
-    from ablate.results import ResultsDB
-    from ablate.sweep import run_sweep
 
     name = name or f"compare-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
     folder = Path(out) if out else REPORTS_DIR / name
@@ -212,6 +207,7 @@ def compare_teachers(
 
 def with_frozen_params(table: pd.DataFrame, teachers: dict[str, dict | None]) -> pd.DataFrame:
     """Adds each teacher's frozen parameters (denoiser + VAE; 0 for `none`)."""
+    # lazy: loads torch only when called
     from ablate.teacher_fitting.catalog import frozen_params
 
     counts = {label: frozen_params(cfg) for label, cfg in teachers.items()}

@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 
 from ablate.core.errors import AblateError
+from ablate.report.display import Table
+from ablate.report.render import markdown_table
 from ablate.report.stats import DEFAULT_EFFECT, MAX_SEEDS, NO_INTERVAL, SEED_T, TWO_STAGE
 
 AVG = "avg"  # test_set of each teacher's row averaged over test sets (as in the report)
@@ -116,9 +118,6 @@ def _p_cell(r, first: bool) -> str:  # noqa: ANN001
 
 def markdown(frame: pd.DataFrame) -> str:
     """The display table through the report's Markdown renderer (one cell escaping rule)."""
-    from ablate.report.display import Table
-    from ablate.report.render import markdown_table
-
     rows = [[str(v).replace("\n", " ") for v in row] for row in frame.itertuples(index=False)]
     return markdown_table(Table("", [str(c) for c in frame.columns], rows,
                                 align="l" * len(frame.columns)))

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ablate.core.errors import AblateError
+from ablate.core.errors import AblateError, first_line
+from ablate.device import pick_device
 from ablate.sharding import check_split, current_shard
 from ablate.sweep.cluster import connect_ray
 
@@ -45,8 +46,6 @@ def train_parallel(cfg: Any, processes: int,
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.util.queue import Queue
     from tqdm.auto import tqdm
-
-    from ablate.device import pick_device
 
     check_split(int(cfg.train.batch_size), processes)  # before any process starts
     if gpus_per_process is None:
@@ -144,8 +143,6 @@ def _forwarder(queue: Any, stop: Any) -> Any:
 def _worker_error(err: BaseException) -> str:
     """The first line of what went wrong in a worker (Ray's own wrapper says only that
     workers failed), e.g. a recipe's one-line AblateError."""
-    from ablate.core.errors import first_line
-
     failures = getattr(err, "worker_failures", None) or {}
     for failure in failures.values():
         cause = failure
@@ -187,6 +184,7 @@ def _worker(config: dict) -> None:
     import torch
     from omegaconf import OmegaConf
 
+    # lazy: loads diffusers and safetensors only when called
     from ablate.train import train
 
     if config.get("cwd") and os.path.isdir(config["cwd"]):
@@ -255,6 +253,7 @@ def _run_result(checkpoint: Any) -> Any:
     import json
     import tempfile
 
+    # lazy: loads diffusers and safetensors only when called
     from ablate.train import RunResult
 
     if checkpoint is None:

@@ -23,6 +23,7 @@ from typing import Any
 import click
 
 from ablate.core.paths import TEACHERS_DIR
+from ablate.sweep import run_sweep
 
 DEMO_TEACHER = "tiny-sd15"
 DEMO_SPACE = "demo"
@@ -39,9 +40,9 @@ def _step(index: int, title: str, work: Callable[[], Any]) -> Any:
 def run_demo(db_url: str | None = None, fit_steps: int | None = None,
              space: str = DEMO_SPACE) -> Path:
     """The four steps above; returns the report folder."""
+    # lazy: loads cv2 and scipy only when called
     from ablate.data.synthetic import ensure_benchmark
     from ablate.report.build import build_report
-    from ablate.sweep import run_sweep
     from ablate.teacher_fitting.fit import FitSettings, fit_teacher
 
     start = time.perf_counter()

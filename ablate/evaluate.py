@@ -23,6 +23,7 @@ from ablate.core.errors import AblateError
 from ablate.core.schema import GROUPS, setting
 from ablate.data.dataset import FrameCache, ManifestDataset
 from ablate.data.loader import resolve_dataset, split_rows
+from ablate.device import pick_device
 from ablate.metrics import (
     BOOT_UNITS,
     check_eer_convention,
@@ -179,8 +180,8 @@ def evaluate_run(
     during training (run.json); metrics are also written to <run>/metrics.csv.
     `eer` / `bootstrap_unit` override the recipe's eval keys.
     """
+    # lazy: loads safetensors only when called
     from ablate.checkpoint import RUN_INFO, load_classifier, resolve_run
-    from ablate.device import pick_device
 
     folder = resolve_run(run)
     dev = pick_device(device)

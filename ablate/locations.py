@@ -15,6 +15,7 @@ import logging
 import os
 from pathlib import Path
 
+from ablate import plugins
 from ablate.core.errors import AblateError
 from ablate.core.paths import builtin_folder
 
@@ -27,8 +28,6 @@ builtin = builtin_folder  # the built-in folder of a kind (ablate.core.paths say
 
 def search_path(kind: str) -> list[Path]:
     """Every folder searched for `kind`, built-in first (see the module doc)."""
-    from ablate import plugins
-
     plugins.load_all()
     env = CONFIG_PATH_ENV if kind == "configs" else SPACES_PATH_ENV
     extra = [Path(p).expanduser() for p in env_list(env)]

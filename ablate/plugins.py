@@ -57,6 +57,7 @@ _CURRENT: list[str] = []  # modules of the plugins being imported right now (inn
 def load_all() -> list[Plugin]:
     """Import every plugin (entry points, then $ABLATE_PLUGINS) not loaded yet, after
     ablate's own variants (so a name clash is always reported against the plugin)."""
+    # lazy: loads torch only when called
     import ablate.model  # noqa: F401
 
     for ep in _entry_points():

@@ -18,11 +18,12 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ablate import locations
+from ablate import locations, plugins
 from ablate.core import schema
 from ablate.core.errors import AblateError
 from ablate.core.names import GUIDANCE_ONLY, NO_GUIDE, SLOTS, is_guidance_key
 from ablate.core.schema import setting
+from ablate.registry import registry
 
 # What a result's identity leaves out, derived from the declarations in ablate/core/schema.py
 # (never listed by hand): settings or groups with result=False, and settings with
@@ -142,7 +143,6 @@ def valid_keys(cfg: DictConfig | None, parent: str) -> list[str] | None:
     variant whose factory takes **kwargs)."""
     if parent not in SLOTS or cfg is None:
         return schema.known_keys(parent)
-    from ablate.registry import registry
 
     name = cfg[parent].get("name") if isinstance(cfg.get(parent), DictConfig) else None
     if name is None or name not in registry(parent):
@@ -173,8 +173,6 @@ def check_keys(cfg: DictConfig) -> None:
 def validate(cfg: DictConfig) -> None:
     """Every slot names a registered variant and every key is known (checked before
     anything is built)."""
-    from ablate.registry import registry
-
     for slot in SLOTS:
         if "name" not in cfg[slot]:
             raise AblateError(f"recipe slot {slot} has no `name`; pick one of {options(slot)}")
@@ -235,9 +233,6 @@ def result_dict(cfg: DictConfig) -> dict:
 def plugin_identities(data: dict) -> dict[str, dict[str, str]]:
     """slot -> (module, version, sha256) of the plugin behind that slot's variant, for the
     slots of `data` (a result dict) whose variant a plugin registered."""
-    from ablate import plugins
-    from ablate.registry import registry
-
     out = {}
     for slot in SLOTS:
         name = (data.get(slot) or {}).get("name") if isinstance(data.get(slot), dict) else None

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ablate.core.errors import AblateError
+from ablate.plugins import get, load_all, loading
 
 
 @dataclass(frozen=True)
@@ -29,8 +30,6 @@ class Entry:
     @property
     def origin(self) -> str:
         """`built-in`, or the plugin that registered this variant (its entry point name)."""
-        from ablate.plugins import get
-
         found = get(self.plugin) if self.plugin else None
         return "built-in" if self.plugin is None else (found.name if found else self.plugin)
 
@@ -68,7 +67,6 @@ class Registry:
         def decorator(factory: Callable[..., Any]) -> Callable[..., Any]:
             if name in self._entries:
                 raise ValueError(f"{self.slot} variant {name!r} is registered twice")
-            from ablate.plugins import loading
 
             self._entries[name] = Entry(name, factory, description, dict(defaults),
                                         loading(factory))
@@ -131,7 +129,7 @@ def build(slot: str, name: str, **kwargs: Any) -> Any:
 def _load_variants() -> None:
     """Import the modules whose decorators fill the registries: ablate's own, then plugins
     (entry points `ablate.variants`, $ABLATE_PLUGINS)."""
+    # lazy: that module imports this one
     import ablate.model  # noqa: F401  (registers every model variant)
-    from ablate.plugins import load_all
 
     load_all()

@@ -40,6 +40,8 @@ from ablate.core.names import ADAPTER_META, ADAPTER_WEIGHTS, FINGERPRINT_HEX, FI
 from ablate.core.paths import TEACHERS_DIR
 from ablate.data.manifest import COLUMNS, PATH_COLUMNS, load_manifest
 from ablate.data.sources import Source, locate, recipe_overrides
+from ablate.locations import cache_base
+from ablate.recipe import is_guided, recipe_hash
 
 PROVENANCE = (FITTED_META, ADAPTER_META)  # what a fit/adapt used, not weights
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".json", ".txt", ".model")
@@ -53,8 +55,6 @@ SHORT = FINGERPRINT_HEX  # hex digits of the fingerprints
 def reuse_key(cfg: DictConfig) -> dict[str, str | None]:
     """recipe_hash, data_sha, teacher_sha and identity: a short sha over the other three,
     the key under which a finished trial's result may be reused."""
-    from ablate.recipe import recipe_hash
-
     parts: dict[str, str | None] = {
         "recipe_hash": recipe_hash(cfg),
         "data_sha": data_fingerprint(cfg),
@@ -145,8 +145,6 @@ def teacher_fingerprint(cfg: DictConfig) -> str | None:
     "weights:<sha>" when `teacher.path` / `teacher.lora` / `FILE_KEYS` name files (their
     bytes count); "missing:<value>" when one of them does not exist (the train step says so
     for real)."""
-    from ablate.recipe import is_guided
-
     if not is_guided(cfg):
         return None
     teacher = OmegaConf.to_container(cfg.teacher, resolve=True)
@@ -193,8 +191,6 @@ def weights_digest(path: Path, cache: DigestCache) -> str:
 
 def cache_folder() -> Path:
     """Where the digest cache lives: the base the benchmark cache uses too."""
-    from ablate.locations import cache_base
-
     return cache_base()
 
 

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from ablate.checkpoint import save_run
 from ablate.core.errors import AblateError
 from ablate.core.schema import group_setting, setting
+from ablate.data.loader import make_loader, train_and_val
 from ablate.device import pick_device, supports_dtype
 from ablate.model.build import build_detector
 from ablate.model.detector import DiffusionFakeDetector
@@ -241,8 +242,6 @@ def train(
     check_teacher_precision(cfg, device)
     speed = Speed.from_config(cfg.train, device)
     if loader is None:
-        from ablate.data.loader import make_loader, train_and_val
-
         train_set, val = train_and_val(cfg)
         loader = make_loader(train_set, cfg.train.batch_size, shuffle=True, seed=cfg.seed,
                              workers=speed.loader_workers, pin_memory=speed.pin_memory,

@@ -7,6 +7,7 @@ from importlib import metadata
 from pathlib import Path
 
 from ablate import __version__
+from ablate.plugins import load_all
 
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -33,7 +34,5 @@ def ablate_version() -> str:
 
 def code_version() -> str:
     """ablate's version, then `+name==version@sha` for each loaded plugin."""
-    from ablate.plugins import load_all
-
     plugins = [f"+{p.name}=={p.version}@{p.sha256[:8]}" for p in load_all()]
     return ablate_version() + "".join(plugins)

@@ -53,7 +53,7 @@ def test_peaks_by_gpu_name_and_override():
 
 
 def test_levers_that_cannot_apply_say_why(monkeypatch):
-    monkeypatch.setattr("ablate.device.supports_dtype", lambda device, dtype: False)
+    monkeypatch.setattr("ablate.bench.levers.supports_dtype", lambda device, dtype: False)
     monkeypatch.setattr("ablate.train.supports_dtype", lambda device, dtype: False)
     cpu = torch.device("cpu")
     why = {lever.name: not_applicable(lever, TINY, cpu) for lever in LEVERS}
@@ -67,7 +67,7 @@ def test_memory_matrix_on_cpu_has_a_row_per_lever(monkeypatch):
     the n/a rows appear and the run stays short."""
     from ablate.bench.levers import format_matrix, memory_matrix
 
-    monkeypatch.setattr("ablate.device.supports_dtype", lambda device, dtype: False)
+    monkeypatch.setattr("ablate.bench.levers.supports_dtype", lambda device, dtype: False)
     monkeypatch.setattr("ablate.train.supports_dtype", lambda device, dtype: False)
     report = memory_matrix(TINY, device="cpu", warmup=1, repeats=1, threads=1, jobs=2)
     rows = report["rows"]

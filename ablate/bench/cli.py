@@ -9,6 +9,9 @@ from collections.abc import Callable
 
 import click
 
+from ablate.bench.overhead import sweep_overhead
+from ablate.core.errors import AblateError
+
 SYNTHETIC = "synthetic-1080p"  # --decode: make a test clip instead of reading one
 
 
@@ -87,8 +90,6 @@ def bench(overrides: tuple[str, ...], recipe: tuple[str, ...], device: str, warm
           backbone.random_init=true --device cuda
       ablate bench --data-wait --loader-workers 2
     """
-    from ablate.core.errors import AblateError
-
     modes = [name for name, on in (("--decode", decode), ("--sweep-overhead", sweep),
                                    ("--memory-matrix", matrix), ("--data-wait", wait)) if on]
     if len(modes) > 1:
@@ -109,6 +110,7 @@ def bench(overrides: tuple[str, ...], recipe: tuple[str, ...], device: str, warm
     if sweep:
         _sweep_overhead(sweep, wall, concurrency, as_json)
         return
+    # lazy: loads torch only when called
     from ablate.bench.run import format_report, run_bench
 
     report = run_bench([*overrides, *recipe], device, warmup, repeats, eval_batches,
@@ -124,6 +126,7 @@ def _echo(report: dict, text: Callable[[dict], str], as_json: bool) -> None:
 
 def _matrix(overrides: list[str], device: str, warmup: int, repeats: int,
             threads: int | None, jobs: int, peak_tflops: float | None, as_json: bool) -> None:
+    # lazy: loads torch only when called
     from ablate.bench.levers import format_matrix, memory_matrix
 
     report = memory_matrix(overrides, device, warmup, repeats, threads, jobs, peak_tflops)
@@ -132,6 +135,7 @@ def _matrix(overrides: list[str], device: str, warmup: int, repeats: int,
 
 def _data_wait(overrides: list[str], device: str, warmup: int, repeats: int,
                workers: int | None, threads: int | None, as_json: bool) -> None:
+    # lazy: loads torch only when called
     from ablate.bench.datawait import data_wait, format_data_wait
 
     report = data_wait(overrides, device, warmup, repeats, workers, threads)
@@ -142,8 +146,8 @@ def _decode(video: str, seconds: float, repeats: int, as_json: bool) -> None:
     import tempfile
     from pathlib import Path
 
+    # lazy: loads cv2 only when called
     from ablate.bench.decode import bench_decode, format_decode, make_clip
-    from ablate.core.errors import AblateError
 
     with tempfile.TemporaryDirectory() as tmp:
         if video == SYNTHETIC:
@@ -157,9 +161,6 @@ def _decode(video: str, seconds: float, repeats: int, as_json: bool) -> None:
 
 def _sweep_overhead(sweep: str, wall: float | None, concurrency: int | None,
                     as_json: bool) -> None:
-    from ablate.bench.overhead import sweep_overhead
-    from ablate.core.errors import AblateError
-
     if not wall:
         raise AblateError("--sweep-overhead needs --wall SECONDS: the sweep's wall time")
     found = sweep_overhead(sweep, wall, concurrency)

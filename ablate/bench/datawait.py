@@ -28,12 +28,15 @@ import torch
 from PIL import Image
 
 from ablate.core.errors import AblateError
+from ablate.device import pick_device
+from ablate.recipe import compose, is_guided, recipe_hash
 
 
 def guided_frames(folder: Path, n: int, size: int, augment: str,
                   max_skip_fraction: float, seed: int = 2) -> Any:
     """`n` random PNG frames in `folder`, odd ones fakes whose source is the frame before
     and target the frame after: a guided ManifestDataset, as training builds it."""
+    # lazy: loads torchvision only when called
     from ablate.data.dataset import ManifestDataset
 
     rng = np.random.default_rng(seed)
@@ -52,6 +55,7 @@ def guided_frames(folder: Path, n: int, size: int, augment: str,
 def warm_cache(detector: Any, dataset: Any, batch_size: int, cache: Any,
                device: torch.device) -> None:
     """Every frame's teacher latents into the cache, untimed (later epochs find them)."""
+    # lazy: loads torchvision only when called
     from ablate.data.loader import make_loader
     from ablate.train import cached_posteriors
 
@@ -63,6 +67,7 @@ def timed_epoch(step: Any, loader: Any, device: torch.device, warmup: int,
                 repeats: int) -> dict[str, Any]:
     """`warmup` + `repeats` steps fed by `loader`; for the timed ones, the seconds blocked
     in `next()` and the seconds in the step (device synchronised)."""
+    # lazy: loads diffusers and safetensors only when called
     from ablate.bench.run import _sync
 
     waits, steps, images = [], [], 0
@@ -89,11 +94,10 @@ def data_wait(overrides: list[str] | tuple[str, ...] = (), device: str = "auto",
               warmup: int = 2, repeats: int = 5, workers: int | None = None,
               threads: int | None = None) -> dict[str, Any]:
     """Wait per step for workers=0 and the recipe's (or `workers`) loader processes."""
+    # lazy: loads diffusers and safetensors only when called
     from ablate.bench.run import guided_training, machine
     from ablate.data.loader import make_loader
-    from ablate.device import pick_device
     from ablate.model.speed import Speed, tune_kernels
-    from ablate.recipe import compose, is_guided, recipe_hash
     from ablate.train import seed_everything, train_step
 
     if threads:

@@ -87,6 +87,7 @@ def sequential_read(video: str, wanted: list[int]) -> list[np.ndarray]:
 
 def bench_decode(video: str, sampled: int = 32, repeats: int = 3) -> DecodeBench:
     """Median seconds to read `sampled` evenly spaced frames, both ways."""
+    # lazy: loads skimage only when called
     from ablate.data.prepare import sample_indices
 
     count = frame_count(video)

@@ -126,6 +126,7 @@ def guided_step_flops(detector: Any, batch: dict, optimizer: torch.optim.Optimiz
     """Model FLOPs of one guided train step with `speed`'s settings, counted with the math
     attention kernel and no checkpointing (see the module docstring), then `speed` restored.
     Compiled modules run eagerly meanwhile (the counter sees each op)."""
+    # lazy: loads diffusers and timm only when called
     from ablate.model.speed import configure_detector, reference_stance
     from ablate.train import train_step
 

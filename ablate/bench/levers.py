@@ -40,8 +40,11 @@ from typing import Any
 
 import torch
 
+from ablate.bench.flops import guided_step_flops, peak_for, utilisation
 from ablate.core.errors import AblateError
 from ablate.core.schema import setting
+from ablate.device import pick_device, supports_dtype
+from ablate.recipe import compose, is_guided, recipe_hash
 
 MEMORY_GOAL_GB = 16.0  # issue 15: the released recipe (~40 GB) on a 16 GB card
 
@@ -77,8 +80,7 @@ def row_overrides(recipe: list[str], lever_overrides: tuple[str, ...]) -> list[s
 
 def not_applicable(lever: Lever, recipe: list[str], device: torch.device) -> str | None:
     """Why `lever` cannot apply on `device` (a one-line reason), or None if it can."""
-    from ablate.device import supports_dtype
-    from ablate.recipe import compose
+    # lazy: loads diffusers and safetensors only when called
     from ablate.train import check_teacher_precision
 
     if lever.name == "bf16" and not supports_dtype(device, torch.bfloat16):
@@ -117,10 +119,9 @@ def measure_row(overrides: list[str], device: str, warmup: int, repeats: int,
                 count: bool) -> dict[str, Any]:
     """Build the detector of `overrides`, run warm-up + timed train steps, and return the
     peak memory, step times and what the modules hold (weights, optimiser state)."""
-    from ablate.bench.flops import guided_step_flops
+    # lazy: loads diffusers and safetensors only when called
     from ablate.bench.run import _free, _sync, guided_training, synthetic_batch
     from ablate.model.speed import Speed, _is_unet, tune_kernels
-    from ablate.recipe import compose
     from ablate.train import seed_everything, train_step
 
     cfg = compose(overrides)
@@ -180,6 +181,7 @@ def _row_in_child(spec: dict[str, Any]) -> dict[str, Any]:
         torch.set_num_threads(spec["threads"])
     # the same "random init" warning from every row process is noise in the report
     logging.getLogger("ablate").setLevel(logging.ERROR)
+    # lazy: loads diffusers and timm only when called
     import ablate.model.build  # noqa: F401  (already there when the preload worked)
     import ablate.train  # noqa: F401
     floor = resident_peak_mb()
@@ -234,10 +236,8 @@ def memory_matrix(overrides: list[str] | tuple[str, ...] = (), device: str = "au
                   warmup: int = 1, repeats: int = 3, threads: int | None = None,
                   jobs: int = 1, peak_tflops: float | None = None) -> dict[str, Any]:
     """Every lever's row, the all-levers row, MFU per row and the 16 GB goal (CUDA)."""
-    from ablate.bench.flops import peak_for
+    # lazy: loads diffusers and safetensors only when called
     from ablate.bench.run import machine
-    from ablate.device import pick_device
-    from ablate.recipe import compose, is_guided, recipe_hash
 
     recipe = list(overrides)
     cfg = compose(row_overrides(recipe, ()))
@@ -311,8 +311,6 @@ def add_comparisons(rows: dict[str, dict[str, Any]], device: torch.device,
                     peak_tflops: float | None) -> None:
     """Each measured row's peak against the plain row's, and its MFU: the plain row's
     (model) FLOPs over the row's step time, against the peak of the row's precision."""
-    from ablate.bench.flops import peak_for, utilisation
-
     plain = rows["plain"]
     for row in rows.values():
         if "peak_mb" not in row:

@@ -11,6 +11,9 @@ import click
 import yaml
 
 from ablate.core.errors import AblateError
+from ablate.data.adapters import DATASETS, adapter_settings, build_manifest, format_notes
+from ablate.data.deepfakebench import import_deepfakebench as run_import
+from ablate.data.manifest import check_manifest, count_frames, format_protocol
 
 
 @click.group("data")
@@ -24,8 +27,6 @@ def data() -> None:
 @click.option("--max-images", type=int, default=None, help="Open at most N images (sampled).")
 def check(manifest: str, no_guided: bool, max_images: int | None) -> None:
     """Check MANIFEST: files, images, labels, duplicates, pairs; exit 1 on problems."""
-    from ablate.data.manifest import check_manifest
-
     report = check_manifest(manifest, guided=not no_guided, max_images=max_images)
     click.echo(report.format())
     if not report.ok:
@@ -74,9 +75,6 @@ def manifest(
 ) -> None:
     """Build the manifest of dataset ADAPTER from --root and write it to --out
     (and how it was made to OUT.json)."""
-    from ablate.data.adapters import build_manifest, format_notes
-    from ablate.data.manifest import count_frames, format_protocol
-
     settings = parse_sets(sets)
     given = (("frames_dir", frames_dir), ("source_is", source_is), ("preset", preset),
              ("layout", layout))
@@ -135,10 +133,6 @@ def import_deepfakebench(
     source_is: str,
 ) -> None:
     """Write the manifest of DeepfakeBench dataset JSON file(s) JSONS to --out."""
-    from ablate.data.adapters import format_notes
-    from ablate.data.deepfakebench import import_deepfakebench as run_import
-    from ablate.data.manifest import count_frames
-
     df = run_import(
         jsons, root, out, compression=compression, splits=splits or None, source_is=source_is
     )
@@ -257,6 +251,7 @@ def prepare(
       ablate data prepare --videos 'ROOT/*_sequences/*/c23/videos/*.mp4' \\
           --out ROOT --frames-dir frames
     """
+    # lazy: loads cv2 and skimage only when called
     from ablate.data.prepare import prepare as run_prepare
 
     if margin is not None:
@@ -289,8 +284,6 @@ def prepare(
 @data.command("adapters")
 def adapters() -> None:
     """List dataset adapters and their settings."""
-    from ablate.data.adapters import DATASETS, adapter_settings
-
     for entry in DATASETS.entries():
         click.echo(f"{entry.name}: {entry.description}")
         settings = ", ".join(f"{k}={v!r}" for k, v in adapter_settings(entry.name).items())

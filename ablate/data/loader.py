@@ -16,6 +16,7 @@ from ablate.core.schema import setting
 from ablate.data.dataset import FrameCache, ManifestDataset
 from ablate.data.sampler import ResumableLoader
 from ablate.data.sources import MANIFEST_DIR, benchmark_datasets, recipe_overrides, resolve_dataset
+from ablate.recipe import is_guided
 
 if TYPE_CHECKING:
     from ablate.sharding import Shard
@@ -50,7 +51,6 @@ def train_and_val(cfg: DictConfig) -> tuple[ManifestDataset, ManifestDataset]:
     table = source_table(cfg)
     _refuse_shared_videos(table, str(cfg.data.train))
     cache = FrameCache(setting(cfg, "data.frame_cache_dir"))
-    from ablate.recipe import is_guided
 
     # the baseline needs no source/target frames: fakes without pairs are training rows too
     train = _dataset(cfg, split_rows(table, "train", cfg.data.train), is_guided(cfg),

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ablate.sharding import ShardedBatches
+
 if TYPE_CHECKING:
     from ablate.sharding import Shard
 
@@ -80,7 +82,6 @@ class ResumableLoader(DataLoader):
         if shard is None:
             kwargs.update(batch_size=batch_size, sampler=sampler, drop_last=drop_last)
         else:  # this process's slice of each global batch of `batch_size`
-            from ablate.sharding import ShardedBatches
 
             kwargs["batch_sampler"] = ShardedBatches(sampler, batch_size, drop_last, shard)
         super().__init__(dataset, num_workers=num_workers, generator=torch.Generator(),

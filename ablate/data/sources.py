@@ -26,7 +26,10 @@ from omegaconf import DictConfig, OmegaConf
 from ablate.core.errors import AblateError
 from ablate.core.paths import MANIFESTS_DIR
 from ablate.core.schema import setting
+from ablate.data.adapters import build_from_config
 from ablate.data.manifest import load_manifest
+from ablate.locations import find
+from ablate.recipe import is_guided, options
 
 MANIFEST_DIR = MANIFESTS_DIR
 CACHE_VERSION = 2  # bump when an adapter writes other rows for the same settings (2: identity, family, WildDeepfake source videos)
@@ -44,6 +47,7 @@ class Source:
 
 def benchmark_datasets() -> list[str]:
     """Names of the embedded benchmark's datasets (no build needed to list them)."""
+    # lazy: loads cv2 and scipy only when called
     from ablate.data.synthetic import DEFAULT_METHODS, dataset_name
 
     return [dataset_name(m) for m in DEFAULT_METHODS]
@@ -75,8 +79,6 @@ def recipe_overrides(cfg: DictConfig) -> dict[str, Any]:
     """Recipe-level data settings forwarded to the train set's adapter (which original is
     the source). None for the baseline: it reads no source/target frames, so, as in its
     recipe hash, it uses the dataset's own manifest whatever data.source_is says."""
-    from ablate.recipe import is_guided
-
     if not is_guided(cfg) or not setting(cfg, "data.source_is"):
         return {}
     return {"source_is": cfg.data.source_is}
@@ -102,6 +104,7 @@ def locate(name: str, overrides: dict | None = None) -> Source:
             raise AblateError(f"manifest {path} does not exist; build one with `ablate data manifest`")
         return Source(name, path.resolve(), None, None)
     if name in benchmark_datasets():
+        # lazy: loads cv2 and scipy only when called
         from ablate.data.synthetic import ensure_benchmark
 
         file = ensure_benchmark()
@@ -124,9 +127,6 @@ def resolve_dataset(name: str, settings: dict | None = None) -> pd.DataFrame:
 
 
 def _config_file(name: str) -> Path:
-    from ablate.locations import find
-    from ablate.recipe import options
-
     config = find("configs", f"data/{name}.yaml")
     if config is None:
         known = ", ".join(benchmark_datasets() + options("data"))
@@ -143,6 +143,5 @@ def _build(name: str, settings: dict[str, Any], manifest: Path) -> None:
             f"dataset {name} has no manifest yet and no root: set root in {_config_file(name)} "
             f"(the folder of extracted face frames){hint}"
         )
-    from ablate.data.adapters import build_from_config
 
     build_from_config({**settings, "manifest": str(manifest)})  # written atomically

@@ -24,6 +24,7 @@ __all__ = ["EVALUATORS", "FORMATS", "Report", "build_report"]
 
 def __getattr__(name: str) -> Any:
     if name in ("build_report", "Report"):
+        # lazy: that module imports this one
         from ablate.report import build
 
         return getattr(build, name)

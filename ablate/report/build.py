@@ -179,6 +179,7 @@ def _write(data: SweepData, folder: Path, formats: tuple[str, ...], evaluator: s
     images = _plots(data, summ, abl, imp, front, ref, folder) if {"md", "html"} & set(formats) \
         else {}
     if images and ranked is not None:
+        # lazy: loads matplotlib only when called
         from ablate.report.cd_plot import cd_diagram
 
         images["cd_diagram"] = cd_diagram(ranked.friedman.mean_ranks, ranked.cd, folder)
@@ -261,6 +262,7 @@ def _add_search_stage(doc: Document, confirmation: SweepData, search: SweepData)
 
 def _plots(data: SweepData, summ: pd.DataFrame, abl: pd.DataFrame, imp: Importance,
            front: pd.DataFrame | None, ref: Reference, folder: Path) -> dict[str, Path | None]:
+    # lazy: loads matplotlib only when called
     from ablate.report import plots  # matplotlib only when a format shows figures
 
     order = tables.recipe_order(summ, data)

@@ -40,6 +40,7 @@ def report(sweep: str | None, db_url: str | None, out: str | None, formats: str,
       ablate report --sweep quick-1 --format md,html
       ablate report --db postgresql://me@dbhost/ablate --out paper/tables
     """
+    # lazy: loads scipy only when called
     from ablate.report.build import build_report
 
     result = build_report(sweep, db_url, out, formats, importance,

@@ -25,11 +25,14 @@ import io
 import numpy as np
 import pandas as pd
 
+from ablate import storage
 from ablate.core.errors import AblateError
 from ablate.core.names import SCORES
+from ablate.metrics import auc, bootstrap_values, eer
 from ablate.provenance import is_part
 from ablate.report.data import SweepData
 from ablate.report.delong import delong_mean_test, holm
+from ablate.report.stats import two_stage_interval
 
 N_BOOT = 1000
 COLUMNS = ["comparison", "a", "b", "dataset", "seeds", "n_frames", "n_videos", "auc_a", "auc_b",
@@ -41,8 +44,6 @@ TWO_STAGE_METRICS = ("auc", "eer")  # frame level: what scores.csv rows are
 def read_scores(runs: pd.DataFrame, key: str) -> dict[tuple[str, int], pd.DataFrame]:
     """(run[key], seed) -> that run's per-frame test scores, for each run whose folder is
     readable here (a local folder, or the sweep's --storage, e.g. s3://...)."""
-    from ablate import storage
-
     out = {}
     for t in runs.itertuples():
         run_dir = getattr(t, "run_dir", None)
@@ -121,8 +122,6 @@ def aligned_frames(scores: dict, a: str, b: str, seeds: list[int], dataset: str)
 def bootstrap_p(videos: np.ndarray, y: np.ndarray, va: np.ndarray, vb: np.ndarray,
                  n_boot: int) -> float:
     """Two-sided p of mean AUC(A) - mean AUC(B) from the same video resamples."""
-    from ablate.metrics import bootstrap_values
-
     def mean_boot(runs: np.ndarray) -> np.ndarray:  # (n_boot,): resampled AUC, mean over runs
         return np.mean([bootstrap_values(videos, y, s, "auc", n_boot=n_boot, seed=0)[0]
                         for s in runs], axis=0)
@@ -143,9 +142,6 @@ def two_stage_difference(scores: dict, a: str, b: str, tests: list[str],
     Every seed both recipes have must have scored every test set; each test set uses the
     frames every run scored, with one video resample (seed 0) for all runs.
     """
-    from ablate.metrics import auc, bootstrap_values, eer
-    from ablate.report.stats import two_stage_interval
-
     seeds = sorted({s for (c, s) in scores if c == a} & {s for (c, s) in scores if c == b})
     if not seeds:
         return {}

@@ -14,7 +14,10 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from ablate.core.errors import AblateError
 from ablate.core.schema import setting
+from ablate.recipe import compose, recipe_hash
+from ablate.results import ResultsDB, default_url, require_existing_db
 from ablate.space.model import SearchSpace
 
 COLUMNS = ["cell", "changed", "guided", "seeds", "steps", "step_time_s", "measured",
@@ -34,8 +37,6 @@ def design_cost(space: SearchSpace, db_url: str | None = None,
     """The cost table of `space`'s design; `db_url` (default: the results DB) holds the
     step times of runs already made. `measure`: time the reference recipe's guided and
     baseline steps now (`ablate bench`, one thread) for the cells nobody has run."""
-    from ablate.recipe import compose, recipe_hash
-
     design = space.design
     rows = []
     for cell in design.cells():
@@ -84,6 +85,7 @@ def design_cost(space: SearchSpace, db_url: str | None = None,
 def _bench(space: SearchSpace) -> dict[bool, float]:
     """Median seconds per train step of the reference (guided) and of its baseline, from
     one `ablate bench` of the reference at one thread (what a 1-CPU trial gets)."""
+    # lazy: loads torch only when called
     from ablate.bench.run import run_bench
 
     guided_cells = [c for c in space.design.cells() if not c.is_baseline]
@@ -102,9 +104,6 @@ def _reference_overrides(space: SearchSpace) -> list[str]:
 
 def _measured(hashes: list[str], db_url: str | None) -> pd.DataFrame:
     """Per recipe hash: median step time, median train steps, finished runs (n)."""
-    from ablate.core.errors import AblateError
-    from ablate.results import ResultsDB, default_url, require_existing_db
-
     empty = pd.DataFrame(columns=["step_time_s", "train_steps", "n"])
     url = db_url or default_url()
     try:

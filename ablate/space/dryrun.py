@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 from ablate.core.errors import AblateError
+from ablate.recipe import is_guided
 from ablate.space.check import _Check
 from ablate.space.model import MODEL_KEYS, TINY_PREFIX
 
@@ -23,7 +24,6 @@ def _dry_run(check: _Check, cfgs: dict[str, Any]) -> None:
 
 def _dry_run_all(check: _Check, cfgs: dict[str, Any]) -> None:
     from ablate.model.smoke import build_and_forward  # lazy: reading a space loads no torch
-    from ablate.recipe import is_guided
 
     teachers: dict[str, Any] = {}
     built: set[str] = set()
@@ -58,8 +58,6 @@ def _model_identity(cfg: Any) -> str:
     """The recipe parts a build depends on (train.lr and friends do not change it; the
     baseline builds only the encoder, so its filter or teacher do not either)."""
     from omegaconf import OmegaConf
-
-    from ablate.recipe import is_guided
 
     keys = MODEL_KEYS if is_guided(cfg) else ("backbone", "guide", "image_size")
     parts = {k: OmegaConf.to_container(cfg[k], resolve=True) if k != "image_size" else cfg[k]

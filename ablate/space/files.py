@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from ablate.core.errors import AblateError
+from ablate.locations import find, names, search_path
 from ablate.space.model import SearchSpace
 from ablate.space.parse import parse_space
 from ablate.space.reader import _read_yaml, _Where
@@ -16,15 +17,11 @@ from ablate.space.reader import _read_yaml, _Where
 
 def spaces_dirs() -> list[Path]:
     """Folders searched for spaces by name: built-in, plugins', $ABLATE_SPACES_PATH."""
-    from ablate.locations import search_path
-
     return search_path("search_spaces")
 
 
 def list_spaces() -> list[tuple[str, str]]:
     """(name, description) of every space on the search path; a broken file says so."""
-    from ablate.locations import find, names
-
     out = []
     for name in names("search_spaces"):
         path = find("search_spaces", f"{name}.yaml")
@@ -55,7 +52,6 @@ def _find(name_or_path: str) -> Path:
         if not path.is_file():
             raise AblateError(f"search space file {path} does not exist")
         return path
-    from ablate.locations import find, names
 
     candidate = find("search_spaces", f"{name_or_path}.yaml")
     if candidate is None:

@@ -33,7 +33,12 @@ from typing import Any
 
 import pandas as pd
 
+from ablate.core.errors import AblateError
 from ablate.core.schema import setting
+from ablate.recipe import compose, recipe_hash
+from ablate.report.data import RESULT_STATUSES, load_sweep
+from ablate.report.reference import choose_reference
+from ablate.results import DEFAULT_URL, ResultsDB, default_url, require_existing_db
 from ablate.space.model import SearchSpace
 
 PILOT_SEEDS = 3
@@ -80,6 +85,7 @@ class Power:
             return [f"power for space {self.space}: unknown, {self.reason}. Run a short "
                     f"pilot ({PILOT_SEEDS} seeds per recipe; fewer steps give a rougher "
                     f"estimate), e.g. `{self.pilot}`, then `ablate spaces {self.space} --power`"]
+        # lazy: loads scipy only when called
         from ablate.report.stats import ALPHA, MAX_SEEDS, POWER
 
         e = self.estimate
@@ -126,8 +132,8 @@ def space_power(space: SearchSpace, db_url: str | None = None,
     "unknown". `effect`: AUC units (default stats.DEFAULT_EFFECT, 1 point)."""
     import sqlalchemy as sa
 
+    # lazy: loads scipy only when called
     from ablate.report.stats import DEFAULT_EFFECT, minimum_detectable_effect, seeds_needed
-    from ablate.results import DEFAULT_URL, ResultsDB, default_url, require_existing_db
 
     effect = DEFAULT_EFFECT if effect is None else float(effect)
     seeds = verdict_seeds(space)
@@ -167,8 +173,6 @@ class _Recipe:
 
 def _space_recipes(space: SearchSpace) -> list[_Recipe]:
     """The recipes the space runs: a design's cells (reference first), a search's fixed part."""
-    from ablate.recipe import compose
-
     if space.design is None:
         return [_Recipe("fixed settings", compose(space.overrides()))]
     return [_Recipe(c.label, compose([*space.overrides(), *c.overrides()]))
@@ -177,8 +181,6 @@ def _space_recipes(space: SearchSpace) -> list[_Recipe]:
 
 def _hashes(recipes: list[_Recipe], seeds: list[int]) -> dict[str, str]:
     """recipe hash -> recipe label, for each of `seeds` (the hash includes the seed)."""
-    from ablate.recipe import recipe_hash
-
     out = {}
     for r in recipes:
         cfg = r.cfg.copy()
@@ -196,8 +198,6 @@ def _find(db: Any, space: SearchSpace,
     """(source, estimates) from the first tier with a paired difference, else from the first
     with one recipe's spread (a measured paired spread beats an assumed one), or why none
     has one (a phrase)."""
-    from ablate.report.data import RESULT_STATUSES
-
     sweeps = db.list_sweeps()
     if sweeps.empty:
         return "no sweeps in the results DB"
@@ -248,9 +248,7 @@ def _sweep_values(db: Any, name: str) -> tuple[pd.DataFrame, str] | None:
     """(one sweep's frame test AUC per recipe, seed and test set, the report's reference
     recipe), counted the way the report counts them (`load_sweep`: finished or reused, one
     per recipe and seed), with recipe_hash and label; None when it has nothing to report."""
-    from ablate.core.errors import AblateError
-    from ablate.report.data import load_sweep
-    from ablate.report.reference import choose_reference
+    # lazy: loads scipy only when called
     from ablate.report.tables import AVG, seed_values
 
     try:
@@ -290,6 +288,7 @@ def _own_recipes(v: pd.DataFrame, hashes: dict[str, str],
 
 def _paired(v: pd.DataFrame, anchor: str, anchor_label: str, sweep: str) -> list[Estimate]:
     """Each recipe against the anchor, on the seeds and test sets both have."""
+    # lazy: loads scipy only when called
     from ablate.report.stats import seed_interval
 
     ref = v[v["config"] == anchor]
@@ -308,6 +307,7 @@ def _paired(v: pd.DataFrame, anchor: str, anchor_label: str, sweep: str) -> list
 
 def _per_recipe(v: pd.DataFrame, sweep: str) -> list[Estimate]:
     """Each recipe with >= 2 seeds: sqrt(2) x the sd of its per-seed mean test AUC."""
+    # lazy: loads scipy only when called
     from ablate.report.stats import seed_means
 
     out = []

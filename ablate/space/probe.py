@@ -8,15 +8,15 @@ from __future__ import annotations
 from typing import Any
 
 from ablate.core.errors import AblateError
+from ablate.core.names import SLOTS
+from ablate.recipe import compose, recipe_hash
+from ablate.registry import registry
 from ablate.space.check import _Check
 from ablate.space.model import Param, format_value
 
 
 def _registered(check: _Check) -> list[Param]:
     """Slot choices must name registered variants; returns the params left to probe."""
-    from ablate.core.names import SLOTS
-    from ablate.registry import registry
-
     for key, value in check.space.fixed.items():
         if key in SLOTS and value not in registry(key):
             check.problem(_unknown_variant(key, value, "fixed"))
@@ -31,8 +31,6 @@ def _registered(check: _Check) -> list[Param]:
 
 
 def _unknown_variant(slot: str, name: Any, where: str) -> str:
-    from ablate.registry import registry
-
     return (f"{where}: unknown {slot} {name!r}; registered {slot} variants: "
             f"{', '.join(registry(slot).names())}")
 
@@ -43,8 +41,6 @@ def _without(p: Param, bad: list[Any]) -> Param:
 
 def _composable(check: _Check, params: list[Param]) -> list[Param]:
     """Keys must exist in the recipe; params whose key does not are left out of later probes."""
-    from ablate.recipe import compose
-
     try:
         compose(check.overrides(_assignment(params, {})))
         return params  # the common case: everything composes at its default
@@ -73,8 +69,6 @@ def _pinpoint_fixed(check: _Check) -> bool:
 
     Adds them one by one, groups (`teacher: sd15`) before their keys (`teacher.path`).
     """
-    from ablate.recipe import compose
-
     good: dict[str, Any] = {}
     for key in sorted(check.fixed, key=lambda k: "." in k):
         try:
@@ -120,8 +114,6 @@ def _assignment(params: list[Param], forced: dict[str, Any]) -> dict[str, Any]:
 
 def _probe_configs(check: _Check, params: list[Param]) -> dict[str, Any]:
     """Compose each one-param-at-a-time variation; returns {label: recipe}."""
-    from ablate.recipe import compose
-
     cfgs: dict[str, Any] = {}
     seen: set[str] = set()
     for p in [None, *params]:
@@ -143,8 +135,6 @@ def _probe_configs(check: _Check, params: list[Param]) -> dict[str, Any]:
 def _design_configs(check: _Check) -> dict[str, Any]:
     """Compose every cell of the space's design; two cells that make one recipe (a level the
     recipe ignores, e.g. a filter with guide=none) are a problem, not a silent duplicate."""
-    from ablate.recipe import compose, recipe_hash
-
     cfgs: dict[str, Any] = {}
     by_hash: dict[str, str] = {}
     for cell in check.space.design.cells():

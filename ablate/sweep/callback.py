@@ -17,6 +17,7 @@ from ray.tune import Callback
 
 from ablate import storage
 from ablate.core.errors import AblateError
+from ablate.recipe import compose, recipe_hash, result_dict
 from ablate.sweep.searcher import StopLedger
 from ablate.sweep.trial import KIND, RUNG_METRIC, trial_overrides
 
@@ -155,8 +156,6 @@ class ResultsCallback(Callback):
         self.recorded.add((trial.trial_id, seed))
 
     def _recipe(self, config: dict, seed: int) -> tuple[str, dict]:
-        from ablate.recipe import compose, recipe_hash, result_dict
-
         try:
             cfg = compose(trial_overrides(self.space, config, self.grid, seed=seed))
             return recipe_hash(cfg), result_dict(cfg)

@@ -12,6 +12,10 @@ import socket
 from typing import Any
 
 from ablate.core.errors import AblateError, first_line
+from ablate.core.paths import CONFIG_DIR_ENV, SPACES_DIR_ENV
+from ablate.locations import CONFIG_PATH_ENV, SPACES_PATH_ENV
+from ablate.plugins import ENV
+from ablate.version import code_version
 
 
 def check_request(cpus: float, gpus: float) -> None:
@@ -106,17 +110,11 @@ def plugin_env() -> dict[str, str]:
     """Plugins and extra config/space folders of this process, for every worker: each
     node must be able to import the plugin (installed there, or the .py file on a path
     it sees), as it must be able to import ablate itself."""
-    from ablate.core.paths import CONFIG_DIR_ENV, SPACES_DIR_ENV
-    from ablate.locations import CONFIG_PATH_ENV, SPACES_PATH_ENV
-    from ablate.plugins import ENV
-
     names = (ENV, CONFIG_PATH_ENV, SPACES_PATH_ENV, CONFIG_DIR_ENV, SPACES_DIR_ENV)
     return {k: os.environ[k] for k in names if os.environ.get(k)}
 
 
 def _node_version() -> tuple[str, str]:
-    from ablate.version import code_version
-
     return socket.gethostname(), code_version()
 
 

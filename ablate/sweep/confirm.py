@@ -22,6 +22,9 @@ from typing import Any
 import yaml
 
 from ablate.core.errors import AblateError
+from ablate.provenance import is_part
+from ablate.recipe import compose, recipe_hash
+from ablate.space.model import format_value
 
 CONFIRM_SUFFIX = "-confirm"
 COUNTED = ("finished", "reused")
@@ -47,8 +50,6 @@ def winners(db, search: str, space) -> list[Winner]:  # noqa: ANN001
     A recipe is rebuilt from the search's params read off its stored recipe; the rebuilt
     recipe must hash like the stored one (checked on its first seed), or this fails.
     """
-    from ablate.provenance import is_part
-
     trials = db.trials(search)
     trials = trials[trials["status"].isin(COUNTED) & trials["recipe_json"].notna()]
     if trials.empty:
@@ -81,8 +82,6 @@ def winners(db, search: str, space) -> list[Winner]:  # noqa: ANN001
 def param_overrides(space, recipe: dict) -> list[str]:  # noqa: ANN001
     """`key=value` for each of the space's params that the stored recipe holds; a group
     param (filter, weight, ...) is the chosen option's name."""
-    from ablate.space.model import format_value
-
     out = []
     for p in space.params:
         node: Any = recipe
@@ -105,7 +104,6 @@ _MISSING = object()
 
 
 def _check_rebuilt(space, overrides: tuple[str, ...], entry: dict, search: str) -> None:  # noqa: ANN001
-    from ablate.recipe import compose, recipe_hash
 
     try:
         rebuilt = recipe_hash(compose([*space.overrides(seed=entry["seed"]), *overrides]))

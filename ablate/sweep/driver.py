@@ -26,8 +26,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ablate import storage as store
 from ablate.core.errors import AblateError
 from ablate.core.paths import RAY_DIR, RUNS_DIR, SPACES_DIR
+from ablate.data.sources import benchmark_datasets
+from ablate.recipe import compose
+from ablate.results import METRIC_KEYS, ResultsDB
+from ablate.space import derive_space, load_space, parse_space, planned_evaluations, validate_space
 from ablate.sweep.cluster import (
     check_fits,
     check_request,
@@ -77,11 +82,6 @@ def run_sweep(
     (`ablate.sweep.confirm`); `stage` is what a confirmation sweep records of its search.
     """
     import ray
-
-    from ablate import storage as store
-    from ablate.recipe import compose
-    from ablate.results import ResultsDB
-    from ablate.space import derive_space, load_space, parse_space, validate_space
 
     start = time.perf_counter()
     db = ResultsDB(db_url)  # a bad URL or an unwritable DB: an error before anything else
@@ -180,6 +180,7 @@ def run_sweep(
                  "search, then its confirmation)" if of.get("confirms")
                  else f"--space {space_name} --name {name} --resume")
         raise AblateError(f"sweep {name} interrupted; continue it with: ablate sweep {again}")
+    # lazy: that module imports this one
     from ablate.sweep.table import summary_table
 
     confirmation = None
@@ -204,6 +205,7 @@ def _check_confirmation_name(db, search: str) -> None:  # noqa: ANN001
 def _confirm(space, space_text: str, search: str, space_name: str, db,  # noqa: ANN001
              kwargs: dict) -> SweepSummary:
     """Retrain the search's best recipes on fresh seeds, in sweep `<search>-confirm`."""
+    # lazy: that module imports this one
     from ablate.sweep.confirm import winners, write_confirm_space
 
     name = confirmation_name(search)  # not another's: checked before the search started
@@ -263,7 +265,7 @@ def _run(r: _Run) -> None:
     import ray
     from ray import tune
 
-    from ablate import storage as store
+    # lazy: that module imports this one
     from ablate.sweep.callback import ResultsCallback
     from ablate.sweep.searcher import StopLedger, TruthfulOptunaSearch
 
@@ -321,6 +323,7 @@ def _run(r: _Run) -> None:
 
 
 def _open_study(space, name: str, db):  # noqa: ANN001, ANN202
+    # lazy: that module imports this one
     from ablate.sweep.searcher import open_study  # imports Ray: not at module level
 
     return open_study(space, name, db.optuna_storage_url)
@@ -352,7 +355,6 @@ def reuse_table(db, version: str, any_version: bool = False) -> dict[str, dict]:
         return {}
     rows = (rows.sort_values(["ended", "id"], ascending=False, na_position="last")
             .drop_duplicates(["identity", "seed"]))
-    from ablate.results import METRIC_KEYS
 
     metrics = _grouped(db.metrics(), METRIC_KEYS)
     curves = _grouped(db.curves(), ("step", "name", "value"))
@@ -417,7 +419,6 @@ def _sweep_name(db, space: str, name: str | None, resume: bool) -> str:  # noqa:
 
 
 def _uses_benchmark(reference) -> bool:  # noqa: ANN001
-    from ablate.data.sources import benchmark_datasets  # torch-free
 
     names = {str(reference.data.train), *map(str, reference.data.tests)}
     return bool(names & set(benchmark_datasets()))
@@ -426,6 +427,7 @@ def _uses_benchmark(reference) -> bool:  # noqa: ANN001
 def _prepare_data(reference) -> None:  # noqa: ANN001
     """Build the embedded benchmark once here, so concurrent trials never race to build it."""
     if _uses_benchmark(reference):
+        # lazy: loads cv2 and scipy only when called
         from ablate.data.synthetic import ensure_benchmark
 
         ensure_benchmark(progress=True)
@@ -440,7 +442,7 @@ def _scheduler(space, cfg, ledger):  # noqa: ANN001, ANN202
     stop = space.early_stopping
     if not stop.enabled:
         return None
-    from ablate.space import planned_evaluations
+    # lazy: that module imports this one
     from ablate.sweep.searcher import asha
 
     evaluations = planned_evaluations(cfg.train)

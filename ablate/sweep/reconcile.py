@@ -20,6 +20,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from ablate.core.errors import AblateError
+from ablate.recipe import compose, recipe_hash
 from ablate.sweep.trial import DONE_STATUSES, GRID_KEY, summarise, trial_overrides
 
 INTERRUPTED_ATTR = "interrupted"
@@ -76,6 +78,7 @@ def settle_study(study, by_tune: dict[str, list[dict]], seeds: int, space) -> in
     """Tell Optuna how each RUNNING trial ended; return the trials that count as run."""
     import optuna
 
+    # lazy: that module imports this one
     from ablate.sweep.searcher import RETRY_OF_ATTR, retried_trials
 
     states = optuna.trial.TrialState
@@ -124,9 +127,6 @@ def counted_trials(study) -> int:  # noqa: ANN001
 def labels_left(space, grid: dict[str, list[str]],  # noqa: ANN001
                 by_tune: dict[str, list[dict]]) -> list[str]:
     """An explicit grid's labels whose seeds the sweep has not all written."""
-    from ablate.core.errors import AblateError
-    from ablate.recipe import compose, recipe_hash
-
     rows = [r for group in by_tune.values() for r in group
             if r["status"] in (*DONE_STATUSES, "pruned")]
     have = {(r["recipe_hash"], r["seed"]) for r in rows}

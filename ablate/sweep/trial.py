@@ -30,8 +30,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ablate import storage
+from ablate.core.errors import first_line
 from ablate.core.names import SCORES
 from ablate.provenance import is_part
+from ablate.recipe import compose, result_dict
+from ablate.reuse_key import reuse_key
+from ablate.space import parse_space
 from ablate.space.budget import planned_evaluations
 from ablate.tracking import write_metrics
 
@@ -84,12 +89,11 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     """One Tune trial: each seed of one configuration, reported seed by seed."""
     import torch
 
-    from ablate.space import parse_space
-
     torch.set_num_threads(max(int(context.threads), 1))
     if context.workdir and Path(context.workdir).is_dir():
         os.chdir(context.workdir)  # single machine: relative recipe paths mean the driver's
     if context.benchmark:
+        # lazy: loads cv2 and scipy only when called
         from ablate.data.synthetic import ensure_benchmark
 
         ensure_benchmark()  # race-safe: concurrent builders rename into place
@@ -138,7 +142,7 @@ class _Trial:
         try:
             result = self._seed(seed, base)
         except Exception as err:  # noqa: BLE001 - a failing seed is a result, not a crash
-            from ablate.core.errors import first_line
+            # lazy: loads torch only when called
             from ablate.train import TrainingDiverged
 
             status = "nan" if isinstance(err, TrainingDiverged) else "failed"
@@ -153,9 +157,6 @@ class _Trial:
         return result
 
     def _seed(self, seed: int, base: dict[str, Any]) -> dict:
-        from ablate.recipe import compose, result_dict
-        from ablate.reuse_key import reuse_key
-
         ctx = self.context
         parallel = [f"train.processes={ctx.processes}"] if ctx.processes > 1 else []
         cfg = compose([*trial_overrides(self.space, self.config, ctx.grid, seed),
@@ -193,7 +194,7 @@ class _Trial:
                                      "recipe_hash": base["recipe_hash"]})
 
     def _train(self, cfg, seed: int, base: dict[str, Any], key: str) -> dict:  # noqa: ANN001
-        from ablate import storage
+        # lazy: loads torch only when called
         from ablate.checkpoint import load_classifier
         from ablate.evaluate import evaluate_classifier
         from ablate.train import train
@@ -221,6 +222,7 @@ class _Trial:
 
         try:
             if ctx.processes > 1:
+                # lazy: that module imports this one
                 from ablate.data_parallel import train_parallel
 
                 run = train_parallel(cfg, ctx.processes,
@@ -262,8 +264,6 @@ class _Trial:
     def _resume_state(self, key: str, identity: str, seed: int) -> Path | None:
         """The latest checkpoint of this seed: Tune's own (a retried trial) or the DB's
         (a resumed sweep); None to start at step 0."""
-        from ablate import storage
-
         if self.retry_state is not None and _matches(self.retry_state, identity, seed):
             return self.retry_state
         folder = Path(tempfile.mkdtemp(prefix="ablate-resume-")) / "state"

@@ -64,6 +64,7 @@ def fit_cmd(teacher: str, data: str, batch_size: int | None, lr: float | None, s
     the teacher's own objective (eps, v or flow velocity) and the empty prompt. Saved in diffusers layout; the same
     teacher + data + settings are reused unless --force.
     """
+    # lazy: loads torch only when called
     from ablate.teacher_fitting.fit import FitSettings, fit_teacher
 
     settings = FitSettings(teacher=teacher, data=data, seed=seed, max_frames=max_frames,
@@ -105,6 +106,7 @@ def adapt_cmd(teacher: str, data: str, batch_size: int | None, lr: float | None,
     twin's folder. Stores the adapter (safetensors, diffusers/PEFT format) and the base it
     belongs to; use it as teacher.lora=FOLDER with that same base teacher.
     """
+    # lazy: loads torch only when called
     from ablate.teacher_fitting.adapt import AdaptSettings, adapt_teacher
 
     settings = AdaptSettings(
@@ -122,6 +124,7 @@ def adapt_cmd(teacher: str, data: str, batch_size: int | None, lr: float | None,
                    f"{meta['frames']} real frames of {meta['data']} in {meta['wall_s']:.0f}s: "
                    f"denoising loss {loss['first']:.3f} -> {loss['last']:.3f}")
         click.echo(f"saved to {result.folder}")
+    # lazy: loads torch only when called
     from ablate.model.teachers import base_override
 
     click.echo(f"use it: ablate train {base_override(meta['base'])} teacher.lora={result.folder}")
@@ -132,6 +135,7 @@ def adapt_cmd(teacher: str, data: str, batch_size: int | None, lr: float | None,
               type=click.Path(file_okay=False), help="Where fitted teachers and adapters live.")
 def list_cmd(root: str) -> None:
     """Built-in, fitted and adapted teachers: parameters, size on disk, where, how to use."""
+    # lazy: loads torch only when called
     from ablate.teacher_fitting.catalog import catalog, format_catalog
 
     click.echo(format_catalog(catalog(root)))

@@ -73,6 +73,7 @@ class FitResult:
 
 def real_rows(data: str, max_frames: int, seed: int) -> pd.DataFrame:
     """The real (label 0) frames of the train split: the faces a teacher may learn from."""
+    # lazy: loads torchvision only when called
     from ablate.data.loader import resolve_dataset
 
     table = resolve_dataset(data)
@@ -91,6 +92,7 @@ def rows_digest(rows: pd.DataFrame) -> str:
 
 def load_images(rows: pd.DataFrame, image_size: int) -> Tensor:
     """Decoded frames [N, 3, S, S] in [-1, 1]."""
+    # lazy: loads torchvision only when called
     from ablate.data.dataset import ManifestDataset
 
     dataset = ManifestDataset(rows, image_size)
