@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ablate import plugins
 from ablate.core.errors import AblateError
-from ablate.core.paths import builtin_folder
+from ablate.core.paths import RESULTS, builtin_folder
 
 log = logging.getLogger(__name__)
 _WARNED: set[Path] = set()
@@ -84,4 +84,4 @@ def cache_base() -> Path:
     """Where ablate caches what it builds (benchmark, file digests): $ABLATE_CACHE, else
     ./results."""
     env = os.environ.get("ABLATE_CACHE")
-    return (Path(env).expanduser() if env else Path.cwd() / "results").resolve()
+    return (Path(env).expanduser() if env else Path.cwd() / RESULTS).resolve()

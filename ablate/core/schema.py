@@ -33,6 +33,7 @@ from typing import Any
 
 from ablate.core.errors import AblateError
 from ablate.core.names import SLOTS
+from ablate.core.paths import RUNS_DIR
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ GROUPS: dict[str, Group] = {g.name: g for g in (
     }),
     Group("run", "where a run is written and under which name", {
         "name": Setting(None, "the run folder's name; null = <timestamp>-<recipe hash>"),
-        "out_dir": Setting("results/runs", "where run folders go"),
+        "out_dir": Setting(RUNS_DIR.as_posix(), "where run folders go"),
     }, result=False),
     Group("loss", "weights of the loss terms (configs/loss/)", {
         "ce": Setting(1.0, "classification loss"),
