@@ -17,6 +17,21 @@ def tiny_teachers():
     return {name: build("teacher", name) for name in TINY_TEACHERS}
 
 
+TINY_RUN = ["backbone=tiny", "image_size=32", "train=cpu", "train.steps=4", "train.batch_size=4",
+            "data.train=synth-blend", "data.tests=[synth-colour,synth-warp]", "train.eval_every=0"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One tiny guided run per test worker, trained once and shared by the modules that only
+    evaluate or reload it (eval only at the end: the selected classifier is the final one)."""
+    from ablate.recipe import compose
+    from ablate.train import train
+
+    out = tmp_path_factory.mktemp("tiny-run")
+    return train(compose([*TINY_RUN, f"run.out_dir={out}", "run.name=r"]), progress=False).folder
+
+
 def fixed_batch(size: int = 64, batch: int = 4, seed: int = 0) -> dict:
     """A fixed batch of images/sources/targets in [-1, 1] and mixed labels."""
     g = torch.Generator().manual_seed(seed)
@@ -81,7 +96,7 @@ USES = {  # mark -> names whose use in a test's code implies it
     "browser": {"chromium"},
 }
 SLOW_FIXTURES = {  # fixtures that train, fit or build something large (seconds each)
-    "run_folder", "setup", "uninterrupted", "fitted", "adapted", "root", "two_processes",
+    "run_folder", "tiny_run", "setup", "uninterrupted", "fitted", "adapted", "root", "two_processes",
     "twins", "files", "dit_teachers", "saved", "site", "mtcnn", "clips", "ffpp", "frames",
     "video", "small", "stats",
 }

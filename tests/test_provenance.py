@@ -24,7 +24,6 @@ from ablate.evaluate import evaluate_run
 from ablate.provenance import manifest_sha
 from ablate.recipe import compose, recipe_hash, result_dict
 from ablate.results import ResultsDB
-from ablate.train import train
 
 TINY = ["backbone=tiny", "image_size=32", "train=cpu", "train.steps=4", "train.batch_size=4",
         "data.train=synth-blend", "data.tests=[synth-colour,synth-warp]"]
@@ -33,10 +32,9 @@ PROVENANCE = ["aggregation", "threshold", "threshold_from", "n_boot", "boot_seed
 
 
 @pytest.fixture(scope="module")
-def run_folder(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("runs")
-    cfg = compose([*TINY, "train.eval_every=0", f"run.out_dir={out}", "run.name=r"])
-    return train(cfg, progress=False).folder
+def run_folder(tiny_run) -> Path:
+    """The session's tiny run (tests/conftest.py), trained once per worker."""
+    return tiny_run
 
 
 @pytest.fixture(scope="module")

@@ -17,20 +17,16 @@ from sklearn.metrics import roc_auc_score
 
 from ablate.checkpoint import INFERENCE, RUN_INFO, TRAINABLE, load_classifier
 from ablate.evaluate import evaluate_run
-from ablate.recipe import compose
 from ablate.scoring import score
-from ablate.train import train
 
 TINY = ["backbone=tiny", "image_size=32", "train=cpu", "train.steps=4", "train.batch_size=4",
         "data.train=synth-blend", "data.tests=[synth-colour,synth-warp]"]
 
 
 @pytest.fixture(scope="module")
-def run_folder(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("runs")
-    # eval only at the end: the selected (exported) classifier is the final one
-    cfg = compose([*TINY, "train.eval_every=0", f"run.out_dir={out}", "run.name=r"])
-    return train(cfg, progress=False).folder
+def run_folder(tiny_run) -> Path:
+    """The session's tiny run (tests/conftest.py), trained once per worker."""
+    return tiny_run
 
 
 def test_train_then_eval_writes_scores_and_metrics(run_folder, tmp_path):
