@@ -168,6 +168,25 @@ def check_keys(cfg: DictConfig) -> None:
         for key in node:
             if valid is not None and key not in valid:
                 raise AblateError(schema.unknown_key_message(f"{parent}.{key}", valid))
+    _check_present(cfg)
+
+
+def _check_present(cfg: DictConfig) -> None:
+    """A composed recipe carries every result-defining group setting. A missing one would be
+    read as its declared default while the recipe hashes as if it had no value, so a result
+    stored under that hash could be reused for a run that trains differently: say so, once,
+    rather than fill it in (setting() falls back only for recipes saved before a setting
+    existed, which are read, never composed)."""
+    for name, group in schema.GROUPS.items():
+        node = cfg.get(name)
+        if not group.result or not isinstance(node, DictConfig):
+            continue
+        for key, declared in group.settings.items():
+            if declared.result and declared.hash_when_default and key not in node:
+                raise AblateError(
+                    f"recipe setting {name}.{key} is missing from the composed recipe (a "
+                    f"{name} config file without it?); add `{key}: {declared.default}` to that "
+                    f"file, or set {name}.{key}=VALUE")
 
 
 def validate(cfg: DictConfig) -> None:

@@ -240,6 +240,20 @@ def test_unknown_key_in_a_config_file_is_one_line(tmp_path, monkeypatch):
                                       "'train.lr'?"), info.value
 
 
+def test_a_config_file_missing_a_result_setting_is_one_line(tmp_path, monkeypatch):
+    # read as its default while hashing as absent, it could reuse a result trained otherwise
+    (tmp_path / "train").mkdir()
+    text = (CONFIGS / "train" / "cpu.yaml").read_text()
+    kept = "\n".join(ln for ln in text.splitlines() if not ln.startswith("eval_every:"))
+    assert kept != text
+    (tmp_path / "train" / "mine.yaml").write_text(kept)
+    monkeypatch.setenv("ABLATE_CONFIG_PATH", str(tmp_path))
+    with pytest.raises(AblateError, match=r"recipe setting train.eval_every is missing .* add "
+                                          r"`eval_every: 20`"):
+        compose(["train=mine"])
+    assert compose(["train=mine", "+train.eval_every=0"]).train.eval_every == 0
+
+
 def test_unknown_key_on_the_cli_is_one_error_line(tmp_path):
     from conftest import run_cli
 

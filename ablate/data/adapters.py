@@ -3,7 +3,7 @@
 The registry (`DATASETS`, one entry per `ablate data manifest ADAPTER`) is filled by one
 module per dataset family: faceforensics.py (ffpp, dfd), celebdf.py, dfdc.py
 (dfdc_preview), wilddeepfake.py, diffswap.py, df40.py. What they share (sampling
-settings and presets, notes, frame listing, pairing, the table) is in table.py, layout
+settings and presets, notes, frame listing, pairing, the table) is in adapter_base.py, layout
 detection in layouts.py. This module is the entry point: build, write, record.
 """
 

@@ -2,5 +2,6 @@
 
 `fit` (tiny twins, whole VAE + UNet), `adapt` (LoRA on the UNet attention projections),
 `catalog` (what `ablate teachers list` shows) and `cli` (the `ablate teachers` group).
-Loading a fitted twin or an adapter lives with the teachers: `ablate/model/teachers/` (lora.py, one file per family).
+Loading a fitted twin or an adapter lives with the teachers: `ablate/model/teachers/loading.py`
+(the one rule: `twin`, then the LoRA step) and `lora.py` (adapters tied to their base).
 """
