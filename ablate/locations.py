@@ -23,7 +23,6 @@ log = logging.getLogger(__name__)
 _WARNED: set[Path] = set()
 
 CONFIG_PATH_ENV, SPACES_PATH_ENV = "ABLATE_CONFIG_PATH", "ABLATE_SPACES_PATH"  # added after
-builtin = builtin_folder  # the built-in folder of a kind (ablate.core.paths says where)
 
 
 def search_path(kind: str) -> list[Path]:
@@ -31,7 +30,7 @@ def search_path(kind: str) -> list[Path]:
     plugins.load_all()
     env = CONFIG_PATH_ENV if kind == "configs" else SPACES_PATH_ENV
     extra = [Path(p).expanduser() for p in env_list(env)]
-    return list(dict.fromkeys([builtin(kind), *plugins.folders(kind), *extra]))
+    return list(dict.fromkeys([builtin_folder(kind), *plugins.folders(kind), *extra]))
 
 
 def env_list(name: str) -> list[str]:

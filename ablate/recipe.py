@@ -22,6 +22,7 @@ from ablate import locations, plugins
 from ablate.core import schema
 from ablate.core.errors import AblateError
 from ablate.core.names import GUIDANCE_ONLY, NO_GUIDE, SLOTS, is_guidance_key
+from ablate.core.paths import builtin_folder
 from ablate.core.schema import setting
 from ablate.registry import registry
 
@@ -38,7 +39,7 @@ def is_guided(cfg: DictConfig) -> bool:
 
 def config_dir() -> Path:
     """The built-in `configs/` (checkout, packaged copy, or $ABLATE_CONFIG_DIR)."""
-    path = locations.builtin("configs")
+    path = builtin_folder("configs")
     if not (path / "config.yaml").is_file():
         raise AblateError(f"no config.yaml in {path}; set ABLATE_CONFIG_DIR to the configs/ folder")
     return path

@@ -21,7 +21,7 @@ from ablate.recipe import compose, recipe_hash, result_dict, valid_keys
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 
-# NON_RESULT_KEYS as it was kept by hand in ablate/recipe.py before the schema (issue 24):
+# NON_RESULT_KEYS as it was kept by hand in ablate/recipe.py before the schema (issue 23):
 # the derived one must stay this set unless a change means to re-run (or reuse) results.
 OLD_NON_RESULT_KEYS = {
     "run", "train.device", "train.log_every", "train.channels_last", "train.attention",

@@ -44,14 +44,12 @@ import torch
 from torch import Tensor
 
 from ablate.core.errors import AblateError, first_line
-from ablate.core.names import FITTED_META, PICKLE_SUFFIXES, WEIGHT_FILE_SUFFIXES, WEIGHT_FILES
+from ablate.core.names import FITTED_META, WEIGHT_FILE_SUFFIXES, WEIGHT_FILES
 from ablate.model.teachers.base import Teacher, parse_dtype, transformer_family
 from ablate.model.teachers.lora import in_dtype, read_json, stored_path, with_lora
 from ablate.model.teachers.unet_families import family_of
 
-PICKLES = PICKLE_SUFFIXES
 SAFE_UNPICKLER = (2, 6)  # torch's weights_only unpickler can be trusted from 2.6 (CVE-2025-32434)
-WEIGHT_SUFFIXES = WEIGHT_FILE_SUFFIXES
 SCALE_KEYS = ("scale_weight", "weight_scale", "scaled_fp8")  # ComfyUI's scaled fp8 files
 UNET_KEY = "model.diffusion_model.input_blocks.0.0.weight"
 DIFFUSION_PREFIX = "model.diffusion_model."
@@ -98,7 +96,7 @@ def real_teacher(loader: Loader, path: str | None, random_init: bool, dtype: str
         return with_lora(loader.folder(source, torch_dtype), lora)
     if not source.exists():
         raise AblateError(f"teacher.path {source} does not exist")
-    if source.suffix not in WEIGHT_SUFFIXES:
+    if source.suffix not in WEIGHT_FILE_SUFFIXES:
         raise AblateError(f"teacher.path {source} is neither a diffusers-layout folder nor a "
                           f"{WEIGHT_FILES} file")
     return with_lora(loader.file(WeightsFile(source, "teacher.path"), torch_dtype), lora)
@@ -162,7 +160,7 @@ def check_file(file: Path, setting: str) -> None:
         raise AblateError(f"{setting} {file} does not exist")
     if file.is_dir():
         raise AblateError(f"{setting} {file} is a folder; it must be a {WEIGHT_FILES} file")
-    if file.suffix not in WEIGHT_SUFFIXES:
+    if file.suffix not in WEIGHT_FILE_SUFFIXES:
         raise AblateError(f"{setting} {file} is not a {WEIGHT_FILES} file")
 
 
