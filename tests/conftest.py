@@ -1,5 +1,7 @@
 import os
+import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -7,6 +9,15 @@ os.environ.setdefault("ABLATE_CACHE", "results")  # one benchmark build shared b
 torch.set_num_threads(2)
 
 TINY_TEACHERS = ["tiny-sd15", "tiny-sd21", "tiny-sdxl"]
+
+
+@pytest.fixture(autouse=True)
+def _same_random_state_whatever_ran_before():
+    """Each test starts from one RNG state, so its outcome does not depend on which tests
+    an xdist worker happened to run before it (CI once failed a loss-ratio test that way)."""
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
 
 
 @pytest.fixture(scope="session")
