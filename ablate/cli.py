@@ -144,7 +144,8 @@ def list_cmd(words: tuple[str, ...]) -> None:
 
 @cli.command(epilog=OVERRIDES_HELP)
 @click.argument("overrides", nargs=-1)
-@click.option("--dry-run", is_flag=True, help="Compose and build the recipe, print it, train nothing.")
+@click.option("--dry-run", is_flag=True, help="Compose and build the recipe, print it and its "
+              "schedule (steps, evaluations, checkpoint), train nothing.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(overrides: tuple[str, ...], dry_run: bool, quiet: bool) -> None:
     """Train one detector from a recipe and save it as a run folder.
@@ -171,6 +172,7 @@ def train(overrides: tuple[str, ...], dry_run: bool, quiet: bool) -> None:
     if dry_run:
         # lazy: loads torch only when called
         from ablate.model.build import build_detector
+        from ablate.schedule import plan, training_batches
         from ablate.sharding import check_split
         from ablate.train import count_params
 
@@ -182,6 +184,8 @@ def train(overrides: tuple[str, ...], dry_run: bool, quiet: bool) -> None:
         click.echo(f"recipe hash: {recipe.recipe_hash(cfg)}")
         click.echo(f"trainable parameters: {count_params(detector, trainable_only=True):,}")
         click.echo(f"inference parameters: {count_params(detector.classifier):,}")
+        batches, frames, why = training_batches(cfg)
+        click.echo("\n".join(plan(cfg, batches, why, frames).lines()))
         return
     if processes > 1:
         # lazy: loads torch only when called

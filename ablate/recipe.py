@@ -82,8 +82,34 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
         cfg = _hydra_compose(list(overrides))
     except (HydraException, OmegaConfBaseException) as err:
         raise AblateError(_explain(err, overrides)) from None
+    explicit_steps_win(cfg, overrides)
     validate(cfg)
     return cfg
+
+
+def override_keys(overrides: list[str] | tuple[str, ...]) -> set[str]:
+    """The dotted keys the overrides set (`+train.steps=5` -> train.steps; `~key` removes)."""
+    return {o.lstrip("+").split("=", 1)[0] for o in overrides
+            if "=" in o and not o.startswith("~")}
+
+
+def explicit_steps_win(cfg: DictConfig, overrides: list[str] | tuple[str, ...]) -> None:
+    """An explicit setting beats what a preset implies (docs/recipe.md): `train.steps` given
+    in the overrides (command line, a space's fixed settings or params) and `train.epochs`
+    not, the preset's epochs (which would override the steps) become null. Both given:
+    one line saying to give one."""
+    given = override_keys(overrides)
+    if "train.steps" not in given or cfg.train.get("steps") is None:
+        return
+    if "train.epochs" in given:
+        if cfg.train.get("epochs") is not None:
+            raise AblateError(
+                f"train.steps={cfg.train.steps} and train.epochs={cfg.train.epochs} are both "
+                "given; give one (train.steps: optimiser steps, train.epochs: passes over the "
+                "training set), or set the other to null")
+        return
+    if cfg.train.get("epochs") is not None:
+        cfg.train.epochs = None
 
 
 def _explain(err: Exception, overrides: list[str] | tuple[str, ...]) -> str:
@@ -210,8 +236,15 @@ def validate(cfg: DictConfig) -> None:
 def _check_choices(cfg: DictConfig) -> None:
     """Settings whose bad values would only surface minutes later, when data or
     evaluation starts: those with declared choices (the augmentation preset, the EER
-    convention, the bootstrap unit) and the validation interval."""
+    convention, the bootstrap unit), the schedule's length and the validation interval."""
     schema.check_choices(cfg)
+    for key in ("train.steps", "train.epochs"):
+        value = setting(cfg, key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):
+            raise AblateError(f"{key} must be a positive integer or null, not {value!r}")
+    if setting(cfg, "train.steps") is None and setting(cfg, "train.epochs") is None:
+        raise AblateError("set train.steps (a positive integer) or train.epochs")
     every = setting(cfg, "train.eval_every")
     if every != "epoch" and (isinstance(every, bool) or not isinstance(every, int) or every < 0):
         raise AblateError(f"train.eval_every must be a number of steps >= 0 or 'epoch', "

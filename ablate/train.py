@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ablate.checkpoint import save_run
 from ablate.core.errors import AblateError
-from ablate.core.schema import group_setting, setting
+from ablate.core.schema import setting
 from ablate.data.loader import make_loader, train_and_val
 from ablate.device import pick_device, supports_dtype
 from ablate.model.build import build_detector
@@ -33,6 +33,7 @@ from ablate.model.speed import (
 )
 from ablate.model.teachers import parse_dtype as teacher_dtype
 from ablate.recipe import is_guided, recipe_hash
+from ablate.schedule import eval_every_steps, total_steps
 from ablate.scoring import Selection, score, validation_point
 from ablate.sharding import Shard, average_gradients, average_terms, same_start, sync_batch_norm
 from ablate.tracking import write_curves
@@ -121,14 +122,6 @@ def _first_pass(loader, done: int) -> Iterable:  # noqa: ANN001
         return loader[done % len(loader):]
     raise AblateError(f"cannot resume on a {type(loader).__name__}: it cannot skip to batch "
                       f"{done + 1}; build the loader with ablate.data.loader.make_loader")
-
-
-def total_steps(cfg: DictConfig, batches_per_epoch: int) -> int:
-    if cfg.train.epochs:
-        return int(cfg.train.epochs) * batches_per_epoch
-    if not cfg.train.steps or cfg.train.steps < 1:
-        raise AblateError("set train.steps (a positive integer) or train.epochs")
-    return int(cfg.train.steps)
 
 
 def count_params(module: torch.nn.Module, trainable_only: bool = False) -> int:
@@ -374,13 +367,6 @@ def classifier_state(trainable: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     """The encoder + head part of a trainable state dict, keyed as `Classifier` keys it."""
     prefix = "classifier."
     return {k[len(prefix):]: v for k, v in trainable.items() if k.startswith(prefix)}
-
-
-def eval_every_steps(train_cfg: DictConfig, batches_per_epoch: int) -> int:
-    """`train.eval_every`: a number of steps, `epoch` (once per pass over the train split,
-    as the released code validates), or 0 (only at the end)."""
-    every = group_setting(train_cfg, "train.eval_every")  # checked by recipe.validate
-    return max(batches_per_epoch, 1) if every == "epoch" else int(every)
 
 
 def check_teacher_precision(cfg: DictConfig, device: torch.device) -> None:

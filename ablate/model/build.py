@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -11,6 +12,12 @@ from ablate.model.contracts import check_backbone, check_filter, check_weight
 from ablate.model.detector import Classifier, DiffusionFakeDetector, LossWeights
 from ablate.recipe import is_guided
 from ablate.registry import build
+
+log = logging.getLogger(__name__)
+
+# image_size this many times below (or above) the size a teacher was trained at is allowed
+# but warned: SDXL (1024 px) at 256 px, not SD 1.5 (512 px) at the paper's 224.
+FAR_FROM_NATIVE = 4
 
 
 def _slot(cfg: DictConfig, slot: str) -> tuple[str, dict[str, Any]]:
@@ -32,7 +39,37 @@ def build_teacher(cfg: DictConfig):  # noqa: ANN201
     name, args = _slot(cfg, "teacher")
     teacher = build("teacher", name, **args)
     teacher.check_image_size(cfg.image_size)
+    note = native_size_note(teacher, cfg.image_size, bool(args.get("random_init")))
+    if note:
+        log.warning(note)
     return teacher
+
+
+def native_size(teacher) -> int | None:  # noqa: ANN001
+    """The image size a teacher was trained at: its denoiser's latent `sample_size` x the VAE
+    factor (SD 2.1-base: 512, SD 2.1: 768), else its VAE's `sample_size` (Flux); None where
+    neither says."""
+    denoiser = getattr(teacher, "denoiser", None)
+    latent = getattr(getattr(denoiser, "config", None), "sample_size", None)
+    if isinstance(latent, int) and latent > 0:
+        return latent * int(teacher.vae_factor)
+    size = getattr(getattr(getattr(teacher, "vae", None), "config", None), "sample_size", None)
+    return size if isinstance(size, int) and size > 0 else None
+
+
+def native_size_note(teacher, image_size: int, random_init: bool = False) -> str | None:  # noqa: ANN001
+    """One line when `image_size` is FAR_FROM_NATIVE times off the teacher's trained size;
+    None for tiny twins and random weights (no size learned) or a size near it."""
+    native = None if random_init or str(teacher.name).startswith("tiny-") else native_size(teacher)
+    if native is None or image_size <= 0:
+        return None
+    ratio = max(native, image_size) / min(native, image_size)
+    if ratio < FAR_FROM_NATIVE:
+        return None
+    way = "smaller" if image_size < native else "larger"
+    return (f"teacher {teacher.name} was trained at {native} px and image_size {image_size} is "
+            f"{ratio:g}x {way}: allowed, but it guides from far outside what it learned "
+            f"(image_size={native} matches it)")
 
 
 def build_detector(cfg: DictConfig, teacher=None) -> DiffusionFakeDetector:  # noqa: ANN001

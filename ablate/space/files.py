@@ -75,11 +75,25 @@ def parse_settings(items: list[str] | tuple[str, ...], flag: str) -> dict[str, o
     return fixed
 
 
+# A recipe takes its length from one of these (ablate.recipe.explicit_steps_win): `--set` of
+# one replaces the space's fixed other, as the command line replaces a preset's.
+ONE_OF = ("train.steps", "train.epochs")
+
+
+def displaced_by(settings: dict[str, Any]) -> set[str]:
+    """The fixed keys that `--set` settings replace without naming them: the other of
+    train.steps / train.epochs when one is set (not to null) and the other is not given."""
+    given = [k for k in ONE_OF if settings.get(k) is not None]
+    return {k for k in ONE_OF if k not in settings} if len(given) == 1 else set()
+
+
 def derive_space(space: SearchSpace, settings: dict[str, Any], folder: Path) -> Path:
     """A copy of `space` with more fixed settings, written to folder/<space name>.yaml.
 
     `ablate sweep --set KEY=VALUE` uses it: workers read the derived file, the
-    space keeps its name, and the file stays beside the results as provenance.
+    space keeps its name, and the file stays beside the results as provenance. A setting
+    given replaces the fixed one it displaces (`displaced_by`: --set train.steps drops a fixed
+    train.epochs).
     """
     if space.source_path is None:
         raise AblateError(f"search space {space.name} has no file to derive from")
@@ -88,7 +102,9 @@ def derive_space(space: SearchSpace, settings: dict[str, Any], folder: Path) -> 
     if searched:
         raise AblateError(f"--set {searched[0]} fixes a key that space {space.name} searches; "
                           "copy the space file and edit it instead")
-    data["fixed"] = {**(data.get("fixed") or {}), **settings}
+    fixed = {k: v for k, v in (data.get("fixed") or {}).items()
+             if k not in displaced_by(settings)}
+    data["fixed"] = {**fixed, **settings}
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{space.name}.yaml"
     path.write_text(f"# {space.source_path} with --set {settings}\n"
