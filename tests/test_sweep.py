@@ -378,3 +378,20 @@ def test_asha_never_sees_the_last_evaluation(train, rungs):
 
     planned = planned_evaluations(OmegaConf.create(train))
     assert [_rung(i, planned) for i in range(1, planned + 1)] == rungs
+
+
+@pytest.mark.parametrize("train,batches,expected", [
+    # the paper space: 20 epochs of 500 batches = 10,000 steps, evaluated every 2000
+    ({"steps": None, "epochs": 20, "eval_every": 2000}, 500, 5),
+    # 7 batches an epoch, every 3 steps and at the last: 3, 6, 9, 12, 14
+    ({"steps": None, "epochs": 2, "eval_every": 3}, 7, 5),
+    ({"steps": 10, "epochs": None, "eval_every": "epoch"}, 4, 3),  # 4, 8 and the last, 10
+])
+def test_asha_counts_the_evaluations_of_every_epoch(train, batches, expected):
+    """With epochs and a step interval, ASHA's time axis spans all epochs (it once counted
+    one evaluation for the paper space, so ASHA could stop nothing)."""
+    from omegaconf import OmegaConf
+
+    from ablate.space import planned_evaluations
+
+    assert planned_evaluations(OmegaConf.create(train), batches) == expected

@@ -9,6 +9,7 @@ from typing import Any
 
 from ablate.core.errors import AblateError
 from ablate.core.schema import setting
+from ablate.schedule import training_batches
 from ablate.space.assets import _check_datasets, _check_encoders, _check_teachers
 from ablate.space.budget import planned_evaluations
 from ablate.space.check import _Check
@@ -58,7 +59,10 @@ def validate_space(space: SearchSpace, build: bool = True) -> list[str]:
 def _check_rungs(check: _Check, cfg: Any) -> None:
     """ASHA can only stop a trial between val reports; say when it never gets to."""
     grace = check.space.early_stopping.grace_period
-    reports = planned_evaluations(cfg.train)
+    batches = training_batches(cfg)[0]
+    if batches is None and setting(cfg, "train.epochs") and setting(cfg, "train.eval_every") != "epoch":
+        return  # epochs x an unknown epoch length: the count is not known before the data is
+    reports = planned_evaluations(cfg.train, batches)
     if not setting(cfg, "train.eval_every"):
         check.notes.append("early_stopping is on but train.eval_every is 0: one val report "
                            "per trial, so ASHA stops nothing (set train.eval_every in fixed)")

@@ -442,10 +442,11 @@ def _scheduler(space, cfg, ledger):  # noqa: ANN001, ANN202
     stop = space.early_stopping
     if not stop.enabled:
         return None
-    # lazy: that module imports this one
+    # lazy: that module imports this one; counting batches reads the manifest
+    from ablate.schedule import training_batches
     from ablate.sweep.searcher import asha
 
-    evaluations = planned_evaluations(cfg.train)
+    evaluations = planned_evaluations(cfg.train, training_batches(cfg)[0])
     return asha(ledger, max_t=evaluations + 1,
                 grace_period=max(min(int(stop.grace_period), evaluations), 1),
                 reduction_factor=float(stop.reduction_factor))

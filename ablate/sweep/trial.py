@@ -36,6 +36,7 @@ from ablate.core.names import SCORES
 from ablate.provenance import is_part
 from ablate.recipe import compose, result_dict
 from ablate.reuse_key import reuse_key
+from ablate.schedule import training_batches
 from ablate.space import parse_space
 from ablate.space.budget import planned_evaluations
 from ablate.tracking import write_metrics
@@ -168,7 +169,7 @@ class _Trial:
             return {**base, **_stored(ctx.done[key]), "status": "done"}
         stored = ctx.reuse.get(key)  # empty under --force
         if stored:
-            self._replay(base, stored.get("curves") or [], planned_evaluations(cfg.train))
+            self._replay(base, stored.get("curves") or [], _planned(cfg))
             return {**base, **_stored(stored), "status": "reused",
                     "reused_from": stored["id"], "ended": _now()}
         return self._train(cfg, seed, base, key)
@@ -208,7 +209,7 @@ class _Trial:
         resumed_step, evaluated = _resumed(resume)
         # ASHA's clock counts evaluations from step 0, also across a resume
         evaluations = iter(range(evaluated + 1, 1 << 30))
-        planned = planned_evaluations(cfg.train)
+        planned = _planned(cfg)
 
         def on_checkpoint(step: int, val_auc: float, state_dir: Path) -> None:
             index = next(evaluations)
@@ -274,6 +275,11 @@ class _Trial:
                 return folder
         shutil.rmtree(folder.parent, ignore_errors=True)
         return None
+
+
+def _planned(cfg) -> int:  # noqa: ANN001
+    """The trial's source-val evaluations, counted as the driver's ASHA counts them."""
+    return planned_evaluations(cfg.train, training_batches(cfg)[0])
 
 
 def _rung(index: int, planned: int) -> int:
