@@ -22,7 +22,7 @@ from torch import nn
 from ablate.core.errors import AblateError
 from ablate.core.schema import GROUPS, setting
 from ablate.data.dataset import FrameCache, ManifestDataset
-from ablate.data.loader import resolve_dataset, split_rows
+from ablate.data.loader import eval_frame_cache, resolve_dataset, split_rows
 from ablate.device import pick_device
 from ablate.metrics import (
     BOOT_UNITS,
@@ -118,7 +118,7 @@ def evaluate_classifier(
     """Metrics per test set: rows dataset, split, level, metric, value, ci_low, ci_high, n,
     the provenance keys of `evaluate_scores` and `manifest_sha` (the rows scored)."""
     settings = eval_settings(cfg, eer, bootstrap_unit)
-    cache = FrameCache(setting(cfg, "data.frame_cache_dir"))
+    cache = eval_frame_cache(cfg, tests)  # RAM or the disk store, before decoding
     datasets = {}
     for name in tests:  # every test set's rows and settings are checked before any scoring
         dataset = test_rows(name, cfg.image_size, cache, cfg.data.max_skip_fraction)

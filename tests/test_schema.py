@@ -28,6 +28,7 @@ OLD_NON_RESULT_KEYS = {
     "train.grad_checkpointing", "train.branch_backward", "train.compile", "train.latent_cache",
     "train.latent_cache_dir", "train.latent_cache_mb", "train.loader_workers", "train.pin_memory",
     "train.processes", "data.frame_cache_dir",
+    "data.host_memory_gb",  # added later: where decoded frames live, not what is computed
 }
 # ... and EVAL_DEFAULTS + UNSET_KEYS, the keys left out of the hash at their default / null
 OLD_OMIT_AT_DEFAULT = {

@@ -19,6 +19,9 @@ SPACES_DIR = RESULTS / "spaces"  # derived search spaces (--set, compare-teacher
 REPORTS_DIR = RESULTS / "reports"  # ablate report / compare-teachers output
 TEACHERS_DIR = RESULTS / "teachers"  # fitted twins and LoRA adapters
 MANIFESTS_DIR = RESULTS / "manifests"  # manifests built from dataset folders
+# decoded frames on disk, shared by trials, where they do not fit in RAM (data.host_memory_gb);
+# under $ABLATE_CACHE instead of results/ where that is set (ablate.data.host_plan)
+FRAME_STORE_DIR = RESULTS / "cache" / "frames"
 
 
 

@@ -114,6 +114,9 @@ GROUPS: dict[str, Group] = {g.name: g for g in (
                                            "or corrupt"),
         "frame_cache_dir": Setting(None, "decoded frames also on disk, memory-mapped and shared",
                                    result=False),
+        "host_memory_gb": Setting("auto", "GiB of RAM decoded frames may take (auto: half the "
+                                          "available); over it they go to the on-disk frame "
+                                          "store (docs/data.md)", result=False),
     }),
     Group("eval", "how test metrics are computed (each metric row records it)", {
         "eer": Setting("interpolated", "interpolated (brentq) | nearest (the ROC point)",

@@ -221,6 +221,13 @@ def import_deepfakebench(
     help="Videos processed in parallel.",
 )
 @click.option("--overwrite", is_flag=True, help="Redo videos already prepared.")
+@click.option(
+    "--shard",
+    default=None,
+    metavar="I/N",
+    help="Only node I of N's share of the videos (I from 0), dealt by sorted path; an FF++ "
+    "fake goes with its target original. Run I = 0..N-1 into one shared --out.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def prepare(
     videos: str,
@@ -239,6 +246,7 @@ def prepare(
     max_skip_fraction: float,
     workers: int,
     overwrite: bool,
+    shard: str | None,
     quiet: bool,
 ) -> None:
     """Cut evenly spaced frames of every video into face crops, resumably.
@@ -253,6 +261,7 @@ def prepare(
     """
     # lazy: loads cv2 and skimage only when called
     from ablate.data.prepare import prepare as run_prepare
+    from ablate.data.prepare.jobs import parse_shard
 
     if margin is not None:
         raise AblateError(
@@ -276,6 +285,7 @@ def prepare(
         frames_dir=frames_dir,
         overwrite=overwrite,
         progress=not quiet,
+        shard=None if shard is None else parse_shard(shard),
     )
     for line in summary.format():
         click.echo(line)

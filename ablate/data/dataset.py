@@ -3,10 +3,13 @@
 Face crops are small and re-read every epoch, so each file is decoded and
 resized once: into an in-memory cache of uint8 arrays (S*S*3 bytes per frame,
 about 190 KiB at 256 px) and/or memory-mapped shards under `cache_dir`
-(`data.frame_cache_dir`) that later runs, trials and loader workers share. By default every needed file is decoded at construction
-(`preload=True`), which is also how corrupt or missing frames are found before
-training starts: rows that need such a file are skipped and reported, and more
-than `max_skip_fraction` of them is an error. Nothing is dropped silently.
+(`data.frame_cache_dir`) that later runs, trials and loader workers share; a run whose
+frames exceed its host budget is sent to the store before any is decoded
+(ablate/data/host_plan.py). By default every needed file is decoded at construction
+(`preload=True`, in threads, in the order one thread would), which is also how corrupt or
+missing frames are found before training starts: rows that need such a file are skipped
+and reported, and more than `max_skip_fraction` of them is an error. Nothing is dropped
+silently.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +32,7 @@ from tqdm import tqdm
 from ablate.core.errors import AblateError
 from ablate.data.augment import Augment, build_augment
 from ablate.data.frame_store import FrameStore, frame_key
+from ablate.data.host_plan import needed_files
 from ablate.data.manifest import SPLITS, load_manifest, validate
 
 log = logging.getLogger(__name__)
@@ -37,6 +42,7 @@ EXAMPLES = 5
 
 def decode_image(path: str, size: int) -> np.ndarray:
     """Decode an image file to RGB uint8 [size, size, 3]; raises on a corrupt file."""
+    # lazy: PIL only once frames are read
     from PIL import Image
 
     with Image.open(path) as img:
@@ -44,6 +50,21 @@ def decode_image(path: str, size: int) -> np.ndarray:
         if img.size != (size, size):
             img = img.resize((size, size), Image.Resampling.BICUBIC)
         return np.asarray(img, dtype=np.uint8).copy()
+
+
+def _try_decode(path: str, size: int) -> np.ndarray | BaseException:
+    """decode_image in a pool thread: a bad file's error is returned, not raised, so the
+    frames after it still come back in order."""
+    try:
+        return decode_image(path, size)
+    except Exception as err:  # noqa: BLE001 - PIL raises many types for a bad file
+        return err
+
+
+def decode_threads() -> int:
+    """Threads that decode frames ahead of training: the CPU threads torch is given (Ray
+    sets them per trial, OMP_NUM_THREADS), at most the machine's cores."""
+    return max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
 
 
 class FrameCache:
@@ -62,23 +83,60 @@ class FrameCache:
         self._stores: dict[int, FrameStore] = {}
 
     def get(self, path: str, size: int) -> np.ndarray:
+        array = self.lookup(path, size)
+        return self.put(path, size, decode_image(path, size)) if array is None else array
+
+    def lookup(self, path: str, size: int) -> np.ndarray | None:
+        """The frame if held in memory or stored on disk, else None (nothing is decoded)."""
         key = (path, size)
         if key in self._arrays:
             return self._arrays[key]
         store = self._store(size)
         if store is None:
-            array = decode_image(path, size)
-        else:  # kept here once mapped; until the store's next flush it holds the frame
-            frame = frame_key(path)
-            array = store.get(frame)
-            if array is None:
-                array = decode_image(path, size)
-                store.add(frame, array)
-            if not isinstance(array, np.memmap):
-                return array
-        if self.memory:
+            return None
+        array = store.get(frame_key(path))
+        if self.memory and isinstance(array, np.memmap):  # kept here once mapped
             self._arrays[key] = array
         return array
+
+    def put(self, path: str, size: int, array: np.ndarray) -> np.ndarray:
+        """Keep a frame just decoded: in the store where there is one (which holds it until
+        its next flush), else in memory (unless `memory` is off)."""
+        store = self._store(size)
+        if store is not None:
+            store.add(frame_key(path), array)
+        elif self.memory:
+            self._arrays[(path, size)] = array
+        return array
+
+    def preload(self, files: list[str], size: int, desc: str = "") -> dict[str, str]:
+        """Decode every one of `files` not held yet, in threads (PIL releases the GIL while it
+        decodes and resizes), kept in the order given, as one thread would: the same arrays
+        and the same store shards. Returns file -> "unreadable images" for those that fail."""
+        problems: dict[str, str] = {}
+        todo = []
+        for file in files:
+            try:
+                if self.lookup(file, size) is None:
+                    todo.append(file)
+            except Exception:  # noqa: BLE001 - e.g. gone since it was listed
+                problems[file] = "unreadable images"
+        threads = decode_threads()
+        chunk = threads * 16  # decoded frames held at once beyond the cache: a few MB
+        with ThreadPoolExecutor(threads) as pool, tqdm(
+                total=len(todo), desc=desc, unit="img", disable=None, leave=False) as bar:
+            for start in range(0, len(todo), chunk):
+                part = todo[start:start + chunk]
+                for file, found in zip(part, pool.map(_try_decode, part, [size] * len(part)),
+                                       strict=True):
+                    try:
+                        if isinstance(found, BaseException):
+                            raise found
+                        self.put(file, size, found)
+                    except Exception:  # noqa: BLE001 - PIL raises many types for a bad file
+                        problems[file] = "unreadable images"
+                    bar.update()
+        return problems
 
     def flush(self) -> None:
         """Write newly decoded frames to the store (a no-op without one)."""
@@ -255,21 +313,14 @@ class ManifestDataset(Dataset):
 
     def _file_problems(self, rows: pd.DataFrame, preload: bool) -> dict[str, str]:
         """file -> reason it is unusable; with preload, decodes every file into the cache."""
-        files = set(rows["path"])
-        if self.guided:
-            fakes = rows[rows["label"] == 1]
-            files |= set(fakes["source_path"].dropna()) | set(fakes["target_path"].dropna())
-        problems = {}
-        desc = f"decoding frames at {self.image_size}px"
-        with self.cache.decoding(files, self.image_size) if preload else nullcontext():
-            for file in tqdm(sorted(files), desc=desc, unit="img", disable=None, leave=False):
-                if not os.path.isfile(file):
-                    problems[file] = "missing files"
-                elif preload:
-                    try:
-                        self.cache.get(file, self.image_size)
-                    except Exception:  # noqa: BLE001 - PIL raises many types for a bad file
-                        problems[file] = "unreadable images"
+        files = needed_files(rows, self.guided)
+        ordered = sorted(files)
+        problems = {f: "missing files" for f in ordered if not os.path.isfile(f)}
+        if preload:
+            desc = f"decoding frames at {self.image_size}px"
+            with self.cache.decoding(files, self.image_size):
+                problems.update(self.cache.preload(
+                    [f for f in ordered if f not in problems], self.image_size, desc))
         self.cache.flush()
         return problems
 

@@ -12,8 +12,8 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from ablate.core.errors import AblateError
-from ablate.core.schema import setting
 from ablate.data.dataset import FrameCache, ManifestDataset
+from ablate.data.host_plan import frame_cache_dir, needed_files
 from ablate.data.sampler import ResumableLoader
 from ablate.data.sources import MANIFEST_DIR, benchmark_datasets, recipe_overrides, resolve_dataset
 from ablate.recipe import is_guided
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from ablate.sharding import Shard
 
 __all__ = ["MANIFEST_DIR", "benchmark_datasets", "resolve_dataset", "source_table",
-           "split_rows", "train_and_val", "make_loader"]
+           "split_rows", "train_and_val", "eval_frame_cache", "make_loader"]
 
 
 def split_rows(table: pd.DataFrame, split: str, name: str) -> pd.DataFrame:
@@ -50,13 +50,27 @@ def train_and_val(cfg: DictConfig) -> tuple[ManifestDataset, ManifestDataset]:
     split (for selection only)."""
     table = source_table(cfg)
     _refuse_shared_videos(table, str(cfg.data.train))
-    cache = FrameCache(setting(cfg, "data.frame_cache_dir"))
+    train_rows = split_rows(table, "train", cfg.data.train)
+    val_rows = split_rows(table, "val", cfg.data.train)
+    # RAM or the disk store, decided before a frame is decoded (ablate/data/host_plan.py)
+    files = needed_files(train_rows, is_guided(cfg)) | set(val_rows["path"])
+    cache = FrameCache(frame_cache_dir(cfg, files, "train"))
 
     # the baseline needs no source/target frames: fakes without pairs are training rows too
-    train = _dataset(cfg, split_rows(table, "train", cfg.data.train), is_guided(cfg),
-                     cfg.data.augment, cache)
-    val = _dataset(cfg, split_rows(table, "val", cfg.data.train), False, "none", cache)
+    train = _dataset(cfg, train_rows, is_guided(cfg), cfg.data.augment, cache)
+    val = _dataset(cfg, val_rows, False, "none", cache)
     return train, val
+
+
+def eval_frame_cache(cfg: DictConfig, tests: list[str]) -> FrameCache:
+    """The cache evaluation decodes the test splits of `tests` into: in RAM where they fit
+    the host budget, else the disk store (or one line saying neither has room), decided
+    before a frame is decoded."""
+    files: set[str] = set()
+    for name in tests:
+        table = resolve_dataset(name)
+        files |= set(table.loc[table["split"] == "test", "path"])
+    return FrameCache(frame_cache_dir(cfg, files, "test"))
 
 
 def _refuse_shared_videos(table: pd.DataFrame, name: str) -> None:

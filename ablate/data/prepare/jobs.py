@@ -76,6 +76,25 @@ def plan_jobs(
     return jobs
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """`--shard I/N` -> (I, N): this node's share, I counted from 0."""
+    index, sep, count = text.partition("/")
+    if not (sep and index.strip().isdigit() and count.strip().isdigit()
+            and 0 <= int(index) < int(count)):
+        raise AblateError(f"--shard {text}: give I/N with 0 <= I < N (node I of N, counted "
+                          "from 0), e.g. --shard 0/4 on the first of four nodes")
+    return int(index), int(count)
+
+
+def shard_jobs(jobs: list[Job], index: int, count: int) -> list[Job]:
+    """Node `index` of `count`'s jobs, the same on every node: groups in sorted order dealt
+    round-robin, a group being an original with the FF++ fakes cut with its faces (a fake
+    waits for its original's crops, so both run on one node; other videos are alone)."""
+    groups = sorted({job.original or job.out for job in jobs})
+    mine = set(groups[index::count])
+    return [job for job in jobs if (job.original or job.out) in mine]
+
+
 def ffpp_original(folder: Path) -> Path | None:
     """FF++ fake crops .../manipulated_sequences/<M>/<comp>/<dir>/A_B -> .../original_sequences/
     youtube/<comp>/<dir>/A (target A's video, into which B's face was put); else None."""

@@ -12,7 +12,7 @@ import cv2
 from tqdm import tqdm
 
 from ablate.data.faces import make_detector
-from ablate.data.prepare.jobs import Job, plan_jobs
+from ablate.data.prepare.jobs import Job, plan_jobs, shard_jobs
 from ablate.data.prepare.resume import check_originals, finished_jobs
 from ablate.data.prepare.settings import Settings, check_args, resolve_settings
 from ablate.data.prepare.summary import (
@@ -41,10 +41,13 @@ def prepare(
     frames_dir: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    shard: tuple[int, int] | None = None,
 ) -> PrepareSummary:
     """Extract face crops of every video under `videos` (folder, file or glob) into `out`.
 
     Settings left None come from `preset` (see PRESETS), else from Settings' defaults.
+    `shard` (I, N): only node I of N's share of the videos (`shard_jobs`), so N nodes can
+    prepare one dataset into one shared `out`, each writing its own report.
     """
     settings = resolve_settings(
         preset, frames=frames, size=size, scale=scale, align=align, detector=detector,
@@ -53,9 +56,12 @@ def prepare(
     check_args(settings, max_skip_fraction, workers)
     make_detector(settings.detector)  # fail before any work if the backend is missing
     jobs = plan_jobs(videos, Path(out).expanduser(), frames_dir, settings)
+    if shard is not None:
+        jobs = shard_jobs(jobs, *shard)
     done = {} if overwrite else finished_jobs(jobs, settings)
     check_originals(jobs, done, settings)
-    summary = PrepareSummary(videos=len(jobs), out=str(Path(out).expanduser()))
+    summary = PrepareSummary(videos=len(jobs), out=str(Path(out).expanduser()),
+                             shard="" if shard is None else f"{shard[0]}/{shard[1]}")
     summary.matched = sum(1 for j in jobs if j.original is not None)
     allowed = max_skip_fraction * len(jobs)
     # originals (and everything else) first, then the fakes that read their faces

@@ -46,6 +46,7 @@ class PrepareSummary:
     matched: int = 0  # fakes cut with their original's faces
     stopped_early: bool = False
     out: str = ""
+    shard: str = ""  # "I/N" when one node of N prepared its share
 
     @property
     def skipped(self) -> int:
@@ -70,7 +71,8 @@ class PrepareSummary:
     def format(self) -> list[str]:
         """Summary lines for the terminal."""
         lines = [
-            f"videos: {self.videos} found, {self.prepared} processed now, "
+            f"videos: {self.videos} found{f' (shard {self.shard})' if self.shard else ''}, "
+            f"{self.prepared} processed now, "
             f"{self.already_done} already done, {len(self.no_face)} without a face, "
             f"{len(self.unreadable)} unreadable"
             + (f", {len(self.no_original)} without their original" if self.no_original else ""),
@@ -88,8 +90,16 @@ class PrepareSummary:
         if self.no_original:
             items = [f"{k} ({v})" for k, v in self.no_original.items()]
             lines.append(f"original not prepared: {_examples(items)}")
-        lines.append(f"report: {Path(self.out) / REPORT}")
+        lines.append(f"report: {self.report}")
         return lines
+
+    @property
+    def report(self) -> Path:
+        """The report file; one per node when sharded, since the nodes share `out`."""
+        if not self.shard:
+            return Path(self.out) / REPORT
+        index, count = self.shard.split("/")
+        return Path(self.out) / REPORT.replace(".json", f"-{index}of{count}.json")
 
 
 def _examples(items: list[str]) -> str:
@@ -115,6 +125,6 @@ def too_many_skipped(summary: PrepareSummary, fraction: float) -> AblateError:
 
 def write_report(summary: PrepareSummary) -> None:
     """Full lists of what was skipped, next to the crops (the terminal shows a few)."""
-    path = Path(summary.out) / REPORT
+    path = summary.report
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps(asdict(summary), indent=1).encode())
