@@ -54,6 +54,16 @@ SYNTHETIC = "synthetic-1080p"  # --decode: make a test clip instead of reading o
 @click.option("--loader-workers", type=click.IntRange(min=0), metavar="N",
               help="With --data-wait: loader processes to compare with 0 "
                    "(default: the recipe's train.loader_workers).")
+@click.option("--estimate-memory", "estimate", is_flag=True,
+              help="Instead of the phases: peak GPU memory of the training step (per memory "
+                   "lever) and of evaluation, estimated on this CPU from the architecture "
+                   "alone (fake tensors: no GPU, no weights read).")
+@click.option("--batch", type=click.IntRange(min=1), metavar="N",
+              help="With --estimate-memory: the training batch size (default: the recipe's "
+                   "train.batch_size).")
+@click.option("--device-memory", "device_gb", type=float, metavar="GB",
+              help="With --estimate-memory: the card's memory in GB; each row then says "
+                   "whether it fits.")
 @click.option("--peak-tflops", type=click.FloatRange(min=0, min_open=True),
               help="The device's peak TFLOP/s for MFU (default: the GPU's datasheet entry; "
                    "none on a CPU).")
@@ -62,7 +72,8 @@ def bench(overrides: tuple[str, ...], recipe: tuple[str, ...], device: str, warm
           repeats: int, eval_batches: int, eval_batch_size: int, threads: int | None,
           sweep: str | None, wall: float | None, concurrency: int | None,
           decode: str | None, clip_seconds: float, matrix: bool, jobs: int, wait: bool,
-          loader_workers: int | None, peak_tflops: float | None, as_json: bool) -> None:
+          loader_workers: int | None, estimate: bool, batch: int | None,
+          device_gb: float | None, peak_tflops: float | None, as_json: bool) -> None:
     """Time guided training and evaluation of a recipe, side by side in one run.
 
     \b
@@ -78,6 +89,9 @@ def bench(overrides: tuple[str, ...], recipe: tuple[str, ...], device: str, warm
     checkpointing, branch-by-branch backward, attention kernel, 8-bit AdamW, bf16
     teacher), one row each.
     With --data-wait: the share of each step spent waiting for the data loader.
+    With --estimate-memory: the memory levers' rows estimated without a GPU or
+    weights (weights, gradients, optimiser state, activations, peak, what must
+    fit), and the evaluation peak; --device-memory GB says which rows fit.
 
     \b
     Examples:
@@ -89,13 +103,21 @@ def bench(overrides: tuple[str, ...], recipe: tuple[str, ...], device: str, warm
       ablate bench --memory-matrix recipe=official_code teacher.random_init=true \\
           backbone.random_init=true --device cuda
       ablate bench --data-wait --loader-workers 2
+      ablate bench --estimate-memory recipe=official_code --device-memory 24
     """
     modes = [name for name, on in (("--decode", decode), ("--sweep-overhead", sweep),
-                                   ("--memory-matrix", matrix), ("--data-wait", wait)) if on]
+                                   ("--memory-matrix", matrix), ("--data-wait", wait),
+                                   ("--estimate-memory", estimate)) if on]
     if len(modes) > 1:
         raise AblateError(f"ablate bench: {' and '.join(modes)} are separate runs; give one")
     if loader_workers is not None and not wait:
         raise AblateError("--loader-workers goes with --data-wait")
+    for name, given in (("--batch", batch), ("--device-memory", device_gb)):
+        if given is not None and not estimate:
+            raise AblateError(f"{name} goes with --estimate-memory")
+    if estimate:
+        _estimate([*overrides, *recipe], batch, eval_batch_size, device_gb, as_json)
+        return
     if matrix:
         _matrix([*overrides, *recipe], device, warmup, repeats, threads, jobs, peak_tflops,
                 as_json)
@@ -131,6 +153,19 @@ def _matrix(overrides: list[str], device: str, warmup: int, repeats: int,
 
     report = memory_matrix(overrides, device, warmup, repeats, threads, jobs, peak_tflops)
     _echo(report, format_matrix, as_json)
+
+
+def _estimate(overrides: list[str], batch: int | None, eval_batch: int,
+              device_gb: float | None, as_json: bool) -> None:
+    if device_gb is not None and not device_gb > 0:  # before torch loads: a typo costs nothing
+        raise AblateError(f"--device-memory must be the card's memory in GB (> 0), not "
+                          f"{device_gb:g}; e.g. --device-memory 24")
+    # lazy: loads torch, diffusers and timm only when called
+    from ablate.bench.estimate_table import estimate_matrix, format_estimate
+
+    report = estimate_matrix(overrides, batch, eval_batch, device_gb,
+                             progress=lambda line: click.echo(f"estimate: {line}", err=True))
+    _echo(report, format_estimate, as_json)
 
 
 def _data_wait(overrides: list[str], device: str, warmup: int, repeats: int,

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch._subclasses.fake_tensor import is_fake
 
 from ablate.core.errors import AblateError, first_line
 
@@ -187,7 +188,11 @@ def fill_random(module: nn.Module, generator: torch.Generator) -> nn.Module:
 
     One normal pool is tiled (with a random shift) over each weight: a 2.6B-parameter SDXL UNet
     fills in seconds instead of the ~25 s of per-tensor `normal_` on two cores.
+    A module of fake tensors (shapes only: `ablate bench --estimate-memory` builds under
+    FakeTensorMode) has no values to fill, and drawing the shifts would need real ones.
     """
+    if any(is_fake(p) for p in module.parameters()):
+        return module.eval()
     pool = torch.randn(_POOL_SIZE, generator=generator)
     for name, p in module.named_parameters():
         if p.ndim < 2:
