@@ -338,6 +338,9 @@ def spaces_cmd(space: str | None, db_url: str | None, measure: bool, power: bool
 @click.option("--force", is_flag=True, help="Re-run recipes and seeds already in the DB instead of reusing them.")
 @click.option("--cpus", type=float, help="CPUs per trial (default: the space's resources.cpu).")
 @click.option("--gpus", type=float, help="GPUs per trial, fractions allowed (default: resources.gpu).")
+@click.option("--device-memory", type=click.FloatRange(min=0, min_open=True), metavar="GB",
+              help="One card's memory: every recipe's training step is estimated against its "
+                   "share before any trial starts (default: this machine's GPU; none: no check).")
 @click.option("--bootstrap", default=1000, show_default=True, help="Bootstrap resamples for CIs.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Add a fixed recipe setting to every trial (repeatable), e.g. "
@@ -356,7 +359,7 @@ def sweep_cmd(space: str, trials: int | None, concurrency: int | None, db_url: s
               address: str | None, name: str | None, resume: bool, force: bool,
               cpus: float | None, gpus: float | None, bootstrap: int,
               settings: tuple[str, ...], storage: str | None, reuse_any_version: bool,
-              mlflow: str | None, wandb: str | None) -> None:
+              mlflow: str | None, wandb: str | None, device_memory: float | None) -> None:
     """Run recipes from a search space as Ray Tune trials chosen by Optuna.
 
     \b
@@ -367,6 +370,9 @@ def sweep_cmd(space: str, trials: int | None, concurrency: int | None, db_url: s
     already in the DB, computed on the same data, teacher weights and code version,
     is reused. --resume continues from the DB (after Ctrl-C, kill -9 or a lost node):
     finished seeds are kept, cut-off seeds continue from their last checkpoint.
+    With a GPU (or --device-memory GB) a memory preflight estimates each distinct
+    recipe first and stops a sweep whose recipe cannot fit, naming the levers that
+    would fit; `resources: {gpu: auto}` in a space packs trials by those estimates.
 
     \b
     Examples:
@@ -376,11 +382,12 @@ def sweep_cmd(space: str, trials: int | None, concurrency: int | None, db_url: s
           --storage s3://bucket/sweeps             # a cluster without a shared disk
       ablate sweep --space quick --name quick-1 --resume   # after Ctrl-C
       ablate sweep --space quick --mlflow mlruns       # also in MLflow (mlflow ui)
+      ablate sweep --space paper --device-memory 16    # refuse recipes a 16 GB card cannot hold
     """
     summary = run_sweep(space, trials, concurrency, db_url, address, name, resume, force,
                         cpus, gpus, bootstrap, settings=parse_settings(settings, "--set"),
                         mlflow=mlflow, wandb=wandb, storage=storage,
-                        reuse_any_version=reuse_any_version)
+                        reuse_any_version=reuse_any_version, device_memory=device_memory)
     if not summary.table.empty:
         click.echo(summary.table.to_string(index=False))
     confirmation = summary.confirmation

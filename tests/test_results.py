@@ -568,7 +568,7 @@ def test_timestamps_are_utc(db: ResultsDB) -> None:
 
 def test_v1_database_is_migrated_to_v2(url: str) -> None:
     """A database written by the v1 ablate (frozen in tests/schema_v1.py) opens as v2 and
-    then as the current version (v1 -> v2 -> v3 in one go)."""
+    then as the current version (v1 -> v2 -> v3 -> v4 in one go)."""
     engine = sa.create_engine(url)
     schema_v1.metadata.create_all(engine)
     with engine.begin() as conn:
@@ -586,7 +586,7 @@ def test_v1_database_is_migrated_to_v2(url: str) -> None:
     engine.dispose()
 
     with ResultsDB(url) as db:
-        assert stored_version(url) == results.SCHEMA_VERSION == 3
+        assert stored_version(url) == results.SCHEMA_VERSION == 4
         found = db.finished_trial("h1", 0)  # v1 rows are reused by recipe hash, as before
         assert found["id"] == old[0] and found["identity"] == "h1"
         assert found["code_version"] is None and [m["value"] for m in found["metrics"]] == [0.8]
@@ -602,11 +602,12 @@ def test_v1_database_is_migrated_to_v2(url: str) -> None:
         assert db.finished_trial("h1+data+teacher", 0, code_version="v2")["id"] == new
         assert db.start_sweep("old", "quick", {}, "v2", resume=True) == sid
     with ResultsDB(url):  # opening again migrates nothing
-        assert stored_version(url) == 3
+        assert stored_version(url) == results.SCHEMA_VERSION
 
     inspector = sa.inspect(sa.create_engine(url))
     expected_new = {"ablate_sweeps": {"host", "pid", "heartbeat", "error"},
-                    "ablate_trials": {"identity", "data_sha", "teacher_sha", "code_version"},
+                    "ablate_trials": {"identity", "data_sha", "teacher_sha", "code_version",
+                                      "estimated_mem_mb"},
                     "ablate_metrics": set(PROVENANCE_COLUMNS)}
     for table, new_columns in expected_new.items():
         migrated = {c["name"] for c in inspector.get_columns(table)}
@@ -867,7 +868,8 @@ def test_v2_database_is_migrated_to_v3_keeping_rows_with_unknown_provenance(url:
     engine.dispose()
 
     with ResultsDB(url) as db:
-        assert stored_version(url) == 3
+        assert stored_version(url) == results.SCHEMA_VERSION
+        assert db.trials()["estimated_mem_mb"].isna().all()  # v4: never estimated, not 0
         m = db.metrics().sort_values(["level", "metric"]).reset_index(drop=True)
         assert m[["level", "metric", "value", "n"]].values.tolist() == [
             ["frame", "auc", 0.8, 300], ["frame", "eer", 0.25, 300], ["video", "auc", 0.85, 30]]

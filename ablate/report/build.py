@@ -418,7 +418,7 @@ def trial_table(data: SweepData) -> pd.DataFrame:
     t = data.trials
     out = t[["id", "tune_trial_id", "label", "seed", "status", "recipe_hash", "reused_from",
              "wall_s", "train_steps", "params_trainable", "params_inference", "peak_mem_mb",
-             "step_time_s", "error", "run_dir"]].copy()
+             "estimated_mem_mb", "step_time_s", "error", "run_dir"]].copy()
     out.insert(5, "test_auc_mean", out["id"].map(test_auc))
     out["counted"] = out["id"].isin(data.counted["id"])
     out["code_version"] = t["result_version"]  # the code that computed this row's numbers

@@ -259,7 +259,7 @@ class ResultsDB:
         reused_from: int | None = None, metrics: Iterable[Mapping[str, Any]] = (),
         curves: Iterable[tuple[int, str, float]] = (), identity: str | None = None,
         data_sha: str | None = None, teacher_sha: str | None = None,
-        code_version: str | None = None,
+        code_version: str | None = None, estimated_mem_mb: float | None = None,
     ) -> int:
         """Insert or replace trial (sweep_id, tune_trial_id), metrics and curves; return its id.
 
@@ -278,6 +278,7 @@ class ResultsDB:
             "reused_from": _int(reused_from), "run_dir": None if run_dir is None else str(run_dir),
             "identity": recipe_hash if identity is None else identity, "data_sha": data_sha,
             "teacher_sha": teacher_sha, "code_version": code_version,
+            "estimated_mem_mb": _float(estimated_mem_mb),
         }
         metric_rows, curve_rows = _metric_rows(metrics), _curve_rows(curves)
         with self._write() as conn:

@@ -9,7 +9,8 @@ to trials, the driver's host / pid / heartbeat / error to sweeps, and
 Version 3 adds to every metric row what makes it comparable (METRIC_PROVENANCE:
 frame -> video aggregation, threshold and its source, bootstrap resamples, seed
 and unit, EER convention, hash of the scored test rows); rows from older
-databases keep NULL there, never a guessed value.
+databases keep NULL there, never a guessed value. Version 4 adds the memory preflight's
+estimate to trials (`estimated_mem_mb`, beside the measured `peak_mem_mb`).
 
 SCHEMA_VERSION and MIGRATIONS are read here only, at call time (a test that
 pretends to be another schema version patches them on this module).
@@ -66,7 +67,12 @@ def _v2_to_v3(conn: sa.Connection) -> None:
         add_column(conn, "ablate_metrics", column)
 
 
-MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2, 2: _v2_to_v3}
+def _v3_to_v4(conn: sa.Connection) -> None:
+    """The memory preflight's estimate on trials; old rows keep NULL (never estimated)."""
+    add_column(conn, "ablate_trials", sa.Column("estimated_mem_mb", sa.Float))
+
+
+MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
 
 
 def migrate(engine: sa.Engine, where: str) -> int:

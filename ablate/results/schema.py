@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from ablate.core.names import METRIC_PROVENANCE
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 SWEEP_STATUSES = ("running", "finished", "interrupted", "failed")
 TRIAL_STATUSES = ("finished", "pruned", "failed", "nan", "reused", "running")
@@ -74,6 +74,9 @@ trials = sa.Table(
     sa.Column("data_sha", sa.String),
     sa.Column("teacher_sha", sa.String),
     sa.Column("code_version", sa.Text),
+    # v4: the memory preflight's estimate of the training step (fake tensors), beside the
+    # measured peak_mem_mb; NULL when the sweep ran no preflight or never estimated the recipe
+    sa.Column("estimated_mem_mb", sa.Float),
     sa.UniqueConstraint("sweep_id", "tune_trial_id", name="uq_ablate_trials_tune_trial"),
     sa.Index("ix_ablate_trials_identity", "recipe_hash", "seed"),  # v1 name, on recipe_hash
     sa.Index("ix_ablate_trials_sweep", "sweep_id"),

@@ -99,14 +99,16 @@ class Resources:
     """
 
     cpu: float = 1
-    gpu: float = 0
+    gpu: float | str = 0  # or "auto": a fraction packed by the memory preflight
     processes: int = 0  # 0: one per GPU when gpu >= 2, else 1
 
-    def data_parallel(self, gpu: float | None = None) -> int:
+    def data_parallel(self, gpu: float | str | None = None) -> int:
         """Processes per trial; `gpu` overrides the space's (--gpus)."""
         gpu = self.gpu if gpu is None else gpu
         if self.processes:
             return self.processes
+        if isinstance(gpu, str):  # auto: at most one card a trial
+            return 1
         return int(gpu) if gpu >= 2 and float(gpu).is_integer() else 1
 
 

@@ -287,7 +287,9 @@ def _resources(value: Any, where: _Where) -> Resources:
     r = _section(value, "resources", ("cpu", "gpu", "processes"), where)
     cpu = _number(r.get("cpu", 1), "resources.cpu", where, 0, strict=True)
     processes = _int(r.get("processes", 0), "resources.processes", where, minimum=0)
-    return Resources(cpu, _number(r.get("gpu", 0), "resources.gpu", where, 0), processes)
+    gpu = r.get("gpu", 0)  # "auto": packed by memory estimates (ablate.sweep.preflight)
+    gpu = gpu if gpu == "auto" else _number(gpu, "resources.gpu", where, 0)
+    return Resources(cpu, gpu, processes)
 
 
 def _tests(value: Any, where: _Where) -> list[str] | None:

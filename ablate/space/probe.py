@@ -42,7 +42,7 @@ def _without(p: Param, bad: list[Any]) -> Param:
 def _composable(check: _Check, params: list[Param]) -> list[Param]:
     """Keys must exist in the recipe; params whose key does not are left out of later probes."""
     try:
-        compose(check.overrides(_assignment(params, {})))
+        compose(check.overrides(assignment(params, {})))
         return params  # the common case: everything composes at its default
     except AblateError:
         pass
@@ -57,7 +57,7 @@ def _composable(check: _Check, params: list[Param]) -> list[Param]:
         if len(lineage) <= len(_ancestors(params, p)):
             continue  # an ancestor failed already (and was reported)
         try:
-            compose(check.overrides(_assignment(lineage, {p.key: p.default})))
+            compose(check.overrides(assignment(lineage, {p.key: p.default})))
             kept.append(p)
         except AblateError as err:
             check.problem(f"params.{p.key}: {err}")
@@ -98,7 +98,7 @@ def _ancestors(params: list[Param], p: Param) -> set[str]:
     return keys
 
 
-def _assignment(params: list[Param], forced: dict[str, Any]) -> dict[str, Any]:
+def assignment(params: list[Param], forced: dict[str, Any]) -> dict[str, Any]:
     """A full trial: forced values, their `when` conditions met, defaults elsewhere."""
     forced = dict(forced)
     for p in reversed(params):  # conditions point backwards, so one reverse pass suffices
@@ -112,23 +112,29 @@ def _assignment(params: list[Param], forced: dict[str, Any]) -> dict[str, Any]:
     return chosen
 
 
-def _probe_configs(check: _Check, params: list[Param]) -> dict[str, Any]:
-    """Compose each one-param-at-a-time variation; returns {label: recipe}."""
-    cfgs: dict[str, Any] = {}
-    seen: set[str] = set()
+def probe_assignments(params: list[Param]) -> dict[str, dict[str, Any]]:
+    """Each one-param-at-a-time variation of the defaults (every choice, both ends of a
+    range), conditions met: {label: params}. The dry run composes and builds these; the
+    sweep's memory preflight estimates them."""
+    found: dict[str, dict[str, Any]] = {}
     for p in [None, *params]:
         for value in p.probe_values() if p else [None]:
-            trial = _assignment(params, {p.key: value} if p else {})
+            trial = assignment(params, {p.key: value} if p else {})
             if p and trial.get(p.key) != value:
                 continue  # its `when` contradicts itself; nothing to probe
             label = " ".join(f"{k}={format_value(v)}" for k, v in trial.items()) or "(fixed only)"
-            if label in seen:
-                continue
-            seen.add(label)
-            try:
-                cfgs[label] = compose(check.overrides(trial))
-            except AblateError as err:
-                check.problem(f"{label}: {err}")
+            found.setdefault(label, trial)
+    return found
+
+
+def _probe_configs(check: _Check, params: list[Param]) -> dict[str, Any]:
+    """Compose each one-param-at-a-time variation; returns {label: recipe}."""
+    cfgs: dict[str, Any] = {}
+    for label, trial in probe_assignments(params).items():
+        try:
+            cfgs[label] = compose(check.overrides(trial))
+        except AblateError as err:
+            check.problem(f"{label}: {err}")
     return cfgs
 
 

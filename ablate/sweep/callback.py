@@ -19,15 +19,17 @@ from ablate import storage
 from ablate.core.errors import AblateError
 from ablate.recipe import compose, recipe_hash, result_dict
 from ablate.sweep.searcher import StopLedger
-from ablate.sweep.trial import KIND, RUNG_METRIC, trial_overrides
+from ablate.sweep.trial import KIND, RUNG_METRIC, memory_key, trial_overrides
 
 
 class ResultsCallback(Callback):
     """See the module docstring. Holds the database in driver memory only."""
 
     def __init__(self, db, sweep_id: int, total: int, space, grid: dict[str, list[str]],  # noqa: ANN001
-                 ledger: StopLedger, code_version: str, storage_uri: str) -> None:
+                 ledger: StopLedger, code_version: str, storage_uri: str,
+                 estimates_mb: dict[str, float] | None = None) -> None:
         self._db, self.sweep_id, self.total = db, sweep_id, total
+        self.estimates_mb = estimates_mb or {}  # memory key -> the preflight's estimate
         self.space, self.grid, self.ledger = space, grid, ledger
         self.code_version, self.storage_uri = code_version, storage_uri
         self.recorded: set[tuple[str, int]] = set()  # (Tune trial id, seed) written
@@ -128,6 +130,8 @@ class ResultsCallback(Callback):
             teacher_sha=r.get("teacher_sha"),
             # a reused seed was computed by the code that first ran it
             code_version=r.get("code_version") or self.code_version,
+            estimated_mem_mb=self.estimates_mb.get(
+                memory_key(trial_overrides(self.space, trial.config, self.grid, r["seed"]))),
         )
         if r.get("resumed_from_step"):
             _say(f"    {trial.trial_id} seed {r['seed']} resumed at step "

@@ -56,6 +56,7 @@ from ablate.tracking import tune_callbacks
 from ablate.version import code_version
 
 HEARTBEAT_S = 15.0
+AUTO = "auto"  # resources.gpu: auto packs trials onto GPUs by their memory estimates
 
 
 @dataclass
@@ -75,6 +76,7 @@ def run_sweep(
     gpus: float | None = None, n_boot: int = 1000, grid: dict[str, list[str]] | None = None,
     settings: dict[str, Any] | None = None, mlflow: str | None = None, wandb: str | None = None,
     storage: str | None = None, reuse_any_version: bool = False, stage: dict | None = None,
+    device_memory: float | None = None,
 ) -> SweepSummary:
     """Run (or resume) one sweep and return its summary; see the module docstring.
 
@@ -95,7 +97,11 @@ def run_sweep(
         grid = {w["label"]: list(w["overrides"]) for w in stored["winners"]}
     per_trial = {"cpu": cpus if cpus is not None else space.resources.cpu,
                  "gpu": gpus if gpus is not None else space.resources.gpu}
+    packed = per_trial["gpu"] == AUTO
+    if packed:  # resolved by the memory preflight below, once the recipes are known
+        per_trial["gpu"] = 1
     check_request(per_trial["cpu"], per_trial["gpu"])
+    device_gb = _device_memory(device_memory, packed, stored)
     processes = space.resources.data_parallel(per_trial["gpu"])
     if processes > 1:  # one trial, data-parallel: its cpu and gpu split among the processes
         per_trial["processes"] = processes
@@ -125,6 +131,10 @@ def run_sweep(
                               "it runs every cell, so drop --trials")
         grid = space.design.grid()
     n_trials = len(grid) if grid else stored.get("trials") or trials or space.trials
+    preflight = stored.get("preflight") or (
+        _preflight(space, grid, per_trial, processes, device_gb, packed) if device_gb else {})
+    if packed:
+        per_trial["gpu"] = preflight["gpu_share"]
     reference = compose(space.overrides())
     loggers = tune_callbacks(mlflow, wandb, name)  # a missing package fails here, not in Ray
     version = code_version()  # one `git describe` for the sweep row, reuse and the nodes
@@ -145,6 +155,7 @@ def run_sweep(
                         else space.sampler_name),
             **_design_settings(space),
             "overrides": settings or stored.get("overrides") or {},
+            **({"preflight": preflight} if preflight else {}),
             **({"confirmation": confirmation_name(name)} if space.confirm and not grid else {}),
             **(stage or {}),
         }, version, resume=resume)
@@ -158,7 +169,8 @@ def run_sweep(
             _run(_Run(space, space_text, db, name, sweep_id, plan, n_trials, per_trial,
                       concurrency, n_boot, reference, grid or {}, loggers, storage, local,
                       version, study,
-                      {} if force else reuse_table(db, version, reuse_any_version)))
+                      {} if force else reuse_table(db, version, reuse_any_version),
+                      preflight.get("estimates_mb", {})))
         status = _ended(db, name, sweep_id, n_trials, space, grid, study)
         db.set_sweep_status(sweep_id, status)
     except KeyboardInterrupt:
@@ -188,7 +200,8 @@ def run_sweep(
         confirmation = _confirm(space, space_text, name, space_name, db, {
             "db_url": db_url, "address": address, "concurrency": concurrency, "cpus": cpus,
             "gpus": gpus, "n_boot": n_boot, "storage": storage, "force": force,
-            "reuse_any_version": reuse_any_version, "mlflow": mlflow, "wandb": wandb})
+            "reuse_any_version": reuse_any_version, "mlflow": mlflow, "wandb": wandb,
+            "device_memory": device_memory})
     return SweepSummary(name, sweep_id, db.url, time.perf_counter() - start,
                         summary_table(db, name), confirmation)
 
@@ -259,6 +272,7 @@ class _Run:
     version: str
     study: Any
     reuse: dict[str, dict]
+    estimates_mb: dict[str, float]
 
 
 def _run(r: _Run) -> None:
@@ -282,7 +296,7 @@ def _run(r: _Run) -> None:
     )
     ledger = StopLedger()
     callback = ResultsCallback(r.db, r.sweep_id, r.n_trials, space, r.grid, ledger, r.version,
-                               r.storage or str(RAY_DIR.resolve()))
+                               r.storage or str(RAY_DIR.resolve()), r.estimates_mb)
     searcher = None if r.grid else TruthfulOptunaSearch(space, r.name, r.db.optuna_storage_url,
                                                         ledger, r.study)
     context.processes = per_trial.get("processes", 1)
@@ -395,6 +409,50 @@ def _refuse_live(row: dict[str, Any], name: str) -> None:
     if row.get("status") == "running" and not bool(row.get("stale", True)):
         raise AblateError(f"sweep {name} is running now (host {row.get('host')}, pid "
                           f"{row.get('pid')}); wait for it, or stop that driver first")
+
+
+def _device_memory(given: float | None, packed: bool, stored: dict) -> float | None:
+    """The card's memory in GB for the preflight: --device-memory, what a resumed sweep
+    started with, or this machine's first CUDA device; None skips the preflight."""
+    if given is not None:
+        if given <= 0:
+            raise AblateError(f"--device-memory must be a positive number of GB, not {given:g}")
+        return given
+    if stored.get("preflight"):
+        return stored["preflight"]["device_gb"]
+    # lazy: loads torch only when called
+    from ablate.sweep.preflight import local_device_gb
+
+    found = local_device_gb()
+    if found is None and packed:
+        raise AblateError("resources.gpu: auto packs trials by their memory estimates; give "
+                          "--device-memory GB (one card's memory) on a machine without a GPU")
+    return found
+
+
+def _preflight(space, grid: dict | None, per_trial: dict, processes: int,  # noqa: ANN001
+               device_gb: float, packed: bool) -> dict:
+    """Estimate every distinct recipe; refuse the sweep if one cannot fit its share of the
+    card. Returns what the sweep row stores: the card, each estimate by memory key, and
+    under `gpu: auto` the GPU fraction each trial asks for."""
+    # lazy: fake-tensor estimates load torch and the model zoo
+    from ablate.sweep.preflight import (
+        check_estimates,
+        estimate_sweep,
+        packed_gpu_share,
+        per_trial_gb,
+    )
+
+    found = estimate_sweep(space, grid, processes)
+    gpu = packed_gpu_share(found, device_gb) if packed else per_trial["gpu"]
+    share = per_trial_gb(gpu, processes, device_gb) if gpu else device_gb
+    check_estimates(found, share, device_gb)
+    heaviest = max(found, key=lambda e: e.needs_gb)
+    _say(f"memory preflight: {len(found)} recipe(s) fit {share:.1f} GB a trial "
+         f"(heaviest {heaviest.needs_gb:.1f} GB: {heaviest.label})"
+         + (f"; gpu: auto asks {gpu:.3g} GPU a trial" if packed else ""))
+    return {"device_gb": device_gb, "gpu_share": gpu,
+            "estimates_mb": {e.key: round(e.needs_gb * 1024, 1) for e in found}}
 
 
 def _sweep_name(db, space: str, name: str | None, resume: bool) -> str:  # noqa: ANN001

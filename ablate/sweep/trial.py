@@ -19,6 +19,7 @@ retries the trial from its last checkpoint.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -84,6 +85,13 @@ def trial_overrides(space, config: dict[str, Any], grid: dict[str, list[str]],  
     params = {k: v for k, v in config.items() if k not in (GRID_KEY, RETRY_KEY)}
     extra = grid[config[GRID_KEY]] if GRID_KEY in config else []
     return [*space.overrides(params, seed=seed), *extra]
+
+
+def memory_key(overrides: list[str]) -> str:
+    """What identifies a trial's memory estimate: its overrides without the seed or run name
+    (speed settings change memory but not the recipe hash, so the hash cannot)."""
+    kept = [o for o in overrides if not o.startswith(("seed=", "run.name="))]
+    return hashlib.sha256("\n".join(kept).encode()).hexdigest()[:16]
 
 
 def run_trial(config: dict[str, Any], context: TrialContext) -> None:
