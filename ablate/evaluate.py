@@ -118,7 +118,7 @@ def evaluate_classifier(
     """Metrics per test set: rows dataset, split, level, metric, value, ci_low, ci_high, n,
     the provenance keys of `evaluate_scores` and `manifest_sha` (the rows scored)."""
     settings = eval_settings(cfg, eer, bootstrap_unit)
-    cache = eval_frame_cache(cfg, tests)  # RAM or the disk store, before decoding
+    cache = eval_frame_cache(cfg)  # streamed: no test frame is held after its batch
     datasets = {}
     for name in tests:  # every test set's rows and settings are checked before any scoring
         dataset = test_rows(name, cfg.image_size, cache, cfg.data.max_skip_fraction)

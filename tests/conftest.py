@@ -1,5 +1,9 @@
+import fcntl
 import os
 import random
+import tempfile
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +22,30 @@ def _same_random_state_whatever_ran_before():
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
+
+
+# One lock file per user for the whole machine: every xdist worker and every concurrent pytest
+# run of this suite (any checkout) takes turns on it.
+HEAVY_LOCK = Path(tempfile.gettempdir()) / f"ablate-one-heavy-test-{os.getuid()}.lock"
+
+
+@pytest.fixture
+def one_heavy_test_at_a_time():
+    """Holds an inter-process lock (flock on HEAVY_LOCK) for the test's whole duration, so
+    two tests that each need several GB (full-size models) never run at once: `make test`
+    runs two xdist workers on a 24 GB machine, and two such tests side by side do not fit.
+    A test that requests it waits for the one holding it; the lock goes with its process
+    (a crashed worker never leaves it held)."""
+    with open(HEAVY_LOCK, "a") as handle:
+        start = time.perf_counter()
+        fcntl.flock(handle, fcntl.LOCK_EX)  # blocks while another heavy test runs
+        waited = time.perf_counter() - start
+        if waited > 1:
+            print(f"waited {waited:.0f}s for another heavy test ({HEAVY_LOCK})")
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @pytest.fixture(scope="session")
@@ -109,7 +137,7 @@ USES = {  # mark -> names whose use in a test's code implies it
 SLOW_FIXTURES = {  # fixtures that train, fit or build something large (seconds each)
     "run_folder", "tiny_run", "setup", "uninterrupted", "fitted", "adapted", "root", "two_processes",
     "twins", "files", "dit_teachers", "saved", "site", "mtcnn", "clips", "ffpp", "frames",
-    "video", "small", "stats",
+    "video", "small", "stats", "one_heavy_test_at_a_time",
 }
 
 

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.parametrize("family,dtype", [("sd15", "float32"), ("sd21", "float32"),
                                           ("sdxl", "bfloat16")])
-def test_full_size_teacher_completes_a_guided_forward(family, dtype):
+def test_full_size_teacher_completes_a_guided_forward(family, dtype, one_heavy_test_at_a_time):
     cfg = compose([f"teacher={family}", "teacher.random_init=true", f"teacher.dtype={dtype}",
                    "backbone=tiny", "image_size=64", "guide=controlnet"])
     detector = build_detector(cfg)
@@ -37,7 +37,8 @@ def test_full_size_teacher_completes_a_guided_forward(family, dtype):
     gc.collect()
 
 
-def test_full_size_sd35_medium_guided_forward_and_folder_round_trip(tmp_path):
+def test_full_size_sd35_medium_guided_forward_and_folder_round_trip(tmp_path,
+                                                                   one_heavy_test_at_a_time):
     """SD3.5 Medium's transformer (2.2B, random weights, bf16) under a 2-block ControlNet
     copy (guide.layers=2 keeps the fp32 copy at ~0.2B params instead of 12 blocks' 1.1B),
     one guided forward at 64 px; then saved as a diffusers folder and loaded back through
@@ -99,7 +100,8 @@ def test_full_size_flux_dev_guided_forward_on_the_meta_device():
     assert all(v.shape == () and v.device.type == "meta" for v in losses.values())
 
 
-def test_full_width_flux_computes_a_guided_forward_and_loads_back_from_its_folder(tmp_path):
+def test_full_width_flux_computes_a_guided_forward_and_loads_back_from_its_folder(
+        tmp_path, one_heavy_test_at_a_time):
     """Flux.1-dev's full width (3072 hidden, 4096 T5 context, 768 pooled, guidance input, 512
     T5 tokens) at 1 double + 1 single block of its 19 + 38 (random weights, bf16; ~0.6B
     params, where the whole 12B would not fit this machine): one real-valued guided forward

@@ -205,16 +205,20 @@ def test_no_room_on_disk_either_stops_before_decoding_with_the_plan(cfg, monkeyp
         host_plan(cfg).check()  # the preflight says the same before any run starts
 
 
-def test_test_sets_follow_the_same_rule(cfg, monkeypatch, decoded):
-    cfg.data.host_memory_gb = TEST_FRAMES * FRAME / GIB / 2
-    assert eval_frame_cache(cfg, [str(cfg.data.tests[0])]).cache_dir == default_store()
-    cfg.data.host_memory_gb = 1
-    assert eval_frame_cache(cfg, [str(cfg.data.tests[0])]).cache_dir is None
-    cfg.data.host_memory_gb = TEST_FRAMES * FRAME / GIB / 2
-    _no_room(monkeypatch)
-    with pytest.raises(AblateError, match="the test frames fit neither"):
-        eval_frame_cache(cfg, [str(cfg.data.tests[0])])
-    assert decoded == []
+def test_evaluation_streams_its_frames_whatever_the_budget(cfg, tmp_path):
+    """Test frames are scored once: evaluation holds none of them in RAM (its memory stays
+    flat as test sets grow), and reads a store only where the user set one."""
+    from ablate.evaluate import test_rows
+
+    for budget in (TEST_FRAMES * FRAME / GIB / 2, 1):
+        cfg.data.host_memory_gb = budget
+        cache = eval_frame_cache(cfg)
+        dataset = test_rows(str(cfg.data.tests[0]), SIZE, cache)
+        assert len(dataset) > 0 and cache.cache_dir is None and cache._arrays == {}
+        assert dataset[0]["image"].shape[-1] == SIZE  # decoded on demand, still not kept
+        assert cache._arrays == {}
+    cfg.data.frame_cache_dir = str(tmp_path / "store")
+    assert eval_frame_cache(cfg).cache_dir == tmp_path / "store"
 
 
 @pytest.mark.parametrize("value", ["lots", 0, -1, True])

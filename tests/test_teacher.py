@@ -302,7 +302,8 @@ def _peak_rss_gb() -> float:
     ("family", "dtype", "params_b"),
     [("sd15", "float32", 0.86), ("sd21", "float32", 0.87), ("sdxl", "bfloat16", 2.57)],
 )
-def test_full_size_random_init(family: str, dtype: str, params_b: float) -> None:
+def test_full_size_random_init(family: str, dtype: str, params_b: float,
+                               one_heavy_test_at_a_time: None) -> None:
     gc.collect()
     _reset_peak_rss()
     start = time.perf_counter()

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from ablate.core.errors import AblateError
+from ablate.core.schema import setting
 from ablate.data.dataset import FrameCache, ManifestDataset
 from ablate.data.host_plan import frame_cache_dir, needed_files
 from ablate.data.sampler import ResumableLoader
@@ -62,15 +63,13 @@ def train_and_val(cfg: DictConfig) -> tuple[ManifestDataset, ManifestDataset]:
     return train, val
 
 
-def eval_frame_cache(cfg: DictConfig, tests: list[str]) -> FrameCache:
-    """The cache evaluation decodes the test splits of `tests` into: in RAM where they fit
-    the host budget, else the disk store (or one line saying neither has room), decided
-    before a frame is decoded."""
-    files: set[str] = set()
-    for name in tests:
-        table = resolve_dataset(name)
-        files |= set(table.loc[table["split"] == "test", "path"])
-    return FrameCache(frame_cache_dir(cfg, files, "test"))
+def eval_frame_cache(cfg: DictConfig) -> FrameCache:
+    """Evaluation streams its frames: each is decoded when its batch is scored and dropped
+    after (the corrupt-frame pass before scoring decodes and drops too), so memory stays
+    flat however large the test sets are (scripts/bench_eval_memory.py measures it); test
+    frames are read each once, so holding them would buy nothing. With
+    `data.frame_cache_dir` set they are read from (and added to) that memory-mapped store."""
+    return FrameCache(setting(cfg, "data.frame_cache_dir"), memory=False)
 
 
 def _refuse_shared_videos(table: pd.DataFrame, name: str) -> None:
