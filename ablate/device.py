@@ -1,10 +1,14 @@
-"""Where a run computes: the device and what reduced precision it can do.
+"""Where a run computes: the device, what reduced precision it can do, and the peak host
+memory a run used.
 
 Its own module so that training, evaluation and the benchmark all ask one place
 (and no two of them import each other for it).
 """
 
 from __future__ import annotations
+
+import resource
+import sys
 
 import torch
 
@@ -40,3 +44,29 @@ def supports_dtype(device: torch.device, dtype: torch.dtype) -> bool:
         check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
         return bool(check()) if check is not None else False
     return False
+
+
+def reset_host_peak() -> None:
+    """Start this process's peak resident memory afresh (Linux: VmHWM, via clear_refs), so
+    a second run in a reused process (a Ray worker's next trial) reports its own peak,
+    not the largest of every run before it. Elsewhere a no-op."""
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+    except OSError:
+        pass
+
+
+def host_peak_mb() -> float:
+    """This process's peak resident memory in MB since `reset_host_peak` (Linux VmHWM),
+    else since it started (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import resource
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -20,7 +19,7 @@ from ablate.checkpoint import save_run
 from ablate.core.errors import AblateError
 from ablate.core.schema import setting
 from ablate.data.loader import make_loader, train_and_val
-from ablate.device import pick_device, supports_dtype
+from ablate.device import host_peak_mb, pick_device, reset_host_peak, supports_dtype
 from ablate.model.build import build_detector
 from ablate.model.detector import DiffusionFakeDetector
 from ablate.model.latent_cache import LatentCache
@@ -282,6 +281,8 @@ def train(
     every = eval_every_steps(cfg.train, len(loader))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    else:
+        reset_host_peak()
 
     detector.train()
     identity = recipe_hash(cfg)
@@ -335,8 +336,8 @@ def train(
 
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2**20
-    else:  # the process's peak resident memory: an upper bound on what training needed
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    else:  # the process's peak resident memory since this run began: an upper bound
+        peak = host_peak_mb()
     result = RunResult(
         folder=Path(cfg.run.out_dir) / run_name(cfg),
         steps=steps,
