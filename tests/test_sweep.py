@@ -395,3 +395,19 @@ def test_asha_counts_the_evaluations_of_every_epoch(train, batches, expected):
     from ablate.space import planned_evaluations
 
     assert planned_evaluations(OmegaConf.create(train), batches) == expected
+
+
+def test_a_trial_never_reaches_the_asha_clock_the_driver_set(monkeypatch):
+    """The driver counts ASHA's max_t once, on the reference recipe; a trial that counts more
+    evaluations itself (its manifest built after the driver counted, a smaller batch) must
+    not report a rung at or past max_t, or ASHA stops it as if it were done."""
+    from omegaconf import OmegaConf
+
+    from ablate.sweep import trial
+
+    monkeypatch.setattr(trial, "training_batches", lambda cfg: (7, 70, None))
+    cfg = OmegaConf.create({"train": {"steps": None, "epochs": 2, "eval_every": 3}})
+    assert trial._planned(cfg) == 5  # own count: 3, 6, 9, 12 and the last, 14
+    assert trial._planned(cfg, 9) == 5  # under the driver's: its own
+    capped = trial._planned(cfg, 1)  # the driver knew no manifest: max_t = 2
+    assert [trial._rung(i, capped) for i in range(1, 6)] == [0, 0, 0, 0, 0]

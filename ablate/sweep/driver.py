@@ -101,7 +101,7 @@ def run_sweep(
     if packed:  # resolved by the memory preflight below, once the recipes are known
         per_trial["gpu"] = 1
     check_request(per_trial["cpu"], per_trial["gpu"])
-    device_gb = _device_memory(device_memory, packed, stored)
+    device_gb = _device_memory(device_memory, packed, stored, per_trial["gpu"])
     processes = space.resources.data_parallel(per_trial["gpu"])
     if processes > 1:  # one trial, data-parallel: its cpu and gpu split among the processes
         per_trial["processes"] = processes
@@ -299,6 +299,7 @@ def _run(r: _Run) -> None:
                                r.storage or str(RAY_DIR.resolve()), r.estimates_mb)
     searcher = None if r.grid else TruthfulOptunaSearch(space, r.name, r.db.optuna_storage_url,
                                                         ledger, r.study)
+    context.planned_evaluations = _asha_evaluations(space, r.reference, r.grid)
     context.processes = per_trial.get("processes", 1)
     context.cpus_per_process = per_trial["cpu"] / context.processes
     context.gpus_per_process = per_trial["gpu"] / context.processes
@@ -315,7 +316,7 @@ def _run(r: _Run) -> None:
         tune_config=tune.TuneConfig(
             # an explicit grid (compare-teachers) runs every recipe once, in order
             search_alg=searcher,
-            scheduler=None if r.grid else _scheduler(space, r.reference, ledger),
+            scheduler=None if r.grid else _scheduler(space, context.planned_evaluations, ledger),
             num_samples=1 if r.grid else plan.trials, max_concurrent_trials=limit,
             # keep worker processes between trials: each new one re-imports torch and
             # diffusers (seconds per trial, outside trial compute)
@@ -411,15 +412,19 @@ def _refuse_live(row: dict[str, Any], name: str) -> None:
                           f"{row.get('pid')}); wait for it, or stop that driver first")
 
 
-def _device_memory(given: float | None, packed: bool, stored: dict) -> float | None:
+def _device_memory(given: float | None, packed: bool, stored: dict,
+                   gpu: float) -> float | None:
     """The card's memory in GB for the preflight: --device-memory, what a resumed sweep
-    started with, or this machine's first CUDA device; None skips the preflight."""
+    started with, or this machine's first CUDA device when trials use GPUs; None skips the
+    preflight (CPU trials are not checked against a GPU they do not use)."""
     if given is not None:
         if given <= 0:
             raise AblateError(f"--device-memory must be a positive number of GB, not {given:g}")
         return given
     if stored.get("preflight"):
         return stored["preflight"]["device_gb"]
+    if not gpu and not packed:
+        return None
     # lazy: loads torch only when called
     from ablate.sweep.preflight import local_device_gb
 
@@ -491,7 +496,18 @@ def _prepare_data(reference) -> None:  # noqa: ANN001
         ensure_benchmark(progress=True)
 
 
-def _scheduler(space, cfg, ledger):  # noqa: ANN001, ANN202
+def _asha_evaluations(space, cfg, grid: dict) -> int:  # noqa: ANN001
+    """The evaluations ASHA's clock runs to, counted once on the reference recipe (0: no
+    ASHA). Trials cap their rungs below it (`TrialContext.planned_evaluations`)."""
+    if grid or not space.early_stopping.enabled:
+        return 0
+    # lazy: counting batches reads the manifest (and loads the data layer)
+    from ablate.schedule import training_batches
+
+    return planned_evaluations(cfg.train, training_batches(cfg)[0])
+
+
+def _scheduler(space, evaluations: int, ledger):  # noqa: ANN001, ANN202
     """ASHA on the first seed's source-val AUC, whatever the objectives are.
 
     Its clock is the evaluation index (`rung`); the last evaluation and the final
@@ -500,11 +516,9 @@ def _scheduler(space, cfg, ledger):  # noqa: ANN001, ANN202
     stop = space.early_stopping
     if not stop.enabled:
         return None
-    # lazy: that module imports this one; counting batches reads the manifest
-    from ablate.schedule import training_batches
+    # lazy: that module imports this one
     from ablate.sweep.searcher import asha
 
-    evaluations = planned_evaluations(cfg.train, training_batches(cfg)[0])
     return asha(ledger, max_t=evaluations + 1,
                 grace_period=max(min(int(stop.grace_period), evaluations), 1),
                 reduction_factor=float(stop.reduction_factor))

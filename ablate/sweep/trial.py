@@ -77,6 +77,9 @@ class TrialContext:
     processes: int = 1  # > 1: each seed trains data-parallel on Ray Train workers
     cpus_per_process: float = 1  # what each of those workers asks Ray for
     gpus_per_process: float = 0
+    # the evaluations ASHA's max_t was set from (the driver's count on the reference recipe):
+    # a trial's rungs never reach it, whatever the trial counts itself (0: no ASHA clock)
+    planned_evaluations: int = 0
 
 
 def trial_overrides(space, config: dict[str, Any], grid: dict[str, list[str]],  # noqa: ANN001
@@ -177,7 +180,8 @@ class _Trial:
             return {**base, **_stored(ctx.done[key]), "status": "done"}
         stored = ctx.reuse.get(key)  # empty under --force
         if stored:
-            self._replay(base, stored.get("curves") or [], _planned(cfg))
+            self._replay(base, stored.get("curves") or [],
+                         _planned(cfg, self.context.planned_evaluations))
             return {**base, **_stored(stored), "status": "reused",
                     "reused_from": stored["id"], "ended": _now()}
         return self._train(cfg, seed, base, key)
@@ -217,7 +221,7 @@ class _Trial:
         resumed_step, evaluated = _resumed(resume)
         # ASHA's clock counts evaluations from step 0, also across a resume
         evaluations = iter(range(evaluated + 1, 1 << 30))
-        planned = _planned(cfg)
+        planned = _planned(cfg, ctx.planned_evaluations)
 
         def on_checkpoint(step: int, val_auc: float, state_dir: Path) -> None:
             index = next(evaluations)
@@ -285,9 +289,13 @@ class _Trial:
         return None
 
 
-def _planned(cfg) -> int:  # noqa: ANN001
-    """The trial's source-val evaluations, counted as the driver's ASHA counts them."""
-    return planned_evaluations(cfg.train, training_batches(cfg)[0])
+def _planned(cfg, shared: int = 0) -> int:  # noqa: ANN001
+    """The evaluations a trial numbers its rungs against: its own count, capped by the count
+    the driver set ASHA's max_t from (`shared`). Once a trial's own count exceeds that (its
+    manifest was built after the driver counted, or it has a smaller batch), a rung at or
+    past max_t would make ASHA stop it; past the cap every rung is 0, which ASHA ignores."""
+    own = planned_evaluations(cfg.train, training_batches(cfg)[0])
+    return min(own, shared) if shared else own
 
 
 def _rung(index: int, planned: int) -> int:
