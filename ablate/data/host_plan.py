@@ -211,8 +211,8 @@ class HostPlan:
         return next(p for p in self.phases if p.name == name)
 
     def describe(self) -> str:
-        """One paragraph for `ablate bench --estimate-memory` and a sweep's preflight."""
-        train, test = self.phase("train"), self.phase("test")
+        """One paragraph: what a run's frames take in RAM and on disk."""
+        train = self.phase("train")
         where = {"memory": "fits in memory", "disk": f"goes to the frame store {self.store}",
                  "none": "fits neither RAM nor disk"}
         tests = ", ".join(f"{k} {v:,}" for k, v in self.test_frames.items()) or "none"
@@ -223,17 +223,18 @@ class HostPlan:
             f"each: {human(self.train_ram_bytes)} in RAM decoded"
             f"{f' (x{self.processes} processes)' if self.processes > 1 else ''}, "
             f"{human(self.train_disk_bytes)} more on disk in the frame store; the latent cache "
-            f"may take {human(self.latent_cache_bytes)} beside them. Testing reads "
-            f"{self.test_total_frames:,} frames ({tests}): {human(self.test_ram_bytes)} in RAM, "
-            f"{human(self.test_disk_bytes)} more on disk. Host budget {human(self.host_budget_bytes)}"
+            f"may take {human(self.latent_cache_bytes)} beside them. Testing streams "
+            f"{self.test_total_frames:,} frames ({tests}) and holds none (held, they would take "
+            f"{human(self.test_ram_bytes)}). Host budget {human(self.host_budget_bytes)}"
             f" ({self.budget_source}); {human(self.disk_free_bytes)} free on disk at "
-            f"{self.store}. Training {where[train.place]}; testing {where[test.place]}."
+            f"{self.store}. Training {where[train.place]}."
         )
 
     def check(self) -> None:
-        """A preflight: stop now, in one line, where a phase fits neither RAM nor disk."""
+        """A preflight: stop now, in one line, where training's frames fit neither RAM nor
+        disk (evaluation streams its frames, so it always fits)."""
         for phase in self.phases:
-            if phase.place == "none":
+            if phase.name == "train" and phase.place == "none":
                 raise AblateError(_no_room(phase, self.image_size, self.budget_source,
                                            self.store, self.disk_free_bytes))
 

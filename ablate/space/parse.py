@@ -289,6 +289,9 @@ def _resources(value: Any, where: _Where) -> Resources:
     processes = _int(r.get("processes", 0), "resources.processes", where, minimum=0)
     gpu = r.get("gpu", 0)  # "auto": packed by memory estimates (ablate.sweep.preflight)
     gpu = gpu if gpu == "auto" else _number(gpu, "resources.gpu", where, 0)
+    if gpu == "auto" and processes > 1:
+        where.fail("resources.gpu", "auto packs one-process trials onto shared cards; with "
+                                    "processes give a number of GPUs (one per process)")
     return Resources(cpu, gpu, processes)
 
 

@@ -130,8 +130,7 @@ class ResultsCallback(Callback):
             teacher_sha=r.get("teacher_sha"),
             # a reused seed was computed by the code that first ran it
             code_version=r.get("code_version") or self.code_version,
-            estimated_mem_mb=self.estimates_mb.get(
-                memory_key(trial_overrides(self.space, trial.config, self.grid, r["seed"]))),
+            estimated_mem_mb=self._estimate(trial.config, r["seed"]),
         )
         if r.get("resumed_from_step"):
             _say(f"    {trial.trial_id} seed {r['seed']} resumed at step "
@@ -155,9 +154,14 @@ class ResultsCallback(Callback):
             self.sweep_id, f"{trial.trial_id}:{seed}", recipe_hash=recipe_hash, recipe=recipe,
             seed=seed, status=status, started=None, ended=datetime.now(UTC), error=error,
             curves=self._curves.get(trial.trial_id, []), identity=identity,
-            code_version=self.code_version,
+            code_version=self.code_version, estimated_mem_mb=self._estimate(trial.config, seed),
         )
         self.recorded.add((trial.trial_id, seed))
+
+    def _estimate(self, config: dict, seed: int) -> float | None:
+        """The preflight's estimate of this trial's recipe (None: it was not estimated)."""
+        return self.estimates_mb.get(memory_key(trial_overrides(self.space, config, self.grid,
+                                                                seed)))
 
     def _recipe(self, config: dict, seed: int) -> tuple[str, dict]:
         try:

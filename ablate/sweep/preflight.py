@@ -43,6 +43,7 @@ class Estimated:
     label: str
     overrides: tuple[str, ...]
     needs_gb: float  # peak + the stated margin for what fake tensors cannot see
+    batch: int | None = None  # a data-parallel replica's share of the batch (None: all of it)
 
     @property
     def key(self) -> str:
@@ -89,7 +90,9 @@ def estimate_sweep(space: SearchSpace, grid: dict[str, list[str]] | None,
 
     def one(label: str, overrides: list[str]) -> None:
         print(f"preflight: estimating {label} ...", file=sys.stderr, flush=True)
-        found[label] = Estimated(label, tuple(overrides), _needs_gb(overrides, processes))
+        batch = _replica_batch(overrides, processes)
+        found[label] = Estimated(label, tuple(overrides),
+                                 estimate_recipe(overrides, batch=batch).needs_gb, batch)
 
     for label, overrides in recipes.items():
         one(label, overrides)
@@ -99,11 +102,11 @@ def estimate_sweep(space: SearchSpace, grid: dict[str, list[str]] | None,
     return list(found.values())
 
 
-def _needs_gb(overrides: list[str], processes: int) -> float:
-    batch = None
-    if processes > 1:  # each process holds a replica and its share of the global batch
-        batch = max(1, int(compose(overrides).train.batch_size) // processes)
-    return estimate_recipe(overrides, batch=batch).needs_gb
+def _replica_batch(overrides: list[str], processes: int) -> int | None:
+    """Each process of a data-parallel trial holds a replica and its share of the batch."""
+    if processes <= 1:
+        return None
+    return max(1, int(compose(overrides).train.batch_size) // processes)
 
 
 def per_trial_gb(gpu: float, processes: int, device_gb: float) -> float:
@@ -119,7 +122,7 @@ def check_estimates(found: list[Estimated], share_gb: float, device_gb: float) -
         return
     lines = []
     for e in over:
-        fits = levers_that_fit(list(e.overrides), share_gb)
+        fits = levers_that_fit(list(e.overrides), share_gb, e.batch)
         hint = (f"fits with {', '.join(fits)}" if fits else
                 "no lever set fits: lower train.batch_size or image_size, or use a bigger card")
         lines.append(f"{e.label}: needs ~{e.needs_gb:.1f} GB, a trial gets {share_gb:.1f} GB "
