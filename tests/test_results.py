@@ -6,6 +6,7 @@ or $ABLATE_TEST_PG_URL), because the schema and behaviour must be the same.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import shutil
@@ -568,7 +569,7 @@ def test_timestamps_are_utc(db: ResultsDB) -> None:
 
 def test_v1_database_is_migrated_to_v2(url: str) -> None:
     """A database written by the v1 ablate (frozen in tests/schema_v1.py) opens as v2 and
-    then as the current version (v1 -> v2 -> v3 -> v4 in one go)."""
+    then as the current version (v1 -> v2 -> ... -> v5 in one go)."""
     engine = sa.create_engine(url)
     schema_v1.metadata.create_all(engine)
     with engine.begin() as conn:
@@ -586,7 +587,7 @@ def test_v1_database_is_migrated_to_v2(url: str) -> None:
     engine.dispose()
 
     with ResultsDB(url) as db:
-        assert stored_version(url) == results.SCHEMA_VERSION == 4
+        assert stored_version(url) == results.SCHEMA_VERSION == 5
         found = db.finished_trial("h1", 0)  # v1 rows are reused by recipe hash, as before
         assert found["id"] == old[0] and found["identity"] == "h1"
         assert found["code_version"] is None and [m["value"] for m in found["metrics"]] == [0.8]
@@ -844,7 +845,7 @@ def test_sweeps_command_shows_stale_sweeps_and_errors(tmp_path: Path) -> None:
 
 # spelled out here, not read from ablate.results: the columns the v3 schema promises
 PROVENANCE_COLUMNS = ("aggregation", "threshold", "threshold_from", "n_boot", "boot_seed",
-                      "boot_unit", "eer_convention", "manifest_sha")
+                      "boot_unit", "eer_convention", "manifest_sha", "protocol")
 
 
 def test_v2_database_is_migrated_to_v3_keeping_rows_with_unknown_provenance(url: str) -> None:
@@ -896,12 +897,15 @@ def test_metric_provenance_round_trips_and_missing_keys_are_null(db: ResultsDB) 
     sid = db.start_sweep("s", "quick", {}, "v")
     how = {"aggregation": "mean", "threshold": 0.42, "threshold_from": "source val EER point",
            "n_boot": np.int64(1000), "boot_seed": 3, "boot_unit": "video",
-           "eer_convention": None, "manifest_sha": "0123456789abcdef"}
+           "eer_convention": None, "manifest_sha": "0123456789abcdef",
+           "protocol": {"frames_per_video": 32, "level": "video"}}
     record(db, sid, "t", metrics=[{**metric("acc_thr", 0.7, level="video"), **how},
                                   metric("auc")])  # the second row says nothing: all NULL
     m = db.metrics().set_index("metric")
     got = m.loc["acc_thr", list(PROVENANCE_COLUMNS)].to_dict()
-    assert got == {**how, "n_boot": 1000, "eer_convention": got["eer_convention"]}
+    assert json.loads(got.pop("protocol")) == how["protocol"]  # a dict is stored as JSON
+    assert got == {**{k: v for k, v in how.items() if k != "protocol"}, "n_boot": 1000,
+                   "eer_convention": got["eer_convention"]}
     assert pd.isna(got["eer_convention"])
     assert m.loc["auc", list(PROVENANCE_COLUMNS)].isna().all()
     assert set(PROVENANCE_COLUMNS) <= set(results.METRIC_KEYS)  # reused trials copy them

@@ -44,7 +44,9 @@ SCORES = "scores.csv"  # in every evaluated run folder: one row per scored test 
 METRIC_HOW = ("aggregation", "threshold", "threshold_from", "n_boot", "boot_seed", "boot_unit",
               "eer_convention")
 # ... plus the scored rows' hash (ablate.provenance.manifest_sha); NULL in the DB = unknown
-METRIC_PROVENANCE = (*METRIC_HOW, "manifest_sha")
+METRIC_PROVENANCE = (*METRIC_HOW, "manifest_sha", "protocol")
+# "protocol" (v5): the test set's protocol line as JSON (ablate/data/protocol.py): frames per
+# video, videos real / fake, compression, crop preset, official list, level, display name
 
 # A teacher folder ablate wrote (results/teachers/...): the files beside the weights that say
 # what a fit or an adapt used (not weights: a teacher's fingerprint leaves them out), and the

@@ -10,7 +10,8 @@ Version 3 adds to every metric row what makes it comparable (METRIC_PROVENANCE:
 frame -> video aggregation, threshold and its source, bootstrap resamples, seed
 and unit, EER convention, hash of the scored test rows); rows from older
 databases keep NULL there, never a guessed value. Version 4 adds the memory preflight's
-estimate to trials (`estimated_mem_mb`, beside the measured `peak_mem_mb`).
+estimate to trials (`estimated_mem_mb`, beside the measured `peak_mem_mb`). Version 5 adds
+the protocol line to metric rows (`protocol`).
 
 SCHEMA_VERSION and MIGRATIONS are read here only, at call time (a test that
 pretends to be another schema version patches them on this module).
@@ -72,7 +73,12 @@ def _v3_to_v4(conn: sa.Connection) -> None:
     add_column(conn, "ablate_trials", sa.Column("estimated_mem_mb", sa.Float))
 
 
-MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
+def _v4_to_v5(conn: sa.Connection) -> None:
+    """The protocol line of every metric row; old rows keep NULL (never a guessed protocol)."""
+    add_column(conn, "ablate_metrics", sa.Column("protocol", sa.Text))
+
+
+MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5}
 
 
 def migrate(engine: sa.Engine, where: str) -> int:

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from ablate.core.names import METRIC_PROVENANCE
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 SWEEP_STATUSES = ("running", "finished", "interrupted", "failed")
 TRIAL_STATUSES = ("finished", "pruned", "failed", "nan", "reused", "running")
@@ -104,6 +104,8 @@ metrics_table = sa.Table(
     sa.Column("boot_unit", sa.String),
     sa.Column("eer_convention", sa.String),
     sa.Column("manifest_sha", sa.String),
+    # v5: the protocol behind the number (JSON; ablate/data/protocol.py); NULL = unknown
+    sa.Column("protocol", sa.Text),
     sa.PrimaryKeyConstraint("trial_id", "dataset", "split", "level", "metric",
                             name="pk_ablate_metrics"),
 )

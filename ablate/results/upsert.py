@@ -95,6 +95,10 @@ def _provenance(m: Mapping[str, Any]) -> dict[str, Any]:
     text = {k: None if _missing(m.get(k)) else str(m[k])
             for k in ("aggregation", "threshold_from", "boot_unit", "eer_convention",
                       "manifest_sha")}
+    protocol = m.get("protocol")  # a dict (JSON text in the DB) or text already
+    text["protocol"] = (None if protocol is None or _missing(protocol) else
+                        protocol if isinstance(protocol, str) else
+                        json.dumps(protocol, sort_keys=True, default=str))
     return {**text, "threshold": _float(m.get("threshold")), "n_boot": _int(m.get("n_boot")),
             "boot_seed": _int(m.get("boot_seed"))}
 
