@@ -20,13 +20,13 @@ from omegaconf import DictConfig
 from safetensors.torch import load_file, save_file
 
 from ablate.core.errors import AblateError
+from ablate.core.names import RUN_INFO
 from ablate.recipe import load_yaml, to_yaml
 from ablate.registry import registry
 
 INFERENCE = "inference.safetensors"
 TRAINABLE = "trainable.safetensors"
 RECIPE = "recipe.yaml"
-RUN_INFO = "run.json"
 
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 from ablate import locations, plugins
 from ablate.core import schema
 from ablate.core.errors import AblateError
+from ablate.core.identity import hash_result, path_free
 from ablate.core.names import GUIDANCE_ONLY, NO_GUIDE, SLOTS, is_guidance_key
 from ablate.core.paths import builtin_folder
 from ablate.core.schema import setting
@@ -259,8 +258,9 @@ def ignored_by_baseline(cfg: DictConfig, overrides: list[str] | tuple[str, ...])
 
 
 def result_dict(cfg: DictConfig) -> dict:
-    """The parts of a recipe that define its result (no paths, no logging; for the
-    baseline, nothing of the modules it does not build)."""
+    """The parts of a recipe that define its result (no paths: a file setting reads as set,
+    a manifest as its file name; no logging; for the baseline, nothing of the modules it
+    does not build)."""
     data = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(data, dict)
     dropped = schema.non_result_keys() + (() if is_guided(cfg) else GUIDANCE_ONLY)
@@ -280,7 +280,7 @@ def result_dict(cfg: DictConfig) -> dict:
     used = plugin_identities(data)
     if used:
         data["plugins"] = used
-    return data
+    return path_free(data)
 
 
 def plugin_identities(data: dict) -> dict[str, dict[str, str]]:
@@ -299,9 +299,10 @@ def plugin_identities(data: dict) -> dict[str, dict[str, str]]:
 
 
 def recipe_hash(cfg: DictConfig) -> str:
-    """12 hex digits identifying a recipe's result-defining settings (seed included)."""
-    blob = json.dumps(result_dict(cfg), sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+    """12 hex digits identifying a recipe's result-defining settings (seed included), with
+    no path in them: a weights file or manifest counts as set, its bytes join the reuse key
+    (ablate/core/identity.py), so a run moved to another mount point keeps its hash."""
+    return hash_result(result_dict(cfg))
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -19,6 +19,10 @@ its seed, so its config is its identity ("builtin:..."). File digests are kept i
 `<cache>/file_digests.json` keyed by absolute path and checked against (size, mtime_ns), so
 multi-GB weights are read once, not once per trial.
 
+Encoder: `backbone.pretrained_path`'s bytes, when set. Precision: what `train.precision`
+resolved to on the run's device. Neither is a path: a run moved to another mount point keeps
+its identity (ablate/core/identity.py has the rule and how old identities stay valid).
+
 Torch-free: the sweep driver and the results side call it.
 """
 
@@ -36,6 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ablate.core import schema
 from ablate.core.errors import AblateError
+from ablate.core.identity import PRECISION_DEFAULT, identity
 from ablate.core.names import ADAPTER_META, ADAPTER_WEIGHTS, FINGERPRINT_HEX, FITTED_META
 from ablate.core.paths import TEACHERS_DIR
 from ablate.data.manifest import COLUMNS, PATH_COLUMNS, load_manifest
@@ -52,16 +57,32 @@ DIGEST_VERSION = 1  # bump when a cached digest's meaning changes (then all are 
 SHORT = FINGERPRINT_HEX  # hex digits of the fingerprints
 
 
-def reuse_key(cfg: DictConfig) -> dict[str, str | None]:
-    """recipe_hash, data_sha, teacher_sha and identity: a short sha over the other three,
-    the key under which a finished trial's result may be reused."""
+def reuse_key(cfg: DictConfig, precision: str = PRECISION_DEFAULT) -> dict[str, str | None]:
+    """recipe_hash, data_sha, teacher_sha and identity: a short sha over them, the
+    precision the run computes in (`train.precision` resolved on its device: the caller
+    knows the device) and the encoder's pretrained weights (ablate/core/identity.py), the
+    key under which a finished trial's result may be reused."""
     parts: dict[str, str | None] = {
         "recipe_hash": recipe_hash(cfg),
         "data_sha": data_fingerprint(cfg),
         "teacher_sha": teacher_fingerprint(cfg),
     }
-    parts["identity"] = _sha(parts)[:SHORT]
+    parts["identity"] = identity(parts["recipe_hash"], parts["data_sha"], parts["teacher_sha"],
+                                 precision, backbone_fingerprint(cfg))
     return parts
+
+
+def backbone_fingerprint(cfg: DictConfig) -> str | None:
+    """None when the encoder starts from random init; else the digest of the pretrained
+    weights `backbone.pretrained_path` points at ("missing:<value>" when absent)."""
+    value = cfg.backbone.get("pretrained_path")
+    if not value:
+        return None
+    where = Path(str(value)).expanduser()
+    if not where.exists():
+        return f"missing:{value}"
+    with DigestCache.open() as cache:
+        return weights_digest(where, cache)[:SHORT]
 
 
 # ---------------------------------------------------------------- data

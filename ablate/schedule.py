@@ -207,3 +207,13 @@ def _unreadable(cfg: Any) -> str | None:
                 f"frames under {settings['root']})")
     return (f"dataset {name} has no manifest yet and no root to build one from (training "
             f"stops there: set root in configs/data/{name}.yaml)")
+
+
+def run_precision(cfg: Any) -> str:
+    """The precision a run of `cfg` computes in on this machine (`train.precision` resolved
+    on the device it would pick): what its identity carries (ablate/core/identity.py)."""
+    # lazy: loads torch only when called (the driver imports this module torch-free)
+    from ablate.device import pick_device
+    from ablate.model.speed import Speed
+
+    return Speed.from_config(cfg.train, pick_device(cfg.train.device)).precision

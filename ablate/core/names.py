@@ -62,3 +62,5 @@ FINGERPRINT_HEX = 16  # hex digits of a content fingerprint (data, teacher, scor
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 WEIGHT_FILE_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 WEIGHT_FILES = ".safetensors or .ckpt/.pt/.pth/.bin"  # as messages name them
+
+RUN_INFO = "run.json"  # in a run folder: steps, timings, device, speed, selection

@@ -15,7 +15,8 @@ What follows from the declarations, never listed by hand:
   only in them is the same result, reused, not re-run;
 - `OMIT_AT_DEFAULT`: the settings added after results were stored (`hash_when_default=False`):
   at their default they are left out of the recipe hash, so older recipes keep theirs;
-- `FILE_KEYS`: the teacher settings that name weight files (their bytes define the result).
+- `FILE_KEYS`: the teacher settings that name weight files (their bytes define the result;
+  `backbone.pretrained_path` is a file setting too, see ablate/core/identity.py).
 
 `setting(cfg, "train.eval_every")` reads a setting, falling back to its default here when a
 recipe lacks it (one saved before the setting existed); a recipe is never filled in, since a
@@ -44,7 +45,8 @@ class Setting:
     doc: str
     result: bool = True  # False: changes where, how fast or how visibly, not what is computed
     hash_when_default: bool = True  # False: left out of the hash at its default (came later)
-    file: bool = False  # teacher: names a weights file whose bytes the reuse key hashes
+    file: bool = False  # names a local file: its bytes, not its path, define the result
+    # (ablate/core/identity.py: the recipe hash sees only set / unset, the reuse key the bytes)
     choices: tuple[Any, ...] | None = None  # the only values allowed (checked at compose)
 
 
@@ -146,7 +148,7 @@ _PART = "single-file sd3 / flux only: a separate part file"
 SLOT_KEYS: dict[str, dict[str, Setting]] = {
     "backbone": {
         "name": Setting("tiny", "the encoder variant (configs/backbone/)"),
-        "pretrained_path": Setting(None, "local timm weights; null = random init"),
+        "pretrained_path": Setting(None, "local timm weights; null = random init", file=True),
     },
     "filter": {"name": Setting("paper", "the feature filter variant (configs/filter/)")},
     "weight": {"name": Setting("paper", "the weight module variant (configs/weight/)")},

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ablate.core.errors import AblateError
+from ablate.core.identity import resolve_precision
 from ablate.core.schema import group_setting
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -58,8 +59,8 @@ class Speed:
         if precision not in PRECISIONS:
             raise AblateError(f"train.precision must be one of {', '.join(PRECISIONS)}, "
                               f"not {precision!r}")
-        if precision == "auto":
-            precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+        on_gpu = device.type == "cuda"
+        precision = resolve_precision(precision, on_gpu, on_gpu and torch.cuda.is_bf16_supported())
         attention = get("attention")
         if attention not in ATTENTION:
             raise AblateError(f"train.attention must be one of {', '.join(ATTENTION)}, "

@@ -19,11 +19,15 @@ pretends to be another schema version patches them on this module).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 
 import sqlalchemy as sa
 
 from ablate.core.errors import AblateError
+from ablate.core.identity import hash_result, identity, path_free
+from ablate.core.names import RUN_INFO
 from ablate.results.engine import lock_schema, read_transaction, write_transaction
 from ablate.results.schema import SCHEMA_VERSION, checkpoints_table, metadata, schema_table
 
@@ -74,8 +78,68 @@ def _v3_to_v4(conn: sa.Connection) -> None:
 
 
 def _v4_to_v5(conn: sa.Connection) -> None:
-    """The protocol line of every metric row; old rows keep NULL (never a guessed protocol)."""
+    """The protocol line of every metric row (old rows keep NULL: never a guessed protocol),
+    and identity by content (ablate/core/identity.py): every stored trial's recipe hash and
+    identity recomputed without paths and with the precision it computed in."""
     add_column(conn, "ablate_metrics", sa.Column("protocol", sa.Text))
+    rehash_trials(conn)
+
+
+def rehash_trials(conn: sa.Connection) -> None:
+    """Recipe hash, identity and recipe of each trial with a reuse key (v2 on), as today's
+    code computes them. A trial without paths that ran in fp32 keeps both. The precision of
+    `train.precision: auto` is read from the run's run.json, else from the sweep's
+    resources (no GPU: fp32); where neither says, and where the encoder read pretrained
+    weights (whose bytes were never recorded), the identity becomes NULL: the trial stays
+    in reports but is never reused, since what it computed on is not known. A sweep's
+    saved checkpoints follow their trial's new identity."""
+    gpus = {row.id: _sweep_gpus(row.settings_json) for row in conn.execute(sa.text(
+        "SELECT id, settings_json FROM ablate_sweeps"))}
+    rows = conn.execute(sa.text(
+        "SELECT id, sweep_id, recipe_json, identity, data_sha, teacher_sha, run_dir "
+        "FROM ablate_trials WHERE data_sha IS NOT NULL AND recipe_json IS NOT NULL")).all()
+    moved: dict[tuple[int, str], str | None] = {}
+    for row in rows:
+        recipe = json.loads(row.recipe_json)
+        new_hash = hash_result(recipe)
+        precision = _stored_precision(recipe, row.run_dir, gpus.get(row.sweep_id))
+        reads_weights = bool((recipe.get("backbone") or {}).get("pretrained_path"))
+        new_identity = (None if precision is None or reads_weights else
+                        identity(new_hash, row.data_sha, row.teacher_sha, precision))
+        conn.execute(sa.text(
+            "UPDATE ablate_trials SET recipe_hash = :h, identity = :i, recipe_json = :r "
+            "WHERE id = :id"), {"h": new_hash, "i": new_identity, "id": row.id,
+                                "r": json.dumps(path_free(recipe), sort_keys=True)})
+        if row.identity != new_identity:
+            moved[(row.sweep_id, row.identity)] = new_identity
+    for (sweep_id, old), new in moved.items():
+        if new is not None:  # a checkpoint of an unknown identity stays, unused
+            conn.execute(sa.text(
+                "UPDATE ablate_checkpoints SET identity = :new "
+                "WHERE sweep_id = :s AND identity = :old"), {"new": new, "s": sweep_id, "old": old})
+
+
+def _sweep_gpus(settings_json: str | None) -> float | None:
+    """GPUs per trial of a sweep, as its settings stored them (None: not stored)."""
+    try:
+        gpu = (json.loads(settings_json or "{}").get("resources") or {}).get("gpu")
+        return float(gpu) if gpu is not None else None
+    except (ValueError, TypeError, AttributeError):
+        return None  # "auto" (packed by memory) or unreadable: not known
+
+
+def _stored_precision(recipe: dict, run_dir: str | None, gpus: float | None) -> str | None:
+    """What a stored trial computed in: its explicit precision, else its run.json's, else
+    fp32 for a sweep whose trials had no GPU; None when nothing says."""
+    word = (recipe.get("train") or {}).get("precision", "auto")
+    if word != "auto":
+        return str(word)
+    try:
+        info = json.loads((Path(run_dir) / RUN_INFO).read_text()) if run_dir else {}
+        return str(info["speed"]["precision"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return "fp32" if gpus == 0 else None
 
 
 MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5}

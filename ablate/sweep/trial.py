@@ -173,7 +173,10 @@ class _Trial:
         parallel = [f"train.processes={ctx.processes}"] if ctx.processes > 1 else []
         cfg = compose([*trial_overrides(self.space, self.config, ctx.grid, seed),
                        f"run.name={self.name}-seed{seed}", *parallel])
-        base.update(recipe=result_dict(cfg), **reuse_key(cfg))
+        # lazy: loads torch only when called
+        from ablate.schedule import run_precision
+
+        base.update(recipe=result_dict(cfg), **reuse_key(cfg, run_precision(cfg)))
         key = f"{base['identity']}:{seed}"
         if key in ctx.done and self._continues(ctx.done[key]):
             # written by this very trial before the sweep was cut off: read it back
