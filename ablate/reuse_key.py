@@ -6,12 +6,12 @@ teacher (`ablate teachers fit` re-run, a replaced weights file). `reuse_key` add
 fingerprint of each; its `identity` is the key under which a stored result may be reused.
 
 Data: per dataset the recipe reads (`data.train` with the recipe's adapter overrides, each of
-`data.tests` as evaluation resolves it), a hash of the adapter settings (location keys left
-out: moving a tree keeps its identity) and of the manifest rows, in the manifest's own order
-(the seeded shuffle draws row positions, so reordered rows are other batches and other
-numbers; adapters and the benchmark write a fixed, sorted order), with paths relative to the
-rows' common folder, plus the bytes of a few evenly spaced frames (the same layout filled with
-other images is other data).
+`data.tests` as evaluation resolves it, a dataset `train.proxy` names), a hash of the adapter
+settings (location keys left out: moving a tree keeps its identity) and of the manifest rows,
+in the manifest's own order (the seeded shuffle draws row positions, so reordered rows are
+other batches and other numbers; adapters and the benchmark write a fixed, sorted order), with
+paths relative to the rows' common folder, plus the bytes of a few evenly spaced frames (the
+same layout filled with other images is other data).
 
 Teacher: None for the baseline; else the teacher config with `path` / `lora` replaced by a
 sha256 of the weight files they point at. A tiny twin without `path` is built in code from
@@ -43,8 +43,9 @@ from ablate.core.errors import AblateError
 from ablate.core.identity import PRECISION_DEFAULT, identity
 from ablate.core.names import ADAPTER_META, ADAPTER_WEIGHTS, FINGERPRINT_HEX, FITTED_META
 from ablate.core.paths import TEACHERS_DIR
+from ablate.core.selection import held_out_method, proxy_name
 from ablate.data.manifest import COLUMNS, PATH_COLUMNS, load_manifest
-from ablate.data.sources import Source, locate, recipe_overrides
+from ablate.data.sources import Source, dataset_overrides, locate, recipe_overrides
 from ablate.locations import cache_base
 from ablate.recipe import is_guided, recipe_hash
 
@@ -93,8 +94,12 @@ def data_fingerprint(cfg: DictConfig) -> str:
     with DigestCache.open() as cache:
         parts = {
             "train": _dataset_part(str(cfg.data.train), recipe_overrides(cfg), cache),
-            "tests": [_dataset_part(str(t), None, cache) for t in cfg.data.tests],
+            "tests": [_dataset_part(str(t), dataset_overrides(cfg, str(t)), cache)
+                      for t in cfg.data.tests],
         }
+        proxy = proxy_name(cfg)
+        if proxy is not None and held_out_method(proxy) is None:  # selection reads it too
+            parts["proxy"] = _dataset_part(proxy, None, cache)  # (absent: old keys stay)
     return _sha(parts)[:SHORT]
 
 

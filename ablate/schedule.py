@@ -31,6 +31,8 @@ class Schedule:
     batches_per_epoch: int | None  # None: unknown, `why_unknown` says why
     why_unknown: str | None = None
     frames: int | None = None  # usable training frames, where they were counted
+    select: str = "best_val"  # train.select: which evaluation's weights are kept
+    proxy: str | None = None  # train.proxy: the set `proxy` chooses on
 
     @property
     def steps(self) -> int | None:
@@ -99,6 +101,11 @@ class Schedule:
         evaluations = self.evaluations()
         if evaluations is not None and len(evaluations) == 1:
             chosen = f"step {evaluations[0]}, the only evaluation"
+        elif self.select == "last":
+            chosen = "the last step (train.select=last)"
+        elif self.select == "proxy":
+            chosen = (f"the evaluation with the best val AUC on {self.proxy} "
+                      "(train.select=proxy; the threshold from source val)")
         else:
             chosen = "the evaluation with the best source-val AUC"
         return (f"one run folder at the end: trainable + inference weights of {chosen}; "
@@ -123,6 +130,8 @@ def plan(cfg: Any, batches_per_epoch: int | None, why_unknown: str | None = None
         batches_per_epoch=batches_per_epoch,
         why_unknown=why_unknown,
         frames=frames,
+        select=str(setting(cfg, "train.select")),
+        proxy=setting(cfg, "train.proxy"),
     )
 
 
@@ -206,7 +215,7 @@ def _unreadable(cfg: Any) -> str | None:
         return (f"the manifest of {name} is not built yet (training builds it first, from the "
                 f"frames under {settings['root']})")
     return (f"dataset {name} has no manifest yet and no root to build one from (training "
-            f"stops there: set root in configs/data/{name}.yaml)")
+            f"stops there: set data.roots.{name}=DIR or root in configs/data/{name}.yaml)")
 
 
 def run_precision(cfg: Any) -> str:

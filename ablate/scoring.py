@@ -43,16 +43,32 @@ def score(
 
 @dataclass
 class Selection:
-    """What was chosen on the source validation split, stored with the run."""
+    """Which step's weights a run kept and why, stored with the run (run.json, trial rows,
+    training states). `val_auc`, `threshold` and `n_frames` are the source val split's at
+    that step under every rule; `rule` says what chose the step (`train.select`:
+    ablate/core/selection.py), "best_val" for records saved before rules existed. With a
+    proxy, `proxy_auc` is its val AUC at the kept step (also when it did not choose)."""
 
     step: int
     val_auc: float
     threshold: float
     n_frames: int
     dataset: str
+    rule: str = "best_val"
+    proxy: str | None = None
+    proxy_auc: float | None = None
+    proxy_frames: int | None = None
+
+    @property
+    def signal(self) -> float:
+        """The value the rule compared steps by (under `last`: the source val AUC)."""
+        if self.rule == "proxy" and self.proxy_auc is not None:
+            return self.proxy_auc
+        return self.val_auc
 
     def as_dict(self) -> dict:
-        return {"metric": "val_auc", "split": "val", **self.__dict__}
+        metric = {"best_val": "val_auc", "proxy": "proxy_auc"}.get(self.rule)  # last: none
+        return {"metric": metric, "split": "val", **self.__dict__}
 
 
 def validation_point(scores: pd.DataFrame) -> tuple[float, float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import tempfile
 import time
@@ -18,7 +19,8 @@ from tqdm.auto import tqdm
 from ablate.checkpoint import save_run
 from ablate.core.errors import AblateError
 from ablate.core.schema import setting
-from ablate.data.loader import make_loader, train_and_val
+from ablate.core.selection import PROXY_CURVE, VAL_CURVE, proxy_name, rule, unused_proxy
+from ablate.data.loader import make_loader, train_val_proxy
 from ablate.device import host_peak_mb, pick_device, reset_host_peak, supports_dtype
 from ablate.model.build import build_detector
 from ablate.model.detector import DiffusionFakeDetector
@@ -37,6 +39,8 @@ from ablate.scoring import Selection, score, validation_point
 from ablate.sharding import Shard, average_gradients, average_terms, same_start, sync_batch_norm
 from ablate.tracking import write_curves
 from ablate.train_state import TrainState, capture_rng, load_state, restore_rng, save_state
+
+log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(AblateError):
@@ -231,19 +235,24 @@ def train(
     resume_from: str | Path | None = None, shard: Shard | None = None,
     on_follow: Callable[[int], None] | None = None,
     on_step: Callable[[int, int, dict[str, float]], None] | None = None,
+    proxy=None,  # noqa: ANN001
 ) -> RunResult:
     """Train `cfg` and save a run folder.
 
-    Default data: the train split of `data.train` (guided) and its val split, on
-    which the exported checkpoint and the decision threshold are chosen. Tests
-    may pass `loader` (and optionally `val`) directly. `on_eval(step, val_auc)`
-    is called after each validation (a sweep reports it to its scheduler).
+    Default data: the train split of `data.train` (guided) and its val split, on which the
+    decision threshold is chosen, and on which, or on `train.proxy`'s val split, the exported
+    checkpoint is chosen by the rule `train.select` (ablate/core/selection.py). Tests may
+    pass `loader` (and optionally `val` and `proxy`) directly. `on_eval(step, signal)` is
+    called after each validation with the value the rule compares steps by (the proxy's AUC
+    under `proxy`, else the source val AUC): a sweep reports it to its scheduler.
 
-    `on_checkpoint(step, val_auc, state_dir)` is called after `on_eval` with a temporary
+    `on_checkpoint(step, signal, state_dir)` is called after `on_eval` with a temporary
     folder holding the full training state at `step` (ablate/train_state.py); it is
     deleted when the call returns, so copy it. `resume_from` (a copy of such a folder,
     of this recipe and seed) continues at step + 1; on the CPU the run then ends exactly
-    as the uninterrupted one: same weights, curves and selection. Callbacks must not draw
+    as the uninterrupted one (same weights, curves and selection) with `train.latent_cache`
+    off, and equal up to float rounding with it on (the in-memory cache dies with the
+    process; images it held are encoded again, in other batches). Callbacks must not draw
     from torch's global RNG (the saved state does not see those draws).
 
     `shard`: this process's place in a data-parallel run (`ablate.sharding`, which starts
@@ -258,7 +267,7 @@ def train(
     check_teacher_precision(cfg, device)
     speed = Speed.from_config(cfg.train, device)
     if loader is None:
-        train_set, val = train_and_val(cfg)
+        train_set, val, proxy = train_val_proxy(cfg)
         loader = make_loader(train_set, cfg.train.batch_size, shuffle=True, seed=cfg.seed,
                              workers=speed.loader_workers, pin_memory=speed.pin_memory,
                              shard=shard)
@@ -286,7 +295,10 @@ def train(
 
     detector.train()
     identity = recipe_hash(cfg)
-    selector = ValidationSelector(detector, val, cfg, device)
+    selector = ValidationSelector(detector, val, cfg, device, proxy)
+    unused = unused_proxy(cfg)
+    if lead and unused:
+        log.warning(unused)
     state = None
     if resume_from is not None:
         state = load_state(resume_from, identity, cfg.seed)
@@ -323,12 +335,12 @@ def train(
                 if on_follow is not None:
                     on_follow(step)
                 continue
-            val_auc = selector.evaluate(step)
-            curves.append((step, "val/auc", val_auc))
+            point = selector.evaluate(step)
+            curves += point.curves()
             if on_eval is not None:
-                on_eval(step, val_auc)
+                on_eval(step, point.signal)
             if on_checkpoint is not None:
-                checkpoint(on_checkpoint, step, val_auc, identity, cfg.seed, TrainState(
+                checkpoint(on_checkpoint, step, point.signal, identity, cfg.seed, TrainState(
                     step, len(loader), detector.trainable_state_dict(), optimizer.state_dict(),
                     selector.best_state, selector.selection, list(curves), list(step_times),
                     wall_before + time.perf_counter() - start, capture_rng()))
@@ -364,12 +376,12 @@ def train(
     return result
 
 
-def checkpoint(on_checkpoint: Callable[[int, float, Path], None], step: int, val_auc: float,
+def checkpoint(on_checkpoint: Callable[[int, float, Path], None], step: int, signal: float,
                identity: str, seed: int, state: TrainState) -> None:
     """Hand `state` to `on_checkpoint` in a folder that exists only during the call."""
     with tempfile.TemporaryDirectory(prefix=f"ablate-state-{step}-") as tmp:
         folder = save_state(Path(tmp) / "state", state, identity, seed)
-        on_checkpoint(step, val_auc, folder)
+        on_checkpoint(step, signal, folder)
 
 
 def resume(state: TrainState, detector: DiffusionFakeDetector, optimizer: torch.optim.Optimizer,
@@ -408,22 +420,64 @@ def check_teacher_precision(cfg: DictConfig, device: torch.device) -> None:
         )
 
 
+@dataclass(frozen=True)
+class EvalPoint:
+    """One validation: the source val AUC, the proxy's val AUC (None without a proxy) and
+    `signal`, the one of them the selection rule compares steps by."""
+
+    step: int
+    val_auc: float
+    proxy_auc: float | None
+    signal: float
+
+    def curves(self) -> list[tuple[int, str, float]]:
+        """Its curve points: val/auc, and proxy/auc where a proxy was scored."""
+        out = [(self.step, VAL_CURVE, self.val_auc)]
+        if self.proxy_auc is not None:
+            out.append((self.step, PROXY_CURVE, self.proxy_auc))
+        return out
+
+
 class ValidationSelector:
-    """Keeps the trainable state of the step with the best source-validation AUC (never a
-    test set): both saved checkpoints (trainable and inference) come from that one step."""
+    """Keeps the trainable state of the step the rule `train.select` chooses (never on a test
+    set): `best_val` the best source-val AUC, `proxy` the best AUC on the proxy's val split,
+    `last` the final step. Both saved checkpoints (trainable and inference) come from that
+    one step, and the decision threshold is the source val split's at that step."""
 
     def __init__(self, detector: DiffusionFakeDetector, val, cfg: DictConfig,  # noqa: ANN001
-                 device: torch.device) -> None:
+                 device: torch.device, proxy=None) -> None:  # noqa: ANN001
         self.detector, self.val, self.cfg, self.device = detector, val, cfg, device
+        self.proxy, self.rule = proxy, rule(cfg)
+        if self.rule == "proxy" and val is not None and proxy is None:
+            raise AblateError("train.select=proxy but no proxy set to score: set train.proxy "
+                              "(or pass proxy= with loader= and val=)")
         self.best_state: dict[str, torch.Tensor] | None = None
         self.selection: Selection | None = None
 
-    def evaluate(self, step: int) -> float:
+    def evaluate(self, step: int) -> EvalPoint:
+        """Score the source val split (and the proxy) now; keep this step if the rule says."""
         scores = score(self.detector.classifier, self.val, device=self.device, progress=False)
         auc, threshold = validation_point(scores)
-        if self.selection is None or auc > self.selection.val_auc:
+        proxy_auc, proxy_frames = None, None
+        if self.proxy is not None:
+            proxy_scores = score(self.detector.classifier, self.proxy, device=self.device,
+                                 progress=False)
+            proxy_auc, proxy_frames = validation_point(proxy_scores)[0], len(proxy_scores)
+        name = (proxy_name(self.cfg) or "proxy") if self.proxy is not None else None
+        found = Selection(step, auc, threshold, len(scores), str(self.cfg.data.train),
+                          self.rule, name, proxy_auc, proxy_frames)
+        if self._keeps(found):
+            self.selection = found
+            # `last` keeps the live weights (the final step is always evaluated); the others
             # a CPU copy: the selected step must not change as training goes on
-            self.best_state = {k: v.detach().to("cpu", copy=True)
-                               for k, v in self.detector.trainable_state_dict().items()}
-            self.selection = Selection(step, auc, threshold, len(scores), str(self.cfg.data.train))
-        return auc
+            self.best_state = None if self.rule == "last" else {
+                k: v.detach().to("cpu", copy=True)
+                for k, v in self.detector.trainable_state_dict().items()}
+        return EvalPoint(step, auc, proxy_auc, found.signal)
+
+    def _keeps(self, found: Selection) -> bool:
+        """`last`: every evaluation replaces the kept one, so the final step's stays; else a
+        strictly better signal (of equal ones, the earliest step stays)."""
+        if self.rule == "last" or self.selection is None:
+            return True
+        return found.signal > self.selection.signal

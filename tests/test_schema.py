@@ -29,12 +29,14 @@ OLD_NON_RESULT_KEYS = {
     "train.latent_cache_dir", "train.latent_cache_mb", "train.loader_workers", "train.pin_memory",
     "train.processes", "data.frame_cache_dir",
     "data.host_memory_gb",  # added later: where decoded frames live, not what is computed
+    "data.roots",  # added later: where a dataset's frames are (the reuse key hashes its rows)
 }
 # ... and EVAL_DEFAULTS + UNSET_KEYS, the keys left out of the hash at their default / null
 OLD_OMIT_AT_DEFAULT = {
     "eval.eer": "interpolated", "eval.bootstrap_unit": "auto", "guide.layers": None,
     "teacher.vae_path": None, "teacher.clip_l_path": None, "teacher.clip_g_path": None,
     "teacher.t5_path": None,
+    "train.select": "best_val", "train.proxy": None,  # added later: checkpoint selection rule
 }
 
 

@@ -80,6 +80,15 @@ GROUPS: dict[str, Group] = {g.name: g for g in (
         "log_every": Setting(10, "steps between curve points", result=False),
         "eval_every": Setting(20, "steps between source-val evaluations, 'epoch', or 0 = only "
                                   "at the end (selection uses them)"),
+        "select": Setting("best_val", "which evaluated step is kept: best_val (best source-val "
+                                      "AUC) | last (the final step) | proxy (best AUC on the val "
+                                      "split of train.proxy); the threshold is always source "
+                                      "val's (ablate/core/selection.py)",
+                          hash_when_default=False, choices=("best_val", "last", "proxy")),
+        "proxy": Setting(None, "the set train.select=proxy chooses on, never a test set: a "
+                               "dataset name (its val split) or holdout:METHOD (that "
+                               "manipulation method of data.train, left out of training)",
+                         hash_when_default=False),
         "precision": Setting("auto", "auto (bf16 autocast on a GPU, else fp32) | fp32 | bf16; "
                                      "bf16 changes numbers beyond rounding"),
         "channels_last": Setting("auto", "auto (GPU only) | true | false; " + _SPEED,
@@ -119,6 +128,10 @@ GROUPS: dict[str, Group] = {g.name: g for g in (
         "host_memory_gb": Setting("auto", "GiB of RAM decoded frames may take (auto: half the "
                                           "available); over it they go to the on-disk frame "
                                           "store (docs/data.md)", result=False),
+        "roots": Setting({}, "dataset name -> folder of its face frames, beating root: in "
+                             "configs/data/<name>.yaml (data.roots.ffpp=/data/ffpp); where the "
+                             "frames are, not what they hold (the reuse key hashes the rows)",
+                         result=False),
     }),
     Group("eval", "how test metrics are computed (each metric row records it)", {
         "eer": Setting("interpolated", "interpolated (brentq) | nearest (the ROC point)",
@@ -239,6 +252,8 @@ def default(key: str) -> Any:
         parent = key.rsplit(".", 1)[0] if "." in key else ""
         raise AblateError(unknown_key_message(key, known_keys(parent)))
     value = found.default
+    if isinstance(value, dict):  # a copy: the declaration's own dict must stay empty
+        return dict(value)
     return list(value) if isinstance(value, tuple) else value
 
 

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from ablate.core.errors import AblateError
 from ablate.core.schema import setting
+from ablate.core.selection import held_out_method, proxy_name
 from ablate.data.dataset import FrameCache, ManifestDataset
 from ablate.data.host_plan import frame_cache_dir, needed_files
 from ablate.data.sampler import ResumableLoader
@@ -23,7 +24,8 @@ if TYPE_CHECKING:
     from ablate.sharding import Shard
 
 __all__ = ["MANIFEST_DIR", "benchmark_datasets", "resolve_dataset", "source_table",
-           "split_rows", "train_and_val", "eval_frame_cache", "make_loader"]
+           "split_rows", "train_and_val", "train_val_proxy", "proxy_rows", "eval_frame_cache",
+           "make_loader"]
 
 
 def split_rows(table: pd.DataFrame, split: str, name: str) -> pd.DataFrame:
@@ -35,7 +37,47 @@ def split_rows(table: pd.DataFrame, split: str, name: str) -> pd.DataFrame:
 
 
 def source_table(cfg: DictConfig) -> pd.DataFrame:
-    return resolve_dataset(cfg.data.train, recipe_overrides(cfg))
+    """The training source's rows (all splits), less a `train.proxy=holdout:METHOD` method:
+    a held-out method is neither trained on nor part of the source val split."""
+    table = resolve_dataset(cfg.data.train, recipe_overrides(cfg))
+    method = held_out_method(proxy_name(cfg))
+    if method is None:
+        return table
+    _check_held_out(table, method, str(cfg.data.train))
+    return table[table["method"] != method].reset_index(drop=True)
+
+
+def _check_held_out(table: pd.DataFrame, method: str, name: str) -> None:
+    """A held-out method must be one the training set has fakes of (and not all of them)."""
+    methods = sorted(set(table.loc[table["label"] == 1, "method"].astype(str)))
+    if method not in methods:
+        raise AblateError(f"train.proxy=holdout:{method}: {name} has no fakes of method "
+                          f"{method!r} (its methods: {', '.join(methods) or 'none'})")
+    if len(methods) == 1:
+        raise AblateError(f"train.proxy=holdout:{method}: {method} is the only method of "
+                          f"{name}; nothing would be left to train on")
+
+
+def proxy_rows(cfg: DictConfig) -> pd.DataFrame | None:
+    """The val rows `train.select=proxy` chooses on (None without `train.proxy`): a dataset's
+    val split, or for `holdout:METHOD` the training source's val fakes of METHOD with its val
+    reals (the reals are shared with the source val split: AUC needs both classes)."""
+    name = proxy_name(cfg)
+    if name is None:
+        return None
+    method = held_out_method(name)
+    if method is None:
+        rows = split_rows(resolve_dataset(name), "val", name)
+    else:
+        table = resolve_dataset(cfg.data.train, recipe_overrides(cfg))
+        _check_held_out(table, method, str(cfg.data.train))
+        val = split_rows(table, "val", cfg.data.train)
+        rows = val[(val["method"] == method) | (val["label"] == 0)].reset_index(drop=True)
+    if rows["label"].nunique() < 2:
+        raise AblateError(f"train.proxy={name}: its val split has only "
+                          f"{'fakes' if rows['label'].iloc[0] == 1 else 'reals'}; an AUC to "
+                          "choose a step on needs both")
+    return rows
 
 
 def _dataset(cfg: DictConfig, rows: pd.DataFrame, guided: bool, augment: str,
@@ -49,18 +91,30 @@ def _dataset(cfg: DictConfig, rows: pd.DataFrame, guided: bool, augment: str,
 def train_and_val(cfg: DictConfig) -> tuple[ManifestDataset, ManifestDataset]:
     """The source domain's train split (guided unless the recipe is the baseline) and val
     split (for selection only)."""
+    train, val, _ = train_val_proxy(cfg)
+    return train, val
+
+
+def train_val_proxy(
+    cfg: DictConfig,
+) -> tuple[ManifestDataset, ManifestDataset, ManifestDataset | None]:
+    """`train_and_val` and the proxy's val rows (`proxy_rows`; None without `train.proxy`),
+    all three in one frame cache planned over their frames together."""
     table = source_table(cfg)
     _refuse_shared_videos(table, str(cfg.data.train))
     train_rows = split_rows(table, "train", cfg.data.train)
     val_rows = split_rows(table, "val", cfg.data.train)
+    extra = proxy_rows(cfg)
     # RAM or the disk store, decided before a frame is decoded (ablate/data/host_plan.py)
     files = needed_files(train_rows, is_guided(cfg)) | set(val_rows["path"])
+    files |= set(extra["path"]) if extra is not None else set()
     cache = FrameCache(frame_cache_dir(cfg, files, "train"))
 
     # the baseline needs no source/target frames: fakes without pairs are training rows too
     train = _dataset(cfg, train_rows, is_guided(cfg), cfg.data.augment, cache)
     val = _dataset(cfg, val_rows, False, "none", cache)
-    return train, val
+    proxy = _dataset(cfg, extra, False, "none", cache) if extra is not None else None
+    return train, val, proxy
 
 
 def eval_frame_cache(cfg: DictConfig) -> FrameCache:

@@ -17,9 +17,10 @@ from ray.tune import Callback
 
 from ablate import storage
 from ablate.core.errors import AblateError
+from ablate.core.selection import VAL_CURVE
 from ablate.recipe import compose, recipe_hash, result_dict
 from ablate.sweep.searcher import StopLedger
-from ablate.sweep.trial import KIND, RUNG_METRIC, memory_key, trial_overrides
+from ablate.sweep.trial import KIND, RUNG_CURVE, RUNG_METRIC, memory_key, trial_overrides
 
 
 class ResultsCallback(Callback):
@@ -101,10 +102,11 @@ class ResultsCallback(Callback):
         if not result.get("rung"):
             return
         auc = float(result[RUNG_METRIC])
+        curve = str(result.get(RUNG_CURVE) or VAL_CURVE)  # the rule's signal's curve
         self._curves.setdefault(trial.trial_id, []).append(
-            (int(result.get("step", 0)), "val/auc", auc))
+            (int(result.get("step", 0)), curve, auc))
         self.best = auc if self.best is None else max(self.best, auc)
-        _say(f"    {trial.trial_id} step {result.get('step')} val_auc {auc:.3f} "
+        _say(f"    {trial.trial_id} step {result.get('step')} {curve} {auc:.3f} "
              f"(best so far {self.best:.3f})")
 
     def _record_seed(self, trial, r: dict) -> None:  # noqa: ANN001

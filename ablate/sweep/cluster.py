@@ -12,8 +12,7 @@ import socket
 from typing import Any
 
 from ablate.core.errors import AblateError, first_line
-from ablate.core.paths import CONFIG_DIR_ENV, SPACES_DIR_ENV
-from ablate.locations import CONFIG_PATH_ENV, SPACES_PATH_ENV
+from ablate.core.paths import CONFIG_DIR_ENV, CONFIG_PATH_ENV, SPACES_DIR_ENV, SPACES_PATH_ENV
 from ablate.plugins import ENV
 from ablate.version import code_version
 

@@ -1,10 +1,12 @@
 """The confirmation stage of a search: its best recipes retrained on seeds it never used.
 
-A search (TPE, NSGA-II, ASHA) keeps the recipes whose source-val AUC came out best on
+A search (TPE, NSGA-II, ASHA) keeps the recipes whose selection AUC came out best on
 its own runs. Part of that lead is those runs' luck, so the winners' numbers, read off
 the same runs, are biased upward (the winner's curse). With `confirm: {top: k, seeds: n}`
-in a search space, the k best recipes by mean source-val AUC are retrained on n fresh
-seeds, in a sweep of their own named `<search>-confirm`. The report of the search then
+in a search space, the k best recipes by mean selection AUC are retrained on n fresh
+seeds, in a sweep of their own named `<search>-confirm`. The selection AUC is what each
+run's checkpoint rule (`train.select`) chose by, as ASHA saw it: the source-val AUC, or the
+proxy's val AUC under `train.select=proxy` (ablate/core/selection.py). The report of the search then
 takes its verdicts from that sweep only, and shows the search's numbers as selected-on.
 
 The confirmation is an ordinary explicit-grid sweep (as compare-teachers runs), so resume,
@@ -22,6 +24,7 @@ from typing import Any
 import yaml
 
 from ablate.core.errors import AblateError
+from ablate.core.selection import PROXY_SPLIT, rule
 from ablate.provenance import is_part
 from ablate.recipe import compose, recipe_hash
 from ablate.space.model import format_value
@@ -39,13 +42,14 @@ class Winner:
     """One recipe the search ranked among its best, and how to compose it again."""
 
     label: str  # the grid label of the confirmation sweep
-    val_auc: float  # mean source-val AUC over the search's seeds
+    val_auc: float  # mean selection AUC over the search's seeds (source val, or the proxy's)
     seeds: int  # how many seeds the search ran it on
     overrides: tuple[str, ...]  # Hydra overrides of the search's params
 
 
 def winners(db, search: str, space) -> list[Winner]:  # noqa: ANN001
-    """The `space.confirm.top` recipes of sweep `search` with the best mean source-val AUC.
+    """The `space.confirm.top` recipes of sweep `search` with the best mean selection AUC
+    (`selection_values`).
 
     A recipe is rebuilt from the search's params read off its stored recipe; the rebuilt
     recipe must hash like the stored one (checked on its first seed), or this fails.
@@ -54,9 +58,7 @@ def winners(db, search: str, space) -> list[Winner]:  # noqa: ANN001
     trials = trials[trials["status"].isin(COUNTED) & trials["recipe_json"].notna()]
     if trials.empty:
         raise AblateError(f"search {search} has no finished trials to confirm")
-    m = db.metrics(search)
-    val = m[(m["split"] == "val") & (m["level"] == "frame") & (m["metric"] == "auc")
-            & ~m["dataset"].map(is_part).astype(bool)].groupby("trial_id")["value"].mean()
+    val = selection_values(trials, db.metrics(search))
     rows: dict[str, dict[str, Any]] = {}
     for t in trials.itertuples():
         recipe = json.loads(t.recipe_json)
@@ -69,7 +71,7 @@ def winners(db, search: str, space) -> list[Winner]:  # noqa: ANN001
     ranked = sorted((e for e in rows.values() if e["val"]),
                     key=lambda e: -sum(e["val"]) / len(e["val"]))
     if not ranked:
-        raise AblateError(f"search {search} has no source-val AUC to rank its recipes by")
+        raise AblateError(f"search {search} has no selection AUC to rank its recipes by")
     out = []
     for rank, entry in enumerate(ranked[: space.confirm.top], start=1):
         overrides = tuple(param_overrides(space, entry["recipe"]))
@@ -77,6 +79,17 @@ def winners(db, search: str, space) -> list[Winner]:  # noqa: ANN001
         out.append(Winner(f"top{rank}", sum(entry["val"]) / len(entry["val"]),
                           len(entry["val"]), overrides))
     return out
+
+
+def selection_values(trials, m):  # noqa: ANN001, ANN201
+    """trial id -> the AUC its checkpoint was chosen by: its frame AUC on the split its rule
+    selects on (`proxy` rows under train.select=proxy, read off its recipe; else `val`)."""
+    frame = m[(m["level"] == "frame") & (m["metric"] == "auc")
+              & ~m["dataset"].map(is_part).astype(bool)]
+    split = {int(t.id): PROXY_SPLIT if rule(json.loads(t.recipe_json)) == "proxy" else "val"
+             for t in trials.itertuples()}
+    mine = frame[frame["split"] == frame["trial_id"].map(split)]
+    return mine.groupby("trial_id")["value"].mean()
 
 
 def param_overrides(space, recipe: dict) -> list[str]:  # noqa: ANN001

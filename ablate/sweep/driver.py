@@ -224,10 +224,11 @@ def _confirm(space, space_text: str, search: str, space_name: str, db,  # noqa: 
     name = confirmation_name(search)  # not another's: checked before the search started
     found = winners(db, search, space)
     seeds = space.confirm_seed_ids
-    _say(f"sweep {search}: confirming its {len(found)} best recipe(s) by source-val AUC on "
-         f"fresh seeds {', '.join(map(str, seeds))} (sweep {name}):")
+    _say(f"sweep {search}: confirming its {len(found)} best recipe(s) by selection AUC "
+         f"(source val, or the proxy's under train.select=proxy) on fresh seeds "
+         f"{', '.join(map(str, seeds))} (sweep {name}):")
     for w in found:
-        _say(f"  {w.label}: val AUC {w.val_auc:.4f} over {w.seeds} seed(s): "
+        _say(f"  {w.label}: selection AUC {w.val_auc:.4f} over {w.seeds} seed(s): "
              f"{' '.join(w.overrides) or '(the fixed recipe)'}")
     path = write_confirm_space(space_text, seeds, len(found), SPACES_DIR, name)
     resume = db.sweep_id(name) is not None

@@ -24,7 +24,8 @@ from typing import Any
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import Searcher
 
-from ablate.sweep.trial import KIND, RETRY_KEY, RUNG, RUNG_METRIC
+from ablate.core.selection import VAL_CURVE
+from ablate.sweep.trial import KIND, RETRY_KEY, RUNG, RUNG_CURVE, RUNG_METRIC
 
 TUNE_ID_ATTR = "tune_trial_id"
 RETRY_OF_ATTR = "retry_of"  # an enqueued trial's: the number of the cut-off trial it reruns
@@ -53,7 +54,8 @@ class RecordingASHA(ASHAScheduler):
 
 def asha(ledger: StopLedger, max_t: int, grace_period: int,
          reduction_factor: float) -> RecordingASHA:
-    """ASHA on the first seed's source-val AUC at each evaluation (see ablate.sweep.trial)."""
+    """ASHA on the first seed's selection signal at each evaluation: its source-val AUC, or
+    its proxy's under train.select=proxy (see ablate.sweep.trial)."""
     return RecordingASHA(ledger, time_attr=RUNG, metric=RUNG_METRIC, mode="max", max_t=max_t,
                          grace_period=grace_period, reduction_factor=reduction_factor)
 
@@ -93,11 +95,11 @@ class TruthfulOptunaSearch(Searcher):
         return {**config, RETRY_KEY: owners} if owners else config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        """A single val_auc objective also gets its rung values, which TPE reads for pruned
-        trials; multi-objective studies cannot hold intermediate values."""
+        """A single objective that the rung values measure also gets them, which TPE reads
+        for pruned trials; multi-objective studies cannot hold intermediate values."""
         trial = self._live.get(trial_id)
-        if (trial is None or self.objectives != ["val_auc"] or not result.get(RUNG)
-                or not _finite(result.get(RUNG_METRIC))):
+        if (trial is None or not rung_measures(self.objectives, result)
+                or not result.get(RUNG) or not _finite(result.get(RUNG_METRIC))):
             return
         trial.report(float(result[RUNG_METRIC]), step=int(result[RUNG]))
 
@@ -120,6 +122,15 @@ class TruthfulOptunaSearch(Searcher):
 
     def restore(self, checkpoint_path: str) -> None:  # resume rebuilds from the DB instead
         pass
+
+
+def rung_measures(objectives: list[str], result: dict) -> bool:
+    """Whether a report's rung value is a point of the single objective: `select_auc` is
+    always what the rung measures (the rule's signal); `val_auc` only while that signal is
+    the source val AUC (not under train.select=proxy, whose rungs are the proxy's AUC)."""
+    if objectives == ["select_auc"]:
+        return True
+    return objectives == ["val_auc"] and result.get(RUNG_CURVE, VAL_CURVE) == VAL_CURVE
 
 
 def retried_trials(study, number: int) -> list[str]:  # noqa: ANN001

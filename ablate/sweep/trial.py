@@ -34,6 +34,7 @@ from typing import Any
 from ablate import storage
 from ablate.core.errors import first_line
 from ablate.core.names import SCORES
+from ablate.core.selection import PROXY_SPLIT, VAL_CURVE, rule, signal_curve
 from ablate.provenance import is_part
 from ablate.recipe import compose, result_dict
 from ablate.reuse_key import reuse_key
@@ -46,10 +47,15 @@ GRID_KEY = "recipe"  # a trial's config key naming one of an explicit grid's rec
 RETRY_KEY = "ablate_retry_of"  # Tune ids of the cut-off trials a resumed trial continues
 KIND = "ablate_kind"
 RUNG = "rung"  # ASHA's time attribute: the first seed's evaluation index, else 0
-RUNG_METRIC = "rung_val_auc"  # ASHA's metric; only meaningful when rung > 0
-# every metric a trial reports; objectives must be among them
-REPORT_METRICS = ("val_auc", "test_auc_mean", "params_trainable", "params_inference",
-                  "step_time_s", "wall_s", "peak_mem_mb")
+# ASHA's metric; only meaningful when rung > 0. It is the selection signal of the trial's
+# rule (train.select, ablate/core/selection.py): the proxy's val AUC under `proxy`, else the
+# source val AUC (under `last` too: the step kept is the last, scored on that same set)
+RUNG_METRIC = "rung_val_auc"
+RUNG_CURVE = "rung_curve"  # in eval reports: the curve RUNG_METRIC is a point of (val/auc, ...)
+# every metric a trial reports; objectives must be among them. select_auc: the mean over
+# seeds of what each kept checkpoint was chosen by (`selection_auc`)
+REPORT_METRICS = ("val_auc", "select_auc", "test_auc_mean", "params_trainable",
+                  "params_inference", "step_time_s", "wall_s", "peak_mem_mb")
 DONE_STATUSES = ("finished", "nan", "reused", "failed")  # a seed row that needs no new run
 STATE_FILE = "ablate_trial.json"  # in every trial checkpoint: whose state, and seeds done
 
@@ -184,7 +190,7 @@ class _Trial:
         stored = ctx.reuse.get(key)  # empty under --force
         if stored:
             self._replay(base, stored.get("curves") or [],
-                         _planned(cfg, self.context.planned_evaluations))
+                         _planned(cfg, self.context.planned_evaluations), signal_curve(cfg))
             return {**base, **_stored(stored), "status": "reused",
                     "reused_from": stored["id"], "ended": _now()}
         return self._train(cfg, seed, base, key)
@@ -196,22 +202,25 @@ class _Trial:
             return True  # an explicit grid's recipes are distinct
         return str(row.get("tune_trial_id", "")).split(":")[0] in self.config.get(RETRY_KEY, [])
 
-    def _replay(self, base: dict[str, Any], curves: list, planned: int) -> None:
+    def _replay(self, base: dict[str, Any], curves: list, planned: int,
+                curve: str = VAL_CURVE) -> None:
         """A reused seed shows ASHA the same evaluations it showed when it was computed
-        (all but the last: the final report carries that one, see `_rung`)."""
+        (all but the last: the final report carries that one, see `_rung`): the points of
+        `curve`, its rule's signal."""
         seed = base["seed"]
         if seed != self.rung_seed:
             return
-        evals = sorted((int(s), v) for s, name, v in curves if name == "val/auc" and v is not None)
+        evals = sorted((int(s), v) for s, name, v in curves if name == curve and v is not None)
         for rung, (step, auc) in enumerate(evals, start=1):
             if rung < planned:
-                self.report("eval", {RUNG: rung, RUNG_METRIC: auc, "seed": seed, "step": step,
-                                     "identity": base["identity"],
+                self.report("eval", {RUNG: rung, RUNG_METRIC: auc, RUNG_CURVE: curve,
+                                     "seed": seed, "step": step, "identity": base["identity"],
                                      "recipe_hash": base["recipe_hash"]})
 
     def _train(self, cfg, seed: int, base: dict[str, Any], key: str) -> dict:  # noqa: ANN001
         # lazy: loads torch only when called
         from ablate.checkpoint import load_classifier
+        from ablate.data.protocol import source_protocol
         from ablate.evaluate import evaluate_classifier
         from ablate.train import train
 
@@ -226,12 +235,13 @@ class _Trial:
         evaluations = iter(range(evaluated + 1, 1 << 30))
         planned = _planned(cfg, ctx.planned_evaluations)
 
-        def on_checkpoint(step: int, val_auc: float, state_dir: Path) -> None:
+        def on_checkpoint(step: int, signal: float, state_dir: Path) -> None:
             index = next(evaluations)
             rung = _rung(index, planned) if seed == self.rung_seed else 0
             _write_meta(state_dir, identity=base["identity"], seed=seed, step=step,
                         done=self.done)
-            self.report("eval", {RUNG: rung, RUNG_METRIC: val_auc if rung else float("nan"),
+            self.report("eval", {RUNG: rung, RUNG_METRIC: signal if rung else float("nan"),
+                                 RUNG_CURVE: signal_curve(cfg),
                                  "seed": seed, "step": step, "identity": base["identity"],
                                  "recipe_hash": base["recipe_hash"]},
                         checkpoint=state_dir)
@@ -267,14 +277,16 @@ class _Trial:
                 shutil.rmtree(resume.parent, ignore_errors=True)
         val_row = {"dataset": cfg.data.train, "split": "val", "level": "frame", "metric": "auc",
                    "value": selection.get("val_auc"), "ci_low": None, "ci_high": None,
-                   "n": selection.get("n_frames")}
+                   "n": selection.get("n_frames"),
+                   "protocol": source_protocol(cfg)}  # the training data's, for the report
         return {
             **base, "status": "finished", "ended": _now(), "run_dir": run_dir,
             "wall_s": run.wall_s, "train_steps": run.steps, "step_time_s": run.step_time_s,
             "params_trainable": run.params_trainable, "params_inference": run.params_inference,
             "peak_mem_mb": run.peak_mem_mb, "val_auc": selection.get("val_auc"),
-            "metrics": [val_row, *metrics.to_dict("records")], "curves": run.curves,
-            "resumed_from_step": resumed_step,
+            "metrics": [val_row, *proxy_row(selection), *metrics.to_dict("records")],
+            "curves": run.curves, "resumed_from_step": resumed_step,
+            "selection": selection,  # which step was kept, by which rule (Selection.as_dict)
         }
 
     def _resume_state(self, key: str, identity: str, seed: int) -> Path | None:
@@ -352,6 +364,28 @@ def _stored(row: dict) -> dict:
     return {k: row.get(k) for k in keep if k in row}
 
 
+def proxy_row(selection: dict) -> list[dict]:
+    """The metric row of the proxy's val AUC at the kept step (split `proxy`, which readers
+    of source val and test rows pass over); none when no proxy was scored."""
+    if selection.get("proxy_auc") is None:
+        return []
+    return [{"dataset": selection.get("proxy") or "proxy", "split": PROXY_SPLIT,
+             "level": "frame", "metric": "auc", "value": selection["proxy_auc"],
+             "ci_low": None, "ci_high": None, "n": selection.get("proxy_frames")}]
+
+
+def selection_auc(seed_result: dict) -> float | None:
+    """The AUC a seed's kept checkpoint was chosen by: its proxy row under
+    train.select=proxy (read off its recipe), else its source val AUC (under `last`, the
+    final step's). What ASHA saw, a `select_auc` objective and the confirmation rank by."""
+    if rule(seed_result.get("recipe") or {}) != "proxy":
+        return seed_result.get("val_auc")
+    found = [m.get("value") for m in seed_result.get("metrics") or []
+             if m.get("split") == PROXY_SPLIT and m.get("level") == "frame"
+             and m.get("metric") == "auc"]
+    return found[0] if found else None
+
+
 def summarise(seed_results: list[dict]) -> dict[str, float]:
     """Objective values of one configuration: means over its seeds that produced numbers."""
 
@@ -365,10 +399,13 @@ def summarise(seed_results: list[dict]) -> dict[str, float]:
 
     summary: dict[str, float] = {}
     for key in REPORT_METRICS:
-        if key == "test_auc_mean":
+        if key in ("test_auc_mean", "select_auc"):
             continue
         vals = values(key)
         summary[key] = sum(vals) / len(vals) if vals else float("nan")
+    chosen = [float(v) for v in map(selection_auc, seed_results)
+              if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    summary["select_auc"] = sum(chosen) / len(chosen) if chosen else float("nan")
     tests = [m["value"] for r in seed_results for m in r.get("metrics") or []
              if m.get("split") == "test" and m.get("level") == "frame"
              and m.get("metric") == "auc" and m.get("value") is not None
