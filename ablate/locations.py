@@ -1,12 +1,19 @@
-"""Where recipes' config groups and search spaces are found.
+"""Where recipes' config groups and search spaces are found, and which file wins.
 
-The built-in ones come first: the checkout's `configs/` and `search_spaces/` when
-running from a checkout (or an editable install), else the copies the wheel ships
-as `ablate/configs` / `ablate/search_spaces` (the same files: pyproject maps the
-top-level folders into the package). `$ABLATE_CONFIG_DIR` / `$ABLATE_SPACES_DIR`
-replace the built-in folder. After it, in order: each plugin's own `configs/` or
-`search_spaces/`, then the folders in `$ABLATE_CONFIG_PATH` / `$ABLATE_SPACES_PATH`
-(separated by `os.pathsep`; `ablate --config-path DIR` adds to the first).
+The search path for `configs` (and likewise `search_spaces`), first folder first:
+1. the user's folders: `ablate --config-path DIR` (repeatable, in the order given), then
+   `$ABLATE_CONFIG_PATH` / `$ABLATE_SPACES_PATH` (separated by `os.pathsep`);
+2. the built-in folder: the checkout's `configs/` and `search_spaces/` when running from a
+   checkout (or an editable install), else the copies the wheel ships as `ablate/configs` /
+   `ablate/search_spaces` (pyproject maps the top-level folders into the package);
+   `$ABLATE_CONFIG_DIR` / `$ABLATE_SPACES_DIR` replace it;
+3. each plugin's own `configs/` or `search_spaces/`, in load order.
+
+The first folder holding a file wins, so a user's `data/ffpp.yaml` (with the root of their
+frames) beats the built-in one without editing site-packages, while a plugin adds files
+but cannot silently change a built-in one. Every file shadowed this way is noted once
+("data/ffpp.yaml from DIR shadows the built-in one"), never used silently.
+Hydra composes recipes over the same order (ablate.recipe).
 """
 
 from __future__ import annotations
@@ -17,44 +24,40 @@ from pathlib import Path
 
 from ablate import plugins
 from ablate.core.errors import AblateError
-from ablate.core.paths import RESULTS, builtin_folder
+from ablate.core.paths import CONFIG_PATH_ENV, RESULTS, builtin_folder, env_list, user_folders
 
 log = logging.getLogger(__name__)
-_WARNED: set[Path] = set()
+_WARNED: set[Path] = set()  # shadowed files already noted (once per process)
 
-CONFIG_PATH_ENV, SPACES_PATH_ENV = "ABLATE_CONFIG_PATH", "ABLATE_SPACES_PATH"  # added after
 
 
 def search_path(kind: str) -> list[Path]:
-    """Every folder searched for `kind`, built-in first (see the module doc)."""
+    """Every folder searched for `kind`, the user's first (see the module doc)."""
     plugins.load_all()
-    env = CONFIG_PATH_ENV if kind == "configs" else SPACES_PATH_ENV
-    extra = [Path(p).expanduser() for p in env_list(env)]
-    return list(dict.fromkeys([builtin_folder(kind), *plugins.folders(kind), *extra]))
-
-
-def env_list(name: str) -> list[str]:
-    """An `os.pathsep`-separated environment variable as its non-empty items."""
-    return [p for p in os.environ.get(name, "").split(os.pathsep) if p.strip()]
+    return list(dict.fromkeys([*user_folders(kind), builtin_folder(kind),
+                               *plugins.folders(kind)]))
 
 
 def add_config_path(folder: str) -> None:
-    """`--config-path DIR`: a folder of config groups (`DIR/filter/mine.yaml`) joins the path."""
+    """`--config-path DIR`: a folder of config groups (`DIR/filter/mine.yaml`) goes to the
+    front of the path, before `$ABLATE_CONFIG_PATH`'s folders: what the command line names
+    beats what the environment says (the CLI adds repeated flags last one first, so the
+    first given is searched first). Kept in the environment so sweep workers see it too."""
     path = Path(folder).expanduser().resolve()
     if not path.is_dir() or not any(path.rglob("*.yaml")):
         raise AblateError(f"--config-path {folder}: no .yaml files in it; give a folder of "
                           "config groups, e.g. DIR/filter/myfilter.yaml")
-    current = env_list(CONFIG_PATH_ENV)
-    if str(path) not in current:
-        os.environ[CONFIG_PATH_ENV] = os.pathsep.join([*current, str(path)])
+    rest = [p for p in env_list(CONFIG_PATH_ENV) if p != str(path)]
+    os.environ[CONFIG_PATH_ENV] = os.pathsep.join([str(path), *rest])
 
 
 def find(kind: str, relative: str) -> Path | None:
-    """The first `relative` file (e.g. `data/ffpp.yaml`) on the search path, or None."""
-    for folder in search_path(kind):
-        if (folder / relative).is_file():
-            return folder / relative
-    return None
+    """The first `relative` file (e.g. `data/ffpp.yaml`) on the search path, or None; a
+    copy it shadows is noted once."""
+    folders = [f for f in search_path(kind) if (f / relative).is_file()]
+    for loser in folders[1:]:
+        _note_shadowed(kind, relative, folders[0], loser)
+    return folders[0] / relative if folders else None
 
 
 def warn_shadowed(kind: str) -> None:
@@ -71,12 +74,30 @@ def names(kind: str, group: str = "") -> list[str]:
     for folder in search_path(kind):
         for path in sorted((folder / group).glob("*.yaml")):
             if path.stem not in found:
-                found[path.stem] = path
-            elif path not in _WARNED:  # never silent: say which file wins
-                _WARNED.add(path)
-                log.warning("%s is shadowed by %s (the earlier folder on the %s search path "
-                            "wins); rename one of them", path, found[path.stem], kind)
+                found[path.stem] = folder
+            else:  # never silent: say which file wins
+                _note_shadowed(kind, f"{Path(group, path.name).as_posix()}", found[path.stem],
+                               folder)
     return sorted(found)
+
+
+def _note_shadowed(kind: str, relative: str, winner: Path, loser: Path) -> None:
+    """One warning per shadowed file: `data/ffpp.yaml from DIR shadows the built-in one`."""
+    if (loser / relative) in _WARNED or winner == loser:
+        return
+    _WARNED.add(loser / relative)
+    log.warning("%s from %s shadows %s (%s); the first folder on the %s search path wins: "
+                "rename one to use both", relative, winner, _whose(kind, loser),
+                loser / relative, kind)
+
+
+def _whose(kind: str, folder: Path) -> str:
+    """How a note names the folder a shadowed file is in."""
+    if folder == builtin_folder(kind):
+        return "the built-in one"
+    if folder in plugins.folders(kind):
+        return f"plugin {folder.parent.name}'s"
+    return f"the one in {folder}"
 
 
 def cache_base() -> Path:

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import ClassVar
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
+from hydra.core.config_search_path import ConfigSearchPath, SearchPathQuery
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.plugins import Plugins
 from hydra.errors import HydraException
+from hydra.plugins.search_path_plugin import SearchPathPlugin
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -23,6 +27,7 @@ from ablate.core.identity import hash_result, path_free
 from ablate.core.names import GUIDANCE_ONLY, NO_GUIDE, SLOTS, is_guidance_key
 from ablate.core.paths import builtin_folder
 from ablate.core.schema import setting
+from ablate.core.selection import check_selection
 from ablate.registry import registry
 
 # What a result's identity leaves out, derived from the declarations in ablate/core/schema.py
@@ -50,29 +55,94 @@ def options(group: str) -> list[str]:
 
 
 def _hydra_compose(overrides: list[str]) -> DictConfig:
-    """Hydra's compose on the built-in configs plus the plugin and user config folders."""
-    primary = config_dir()
-    extra = [p for p in locations.search_path("configs") if p != primary]
-    if extra and not _SHADOW_CHECKED:
+    """Hydra's compose over the config search path in its order (ablate.locations: the
+    user's folders, the built-in one, plugins'), so a user's `filter/paper.yaml` beats the
+    built-in one here as it does in `locations.find` (see _SearchOrder)."""
+    builtin = config_dir().resolve()
+    folders = list(dict.fromkeys(p.resolve() for p in locations.search_path("configs")))
+    if len(folders) > 1 and not _SHADOW_CHECKED:
         _SHADOW_CHECKED.append(True)
         locations.warn_shadowed("configs")
-    if extra:  # quoted: a folder may hold commas, spaces or brackets
-        quoted = ",".join(_quote(f"file://{p}") for p in extra)
-        overrides = [f"hydra.searchpath=[{quoted}]", *overrides]
+    at = folders.index(builtin)
+    _SearchOrder.before, _SearchOrder.after = folders[:at], folders[at + 1:]
+    _SearchOrder.register()
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(primary), version_base="1.3"):
-            return hydra_compose("config", overrides=overrides)
+        with initialize_config_dir(config_dir=str(builtin), version_base="1.3"):
+            return hydra_compose("config", overrides=_open_roots(overrides))
     finally:
         GlobalHydra.instance().clear()
+        _SearchOrder.before, _SearchOrder.after = [], []
+
+
+class _SearchOrder(SearchPathPlugin):
+    """Hydra's config search path in ablate's order. Hydra's primary folder is the built-in
+    one (it holds config.yaml, which Hydra looks for there first), and Hydra puts every
+    `hydra.searchpath` entry after it, which would let a built-in file shadow the user's
+    (the bug this replaces). A SearchPathPlugin, registered through Hydra's public
+    `Plugins.register`, may insert folders before the primary one: the user's go there, the
+    plugins' after it. The folders are set by _hydra_compose for one compose only."""
+
+    before: ClassVar[list[Path]] = []
+    after: ClassVar[list[Path]] = []
+    _registered: ClassVar[bool] = False
+
+    def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
+        main = SearchPathQuery(provider="main", path=None)
+        for folder in self.before:  # each inserted just before the primary: order kept
+            search_path.prepend("ablate", f"file://{folder}", anchor=main)
+        for folder in reversed(self.after):  # each inserted just after it: reversed
+            search_path.append("ablate", f"file://{folder}", anchor=main)
+
+    @classmethod
+    def register(cls) -> None:
+        """Once per process (Hydra would call a plugin registered twice twice)."""
+        if not cls._registered:
+            Plugins.instance().register(cls)
+            cls._registered = True
 
 
 _SHADOW_CHECKED: list[bool] = []  # warn about shadowed config files once per process
 
 
-def _quote(text: str) -> str:
-    """A Hydra override string in single quotes (backslashes and quotes escaped)."""
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+def _open_roots(overrides: list[str]) -> list[str]:
+    """`data.roots.NAME=DIR` as Hydra's `++` (add or replace): data.roots is an open mapping
+    (any dataset config's name), and struct mode refuses a new key without a `+`; the
+    documented form should just work, and `+`/`++` forms stay as given."""
+    return [f"++{o}" if o.startswith(("data.roots.", "data.roots=")) else o for o in overrides]
+
+
+def data_root(cfg: DictConfig | dict, name: str) -> str | None:
+    """The root `data.roots.<name>` gives dataset `name` (None: the dataset config's own
+    `root:`). A folder that does not exist is one line saying what to set: the recipe
+    names it, so building a manifest from it would only fail later, less clearly."""
+    roots = setting(cfg, "data.roots") or {}
+    root = roots.get(name) if hasattr(roots, "get") else None
+    if root is None:
+        return None
+    if not Path(str(root)).expanduser().is_dir():
+        raise AblateError(
+            f"data.roots.{name}={root}: no such folder; give the folder of {name}'s extracted "
+            f"face frames (docs/data.md), or drop data.roots.{name} to use the root in "
+            f"{locations.find('configs', f'data/{name}.yaml') or f'configs/data/{name}.yaml'}")
+    return str(Path(str(root)).expanduser())
+
+
+def _check_roots(cfg: DictConfig) -> None:
+    """data.roots names dataset configs (a typo would be silently unused) and folders that
+    exist (data_root says which does not)."""
+    roots = setting(cfg, "data.roots")
+    if roots is None:
+        return
+    if not isinstance(roots, DictConfig | dict):
+        raise AblateError(f"data.roots must map dataset names to folders, e.g. "
+                          f"data.roots.ffpp=/data/ffpp, not {roots!r}")
+    known = options("data")
+    for name in roots:
+        if name not in known:
+            raise AblateError(f"data.roots.{name}: no dataset config {name!r} "
+                              f"(configs/data/{name}.yaml); dataset configs: {', '.join(known)}")
+        data_root(cfg, str(name))
 
 
 def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
@@ -227,6 +297,7 @@ def validate(cfg: DictConfig) -> None:
         if extra:
             raise AblateError(_no_guide_message(extra))
     check_keys(cfg)
+    _check_roots(cfg)
     if not isinstance(cfg.image_size, int) or cfg.image_size <= 0:
         raise AblateError(f"image_size must be a positive integer, not {cfg.image_size!r}")
     _check_choices(cfg)
@@ -235,8 +306,10 @@ def validate(cfg: DictConfig) -> None:
 def _check_choices(cfg: DictConfig) -> None:
     """Settings whose bad values would only surface minutes later, when data or
     evaluation starts: those with declared choices (the augmentation preset, the EER
-    convention, the bootstrap unit), the schedule's length and the validation interval."""
+    convention, the bootstrap unit), the schedule's length and the validation interval,
+    and the checkpoint selection rule with its proxy (ablate/core/selection.py)."""
     schema.check_choices(cfg)
+    check_selection(cfg)
     for key in ("train.steps", "train.epochs"):
         value = setting(cfg, key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)

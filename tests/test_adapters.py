@@ -16,6 +16,7 @@ from PIL import Image
 from ablate.core.errors import AblateError
 from ablate.data.adapters import (
     DATASETS,
+    DESCRIPTIVE_KEYS,
     adapter_settings,
     build_from_config,
     build_manifest,
@@ -354,7 +355,7 @@ def test_diffswap(tmp_path):
 def test_data_configs_name_known_settings(config):
     cfg = yaml.safe_load(config.read_text())
     assert cfg["name"] in DATASETS
-    settings = {k for k in cfg if k not in ("name", "root", "manifest")}
+    settings = {k for k in cfg if k not in ("name", "root", "manifest", *DESCRIPTIVE_KEYS)}
     assert settings <= set(adapter_settings(cfg["name"]))
 
 

@@ -29,6 +29,9 @@ FRAME_STORE_DIR = RESULTS / "cache" / "frames"
 # when running from a checkout (or an editable install), else the copies the wheel ships as
 # `ablate/configs` / `ablate/search_spaces`; $ABLATE_CONFIG_DIR / $ABLATE_SPACES_DIR replace them.
 CONFIG_DIR_ENV, SPACES_DIR_ENV = "ABLATE_CONFIG_DIR", "ABLATE_SPACES_DIR"
+# the user's folders, searched before the built-in one (ablate.locations: --config-path adds
+# to the first)
+CONFIG_PATH_ENV, SPACES_PATH_ENV = "ABLATE_CONFIG_PATH", "ABLATE_SPACES_PATH"
 _PACKAGE = Path(__file__).resolve().parent.parent  # ablate/
 _CHECKOUT = _PACKAGE.parent
 
@@ -41,3 +44,23 @@ def builtin_folder(kind: str) -> Path:
     if (_CHECKOUT / kind).is_dir() and (_CHECKOUT / "pyproject.toml").is_file():
         return _CHECKOUT / kind
     return _PACKAGE / kind  # the wheel's copy (pyproject maps the top-level folder here)
+
+
+def env_list(name: str) -> list[str]:
+    """A path-list environment variable's entries (`os.pathsep`-separated), empty ones out."""
+    return [p for p in os.environ.get(name, "").split(os.pathsep) if p]
+
+
+def user_folders(kind: str) -> list[Path]:
+    """The user's own folders for `kind` (`--config-path`, `$ABLATE_CONFIG_PATH`, ...), first
+    searched first."""
+    env = CONFIG_PATH_ENV if kind == "configs" else SPACES_PATH_ENV
+    return [Path(p).expanduser() for p in env_list(env)]
+
+
+def config_names_without_plugins(group: str) -> set[str]:
+    """Names of `group`'s config files (e.g. `data`) in the user's and the built-in folders,
+    without loading plugins (which may import torch): for torch-free callers that only check
+    a spelling; `ablate.locations.names` is the full list."""
+    return {p.stem for folder in [*user_folders("configs"), builtin_folder("configs")]
+            for p in (folder / group).glob("*.yaml")}

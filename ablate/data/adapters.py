@@ -34,6 +34,10 @@ from ablate.data.adapter_base import (  # noqa: F401 - the names other modules i
 )
 from ablate.data.manifest import save_manifest
 
+# data config keys that describe a dataset, not build it (ablate/data/protocol.py): never
+# given to an adapter, never in the cache key or the data fingerprint (a new name, same data)
+DESCRIPTIVE_KEYS = ("display_name", "crop")
+
 
 def build_manifest(adapter: str, root: str, out: str, **settings: Any) -> pd.DataFrame:
     """Run adapter `adapter` on `root`, write the manifest to `out` and its protocol record
@@ -58,8 +62,9 @@ def adapter_settings(adapter: str) -> dict[str, Any]:
 
 
 def build_from_config(config: Mapping[str, Any]) -> pd.DataFrame:
-    """Build from a configs/data/*.yaml mapping: name, root, manifest, then settings."""
-    settings = dict(config)
+    """Build from a configs/data/*.yaml mapping: name, root, manifest, then settings (its
+    DESCRIPTIVE_KEYS left out)."""
+    settings = {k: v for k, v in config.items() if k not in DESCRIPTIVE_KEYS}
     name, root, out = (settings.pop(k, None) for k in ("name", "root", "manifest"))
     if not name or not root or not out:
         raise AblateError(

@@ -30,7 +30,7 @@ import pandas as pd
 from ablate.core.errors import AblateError
 from ablate.core.paths import FRAME_STORE_DIR, RESULTS
 from ablate.core.schema import setting
-from ablate.data.sources import recipe_overrides, resolve_dataset
+from ablate.data.sources import dataset_overrides, recipe_overrides, resolve_dataset
 from ablate.locations import cache_base
 from ablate.recipe import is_guided
 
@@ -248,7 +248,8 @@ def host_plan(cfg: Any, train_table: pd.DataFrame | None = None,
     if train_table is None:
         train_table = resolve_dataset(str(cfg.data.train), recipe_overrides(cfg))
     if test_tables is None:
-        test_tables = {str(n): resolve_dataset(str(n)) for n in setting(cfg, "data.tests")}
+        test_tables = {str(n): resolve_dataset(str(n), dataset_overrides(cfg, str(n)))
+                       for n in setting(cfg, "data.tests")}
     train_rows = train_table[train_table["split"] == "train"]
     val_rows = train_table[train_table["split"] == "val"]
     images = set(train_rows["path"]) | set(val_rows["path"])

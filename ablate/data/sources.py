@@ -26,10 +26,10 @@ from omegaconf import DictConfig, OmegaConf
 from ablate.core.errors import AblateError
 from ablate.core.paths import MANIFESTS_DIR
 from ablate.core.schema import setting
-from ablate.data.adapters import build_from_config
+from ablate.data.adapters import DESCRIPTIVE_KEYS, build_from_config
 from ablate.data.manifest import load_manifest
 from ablate.locations import find
-from ablate.recipe import is_guided, options
+from ablate.recipe import data_root, is_guided, options
 
 MANIFEST_DIR = MANIFESTS_DIR
 CACHE_VERSION = 2  # bump when an adapter writes other rows for the same settings (2: identity, family, WildDeepfake source videos)
@@ -61,10 +61,13 @@ def dataset_settings(name: str, overrides: dict | None = None) -> dict[str, Any]
     config = _config_file(name)
     data_cfg = OmegaConf.to_container(OmegaConf.load(config), resolve=True)
     assert isinstance(data_cfg, dict)
-    # recipe-level settings apply only where the dataset has them (source_is: FF++ only)
-    changed = {k: v for k, v in (overrides or {}).items() if k in data_cfg and data_cfg[k] != v}
+    data_cfg = {k: v for k, v in data_cfg.items() if k not in DESCRIPTIVE_KEYS}
+    # recipe-level settings apply only where the dataset has them (source_is: FF++ only);
+    # a root (data.roots.<name>) always does: it beats the config's own
+    changed = {k: v for k, v in (overrides or {}).items()
+               if (k in data_cfg or k == "root") and data_cfg.get(k) != v}
     if changed and data_cfg.get("manifest"):
-        if not data_cfg.get("root"):
+        if not changed.get("root", data_cfg.get("root")):
             keys = ", ".join(f"data.{k}={v}" for k, v in changed.items())
             raise AblateError(
                 f"{keys} cannot apply to dataset {name}: it uses the fixed manifest "
@@ -76,12 +79,23 @@ def dataset_settings(name: str, overrides: dict | None = None) -> dict[str, Any]
 
 
 def recipe_overrides(cfg: DictConfig) -> dict[str, Any]:
-    """Recipe-level data settings forwarded to the train set's adapter (which original is
-    the source). None for the baseline: it reads no source/target frames, so, as in its
-    recipe hash, it uses the dataset's own manifest whatever data.source_is says."""
-    if not is_guided(cfg) or not setting(cfg, "data.source_is"):
-        return {}
-    return {"source_is": cfg.data.source_is}
+    """Recipe-level data settings forwarded to the train set's adapter: which original is
+    the source, and its root from data.roots (`dataset_overrides`). No source for the
+    baseline: it reads no source/target frames, so, as in its recipe hash, it uses the
+    dataset's own manifest whatever data.source_is says."""
+    out = dataset_overrides(cfg, str(cfg.data.train))
+    if is_guided(cfg) and setting(cfg, "data.source_is"):
+        out["source_is"] = cfg.data.source_is
+    return out
+
+
+def dataset_overrides(cfg: DictConfig, name: str) -> dict[str, Any]:
+    """What the recipe changes of dataset `name` wherever it is used (a test set too): its
+    root, when data.roots.<name> gives one, beats `root:` in the dataset config, so a user
+    points a recipe at their frames without editing a config file (one line if the folder
+    does not exist)."""
+    root = data_root(cfg, name)
+    return {} if root is None else {"root": root}
 
 
 def settings_key(settings: dict[str, Any]) -> str:
@@ -140,8 +154,8 @@ def _build(name: str, settings: dict[str, Any], manifest: Path) -> None:
         hint = (f"; {legacy} is a cache of an older version: pass its path instead of {name!r}"
                 if legacy.is_file() else f" or pass a manifest path instead of {name!r}")
         raise AblateError(
-            f"dataset {name} has no manifest yet and no root: set root in {_config_file(name)} "
-            f"(the folder of extracted face frames){hint}"
+            f"dataset {name} has no manifest yet and no root: set data.roots.{name}=DIR or "
+            f"root in {_config_file(name)} (the folder of extracted face frames){hint}"
         )
 
     build_from_config({**settings, "manifest": str(manifest)})  # written atomically

@@ -43,7 +43,7 @@ from ablate.space.model import (
     format_value,
 )
 from ablate.space.parse import parse_space
-from ablate.space.validate import validate_space
+from ablate.space.validate import check_sweep, validate_space
 
 __all__ = [
     "KNOWN_METRICS",
@@ -59,6 +59,7 @@ __all__ = [
     "SamplerSpec",
     "Scalar",
     "SearchSpace",
+    "check_sweep",
     "derive_space",
     "format_value",
     "list_spaces",

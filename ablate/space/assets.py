@@ -12,6 +12,7 @@ from ablate.core.names import WEIGHT_FILE_SUFFIXES, WEIGHT_FILES
 from ablate.core.schema import group_setting
 from ablate.data.sources import (
     benchmark_datasets,
+    dataset_overrides,
     dataset_settings,
     manifest_cache_path,
     recipe_overrides,
@@ -33,7 +34,8 @@ def _check_datasets(check: _Check, cfgs: list[Any]) -> None:
     wanted: dict[tuple[str, str], dict | None] = {}
     for cfg in cfgs:
         for name in (str(cfg.data.train), *map(str, cfg.data.tests)):
-            overrides = recipe_overrides(cfg) if name == str(cfg.data.train) else None
+            overrides = (recipe_overrides(cfg) if name == str(cfg.data.train)
+                         else dataset_overrides(cfg, name))
             wanted.setdefault((name, repr(sorted((overrides or {}).items()))), overrides)
     for (name, _), overrides in wanted.items():
         path = Path(name).expanduser()
@@ -56,8 +58,8 @@ def _check_dataset_config(check: _Check, name: str, overrides: dict | None) -> N
         return
     manifest = Path(settings.get("manifest") or manifest_cache_path(name, settings)).expanduser()
     if not manifest.is_file() and not settings.get("root"):
-        check.problem(f"dataset {name} has no manifest ({manifest}) and no root: set root "
-                      f"(the extracted face frames) or manifest in "
+        check.problem(f"dataset {name} has no manifest ({manifest}) and no root: set "
+                      f"data.roots.{name} (the extracted face frames), or root or manifest in "
                       f"{find('configs', f'data/{name}.yaml')}")
 
 

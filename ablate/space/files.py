@@ -16,7 +16,8 @@ from ablate.space.reader import _read_yaml, _Where
 
 
 def spaces_dirs() -> list[Path]:
-    """Folders searched for spaces by name: built-in, plugins', $ABLATE_SPACES_PATH."""
+    """Folders searched for spaces by name, first one first: $ABLATE_SPACES_PATH's, the
+    built-in one, plugins' (ablate.locations)."""
     return search_path("search_spaces")
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from ablate.core.errors import AblateError
 
 KNOWN_METRICS = (
-    "val_auc", "test_auc_mean", "params_trainable", "params_inference",
+    "val_auc", "select_auc", "test_auc_mean", "params_trainable", "params_inference",
     "step_time_s", "wall_s", "peak_mem_mb",
 )
 SAMPLERS = ("tpe", "random", "grid", "nsga2")

@@ -5,6 +5,9 @@ the ASHA rung check and the dry run (dryrun.py) in that order."""
 from __future__ import annotations
 
 import math
+import tempfile
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from ablate.core.errors import AblateError
@@ -14,6 +17,7 @@ from ablate.space.assets import _check_datasets, _check_encoders, _check_teacher
 from ablate.space.budget import planned_evaluations
 from ablate.space.check import _Check
 from ablate.space.dryrun import _dry_run
+from ablate.space.files import derive_space, load_space
 from ablate.space.model import SearchSpace
 from ablate.space.probe import _composable, _design_configs, _probe_configs, _registered
 
@@ -54,6 +58,20 @@ def validate_space(space: SearchSpace, build: bool = True) -> list[str]:
             f"search space {space.name} has {n} problem{'s' if n > 1 else ''}{where}:\n{lines}"
         )
     return check.notes
+
+
+def check_sweep(name_or_path: str, settings: dict[str, Any]) -> tuple[SearchSpace, list[str]]:
+    """`ablate sweep --dry-run`: the space as the sweep would run it (`--set` applied, as a
+    derived copy in a temporary folder, so a dry run leaves nothing behind), validated and
+    each recipe dry-run built, with the notes. Nothing is started or written: it answers
+    "would this sweep start?" in seconds, before a GPU-week is booked."""
+    space = load_space(name_or_path)
+    if not settings:
+        return space, validate_space(space)
+    with tempfile.TemporaryDirectory() as folder:  # problems name the user's file, not the copy
+        derived = replace(load_space(derive_space(space, settings, Path(folder))),
+                          source_path=space.source_path)
+        return derived, validate_space(derived)
 
 
 def _check_rungs(check: _Check, cfg: Any) -> None:
