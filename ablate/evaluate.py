@@ -23,6 +23,8 @@ from ablate.core.errors import AblateError
 from ablate.core.schema import GROUPS, setting
 from ablate.data.dataset import FrameCache, ManifestDataset
 from ablate.data.loader import eval_frame_cache, resolve_dataset, split_rows
+from ablate.data.protocol import at_level, dataset_protocol, part_protocol
+from ablate.data.sources import dataset_overrides
 from ablate.device import pick_device
 from ablate.metrics import (
     BOOT_UNITS,
@@ -59,11 +61,11 @@ def identities_of(rows: pd.DataFrame):  # noqa: ANN201 - a column or None
 
 
 def test_rows(name: str, image_size: int, cache: FrameCache | None = None,
-              max_skip_fraction: float = 0.05) -> ManifestDataset:
+              max_skip_fraction: float = 0.05, overrides: dict | None = None) -> ManifestDataset:
     """The test split of a dataset, and only that: a manifest without test rows is an error,
     never silently scored on its training frames. (Datasets that are all-test by definition,
     DFD, DiffSwap, the cross-dataset sets, are written with split=test by their adapters.)"""
-    table = resolve_dataset(name)
+    table = resolve_dataset(name, overrides)  # overrides: the recipe's root for it
     if not (table["split"] == "test").any():
         found = ", ".join(sorted(map(str, table["split"].dropna().unique()))) or "none"
         raise AblateError(f"test set {name} has no test rows (its splits: {found}); scoring it "
@@ -116,17 +118,21 @@ def evaluate_classifier(
     bootstrap_unit: str | None = None,
 ) -> pd.DataFrame:
     """Metrics per test set: rows dataset, split, level, metric, value, ci_low, ci_high, n,
-    the provenance keys of `evaluate_scores` and `manifest_sha` (the rows scored)."""
+    the provenance keys of `evaluate_scores`, `manifest_sha` (the rows scored) and
+    `protocol` (JSON: frames per video, videos, compression, crop, official list, level;
+    `ablate.data.protocol`)."""
     settings = eval_settings(cfg, eer, bootstrap_unit)
     cache = eval_frame_cache(cfg)  # streamed: no test frame is held after its batch
-    datasets = {}
+    datasets, protocols = {}, {}
     for name in tests:  # every test set's rows and settings are checked before any scoring
-        dataset = test_rows(name, cfg.image_size, cache, cfg.data.max_skip_fraction)
+        dataset = test_rows(name, cfg.image_size, cache, cfg.data.max_skip_fraction,
+                            dataset_overrides(cfg, name))
         resolve_unit(settings["bootstrap_unit"],
                      video_clusters(dataset.rows["video_id"].astype(str),
                                     identities_of(dataset.rows)),
                      where=f"the test rows of {name}")
         datasets[name] = dataset
+        protocols[name] = dataset_protocol(name, dataset.rows)  # what is scored, counted
     results, all_scores = [], []
     for name, dataset in datasets.items():
         scored = score(classifier, dataset, device=device, progress=progress, desc=f"eval {name}")
@@ -142,8 +148,10 @@ def evaluate_classifier(
                 threshold_from=THRESHOLD_FROM,
             )
             sha = manifest_sha(rows)
-            results += [{"dataset": part, "split": "test", **row, "manifest_sha": sha}
-                        for row in metrics]
+            protocol = (protocols[name] if keep is None
+                        else part_protocol(protocols[name], part, rows))
+            results += [{"dataset": part, "split": "test", **row, "manifest_sha": sha,
+                         "protocol": at_level(protocol, row["level"])} for row in metrics]
     if scores_out:
         out = Path(scores_out)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ time, on any machine that can open the database.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,12 +18,21 @@ from ablate.core.paths import REPORTS_DIR
 from ablate.provenance import is_part
 from ablate.report import EVALUATORS, FORMATS, tables
 from ablate.report import ablation as abl_mod
+from ablate.report import external as ext_mod
 from ablate.report import guidance as guidance_mod
 from ablate.report import headline as headline_mod
 from ablate.report import paired as paired_mod
 from ablate.report.data import SweepData, load_sweep
 from ablate.report.display import Table, number
 from ablate.report.importance import Importance, param_importance
+from ablate.report.protocols import (
+    column_protocols,
+    display_names,
+    protocol_line,
+    selection_rule,
+    strict_check,
+    strict_external,
+)
 from ablate.report.provenance import provenance_note
 from ablate.report.ranks import RankComparison, rank_comparison, rank_tables
 from ablate.report.reference import Reference, choose_reference
@@ -86,13 +95,19 @@ def prepare_folder(folder: Path) -> Path:
     return folder
 
 
-def build_report(sweep: str | None = None, db_url: str | None = None,
+def build_report(sweep: str | Sequence[str] | None = None, db_url: str | None = None,
                  out: str | Path | None = None, formats: str | Iterable[str] | None = None,
-                 importance: str = "fanova", effect: float | None = None) -> Report:
-    """Write the report of `sweep` (default: the newest) into `out` in the given formats.
+                 importance: str = "fanova", effect: float | None = None,
+                 external: Sequence[str] = (), strict_protocol: bool = False,
+                 names: Mapping[str, str] | None = None) -> Report:
+    """Write the report of `sweep` (default: the newest; several names: one report of their
+    runs, refused where they may not be paired) into `out` in the given formats.
 
     `effect`: the difference (metric units; 0.01 = 1 AUC point) whose needed seeds every
-    comparison quotes (None: `stats.DEFAULT_EFFECT`).
+    comparison quotes (None: `stats.DEFAULT_EFFECT`). `external`: published-row files or
+    shipped names, shown apart and never in a statistic. `strict_protocol`: refuse runs
+    whose training and test presets mix where a published protocol fixes them. `names`:
+    test set -> column header (over the data configs' `display_name`).
     """
     effect = DEFAULT_EFFECT if effect is None else effect
     chosen = parse_formats(formats)
@@ -102,11 +117,22 @@ def build_report(sweep: str | None = None, db_url: str | None = None,
     require_existing_db(db_url or default_url())
     with ResultsDB(db_url) as db:
         data = load_sweep(db, sweep or _newest_search(db))
-        confirmation = _confirmation(db, data)
-    folder = prepare_folder(Path(out) if out else default_folder(data.name))
+        confirmation = _confirmation(db, data) if len(data.sweeps) == 1 else None
     verdict, search = (confirmation, data) if confirmation is not None else (data, None)
+    unknown = sorted(set(names or {}) - set(verdict.tests))
+    if unknown:
+        raise AblateError(f"--name {unknown[0]}=...: no test set {unknown[0]!r} in this report; "
+                          f"its test sets: {', '.join(verdict.tests) or 'none'}")
+    for d in (verdict, search):
+        if d is not None:
+            d.names = display_names(d.metrics, d.tests, names)
+    published = ext_mod.load_external(list(external), verdict.tests, verdict.names)
+    if strict_protocol:
+        strict_check(verdict.metrics, verdict.counted)
+        strict_external(published, verdict.metrics)
+    folder = prepare_folder(Path(out) if out else default_folder(data.name))
     try:
-        return _write(verdict, folder, chosen, importance, effect, search)
+        return _write(verdict, folder, chosen, importance, effect, search, published)
     except OSError as exc:
         raise AblateError(f"cannot write the report to {folder}: "
                           f"{exc.strerror or exc}; choose another --out") from None
@@ -150,12 +176,18 @@ def _unconfirmed_note(doc: Document, search: SweepData) -> None:
 
 
 def _write(data: SweepData, folder: Path, formats: tuple[str, ...], evaluator: str,
-           effect: float = DEFAULT_EFFECT, search: SweepData | None = None) -> Report:
+           effect: float = DEFAULT_EFFECT, search: SweepData | None = None,
+           published: list[ext_mod.ExternalRow] | None = None) -> Report:
     """`data`: the sweep whose runs give the verdicts; `search`: with a confirmation, the
-    search that chose those recipes (its numbers are shown, labelled as selected-on)."""
+    search that chose those recipes (its numbers are shown, labelled as selected-on);
+    `published`: rows reported elsewhere, added to display tables only (after every
+    statistic is computed)."""
+    published = published or []
     summ = tables.summary(data)
     ref = choose_reference(data)
     main = tables.main_table(summ, data, ref.label)
+    ext_mod.add_to_table(main, published, tables.main_columns(summ, data),
+                         ext_mod.whole_sets(data.tests))
     seed_vals = tables.seed_values(data)
     pairs = abl_mod.pair_differences(data, seed_vals, ref)
     abl = abl_mod.ablation(pairs, effect)
@@ -171,8 +203,8 @@ def _write(data: SweepData, folder: Path, formats: tuple[str, ...], evaluator: s
                      head.guided, head.baseline)] if head else [])
     tests_table = paired_mod.paired_tests(data, comparisons + matched, scores)
     summary = headline_mod.summary_paragraph(head, abl, imp.table, imp.evaluator)
-    first = ([headline_mod.first_table(head, data.tests),
-              headline_mod.difference_table(head, data.tests)] if head else [])
+    first = ([headline_mod.first_table(head, data.tests, data.names),
+              headline_mod.difference_table(head, data.tests, data.names)] if head else [])
     front = tables.pareto(data)
     ranked = _ranks(seed_vals, ref)
     counts, errs = tables.status_counts(data), tables.errors(data)
@@ -184,10 +216,18 @@ def _write(data: SweepData, folder: Path, formats: tuple[str, ...], evaluator: s
 
         images["cd_diagram"] = cd_diagram(ranked.friedman.mean_ranks, ranked.cd, folder)
     how = provenance_note(data.metrics)  # EER convention, bootstrap unit, ... of every cell
+    columns = column_protocols(data.metrics, data.tests, data.names)
+    selection = selection_rule(data.counted)
+    line = protocol_line(columns, selection)  # frames, videos, crops, lists per test column
     for table in [main, *first[:1]]:
         table.note = f"{table.note} {how}".strip()
+    for table in [main, *first]:
+        table.note = f"{table.note} {line}".strip()
     doc = _document(data, main, ref, abl, effects, imp, front, counts, errs, images,
                     summary, first, tests_table, how)
+    doc.meta.append(("checkpoints", selection))
+    if published:
+        _add_published(doc, published, data.names)
     if ranked is not None:
         _add_ranks(doc, ranked, images)
     if search is not None:
@@ -212,8 +252,21 @@ def _write(data: SweepData, folder: Path, formats: tuple[str, ...], evaluator: s
             "ablation": abl, "ablation_pairs": pairs, "importance": imp.table,
             "pareto": front, "status": counts, "errors": errs, "trials": trial_table(data),
             "ranks": ranked.holm if ranked is not None else pd.DataFrame(),
-            "code_versions": version_counts(data.counted)})
+            "code_versions": version_counts(data.counted), "protocols": columns,
+            **({"external": ext_mod.external_frame(published)} if published else {})})
     return report
+
+
+def _add_published(doc: Document, published: list[ext_mod.ExternalRow],
+                   names: dict[str, str]) -> None:
+    """The published rows with every number they give, after the cross-dataset table."""
+    at = next((i + 1 for i, s in enumerate(doc.sections) if s.title == "Cross-dataset results"),
+              len(doc.sections))
+    doc.sections.insert(at, Section("Published results (reported, not measured)", tables=[
+        ext_mod.published_table(published, names)], text=[
+        "Numbers as their sources report them, under their own protocols (below each table; "
+        "compare with this report's protocol line before reading one against the other). "
+        "They are shown apart and enter no mean, interval, bold, rank, paired test or plot."]))
 
 
 def _ranks(seed_vals: pd.DataFrame, ref: Reference) -> RankComparison | None:
@@ -248,6 +301,9 @@ def _add_search_stage(doc: Document, confirmation: SweepData, search: SweepData)
                         + ("" if status == "finished" else "; not finished: resume the search "
                            "to complete it")))
     table = tables.main_table(tables.summary(search), search)
+    table.note = (f"{table.note} " + protocol_line(
+        column_protocols(search.metrics, search.tests, search.names),
+        selection_rule(search.counted))).strip()
     table.title = "Search stage: the runs that chose the winners (selected-on, biased upward)"
     table.slug = "search_stage"
     at = next((i for i, s in enumerate(doc.sections) if s.title == "Parameter importance"),
@@ -267,7 +323,7 @@ def _plots(data: SweepData, summ: pd.DataFrame, abl: pd.DataFrame, imp: Importan
 
     order = tables.recipe_order(summ, data)
     out = {
-        "heatmap": plots.auc_heatmap(summ, order, data.tests, folder),
+        "heatmap": plots.auc_heatmap(summ, order, data.tests, folder, data.names),
         "ablation": plots.ablation_plot(abl, folder),
         "importance": plots.importance_plot(imp.table, imp.evaluator, folder),
         "curves": plots.curves_plot(data.curves, list(dict.fromkeys([*order[:3], ref.label])),
@@ -296,7 +352,7 @@ def _document(data: SweepData, main: Table, ref: Reference, abl: pd.DataFrame,
             ("sampler", imp.sampler or "unknown"),
             ("results", f"{len(data.counted)} trials (finished or reused) of "
                         f"{data.counted['config'].nunique()} recipes; test sets: "
-                        f"{', '.join(data.tests) or 'none'}"),
+                        f"{', '.join(data.names.get(t, t) for t in data.tests) or 'none'}"),
             ("reference", f"{ref.label} ({ref.how})"),
             ("metrics", how.removeprefix("Metric provenance: ") or "-")]
     sections = [
@@ -310,7 +366,7 @@ def _document(data: SweepData, main: Table, ref: Reference, abl: pd.DataFrame,
                       "thresholds chosen on the source validation split, never on a test set."]),
         *_guidance_section(effects),
         _ablation_section(abl, ref, images),
-        _paired_section(tests_table),
+        _paired_section(tests_table, data.names),
         Section("Parameter importance", text=imp.notes, tables=[_importance_table(imp)],
                 images=_images(images, "importance")),
     ]
@@ -362,7 +418,7 @@ def _ablation_section(abl: pd.DataFrame, ref: Reference,
                    tables=[abl_mod.ablation_table(abl, ref)], images=_images(images, "ablation"))
 
 
-def _paired_section(t: pd.DataFrame) -> Section:
+def _paired_section(t: pd.DataFrame, names: dict[str, str] | None = None) -> Section:
     title = "Paired tests on the same test frames (test-sample variance only)"
     if t.empty:
         return Section(title, text=["No matched comparison has per-frame scores readable "
@@ -372,7 +428,8 @@ def _paired_section(t: pd.DataFrame) -> Section:
     first = t.drop_duplicates(["comparison", "dataset"]).set_index(["comparison", "dataset"])
     rows, bold = [], []
     for (comparison, dataset), r in first.iterrows():
-        cells = [str(comparison), str(dataset), str(int(r["seeds"])),
+        cells = [str(comparison), (names or {}).get(str(dataset), str(dataset)),
+                 str(int(r["seeds"])),
                  f"{r['diff'] * 100:+.2f}"]
         marks = [False] * 4
         for test in paired_mod.TESTS:

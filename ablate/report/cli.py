@@ -8,7 +8,10 @@ from ablate.report import EVALUATORS, FORMATS
 
 
 @click.command("report")
-@click.option("--sweep", metavar="NAME", help="Sweep to report (default: the newest in the DB).")
+@click.option("--sweep", "sweeps", multiple=True, metavar="NAME",
+              help="Sweep to report (default: the newest in the DB); repeat it to report "
+                   "several sweeps' runs as one (refused where their data, teacher or "
+                   "scored test rows differ).")
 @click.option("--db", "db_url", metavar="URL",
               help="Results DB URL (default: $ABLATE_DB or sqlite:///results/ablate.db).")
 @click.option("--out", type=click.Path(file_okay=False), metavar="DIR",
@@ -21,8 +24,22 @@ from ablate.report import EVALUATORS, FORMATS
               metavar="POINTS", help="The effect (AUC points) whose needed seeds every "
                                      "comparison quotes (default: 1 point, "
                                      "ablate.report.stats.DEFAULT_EFFECT).")
-def report(sweep: str | None, db_url: str | None, out: str | None, formats: str,
-           importance: str, effect: float) -> None:
+@click.option("--external", "external", multiple=True, metavar="FILE|NAME",
+              help="Published rows beside yours (repeatable): a YAML file or a shipped name "
+                   "(diffusionfake: DiffusionFake's Table 1). Shown apart, never in a "
+                   "statistic.")
+@click.option("--strict-protocol", is_flag=True,
+              help="Refuse runs whose training and test presets mix where a published "
+                   "protocol fixes them (deepfakebench: 32 frames/video; paper: 270/100; "
+                   "official_code: 50 real / 16 fake), "
+                   "or that differ from an --external row's protocol, or are not recorded.")
+@click.option("--name", "names", multiple=True, metavar="TEST_SET=NAME",
+              help="Column header of a test set (repeatable), e.g. for a manifest path: "
+                   "--name results/manifests/cdf.csv='Celeb-DF v2'. Default: the data "
+                   "config's display_name, else the test set's name.")
+def report(sweeps: tuple[str, ...], db_url: str | None, out: str | None, formats: str,
+           importance: str, effect: float, external: tuple[str, ...], strict_protocol: bool,
+           names: tuple[str, ...]) -> None:
     """Write a sweep's report: cross-dataset table, per-slot ablation, importance, plots.
 
     \b
@@ -39,11 +56,15 @@ def report(sweep: str | None, db_url: str | None, out: str | None, formats: str,
       ablate report                                   # newest sweep, all formats
       ablate report --sweep quick-1 --format md,html
       ablate report --db postgresql://me@dbhost/ablate --out paper/tables
+      ablate report --sweep quick-1 --sweep quick-2   # two sweeps' runs as one report
+      ablate report --external diffusionfake --strict-protocol
     """
     # lazy: loads scipy only when called
     from ablate.report.build import build_report
+    from ablate.report.protocols import parse_names
 
-    result = build_report(sweep, db_url, out, formats, importance,
-                          None if effect is None else effect / 100)
+    result = build_report(list(sweeps) or None, db_url, out, formats, importance,
+                          None if effect is None else effect / 100, external=external,
+                          strict_protocol=strict_protocol, names=parse_names(names))
     click.echo(f"report of sweep {result.sweep} written to {result.folder}/")
     click.echo(result.main_markdown)

@@ -10,6 +10,7 @@ search does not shrink its own confidence interval.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ import pandas as pd
 
 from ablate.core.errors import AblateError
 from ablate.core.names import SLOTS, is_baseline_flat, is_guidance_key
+from ablate.report.combine import check_combinable
 from ablate.report.versions import result_versions
 from ablate.results import ResultsDB
 
@@ -40,41 +42,77 @@ class SweepData:
     tests: list[str]  # test sets in recipe order
     varying: list[str]  # dotted recipe keys whose value differs between counted configs
     flat: dict[str, dict[str, Any]] = field(default_factory=dict)  # config -> flat recipe
+    sweeps: list[str] = field(default_factory=list)  # the sweeps read (several: one report)
+    names: dict[str, str] = field(default_factory=dict)  # test set -> column header
 
     @property
     def objectives(self) -> list[dict[str, str]]:
         return list(self.settings.get("objectives") or [])
 
 
-def load_sweep(db: ResultsDB, sweep: str | None) -> SweepData:
-    """The sweep's data (newest sweep when None); AblateError when there is nothing to report."""
+def load_sweep(db: ResultsDB, sweep: str | Sequence[str] | None) -> SweepData:
+    """The sweep's data (newest sweep when None); AblateError when there is nothing to report.
+
+    Several sweep names are read as one (`ablate report --sweep A --sweep B`): their trials
+    pooled, one recipe + seed counted once, after `combine.check_combinable` has refused
+    runs whose data, teacher or scored test rows differ between the sweeps.
+    """
     sweeps = db.list_sweeps()
     if sweeps.empty:
         raise AblateError(f"no sweeps in {db.url}; run one first, e.g. `ablate sweep --space quick`")
-    if sweep is None:
-        newest = sweeps.sort_values(["created", "id"]).iloc[-1]
-        sweep = str(newest["name"])
-    trials = db.trials(sweep)  # AblateError listing the known sweeps when unknown
-    row = sweeps[sweeps["name"] == sweep].iloc[0]
-    info = {k: row[k] for k in ("space", "status", "created", "code_version")}
-    settings = _json_dict(row["settings_json"])
-    _require_results(trials, sweep)
+    names = _names(sweeps, sweep)
+    per = {n: db.trials(n) for n in names}  # AblateError listing the known sweeps when unknown
+    for name, frame in per.items():
+        _require_results(frame, name)
+    trials = pd.concat(per.values(), ignore_index=True)
+    rows = sweeps[sweeps["name"].isin(names)].set_index("name").loc[names]
+    info = {k: _joined(rows[k]) for k in ("space", "status", "code_version")}
+    info["created"] = rows["created"].min()
+    settings = _shared_settings([_json_dict(t) for t in rows["settings_json"]])
     trials["result_version"] = result_versions(  # which code computed each trial's numbers
         trials, _origins(db, trials), dict(zip(sweeps["name"], sweeps["code_version"],
                                                strict=True)))
     trials = _annotate(trials)
+    stored = pd.concat([db.metrics(n) for n in names], ignore_index=True)
+    if len(names) > 1:
+        check_combinable(trials[trials["status"].isin(RESULT_STATUSES)], stored)
     counted = _counted(trials)
     varying = varying_keys([_flat(c) for c in counted["config"].unique()])
     trials = _label(trials, counted, varying)
     counted = trials.loc[counted.index]
-    metrics = _metrics(db.metrics(sweep), counted)
+    metrics = _metrics(stored, counted)
+    name = " + ".join(names)
     if not (metrics["split"] == "test").any():
-        raise AblateError(f"sweep {sweep!r} has {len(counted)} finished trial(s) but no test "
+        raise AblateError(f"sweep {name!r} has {len(counted)} finished trial(s) but no test "
                           "metrics in the database; nothing to report (were they evaluated?)")
-    curves = _curves(db.curves(sweep), trials)
+    curves = _curves(pd.concat([db.curves(n) for n in names], ignore_index=True), trials)
     flat = {c: _flat(c) for c in counted["config"].unique()}
-    return SweepData(sweep, info, settings, db.url, db.optuna_storage_url, trials, counted,
-                     metrics, curves, _tests(counted, metrics), varying, flat)
+    return SweepData(name, info, settings, db.url, db.optuna_storage_url, trials, counted,
+                     metrics, curves, _tests(counted, metrics), varying, flat, names)
+
+
+def _names(sweeps: pd.DataFrame, sweep: str | Sequence[str] | None) -> list[str]:
+    """The sweeps to read: the newest when None, else the names given (each once)."""
+    if sweep is None:
+        return [str(sweeps.sort_values(["created", "id"]).iloc[-1]["name"])]
+    given = [sweep] if isinstance(sweep, str) else list(sweep)
+    return list(dict.fromkeys(str(s) for s in given)) or _names(sweeps, None)
+
+
+def _joined(values: pd.Series) -> Any:
+    """One sweep's value, or the distinct values of several joined with ' + '."""
+    distinct = list(dict.fromkeys(str(v) for v in values))
+    return values.iloc[0] if len(distinct) == 1 else " + ".join(distinct)
+
+
+def _shared_settings(settings: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several sweeps' settings: the keys every one of them holds alike (objectives, a
+    reference, a sampler); a confirmation link belongs to one sweep only."""
+    if len(settings) == 1:
+        return settings[0]
+    first, rest = settings[0], settings[1:]
+    return {k: v for k, v in first.items() if k not in ("confirmation", "confirms")
+            and all(k in s and s[k] == v for s in rest)}
 
 
 def _origins(db: ResultsDB, trials: pd.DataFrame) -> pd.DataFrame:

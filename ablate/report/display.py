@@ -21,10 +21,14 @@ class Table:
     note: str = ""
     align: str = ""  # one letter per column, l or r; default: first l, rest r
     slug: str = ""  # file name for formats with one file per table (LaTeX)
+    # rows typeset apart: reported by a source, not measured here (grey / dagger / italics)
+    apart: list[bool] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.bold:
             self.bold = [[False] * len(r) for r in self.rows]
+        if not self.apart:
+            self.apart = [False] * len(self.rows)
         if not self.align:
             self.align = "l" + "r" * (len(self.columns) - 1)
 

@@ -135,14 +135,16 @@ def _excludes_zero(row: pd.Series | None) -> bool:
     return row is not None and excludes_zero(row)
 
 
-def first_table(h: Headline, tests: list[str]) -> Table:
-    """Rows: test sets and Avg. Columns: baseline, + guidance, then the paired Δ, per measure."""
+def first_table(h: Headline, tests: list[str], names: dict[str, str] | None = None) -> Table:
+    """Rows: test sets (by display name) and Avg. Columns: baseline, + guidance, then the
+    paired Δ, per measure."""
+    names = names or {}
     columns = ["Test set"]
     for _, _, name in MEASURES:
         columns += [f"Baseline {name}", f"+Guidance {name}"]
     rows, bold = [], []
     for dataset in [*tests, AVG]:
-        row, marks = ["Avg" if dataset == AVG else dataset], [False]
+        row, marks = ["Avg" if dataset == AVG else names.get(dataset, dataset)], [False]
         for level, metric, _ in MEASURES:
             cells = [h.cell(dataset, who, level, metric) for who in ("baseline", "guided")]
             for c in cells:
@@ -168,7 +170,8 @@ def _better(cells: list[pd.Series | None], metric: str) -> list[bool]:
     return [not guided_better, guided_better]
 
 
-def difference_table(h: Headline, tests: list[str]) -> Table:
+def difference_table(h: Headline, tests: list[str],
+                     names: dict[str, str] | None = None) -> Table:
     """Rows: test sets, Avg and (with readable scores) Avg two-stage; columns: Δ (guided -
     baseline) per measure in points, the seeds, and the Avg's minimum detectable effect."""
     columns = ["Test set", *(f"Δ {name} (pts)" for _, _, name in MEASURES), "Seeds",
@@ -178,7 +181,7 @@ def difference_table(h: Headline, tests: list[str]) -> Table:
     if not h.numbers[h.numbers["detector"] == TWO_STAGE_ROW].empty:
         lines.append((AVG, TWO_STAGE_ROW))
     for dataset, who in lines:
-        name = "Avg" if dataset == AVG else dataset
+        name = "Avg" if dataset == AVG else (names or {}).get(dataset, dataset)
         row, marks = [name if who == "difference" else f"{name} (seeds × videos)"], [False]
         auc = h.cell(dataset, who)
         for level, metric, _ in MEASURES:

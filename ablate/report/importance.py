@@ -102,7 +102,8 @@ def param_importance(data: SweepData, evaluator: str = "fanova") -> Importance:
         return result
     if not present:
         result.notes.append(f"Importance skipped: no Optuna study named {data.name!r} in the "
-                            "database (e.g. a compare-teachers sweep, which samples nothing).")
+                            "database (a compare-teachers sweep or a design samples nothing; a report of "
+                            "several sweeps has no one study).")
         return result
     try:
         study, complete = _load(data)

@@ -32,13 +32,16 @@ def _save(fig: plt.Figure, folder: Path, name: str) -> Path:
     return path
 
 
-def auc_heatmap(summ: pd.DataFrame, order: list[str], tests: list[str], folder: Path) -> Path | None:
-    """Mean frame AUC (%) per recipe and test set: the main table at a glance."""
+def auc_heatmap(summ: pd.DataFrame, order: list[str], tests: list[str], folder: Path,
+                names: dict[str, str] | None = None) -> Path | None:
+    """Mean frame AUC (%) per recipe and test set (by display name): the main table at a
+    glance."""
     auc = summ[(summ["level"] == "frame") & (summ["metric"] == "auc")]
     if auc.empty:
         return None
     grid = (auc.pivot_table(index="label", columns="dataset", values="mean", aggfunc="first")
             .reindex(index=order, columns=[*tests, AVG]) * 100)
+    grid = grid.rename(columns=names or {})
     fig, ax = plt.subplots(figsize=(1.2 * grid.shape[1] + 3, 0.4 * grid.shape[0] + 1.5))
     sns.heatmap(grid, annot=True, fmt=".1f", cmap="viridis", cbar_kws={"label": "AUC (%)"}, ax=ax)
     ax.set(xlabel="test set", ylabel="", title="Frame AUC (%), mean over seeds")

@@ -37,8 +37,11 @@ class Document:
 # ---------------------------------------------------------------- Markdown
 
 
-def _md_cell(text: str, bold: bool) -> str:
+def _md_cell(text: str, bold: bool, apart: bool = False) -> str:
+    """A cell; a row apart (reported, not measured) is in italics, never bold."""
     text = text.replace("|", "\\|")
+    if apart:
+        return f"*{text}*" if text not in ("", "-") else text
     return f"**{text}**" if bold and text not in ("", "-") else text
 
 
@@ -47,9 +50,9 @@ def markdown_table(table: Table) -> str:
     rule = ["---" if a == "l" else "--:" for a in table.align]
     lines = ["| " + " | ".join(_md_cell(c, False) for c in table.columns) + " |",
              "| " + " | ".join(rule) + " |"]
-    for row, marks in zip(table.rows, table.bold, strict=True):
-        lines.append("| " + " | ".join(_md_cell(c, b) for c, b in zip(row, marks, strict=True))
-                     + " |")
+    for row, marks, apart in zip(table.rows, table.bold, table.apart, strict=True):
+        lines.append("| " + " | ".join(_md_cell(c, b, apart)
+                                       for c, b in zip(row, marks, strict=True)) + " |")
     if table.note:
         lines += ["", f"*{table.note}*"]
     return "\n".join(lines)
@@ -82,6 +85,7 @@ table{border-collapse:collapse;margin:.6em 0 .3em;font-size:.9em}
 th,td{border-bottom:1px solid #ddd;padding:.25em .6em}th{background:#f4f4f4;text-align:left}
 td.r,th.r{text-align:right}td.r{white-space:nowrap}td.b{font-weight:700}
 p.note{font-size:.85em;color:#555;margin-top:0}img{max-width:100%;margin:.5em 0}
+tr.apart td{color:#888;font-style:italic}
 dl{display:grid;grid-template-columns:max-content auto;gap:.1em 1em}dt{font-weight:600}
 """
 
@@ -90,11 +94,11 @@ def html_table(table: Table) -> str:
     head = "".join(f'<th class="{a}">{html.escape(c)}</th>'
                    for c, a in zip(table.columns, table.align, strict=True))
     body = []
-    for row, marks in zip(table.rows, table.bold, strict=True):
+    for row, marks, apart in zip(table.rows, table.bold, table.apart, strict=True):
         cells = "".join(
-            f'<td class="{a}{" b" if b else ""}">{html.escape(c)}</td>'
+            f'<td class="{a}{" b" if b and not apart else ""}">{html.escape(c)}</td>'
             for c, b, a in zip(row, marks, table.align, strict=True))
-        body.append(f"<tr>{cells}</tr>")
+        body.append(f'<tr class="apart">{cells}</tr>' if apart else f"<tr>{cells}</tr>")
     note = f'<p class="note">{html.escape(table.note)}</p>' if table.note else ""
     return (f"<h3>{html.escape(table.title)}</h3><table><thead><tr>{head}</tr></thead>"
             f"<tbody>{''.join(body)}</tbody></table>{note}")
@@ -127,7 +131,7 @@ def to_html(doc: Document) -> str:
 _TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
                 "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
                 "^": r"\textasciicircum{}", "±": r"$\pm$", "Δ": r"$\Delta$", "×": r"$\times$",
-                "≥": r"$\geq$"}
+                "≥": r"$\geq$", "†": r"\textsuperscript{\dag}"}
 _TEX_RE = re.compile("|".join(re.escape(k) for k in _TEX_SPECIAL))
 
 
@@ -136,17 +140,20 @@ def tex_escape(text: str) -> str:
 
 
 def latex_table(table: Table, label: str) -> str:
-    """A booktabs `table` (needs \\usepackage{booktabs}); best cells in \\textbf."""
-    def cell(text: str, bold: bool) -> str:
+    """A booktabs `table` (needs \\usepackage{booktabs}); best cells in \\textbf; rows
+    apart (reported, not measured) in \\textcolor{gray} (needs \\usepackage{xcolor})."""
+    def cell(text: str, bold: bool, apart: bool = False) -> str:
         t = tex_escape(text)
+        if apart:
+            return rf"\textcolor{{gray}}{{{t}}}" if text else t
         return rf"\textbf{{{t}}}" if bold and text not in ("", "-") else t
 
     lines = [r"\begin{table}[t]", r"\centering", r"\small",
              rf"\caption{{{tex_escape(table.title)}. {tex_escape(table.note)}}}",
              rf"\label{{tab:{label}}}", rf"\begin{{tabular}}{{{table.align}}}", r"\toprule",
              " & ".join(cell(c, False) for c in table.columns) + r" \\", r"\midrule"]
-    lines += [" & ".join(cell(c, b) for c, b in zip(row, marks, strict=True)) + r" \\"
-              for row, marks in zip(table.rows, table.bold, strict=True)]
+    lines += [" & ".join(cell(c, b, apart) for c, b in zip(row, marks, strict=True)) + r" \\"
+              for row, marks, apart in zip(table.rows, table.bold, table.apart, strict=True)]
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(lines) + "\n"
 

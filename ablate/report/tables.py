@@ -69,12 +69,19 @@ def recipe_order(summ: pd.DataFrame, data: SweepData) -> list[str]:
                                            if pd.notna(score.get(lab, np.nan)) else np.inf, lab))
 
 
+def main_columns(summ: pd.DataFrame, data: SweepData) -> list[tuple[str, str]]:
+    """The main table's (test set or avg, metric) cells after its label, in order."""
+    frame = summ[(summ["level"] == "frame") & summ["metric"].isin(MAIN_METRICS)]
+    return [(d, m) for d in [*data.tests, AVG] for m in MAIN_METRICS
+            if (d, m) in _present(frame)]
+
+
 def main_table(summ: pd.DataFrame, data: SweepData, reference: str | None = None) -> Table:
-    """Rows: configs; columns: AUC and EER (%) per test set and their average; best in bold."""
+    """Rows: configs; columns: AUC and EER (%) per test set and their average; best in bold.
+    Headers show each test set's display name (`data.names`)."""
     frame = summ[(summ["level"] == "frame") & summ["metric"].isin(MAIN_METRICS)]
     cells = frame.set_index(["label", "dataset", "metric"])
-    datasets = [*data.tests, AVG]
-    columns = [(d, m) for d in datasets for m in MAIN_METRICS if (d, m) in _present(frame)]
+    columns = main_columns(summ, data)
     best = {col: _best(frame, *col) for col in columns}
     labels = recipe_order(summ, data)
     rows, bold = [], []
@@ -93,7 +100,8 @@ def main_table(summ: pd.DataFrame, data: SweepData, reference: str | None = None
         marks.append(False)
         rows.append(row)
         bold.append(marks)
-    header = ["Recipe", *(f"{'Avg' if d == AVG else d} {m.upper()}" for d, m in columns), "Seeds"]
+    header = ["Recipe", *(f"{'Avg' if d == AVG else data.names.get(d, d)} {m.upper()}"
+                          for d, m in columns), "Seeds"]
     kinds = set(frame["ci_kind"]) - {""}
     return Table("Cross-dataset results (frame level, %)", header, rows, bold,
                  note=_main_note(kinds), slug="main")
