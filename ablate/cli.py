@@ -19,7 +19,7 @@ from ablate.registry import SLOTS, registry
 from ablate.report.cli import report
 from ablate.report.provenance import provenance_note
 from ablate.results import ResultsDB
-from ablate.space import format_value, list_spaces, load_space, parse_settings
+from ablate.space import check_sweep, format_value, list_spaces, load_space, parse_settings
 from ablate.space.cost import design_cost, minutes
 from ablate.space.power import space_power
 from ablate.sweep import run_sweep
@@ -53,8 +53,9 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
                    "$ABLATE_PLUGINS). Installed packages with an `ablate.variants` entry "
                    "point load by themselves.")
 @click.option("--config-path", "config_paths", multiple=True, metavar="DIR",
-              help="A folder of config groups (DIR/filter/mine.yaml) searched after the "
-                   "built-in configs (repeatable; also $ABLATE_CONFIG_PATH).")
+              help="A folder of config groups (DIR/filter/mine.yaml, DIR/data/ffpp.yaml) "
+                   "searched before the built-in configs: its files win (repeatable, the "
+                   "first given first; then $ABLATE_CONFIG_PATH).")
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True,
               callback=_print_version, help="Show the version and the code version runs record.")
 def cli(debug: bool, plugins: tuple[str, ...], config_paths: tuple[str, ...]) -> None:
@@ -71,7 +72,7 @@ def cli(debug: bool, plugins: tuple[str, ...], config_paths: tuple[str, ...]) ->
     """
     _State.debug = debug
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for folder in config_paths:
+    for folder in reversed(config_paths):  # each goes first: the first given ends up first
         locations.add_config_path(folder)
     for item in plugins:
         plugin_loader.add(item)
@@ -147,8 +148,32 @@ def list_cmd(words: tuple[str, ...]) -> None:
 @click.option("--dry-run", is_flag=True, help="Compose and build the recipe, print it and its "
               "schedule (steps, evaluations, checkpoint), train nothing.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(overrides: tuple[str, ...], dry_run: bool, quiet: bool) -> None:
+@click.option("--resume", "resume", metavar="RUN_FOLDER",
+              help="Continue the interrupted run in RUN_FOLDER from its last validation's "
+                   "saved state (same recipe and seed; it ends as the uninterrupted run would). "
+                   "OVERRIDES may then change only what leaves the result alone "
+                   "(train.device, train.loader_workers, caches).")
+@click.option("--db", "db_url", metavar="URL",
+              help="When the run has finished, evaluate it on its test sets and record it in "
+                   "this results DB (e.g. sqlite:///results/ablate.db), as a one-cell sweep "
+                   "`ablate report` reads. Checked before training starts.")
+@click.option("--sweep", metavar="NAME",
+              help="With --db: the sweep to record into (default: the run folder's name). "
+                   "Seeds of one recipe recorded into one sweep are one cell, with a CI "
+                   "over seeds.")
+@click.option("--strict-protocol", is_flag=True,
+              help="Refuse, before training, a recipe whose data.train and data.tests presets "
+                   "mix where a published protocol fixes them (paper: 270/100 frames a video; "
+                   "deepfakebench: 32; official_code: 50 real / 16 fake).")
+def train(overrides: tuple[str, ...], dry_run: bool, quiet: bool, resume: str | None,
+          db_url: str | None, sweep: str | None, strict_protocol: bool) -> None:
     """Train one detector from a recipe and save it as a run folder.
+
+    \b
+    The run folder (results/runs/<time>-<recipe hash>, or run.name) gets its recipe.yaml
+    when training starts and the full training state at every validation (state/), so
+    a run killed at any point (Ctrl-C, kill -9, a lost machine) continues with --resume
+    from its last validation. A finished run keeps its weights and run.json, no state.
 
     \b
     Examples:
@@ -159,46 +184,125 @@ def train(overrides: tuple[str, ...], dry_run: bool, quiet: bool) -> None:
       ablate train train.processes=4 train.device=cuda   # one run on 4 GPUs (Ray Train, DDP)
       ablate train recipe=official_code train.grad_checkpointing=true train.branch_backward=true
                                                     # less GPU memory, the same result
+      ablate train --resume results/runs/20250101-120000-1a2b3c4d5e6f   # after a crash
+      ablate train --resume results/runs/RUN train.device=cuda   # ... on another device
+      ablate train seed=1 --db sqlite:///results/ablate.db --sweep mine   # train, then record
+      ablate train recipe=paper data.tests=[celebdf,dfd] --strict-protocol --dry-run
     """
-    # lazy: loads torch only when called
-    from ablate.train import train as run_training
-
-    cfg = recipe.compose(overrides)
-    ignored = recipe.ignored_by_baseline(cfg, overrides)
-    if ignored:
-        click.secho(f"note: guide=none builds no teacher, filter or weight module; ignored: "
-                    f"{' '.join(ignored)}", fg="yellow", err=True)
-    processes = int(recipe.setting(cfg, "train.processes"))
-    if dry_run:
+    if sweep and not db_url:
+        raise click.UsageError("--sweep names the sweep --db records into; give --db URL too")
+    if dry_run and resume:
+        raise click.UsageError("--dry-run shows a new recipe's plan; --resume continues a run: "
+                               "give one of them")
+    if resume:
         # lazy: loads torch only when called
-        from ablate.model.build import build_detector
-        from ablate.schedule import plan, training_batches
-        from ablate.sharding import check_split
-        from ablate.train import count_params
+        from ablate.record import resume_run
 
-        if processes > 1:
-            check_split(int(cfg.train.batch_size), processes)
-
-        detector = build_detector(cfg)
-        click.echo(recipe.to_yaml(cfg))
-        click.echo(f"recipe hash: {recipe.recipe_hash(cfg)}")
-        click.echo(f"trainable parameters: {count_params(detector, trainable_only=True):,}")
-        click.echo(f"inference parameters: {count_params(detector.classifier):,}")
-        batches, frames, why = training_batches(cfg)
-        click.echo("\n".join(plan(cfg, batches, why, frames).lines()))
-        return
-    if processes > 1:
-        # lazy: loads torch only when called
-        from ablate.data_parallel import train_parallel
-
-        result = train_parallel(cfg, processes, progress=not quiet)
+        done = resume_run(resume, overrides, not quiet, db_url, sweep)
+        click.echo(f"resumed {resume} after step {done.resumed_at}")
     else:
-        result = run_training(cfg, progress=not quiet)
+        cfg = recipe.compose(overrides)
+        if strict_protocol:
+            # lazy: the data layer loads pandas
+            from ablate.data.protocol import check_presets
+            from ablate.data.sources import recipe_overrides
+
+            check_presets(str(cfg.data.train), [str(t) for t in cfg.data.tests],
+                          recipe_overrides(cfg))
+        ignored = recipe.ignored_by_baseline(cfg, overrides)
+        if ignored:
+            click.secho(f"note: guide=none builds no teacher, filter or weight module; "
+                        f"ignored: {' '.join(ignored)}", fg="yellow", err=True)
+        if dry_run:
+            _dry_run(cfg)
+            return
+        # lazy: loads torch only when called
+        from ablate.record import train_run
+
+        done = train_run(cfg, not quiet, db_url, sweep, on_start=lambda folder: click.echo(
+            f"\nstate saved in {folder} (if it stops: ablate train --resume {folder})", err=True))
+    result = done.result
     click.echo(
         f"trained {result.steps} steps in {result.wall_s:.1f}s "
         f"({result.params_trainable:,} trainable / {result.params_inference:,} inference params)"
     )
     click.echo(f"run saved to {result.folder}")
+    if done.recorded is not None:
+        _recorded_lines(done.recorded, db_url)
+
+
+def _dry_run(cfg: Any) -> None:
+    """`ablate train --dry-run`: the composed recipe, its hash, sizes and schedule."""
+    # lazy: loads torch only when called
+    from ablate.model.build import build_detector
+    from ablate.schedule import plan, training_batches
+    from ablate.sharding import check_split
+    from ablate.train import count_params
+
+    processes = int(recipe.setting(cfg, "train.processes"))
+    if processes > 1:
+        check_split(int(cfg.train.batch_size), processes)
+    detector = build_detector(cfg)
+    click.echo(recipe.to_yaml(cfg))
+    click.echo(f"recipe hash: {recipe.recipe_hash(cfg)}")
+    click.echo(f"trainable parameters: {count_params(detector, trainable_only=True):,}")
+    click.echo(f"inference parameters: {count_params(detector.classifier):,}")
+    batches, frames, why = training_batches(cfg)
+    click.echo("\n".join(plan(cfg, batches, why, frames).lines()))
+
+
+def _recorded_lines(done: Any, db_url: str | None) -> None:
+    """What `ablate record` (or `train --db`) wrote, and the report command that reads it."""
+    again = " (it replaced this run's earlier record)" if done.replaced else ""
+    db_option = f" --db {done.db_url}" if db_url else ""
+    click.echo(f"recorded in {done.db_url} as sweep {done.sweep}{again}")
+    click.echo(f"next: ablate report --sweep {done.sweep}{db_option}")
+
+
+@cli.command("record")
+@click.argument("run", metavar="RUN_FOLDER")
+@click.option("--db", "db_url", metavar="URL",
+              help="Results DB (default: $ABLATE_DB or sqlite:///results/ablate.db).")
+@click.option("--sweep", metavar="NAME",
+              help="The sweep to record into (default: the run folder's name). Record the "
+                   "seeds of one recipe into one sweep: one cell, with a CI over seeds.")
+@click.option("--tests", "tests", multiple=True, metavar="A,B,...",
+              help="Test sets (comma-separated or repeated): benchmark families, "
+                   "configs/data/<name> or manifests. Default: the recipe's data.tests; "
+                   "given, they become the recorded recipe's data.tests (and so its hash).")
+@click.option("--bootstrap", default=1000, show_default=True,
+              help="Bootstrap resamples (of videos or identities) for the 95% CIs.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def record_cmd(run: str, db_url: str | None, sweep: str | None, tests: tuple[str, ...],
+               bootstrap: int, device: str, quiet: bool) -> None:
+    """Evaluate a finished run folder and record it in the results DB as a one-cell sweep.
+
+    \b
+    The run is scored on its test sets (as `ablate eval`: frame and video AUC, EER, AP,
+    accuracy, each with a bootstrap 95% CI; per-frame scores in RUN/scores.csv) and
+    written as a sweep trial is: its recipe and hash, its reuse key (data and teacher
+    digests), seed, metrics with how each was computed, curves and run folder. Then
+    `ablate report --sweep NAME` reports it, `ablate sweeps` lists it, and a later sweep
+    reuses it for the same recipe and seed. Recording a folder again replaces its row;
+    another folder of the same recipe and seed in one sweep is refused.
+
+    \b
+    Examples:
+      ablate record results/runs/20250101-120000-1a2b3c4d5e6f
+      ablate record results/runs/seed0 --sweep mine     # then seed1, seed2: one cell, 3 seeds
+      ablate record results/runs/RUN --tests synth-colour,synth-warp --db postgresql://me@dbhost/ablate
+      ablate report --sweep mine                        # the report of what was recorded
+    """
+    # lazy: loads torch only when called
+    from ablate.evaluate import summary_table
+    from ablate.record import record_run
+
+    names = [t.strip() for item in tests for t in item.split(",") if t.strip()]
+    done = record_run(run, db_url, sweep, names or None, bootstrap, device, not quiet)
+    click.echo(summary_table(done.metrics).to_string(index=False))
+    click.echo(provenance_note(done.metrics))
+    _recorded_lines(done, db_url)
 
 
 @cli.command("eval")
@@ -355,11 +459,15 @@ def spaces_cmd(space: str | None, db_url: str | None, measure: bool, power: bool
               "(e.g. mlruns) or a tracking server URL (needs ablate[tracking]).")
 @click.option("--wandb", metavar="PROJECT", help="Also log every trial to Weights & Biases "
               "(offline unless $WANDB_MODE says otherwise; needs wandb).")
+@click.option("--dry-run", is_flag=True,
+              help="Validate the space (with --set) and dry-run build its recipes, as the sweep "
+                   "does first; start nothing (no Ray, no results DB, no files).")
 def sweep_cmd(space: str, trials: int | None, concurrency: int | None, db_url: str | None,
               address: str | None, name: str | None, resume: bool, force: bool,
               cpus: float | None, gpus: float | None, bootstrap: int,
               settings: tuple[str, ...], storage: str | None, reuse_any_version: bool,
-              mlflow: str | None, wandb: str | None, device_memory: float | None) -> None:
+              mlflow: str | None, wandb: str | None, device_memory: float | None,
+              dry_run: bool) -> None:
     """Run recipes from a search space as Ray Tune trials chosen by Optuna.
 
     \b
@@ -383,7 +491,11 @@ def sweep_cmd(space: str, trials: int | None, concurrency: int | None, db_url: s
       ablate sweep --space quick --name quick-1 --resume   # after Ctrl-C
       ablate sweep --space quick --mlflow mlruns       # also in MLflow (mlflow ui)
       ablate sweep --space paper --device-memory 16    # refuse recipes a 16 GB card cannot hold
+      ablate sweep --space paper --set teacher.path=/models/sd15 --dry-run   # would it start?
     """
+    if dry_run:
+        _sweep_dry_run(space, parse_settings(settings, "--set"), trials)
+        return
     summary = run_sweep(space, trials, concurrency, db_url, address, name, resume, force,
                         cpus, gpus, bootstrap, settings=parse_settings(settings, "--set"),
                         mlflow=mlflow, wandb=wandb, storage=storage,
@@ -397,6 +509,20 @@ def sweep_cmd(space: str, trials: int | None, concurrency: int | None, db_url: s
     click.echo(f"sweep {summary.name} done in {summary.wall_s:.0f}s; results in {summary.db_url}")
     click.echo(f"next: ablate report --sweep {summary.name}"
                + (" (its verdicts come from the confirmation runs)" if confirmation else ""))
+
+
+def _sweep_dry_run(space: str, settings: dict[str, Any], trials: int | None) -> None:
+    """`ablate sweep --dry-run`: the checks a sweep makes before it starts, and what it
+    would run."""
+    found, notes = check_sweep(space, settings)
+    for note in notes:
+        click.echo(f"note: {note}")
+    runs = (f"{found.design.size} cells x {found.seeds} seeds" if found.design else
+            f"{trials or found.trials} trials x {found.seeds} seeds"
+            + (f", then {found.confirm.top} x {found.confirm.seeds} confirmation runs"
+               if found.confirm else ""))
+    click.echo(f"search space {found.name} is valid: every recipe composes and builds; the "
+               f"sweep would run {runs} (dry run: nothing started)")
 
 
 @cli.command("dashboard")
