@@ -50,7 +50,7 @@ EXPECTED_ERRORS = re.compile(
 SYNOPSIS = re.compile(r"\[[A-Z]+(\.\.\.)?\]|\[--\S+ [^]]*\]|\s\.\.\.(\s|$)")
 # a template to fill in: `ablate data manifest ADAPTER --root ROOT`, `results/runs/<run>`;
 # click must parse it, but running it would only test the placeholder
-PLACEHOLDER = re.compile(r"<[^>]+>|(?<![$\w/.-])[A-Z][A-Z_]{2,}\b")
+PLACEHOLDER = re.compile(r"<[^>]+>|(?<![$\w.-])[A-Z][A-Z_]{2,}(?![\w.-])")
 
 
 def _commands_in_page(path: Path) -> list[tuple[str, str]]:
@@ -102,7 +102,7 @@ def _argv(text: str, tmp: Path) -> list[str]:
     """The arguments to run: training and sweeping as dry runs, a fit as a short one."""
     argv = shlex.split(text, comments=True)[1:]
     verb = [a for a in argv if not a.startswith("-")][:2]
-    if verb[:1] in (["train"], ["sweep"]) and "--dry-run" not in argv:
+    if verb[:1] in (["train"], ["sweep"]) and not {"--dry-run", "--resume"} & set(argv):
         argv.append("--dry-run")
     if verb == ["teachers", "fit"]:
         argv += ["--steps", "2", "--vae-steps", "2", "--max-frames", "16", "--batch-size", "4",
