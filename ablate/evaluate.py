@@ -125,14 +125,14 @@ def evaluate_classifier(
     cache = eval_frame_cache(cfg)  # streamed: no test frame is held after its batch
     datasets, protocols = {}, {}
     for name in tests:  # every test set's rows and settings are checked before any scoring
-        dataset = test_rows(name, cfg.image_size, cache, cfg.data.max_skip_fraction,
-                            dataset_overrides(cfg, name))
+        overrides = dataset_overrides(cfg, name)  # data.roots: its protocol's source too
+        dataset = test_rows(name, cfg.image_size, cache, cfg.data.max_skip_fraction, overrides)
         resolve_unit(settings["bootstrap_unit"],
                      video_clusters(dataset.rows["video_id"].astype(str),
                                     identities_of(dataset.rows)),
                      where=f"the test rows of {name}")
         datasets[name] = dataset
-        protocols[name] = dataset_protocol(name, dataset.rows)  # what is scored, counted
+        protocols[name] = dataset_protocol(name, dataset.rows, overrides=overrides)
     results, all_scores = [], []
     for name, dataset in datasets.items():
         scored = score(classifier, dataset, device=device, progress=progress, desc=f"eval {name}")

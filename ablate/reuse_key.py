@@ -99,7 +99,7 @@ def data_fingerprint(cfg: DictConfig) -> str:
         }
         proxy = proxy_name(cfg)
         if proxy is not None and held_out_method(proxy) is None:  # selection reads it too
-            parts["proxy"] = _dataset_part(proxy, None, cache)  # (absent: old keys stay)
+            parts["proxy"] = _dataset_part(proxy, dataset_overrides(cfg, proxy), cache)
     return _sha(parts)[:SHORT]
 
 

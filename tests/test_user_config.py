@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -128,3 +129,29 @@ def test_a_missing_root_on_the_command_line_is_one_error_line(tmp_path):
     assert len(lines) == 1 and lines[0].startswith(
         "error: data.roots.ffpp=/nope: no such folder; give the folder of ffpp's extracted "
         "face frames (docs/data.md), or drop data.roots.ffpp"), proc.stderr
+
+
+def test_a_test_set_found_through_data_roots_is_evaluated_and_described_there(tmp_path,
+                                                                              monkeypatch):
+    """The built-in ffpp config has no root: data.roots alone must lead evaluation to the
+    frames, and the protocol stored with each number must describe those same rows."""
+    from ablate.evaluate import evaluate_classifier
+    from ablate.model.build import build_detector
+
+    monkeypatch.setattr(sources, "MANIFEST_DIR", tmp_path / "manifests")
+    tree = _ffpp_tree(tmp_path / "frames", 10)
+    fakes = tree / "manipulated_sequences"
+    for method in ("Face2Face", "FaceSwap", "NeuralTextures"):  # the built-in config's four
+        shutil.copytree(fakes / "Deepfakes", fakes / method)
+    cfg = compose(["guide=none", "backbone=tiny", "image_size=32", "data.tests=[ffpp]",
+                   f"data.roots.ffpp={tree}"])
+    classifier = build_detector(cfg).classifier.eval()
+    metrics = evaluate_classifier(classifier, cfg, ["ffpp"], threshold=0.5, n_boot=10,
+                                  progress=False)
+    assert metrics["protocol"].notna().all()
+    for text in metrics["protocol"]:
+        p = json.loads(text)
+        # the test split by hand: originals 004 and 005, fake 004_005 of each of 4 methods,
+        # 2 frames each
+        assert (p["adapter"], p["videos_real"], p["videos_fake"], p["frames"]) == \
+            ("ffpp", 2, 4, 12)

@@ -17,7 +17,13 @@ from ablate.core.selection import held_out_method, proxy_name
 from ablate.data.dataset import FrameCache, ManifestDataset
 from ablate.data.host_plan import frame_cache_dir, needed_files
 from ablate.data.sampler import ResumableLoader
-from ablate.data.sources import MANIFEST_DIR, benchmark_datasets, recipe_overrides, resolve_dataset
+from ablate.data.sources import (
+    MANIFEST_DIR,
+    benchmark_datasets,
+    dataset_overrides,
+    recipe_overrides,
+    resolve_dataset,
+)
 from ablate.recipe import is_guided
 
 if TYPE_CHECKING:
@@ -36,14 +42,24 @@ def split_rows(table: pd.DataFrame, split: str, name: str) -> pd.DataFrame:
     return rows.reset_index(drop=True)
 
 
-def source_table(cfg: DictConfig) -> pd.DataFrame:
-    """The training source's rows (all splits), less a `train.proxy=holdout:METHOD` method:
-    a held-out method is neither trained on nor part of the source val split."""
+def full_source(cfg: DictConfig) -> pd.DataFrame:
+    """The training source's rows, every split and method (a `holdout:METHOD` proxy checked
+    against them): what `source_table` and `proxy_rows` cut, read once per run."""
     table = resolve_dataset(cfg.data.train, recipe_overrides(cfg))
+    method = held_out_method(proxy_name(cfg))
+    if method is not None:
+        _check_held_out(table, method, str(cfg.data.train))
+    return table
+
+
+def source_table(cfg: DictConfig, full: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The training source's rows (all splits), less a `train.proxy=holdout:METHOD` method:
+    a held-out method is neither trained on nor part of the source val split. `full`:
+    `full_source(cfg)` when the caller has it already."""
+    table = full_source(cfg) if full is None else full
     method = held_out_method(proxy_name(cfg))
     if method is None:
         return table
-    _check_held_out(table, method, str(cfg.data.train))
     return table[table["method"] != method].reset_index(drop=True)
 
 
@@ -58,19 +74,19 @@ def _check_held_out(table: pd.DataFrame, method: str, name: str) -> None:
                           f"{name}; nothing would be left to train on")
 
 
-def proxy_rows(cfg: DictConfig) -> pd.DataFrame | None:
+def proxy_rows(cfg: DictConfig, full: pd.DataFrame | None = None) -> pd.DataFrame | None:
     """The val rows `train.select=proxy` chooses on (None without `train.proxy`): a dataset's
     val split, or for `holdout:METHOD` the training source's val fakes of METHOD with its val
-    reals (the reals are shared with the source val split: AUC needs both classes)."""
+    reals (the reals are shared with the source val split: AUC needs both classes). `full`:
+    `full_source(cfg)` when the caller has it already."""
     name = proxy_name(cfg)
     if name is None:
         return None
     method = held_out_method(name)
     if method is None:
-        rows = split_rows(resolve_dataset(name), "val", name)
+        rows = split_rows(resolve_dataset(name, dataset_overrides(cfg, name)), "val", name)
     else:
-        table = resolve_dataset(cfg.data.train, recipe_overrides(cfg))
-        _check_held_out(table, method, str(cfg.data.train))
+        table = full_source(cfg) if full is None else full
         val = split_rows(table, "val", cfg.data.train)
         rows = val[(val["method"] == method) | (val["label"] == 0)].reset_index(drop=True)
     if rows["label"].nunique() < 2:
@@ -100,11 +116,12 @@ def train_val_proxy(
 ) -> tuple[ManifestDataset, ManifestDataset, ManifestDataset | None]:
     """`train_and_val` and the proxy's val rows (`proxy_rows`; None without `train.proxy`),
     all three in one frame cache planned over their frames together."""
-    table = source_table(cfg)
+    full = full_source(cfg)
+    table = source_table(cfg, full)
     _refuse_shared_videos(table, str(cfg.data.train))
     train_rows = split_rows(table, "train", cfg.data.train)
     val_rows = split_rows(table, "val", cfg.data.train)
-    extra = proxy_rows(cfg)
+    extra = proxy_rows(cfg, full)
     # RAM or the disk store, decided before a frame is decoded (ablate/data/host_plan.py)
     files = needed_files(train_rows, is_guided(cfg)) | set(val_rows["path"])
     files |= set(extra["path"]) if extra is not None else set()
