@@ -28,6 +28,7 @@ from ablate.core.paths import CONFIG_PATH_ENV, RESULTS, builtin_folder, env_list
 
 log = logging.getLogger(__name__)
 _WARNED: set[Path] = set()  # shadowed files already noted (once per process)
+_CHECKED: set[tuple] = set()  # (kind, relative, search path) already looked at for copies
 
 
 
@@ -54,10 +55,15 @@ def add_config_path(folder: str) -> None:
 def find(kind: str, relative: str) -> Path | None:
     """The first `relative` file (e.g. `data/ffpp.yaml`) on the search path, or None; a
     copy it shadows is noted once."""
-    folders = [f for f in search_path(kind) if (f / relative).is_file()]
-    for loser in folders[1:]:
-        _note_shadowed(kind, relative, folders[0], loser)
-    return folders[0] / relative if folders else None
+    path = search_path(kind)
+    winner = next((f for f in path if (f / relative).is_file()), None)
+    seen = (kind, relative, tuple(path))
+    if winner is not None and seen not in _CHECKED:  # the others: once per search path
+        _CHECKED.add(seen)
+        for loser in path[path.index(winner) + 1:]:
+            if (loser / relative).is_file():
+                _note_shadowed(kind, relative, winner, loser)
+    return None if winner is None else winner / relative
 
 
 def warn_shadowed(kind: str) -> None:

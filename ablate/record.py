@@ -28,7 +28,6 @@ from ablate.checkpoint import RECIPE, RUN_INFO, resolve_run
 from ablate.core.errors import AblateError
 from ablate.core.names import SCORES
 from ablate.core.schema import setting
-from ablate.data.protocol import source_protocol
 from ablate.data_parallel import train_parallel
 from ablate.evaluate import evaluate_run
 from ablate.recipe import load_yaml, result_dict
@@ -46,7 +45,7 @@ from ablate.run_state import (
     write_recipe,
 )
 from ablate.schedule import run_precision
-from ablate.sweep.trial import proxy_row
+from ablate.sweep.trial import selection_rows
 from ablate.train import RunResult, train
 from ablate.version import code_version
 
@@ -224,9 +223,6 @@ def trial_row(cfg: DictConfig, info: dict, metrics: pd.DataFrame, folder: Path,
     trial fills them (ablate/sweep/trial.py): the source val row (with the training data's
     protocol), the proxy's row when one chose the checkpoint, then every test row."""
     selection = info.get("selection") or {}
-    val_row = {"dataset": str(cfg.data.train), "split": "val", "level": "frame",
-               "metric": "auc", "value": selection.get("val_auc"), "ci_low": None,
-               "ci_high": None, "n": selection.get("n_frames"), "protocol": source_protocol(cfg)}
     ended = datetime.fromtimestamp((folder / RUN_INFO).stat().st_mtime, UTC)
     return {
         "recipe_hash": key["recipe_hash"], "recipe": result_dict(cfg), "seed": int(cfg.seed),
@@ -235,7 +231,7 @@ def trial_row(cfg: DictConfig, info: dict, metrics: pd.DataFrame, folder: Path,
         "params_trainable": info.get("params_trainable"),
         "params_inference": info.get("params_inference"), "peak_mem_mb": info.get("peak_mem_mb"),
         "run_dir": str(folder.resolve()),
-        "metrics": [val_row, *proxy_row(selection), *metrics.to_dict("records")],
+        "metrics": [*selection_rows(cfg, selection), *metrics.to_dict("records")],
         "curves": [tuple(c) for c in info.get("curves") or []], "identity": key["identity"],
         "data_sha": key.get("data_sha"), "teacher_sha": key.get("teacher_sha"),
         "code_version": info.get("code_version"),  # None: trained before runs recorded it

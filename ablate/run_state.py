@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ablate.checkpoint import RECIPE, RUN_INFO
 from ablate.core.errors import AblateError
+from ablate.core.files import write_atomic
 from ablate.recipe import compose, load_yaml, recipe_hash, to_yaml, validate
 from ablate.train import run_name
 from ablate.train_state import META
@@ -85,9 +86,7 @@ def finish(folder: Path, code_version: str) -> None:
     info_file = folder / RUN_INFO
     info = json.loads(info_file.read_text())
     info["code_version"] = code_version
-    tmp = folder / f".{RUN_INFO}.tmp"
-    tmp.write_text(json.dumps(info, indent=2, default=str))
-    os.replace(tmp, info_file)
+    write_atomic(info_file, json.dumps(info, indent=2, default=str).encode())
     for name in (STATE, OLD, NEW):
         shutil.rmtree(folder / name, ignore_errors=True)
 
@@ -165,9 +164,7 @@ def write_recipe(cfg: DictConfig, folder: Path) -> list[Path]:
     the folders this created, deepest first (for `forget_unstarted`)."""
     created = [p for p in (folder, *folder.parents) if not p.exists()]
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{RECIPE}.tmp"
-    tmp.write_text(to_yaml(cfg))
-    os.replace(tmp, folder / RECIPE)
+    write_atomic(folder / RECIPE, to_yaml(cfg).encode())
     return created
 
 

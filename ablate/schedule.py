@@ -17,6 +17,7 @@ from typing import Any
 
 from ablate.core.errors import AblateError
 from ablate.core.schema import group_setting, setting
+from ablate.core.selection import proxy_name, rule
 
 
 @dataclass(frozen=True)
@@ -130,8 +131,8 @@ def plan(cfg: Any, batches_per_epoch: int | None, why_unknown: str | None = None
         batches_per_epoch=batches_per_epoch,
         why_unknown=why_unknown,
         frames=frames,
-        select=str(setting(cfg, "train.select")),
-        proxy=setting(cfg, "train.proxy"),
+        select=rule(cfg),
+        proxy=proxy_name(cfg),
     )
 
 

@@ -336,7 +336,7 @@ def train(
                     on_follow(step)
                 continue
             point = selector.evaluate(step)
-            curves += point.curves()
+            curves += eval_curves(point)
             if on_eval is not None:
                 on_eval(step, point.signal)
             if on_checkpoint is not None:
@@ -420,22 +420,12 @@ def check_teacher_precision(cfg: DictConfig, device: torch.device) -> None:
         )
 
 
-@dataclass(frozen=True)
-class EvalPoint:
-    """One validation: the source val AUC, the proxy's val AUC (None without a proxy) and
-    `signal`, the one of them the selection rule compares steps by."""
-
-    step: int
-    val_auc: float
-    proxy_auc: float | None
-    signal: float
-
-    def curves(self) -> list[tuple[int, str, float]]:
-        """Its curve points: val/auc, and proxy/auc where a proxy was scored."""
-        out = [(self.step, VAL_CURVE, self.val_auc)]
-        if self.proxy_auc is not None:
-            out.append((self.step, PROXY_CURVE, self.proxy_auc))
-        return out
+def eval_curves(point: Selection) -> list[tuple[int, str, float]]:
+    """A validation's curve points: val/auc, and proxy/auc where a proxy was scored."""
+    out = [(point.step, VAL_CURVE, point.val_auc)]
+    if point.proxy_auc is not None:
+        out.append((point.step, PROXY_CURVE, point.proxy_auc))
+    return out
 
 
 class ValidationSelector:
@@ -448,14 +438,16 @@ class ValidationSelector:
                  device: torch.device, proxy=None) -> None:  # noqa: ANN001
         self.detector, self.val, self.cfg, self.device = detector, val, cfg, device
         self.proxy, self.rule = proxy, rule(cfg)
+        self.proxy_label = (proxy_name(cfg) or "proxy") if proxy is not None else None
         if self.rule == "proxy" and val is not None and proxy is None:
             raise AblateError("train.select=proxy but no proxy set to score: set train.proxy "
                               "(or pass proxy= with loader= and val=)")
         self.best_state: dict[str, torch.Tensor] | None = None
         self.selection: Selection | None = None
 
-    def evaluate(self, step: int) -> EvalPoint:
-        """Score the source val split (and the proxy) now; keep this step if the rule says."""
+    def evaluate(self, step: int) -> Selection:
+        """Score the source val split (and the proxy) now; keep this step if the rule says.
+        Returns this step's point (kept or not), its `signal` what the rule compares."""
         scores = score(self.detector.classifier, self.val, device=self.device, progress=False)
         auc, threshold = validation_point(scores)
         proxy_auc, proxy_frames = None, None
@@ -463,9 +455,8 @@ class ValidationSelector:
             proxy_scores = score(self.detector.classifier, self.proxy, device=self.device,
                                  progress=False)
             proxy_auc, proxy_frames = validation_point(proxy_scores)[0], len(proxy_scores)
-        name = (proxy_name(self.cfg) or "proxy") if self.proxy is not None else None
         found = Selection(step, auc, threshold, len(scores), str(self.cfg.data.train),
-                          self.rule, name, proxy_auc, proxy_frames)
+                          self.rule, self.proxy_label, proxy_auc, proxy_frames)
         if self._keeps(found):
             self.selection = found
             # `last` keeps the live weights (the final step is always evaluated); the others
@@ -473,7 +464,7 @@ class ValidationSelector:
             self.best_state = None if self.rule == "last" else {
                 k: v.detach().to("cpu", copy=True)
                 for k, v in self.detector.trainable_state_dict().items()}
-        return EvalPoint(step, auc, proxy_auc, found.signal)
+        return found
 
     def _keeps(self, found: Selection) -> bool:
         """`last`: every evaluation replaces the kept one, so the final step's stays; else a

@@ -58,6 +58,12 @@ def signal_curve(cfg: Any) -> str:
     return PROXY_CURVE if rule(cfg) == "proxy" else VAL_CURVE
 
 
+def signal_split(cfg: Any) -> str:
+    """The `split` of the stored frame-AUC row holding that signal at the kept step: the
+    proxy's row under `proxy`, else source val's."""
+    return PROXY_SPLIT if rule(cfg) == "proxy" else "val"
+
+
 def check_selection(cfg: Any) -> None:
     """The rule and its proxy agree with each other and with the run's sets: one line each,
     at compose, not minutes into a run. (A held-out method missing from the training set is

@@ -41,11 +41,12 @@ from ablate.core.errors import AblateError
 from ablate.core.paths import config_names_without_plugins
 from ablate.provenance import is_part
 from ablate.report.display import Table
+from ablate.report.tables import AVG
 
 PUBLISHED = Path(__file__).resolve().parent / "published"
 SHIPPED = {"diffusionfake": "diffusionfake_table1.yaml"}  # --external NAME -> file here
 METRICS = ("auc", "eer", "ap")
-AVG_KEY = "avg"
+AVG_KEY = AVG  # the average column: the YAML key and the main table's column alike
 MARK = "†"
 PROTOCOL_KEYS = {"train": ("data", "compression", "frames_per_video"),
                  "test": ("frames_per_video", "level", "official_list"),

@@ -225,14 +225,6 @@ def strict_check(metrics: pd.DataFrame, counted: pd.DataFrame) -> None:
                               "one published protocol")
 
 
-def train_protocols(metrics: pd.DataFrame) -> list[dict[str, Any]]:
-    """The distinct training-data protocols (source-val rows) of the counted trials."""
-    val = metrics[metrics["split"] == "val"]
-    texts = val["protocol"].dropna() if "protocol" in val.columns else []
-    found = {json.dumps(p, sort_keys=True): p for p in map(parse, texts) if p is not None}
-    return list(found.values())
-
-
 def strict_external(published: list[Any], metrics: pd.DataFrame) -> None:
     """With published rows: AblateError (one line) where a measured column, or the training
     data, differs from what a published row's protocol fixes (frames per video of training

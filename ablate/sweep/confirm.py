@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from ablate.core.errors import AblateError
-from ablate.core.selection import PROXY_SPLIT, rule
+from ablate.core.selection import signal_split
 from ablate.provenance import is_part
 from ablate.recipe import compose, recipe_hash
 from ablate.space.model import format_value
@@ -86,8 +86,7 @@ def selection_values(trials, m):  # noqa: ANN001, ANN201
     selects on (`proxy` rows under train.select=proxy, read off its recipe; else `val`)."""
     frame = m[(m["level"] == "frame") & (m["metric"] == "auc")
               & ~m["dataset"].map(is_part).astype(bool)]
-    split = {int(t.id): PROXY_SPLIT if rule(json.loads(t.recipe_json)) == "proxy" else "val"
-             for t in trials.itertuples()}
+    split = {int(t.id): signal_split(json.loads(t.recipe_json)) for t in trials.itertuples()}
     mine = frame[frame["split"] == frame["trial_id"].map(split)]
     return mine.groupby("trial_id")["value"].mean()
 

@@ -34,7 +34,7 @@ from typing import Any
 from ablate import storage
 from ablate.core.errors import first_line
 from ablate.core.names import SCORES
-from ablate.core.selection import PROXY_SPLIT, VAL_CURVE, rule, signal_curve
+from ablate.core.selection import PROXY_SPLIT, VAL_CURVE, signal_curve, signal_split
 from ablate.provenance import is_part
 from ablate.recipe import compose, result_dict
 from ablate.reuse_key import reuse_key
@@ -220,7 +220,6 @@ class _Trial:
     def _train(self, cfg, seed: int, base: dict[str, Any], key: str) -> dict:  # noqa: ANN001
         # lazy: loads torch only when called
         from ablate.checkpoint import load_classifier
-        from ablate.data.protocol import source_protocol
         from ablate.evaluate import evaluate_classifier
         from ablate.train import train
 
@@ -275,18 +274,13 @@ class _Trial:
                 shutil.rmtree(local_runs, ignore_errors=True)
             if resume is not None and resume != self.retry_state:
                 shutil.rmtree(resume.parent, ignore_errors=True)
-        val_row = {"dataset": cfg.data.train, "split": "val", "level": "frame", "metric": "auc",
-                   "value": selection.get("val_auc"), "ci_low": None, "ci_high": None,
-                   "n": selection.get("n_frames"),
-                   "protocol": source_protocol(cfg)}  # the training data's, for the report
         return {
             **base, "status": "finished", "ended": _now(), "run_dir": run_dir,
             "wall_s": run.wall_s, "train_steps": run.steps, "step_time_s": run.step_time_s,
             "params_trainable": run.params_trainable, "params_inference": run.params_inference,
             "peak_mem_mb": run.peak_mem_mb, "val_auc": selection.get("val_auc"),
-            "metrics": [val_row, *proxy_row(selection), *metrics.to_dict("records")],
+            "metrics": [*selection_rows(cfg, selection), *metrics.to_dict("records")],
             "curves": run.curves, "resumed_from_step": resumed_step,
-            "selection": selection,  # which step was kept, by which rule (Selection.as_dict)
         }
 
     def _resume_state(self, key: str, identity: str, seed: int) -> Path | None:
@@ -354,7 +348,7 @@ def _resumed(state: Path | None) -> tuple[int | None, int]:
         return None, 0
     step = int(_read_meta(state)["step"])
     curves = json.loads((state / "state.json").read_text()).get("curves", [])
-    return step, sum(1 for c in curves if c[1] == "val/auc")
+    return step, sum(1 for c in curves if c[1] == VAL_CURVE)
 
 
 def _stored(row: dict) -> dict:
@@ -362,6 +356,18 @@ def _stored(row: dict) -> dict:
     keep = ("run_dir", "params_trainable", "params_inference", "step_time_s", "peak_mem_mb",
             "wall_s", "train_steps", "val_auc", "metrics", "curves", "error", "code_version")
     return {k: row.get(k) for k in keep if k in row}
+
+
+def selection_rows(cfg: Any, selection: dict) -> list[dict]:
+    """The metric rows of the kept step's selection: its source val AUC (with the training
+    data's protocol, for the report), then the proxy's when one was scored."""
+    # lazy: the data layer loads pandas
+    from ablate.data.protocol import source_protocol
+
+    val_row = {"dataset": str(cfg.data.train), "split": "val", "level": "frame",
+               "metric": "auc", "value": selection.get("val_auc"), "ci_low": None,
+               "ci_high": None, "n": selection.get("n_frames"), "protocol": source_protocol(cfg)}
+    return [val_row, *proxy_row(selection)]
 
 
 def proxy_row(selection: dict) -> list[dict]:
@@ -378,7 +384,7 @@ def selection_auc(seed_result: dict) -> float | None:
     """The AUC a seed's kept checkpoint was chosen by: its proxy row under
     train.select=proxy (read off its recipe), else its source val AUC (under `last`, the
     final step's). What ASHA saw, a `select_auc` objective and the confirmation rank by."""
-    if rule(seed_result.get("recipe") or {}) != "proxy":
+    if signal_split(seed_result.get("recipe") or {}) != PROXY_SPLIT:
         return seed_result.get("val_auc")
     found = [m.get("value") for m in seed_result.get("metrics") or []
              if m.get("split") == PROXY_SPLIT and m.get("level") == "frame"

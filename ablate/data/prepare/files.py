@@ -17,6 +17,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ablate.core.files import write_atomic
+
 MARKER = "prepared.json"
 _OURS = re.compile(r"^(\d+\.png|\..+\.tmp)$")  # files a (half-done) run may have left
 
@@ -45,13 +47,6 @@ def write_png(path: Path, image: np.ndarray) -> None:
         raise OSError(f"could not encode {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, data.tobytes())
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp name, then rename: an interrupted run never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def remove_ours(folder: Path) -> None:
