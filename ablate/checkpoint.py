@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ablate.core.errors import AblateError
@@ -27,6 +28,7 @@ from ablate.registry import registry
 INFERENCE = "inference.safetensors"
 TRAINABLE = "trainable.safetensors"
 RECIPE = "recipe.yaml"
+BASE_SHA = "encoder_base_sha256"  # run.json and the weight files' metadata
 
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -40,6 +42,8 @@ def save_run(
     """Write a run folder; files are written under temporary names, then renamed."""
     folder.mkdir(parents=True, exist_ok=True)
     meta = {"format": "ablate-run-v1", "step": str(info.get("checkpoint_step", ""))}
+    if info.get(BASE_SHA):  # only the trained tensors are stored: say which base they need
+        meta[BASE_SHA] = str(info[BASE_SHA])
     for name, state in ((TRAINABLE, trainable), (INFERENCE, inference)):
         tmp = folder / (name + ".tmp")
         save_file(_contiguous(state), str(tmp), metadata=meta)
@@ -62,16 +66,24 @@ def resolve_run(path: str | Path) -> Path:
 
 
 def load_classifier(path: str | Path, device: str = "cpu"):  # noqa: ANN201
-    """Rebuild encoder + head from a run folder; the teacher is never loaded."""
+    """Rebuild encoder + head from a run folder; the teacher is never loaded.
+
+    A run whose encoder trained only in part (`backbone.tuning` other than full, from a
+    weights file) stores the trained tensors and the file's sha256: the frozen rest is read
+    from the recipe's `backbone.pretrained_path`, and only from a file with that hash."""
     # lazy: loads diffusers and timm only when called
     from ablate.model.build import build_classifier
 
     folder = resolve_run(path)
     cfg = load_yaml(folder / RECIPE)
-    cfg.backbone.pretrained_path = None  # the checkpoint holds the trained weights
-
-    if "random_init" in registry("backbone").get(cfg.backbone.name).arguments():
-        cfg.backbone.random_init = True  # ...so a paper encoder needs no ImageNet file here
+    with safe_open(str(folder / INFERENCE), framework="pt") as handle:
+        base_sha = (handle.metadata() or {}).get(BASE_SHA)
+    if base_sha is None:
+        cfg.backbone.pretrained_path = None  # the checkpoint holds the trained weights
+        if "random_init" in registry("backbone").get(cfg.backbone.name).arguments():
+            cfg.backbone.random_init = True  # ...so a paper encoder needs no ImageNet file here
+    else:
+        _check_base(folder, cfg, base_sha)
     logger = logging.getLogger("ablate.model.backbone")
     level = logger.level
     logger.setLevel(logging.ERROR)
@@ -81,9 +93,29 @@ def load_classifier(path: str | Path, device: str = "cpu"):  # noqa: ANN201
         logger.setLevel(level)
     state = load_file(str(folder / INFERENCE), device="cpu")
     missing, unexpected = classifier.load_state_dict(state, strict=False)
+    missing = set(missing) - (classifier.frozen_base_keys() if base_sha else set())
     if missing or unexpected:
         raise AblateError(
             f"{folder / INFERENCE} does not match its recipe ({len(missing)} missing, "
             f"{len(unexpected)} unexpected tensors); was the file replaced?"
         )
     return classifier.to(device).eval(), cfg
+
+
+def _check_base(folder: Path, cfg: DictConfig, base_sha: str) -> None:
+    """The encoder file a partly-trained run needs is where its recipe says and unchanged."""
+    from ablate.model.encoder_weights import sha256_file  # lazy: torch-heavy model package
+
+    given = cfg.backbone.get("pretrained_path")
+    where = Path(str(given)).expanduser() if given else None
+    if where is None or not where.is_file():
+        raise AblateError(
+            f"run {folder.name} stores only what backbone.tuning={cfg.backbone.get('tuning')} "
+            f"trained; its frozen encoder is the weights file {given} (sha256 "
+            f"{base_sha[:12]}...), which is not there: put it back at that path")
+    found = sha256_file(where)
+    if found != base_sha:
+        raise AblateError(
+            f"run {folder.name} was trained on an encoder file with sha256 {base_sha[:12]}..., "
+            f"but {where} has {found[:12]}...: its trained tensors fit only their own base; "
+            "put the original file back at that path")

@@ -106,10 +106,19 @@ _SHADOW_CHECKED: list[bool] = []  # warn about shadowed config files once per pr
 
 
 def _open_roots(overrides: list[str]) -> list[str]:
-    """`data.roots.NAME=DIR` as Hydra's `++` (add or replace): data.roots is an open mapping
-    (any dataset config's name), and struct mode refuses a new key without a `+`; the
-    documented form should just work, and `+`/`++` forms stay as given."""
-    return [f"++{o}" if o.startswith(("data.roots.", "data.roots=")) else o for o in overrides]
+    """`data.roots.NAME=DIR`, and a setting declared after the config files were written
+    (`backbone.tuning=lora`, `loss.uniformity=0.5`: `hash_when_default=False`, so the files
+    leave it out), as Hydra's `++` (add or replace): struct mode refuses a key the files lack
+    without a `+`; the documented form should just work, and `+`/`++` forms stay as given.
+    The guide's keys are left alone: `guide=none guide.layers=3` must still be refused."""
+    return [f"++{o}" if _open_key(o.split("=", 1)[0]) else o for o in overrides]
+
+
+_LATE_KEYS = tuple(k for k in schema.OMIT_AT_DEFAULT if not k.startswith("guide."))
+
+
+def _open_key(key: str) -> bool:
+    return key == "data.roots" or key.startswith("data.roots.") or key in _LATE_KEYS
 
 
 def data_root(cfg: DictConfig | dict, name: str) -> str | None:
@@ -246,7 +255,8 @@ def valid_keys(cfg: DictConfig | None, parent: str) -> list[str] | None:
     entry = registry(parent).get(name)
     if entry.takes_any_key:
         return None
-    return ["name", *(k for k in entry.arguments() if k not in schema.BUILDER_ARGUMENTS[parent])]
+    return ["name", *schema.BUILDER_APPLIED.get(parent, ()),
+            *(k for k in entry.arguments() if k not in schema.BUILDER_ARGUMENTS[parent])]
 
 
 def check_keys(cfg: DictConfig) -> None:

@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from ablate.checkpoint import save_run
+from ablate.checkpoint import BASE_SHA, save_run
 from ablate.core.errors import AblateError
 from ablate.core.schema import setting
 from ablate.core.selection import PROXY_CURVE, VAL_CURVE, proxy_name, rule, unused_proxy
@@ -366,7 +366,10 @@ def train(
                 # what a teacher path/adapter held when trained (fit key, adapter base)
                 teacher_origin=getattr(detector.teacher, "origin", None),
                 selection=selector.selection.as_dict() if selector.selection else None,
-                checkpoint_step=selector.selection.step if selector.selection else steps)
+                checkpoint_step=selector.selection.step if selector.selection else steps,
+                tuning=detector.classifier.tuning)
+    if detector.classifier.frozen_base_keys():  # the run stores the trained part only
+        info[BASE_SHA] = detector.classifier.backbone.base_sha256
     result.selection = info["selection"]
     if not lead:
         return result

@@ -37,6 +37,12 @@ OLD_OMIT_AT_DEFAULT = {
     "teacher.vae_path": None, "teacher.clip_l_path": None, "teacher.clip_g_path": None,
     "teacher.t5_path": None,
     "train.select": "best_val", "train.proxy": None,  # added later: checkpoint selection rule
+    # added later: encoder tuning and feature taps, the 2025 detectors' loss terms
+    "backbone.tuning": "full", "backbone.lora_rank": 8, "backbone.lora_alpha": 16.0,
+    "backbone.lora_dropout": 0.0, "backbone.lora_targets": ("attn.qkv", "attn.proj"),
+    "backbone.svd_rank": None, "backbone.svd_targets": ("attn.qkv", "attn.proj"),
+    "backbone.taps": None, "backbone.pool": "mean", "backbone.l2_normalize": False,
+    "loss.orthogonal": 0.0, "loss.singular": 0.0, "loss.uniformity": 0.0, "loss.alignment": 0.0,
 }
 
 

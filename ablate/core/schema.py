@@ -150,10 +150,21 @@ GROUPS: dict[str, Group] = {g.name: g for g in (
         "target": Setting(1.0, "target reconstruction (guided only)"),
         "weight_source": Setting(1.0, "source weight-module loss (guided only)"),
         "weight_target": Setting(1.0, "target weight-module loss (guided only)"),
+        "orthogonal": Setting(0.0, "backbone.tuning=svd: Effort's orthogonality of the "
+                                   "singular vectors", hash_when_default=False),
+        "singular": Setting(0.0, "backbone.tuning=svd: Effort's |‖Ŵ‖²_F - ‖W‖²_F| "
+                                 "(weight energy kept)", hash_when_default=False),
+        "uniformity": Setting(0.0, "GenD: uniformity of the L2-normalised head inputs "
+                                   "(Wang & Isola, t=2)", hash_when_default=False),
+        "alignment": Setting(0.0, "GenD: squared distance between same-label head inputs",
+                             hash_when_default=False),
     }),
 )}
 
 _PART = "single-file sd3 / flux only: a separate part file"
+_LORA = "backbone.tuning=lora: "
+_SVD = "backbone.tuning=svd: "
+TUNING_MODES = ("full", "linear", "layernorm", "bias", "lora", "svd")
 
 # Keys a slot has whatever its variant, or that code outside the variant reads; every other
 # key of a slot is an argument of its variant's factory. `name` defaults to the default
@@ -162,6 +173,27 @@ SLOT_KEYS: dict[str, dict[str, Setting]] = {
     "backbone": {
         "name": Setting("tiny", "the encoder variant (configs/backbone/)"),
         "pretrained_path": Setting(None, "local timm weights; null = random init", file=True),
+        # how the encoder trains and where it is read (ablate/model/tuning.py, docs/method.md)
+        "tuning": Setting("full", "which encoder parameters train: full | linear (head only) "
+                                  "| layernorm (GenD) | bias (BitFit) | lora | svd (Effort)",
+                          hash_when_default=False, choices=TUNING_MODES),
+        "lora_rank": Setting(8, _LORA + "rank r", hash_when_default=False),
+        "lora_alpha": Setting(16.0, _LORA + "alpha (scale alpha/r)", hash_when_default=False),
+        "lora_dropout": Setting(0.0, _LORA + "dropout on the adapter's input",
+                                hash_when_default=False),
+        "lora_targets": Setting(("attn.qkv", "attn.proj"), _LORA + "Linear modules adapted, by "
+                                "name suffix", hash_when_default=False),
+        "svd_rank": Setting(None, _SVD + "rank of the frozen principal part; null = min(out, "
+                                         "in) - 1, as Effort", hash_when_default=False),
+        "svd_targets": Setting(("attn.qkv", "attn.proj"), _SVD + "Linear modules split, by name "
+                               "suffix (a fused qkv as three blocks)", hash_when_default=False),
+        "taps": Setting(None, "ViT blocks whose patch tokens form the filter's grid: null = the "
+                              "last (normed), or a list of indices (-1 = last), concatenated",
+                        hash_when_default=False),
+        "pool": Setting("mean", "what the head reads: mean (of the grid) | cls (the class "
+                                "token, ViTs)", hash_when_default=False, choices=("mean", "cls")),
+        "l2_normalize": Setting(False, "L2-normalise the head's input (GenD)",
+                                hash_when_default=False),
     },
     "filter": {"name": Setting("paper", "the feature filter variant (configs/filter/)")},
     "weight": {"name": Setting("paper", "the weight module variant (configs/weight/)")},
@@ -183,6 +215,13 @@ SLOT_KEYS: dict[str, dict[str, Setting]] = {
     },
 }
 assert tuple(SLOT_KEYS) == SLOTS
+
+# Slot keys the builder applies to whatever variant is named (ablate/model/build.py), never
+# passed to its factory: encoder tuning and feature taps work on any encoder.
+BUILDER_APPLIED: dict[str, tuple[str, ...]] = {
+    "backbone": ("tuning", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets",
+                 "svd_rank", "svd_targets", "taps", "pool", "l2_normalize"),
+}
 
 # Factory arguments a slot's builder passes itself (ablate/model/build.py), never recipe keys.
 BUILDER_ARGUMENTS: dict[str, tuple[str, ...]] = {

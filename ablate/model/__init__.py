@@ -1,3 +1,3 @@
 """Model parts; importing this package registers every variant."""
 
-from ablate.model import backbone, filter, guide, teachers, weight  # noqa: F401
+from ablate.model import backbone, encoders, filter, guide, teachers, weight  # noqa: F401

@@ -8,8 +8,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ablate.core.errors import AblateError
+from ablate.core.schema import BUILDER_APPLIED, setting
 from ablate.model.contracts import check_backbone, check_filter, check_weight
 from ablate.model.detector import Classifier, DiffusionFakeDetector, LossWeights
+from ablate.model.tuning import Tuning, apply_tuning
 from ablate.recipe import is_guided
 from ablate.registry import build
 
@@ -28,11 +30,38 @@ def _slot(cfg: DictConfig, slot: str) -> tuple[str, dict[str, Any]]:
 
 
 def build_classifier(cfg: DictConfig) -> Classifier:
-    """Encoder + head: all that inference needs (no teacher is loaded)."""
+    """Encoder + head: all that inference needs (no teacher is loaded). The encoder's tuning
+    and taps (`backbone.tuning`, `backbone.taps`, ...) apply to whatever variant is named."""
     name, args = _slot(cfg, "backbone")
+    applied = {k: args.pop(k) for k in BUILDER_APPLIED["backbone"] if k in args}
     backbone = build("backbone", name, image_size=cfg.image_size, **args)
+    encoder = {k: applied.get(k, setting(cfg, f"backbone.{k}"))
+               for k in BUILDER_APPLIED["backbone"]}
+    _tap(name, backbone, encoder["taps"], encoder["pool"])
+    tuning = tuning_of(encoder)
+    apply_tuning(getattr(backbone, "model", backbone), tuning, f"backbone {name}")
     check_backbone(name, backbone, cfg.image_size)
-    return Classifier(backbone, backbone.num_features)
+    head_features = getattr(backbone, "head_features", backbone.num_features)
+    return Classifier(backbone, head_features, bool(encoder["l2_normalize"]), tuning.mode)
+
+
+def tuning_of(encoder: dict[str, Any]) -> Tuning:
+    """The recipe's `backbone.tuning` and its settings as one value."""
+    targets = {k: tuple(encoder[k]) for k in ("lora_targets", "svd_targets")}
+    return Tuning(mode=str(encoder["tuning"]), lora_rank=int(encoder["lora_rank"]),
+                  lora_alpha=float(encoder["lora_alpha"]),
+                  lora_dropout=float(encoder["lora_dropout"]), **targets,
+                  svd_rank=None if encoder["svd_rank"] is None else int(encoder["svd_rank"]))
+
+
+def _tap(name: str, backbone: Any, taps: Any, pool: str) -> None:
+    """Feature taps on an encoder that has them (ablate's timm encoders); a plugin encoder
+    without `tap` takes only the defaults."""
+    if hasattr(backbone, "tap"):
+        backbone.tap(taps, pool)
+    elif taps is not None or pool != "mean":
+        raise AblateError(f"backbone {name} has no feature taps (no `tap` method): leave "
+                          "backbone.taps=null and backbone.pool=mean")
 
 
 def build_teacher(cfg: DictConfig):  # noqa: ANN201

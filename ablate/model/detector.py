@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from ablate.model.latent_cache import sample_latents, vae_posterior
 from ablate.model.teachers.base import scale_residuals
+from ablate.model.tuning import constraint_losses, freeze_batchnorm_stats
 from ablate.sharding import Shard
 
 if TYPE_CHECKING:
@@ -23,33 +24,77 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Defaults follow the paper (0.7 / 1.0); the released code uses 1 everywhere."""
+    """Defaults follow the paper (0.7 / 1.0); the released code uses 1 everywhere. The last
+    four are the 2025 detectors' encoder terms (0 = off; docs/method.md)."""
 
     ce: float = 1.0
     source: float = 0.7
     target: float = 1.0
     weight_source: float = 1.0
     weight_target: float = 1.0
+    orthogonal: float = 0.0  # Effort, backbone.tuning=svd
+    singular: float = 0.0  # Effort, backbone.tuning=svd
+    uniformity: float = 0.0  # GenD
+    alignment: float = 0.0  # GenD
 
 
 class Classifier(nn.Module):
-    """What ships: encoder -> global average pool -> Linear(C, 1), logits [B]."""
+    """What ships: encoder -> pooled feature -> Linear(C, 1), logits [B].
 
-    def __init__(self, backbone: nn.Module, num_features: int) -> None:
+    The pooled feature is the grid's mean, or the encoder's class token where it gives one
+    (`backbone.pool=cls`), L2-normalised with `l2_normalize` (GenD). `tuning` says which
+    encoder parameters train (ablate/model/tuning.py); a frozen encoder (`linear`) runs
+    without gradients and in eval mode, and no mode but `full` moves BatchNorm statistics.
+    """
+
+    def __init__(self, backbone: nn.Module, num_features: int, l2_normalize: bool = False,
+                 tuning: str = "full") -> None:
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(num_features, 1)
+        self.l2_normalize = l2_normalize
+        self.tuning = tuning
         # bf16 autocast for evaluation, set by speed.configure_classifier; not saved
         self.autocast_dtype: torch.dtype | None = None
 
     def forward(self, images: Tensor) -> Tensor:
         if self.autocast_dtype is None or self.training:
-            return self.logits(self.backbone(images))
+            return self.logits(*self.encode(images))
         with torch.autocast(images.device.type, dtype=self.autocast_dtype):
-            return self.logits(self.backbone(images)).float()  # [B]
+            return self.logits(*self.encode(images)).float()  # [B]
 
-    def logits(self, feats: Tensor) -> Tensor:
-        return self.head(feats.mean(dim=(2, 3))).squeeze(1)  # [B]
+    def encode(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(grid [B, C, h, w] for the filters, token [B, C'] or None for the head)."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.tuning != "linear"):
+            if getattr(self.backbone, "gives_token", False):  # forward(x, token=True)
+                return self.backbone(images, token=True)
+            return self.backbone(images), None
+
+    def pooled(self, grid: Tensor, token: Tensor | None = None) -> Tensor:
+        """What the head reads [B, C']."""
+        feats = grid.mean(dim=(2, 3)) if token is None else token
+        return F.normalize(feats, dim=1) if self.l2_normalize else feats
+
+    def logits(self, grid: Tensor, token: Tensor | None = None) -> Tensor:
+        return self.head(self.pooled(grid, token)).squeeze(1)  # [B]
+
+    def train(self, mode: bool = True) -> Classifier:
+        super().train(mode)
+        if self.tuning == "linear":
+            self.backbone.eval()  # a fixed feature extractor: no dropout, no drop-path
+        elif self.tuning != "full":
+            freeze_batchnorm_stats(self.backbone)
+        return self
+
+    def frozen_base_keys(self) -> set[str]:
+        """State-dict keys (of this module) that come unchanged from the encoder's weights
+        file: a run stores everything else, plus the file's hash. Empty when the encoder
+        trains in full or has no file to come back from (random init: stored whole)."""
+        if self.tuning == "full" or getattr(self.backbone, "base_sha256", None) is None:
+            return set()
+        trained = {f"backbone.{n}" for n, p in self.backbone.named_parameters()
+                   if p.requires_grad}
+        return {k for k in self.state_dict() if k.startswith("backbone.") and k not in trained}
 
 
 class DiffusionFakeDetector(nn.Module):
@@ -93,8 +138,26 @@ class DiffusionFakeDetector(nn.Module):
         return self.classifier(images)
 
     def trainable_state_dict(self) -> dict[str, Tensor]:
-        """Everything but the frozen teacher (which is stored once, elsewhere)."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("teacher.")}
+        """Everything but the frozen teacher (which is stored once, elsewhere) and the frozen
+        part of an encoder that came from a weights file (`Classifier.frozen_base_keys`)."""
+        frozen = {f"classifier.{k}" for k in self.classifier.frozen_base_keys()}
+        return {k: v for k, v in self.state_dict().items()
+                if not k.startswith("teacher.") and k not in frozen}
+
+    def encoder_losses(self, pooled: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        """The 2025 detectors' terms whose weight is not 0: Effort's constraints on the SVD
+        residuals, GenD's uniformity and alignment of the head's inputs [B, C']."""
+        lw, out = self.loss_weights, {}
+        if lw.orthogonal or lw.singular:
+            terms = constraint_losses(self.classifier.backbone)
+            for key in ("orthogonal", "singular"):
+                if getattr(lw, key) and key in terms:
+                    out[key] = terms[key]
+        if lw.uniformity:
+            out["uniformity"] = uniformity(pooled)
+        if lw.alignment:
+            out["alignment"] = alignment(pooled, labels)
+        return out
 
     def guided_losses(
         self, images: Tensor, sources: Tensor, targets: Tensor, labels: Tensor,
@@ -118,13 +181,19 @@ class DiffusionFakeDetector(nn.Module):
         are detached. Without guidance only "ce" and "total" are returned.
         """
         lw = self.loss_weights
-        encoded = self.classifier.backbone(images)  # [B, C, h, w]
+        encoded, token = self.classifier.encode(images)  # [B, C, h, w], [B, C'] or None
         backward = backward and self.guided
-        # a leaf that collects the branches' gradients for one encoder backward at the end
+        # leaves that collect the branches' gradients for one encoder backward at the end
         feats = encoded.detach().requires_grad_() if backward else encoded
-        ce = F.binary_cross_entropy_with_logits(self.classifier.logits(feats), labels.float())
+        token_in = token.detach().requires_grad_() if backward and token is not None else token
+        pooled = self.classifier.pooled(feats, token_in)  # [B, C']
+        ce = F.binary_cross_entropy_with_logits(self.classifier.head(pooled).squeeze(1),
+                                                labels.float())
+        extra = self.encoder_losses(pooled, labels)
+        extra_total = sum((getattr(lw, k) * v for k, v in extra.items()),
+                          torch.zeros((), device=ce.device))
         if not self.guided:
-            return {"ce": ce, "total": lw.ce * ce}
+            return {"ce": ce, **extra, "total": lw.ce * ce + extra_total}
         b, size = images.shape[0], images.shape[-1]
         teacher = self.teacher
         if posteriors is None:
@@ -148,8 +217,8 @@ class DiffusionFakeDetector(nn.Module):
         # [B] each (a module may return [B, 1]: its contract, ablate.model.contracts)
         w_s = self.weight_source(feats).reshape(-1)
         w_t = self.weight_target(feats).reshape(-1)
-        losses = {"ce": ce}
-        weight_losses = []
+        losses = {"ce": ce, **extra}
+        weight_losses = [extra_total]
         for key, module, w in (("weight_source", self.weight_source, w_s),
                                ("weight_target", self.weight_target, w_t)):
             if module.has_loss:
@@ -159,8 +228,9 @@ class DiffusionFakeDetector(nn.Module):
         scales = (w_s.detach() if self.weight_source.detach else w_s,
                   w_t.detach() if self.weight_target.detach else w_t)
         if backward:
-            return self._backward_by_branch(encoded, feats, (lat_s, lat_t), noise, t, scales,
-                                            size, losses, weight_losses)
+            return self._backward_by_branch((encoded, token), (feats, token_in),
+                                            (lat_s, lat_t), noise, t, scales, size, losses,
+                                            weight_losses)
         diffusion = self._diffusion_batched if batched else self._diffusion_sequential
         per_branch = diffusion(feats, (lat_s, lat_t), noise, t, scales, size)  # [2B]
         losses["source"], losses["target"] = per_branch[:b].mean(), per_branch[b:].mean()
@@ -171,17 +241,20 @@ class DiffusionFakeDetector(nn.Module):
         return losses
 
     def _backward_by_branch(
-        self, encoded: Tensor, feats: Tensor, branch_latents: tuple[Tensor, Tensor],
+        self, encoded: tuple[Tensor, Tensor | None], leaves_in: tuple[Tensor, Tensor | None],
+        branch_latents: tuple[Tensor, Tensor],
         noise: Tensor, t: Tensor, scales: tuple[Tensor, Tensor], size: int,
         losses: dict[str, Tensor], weight_losses: list[Tensor],
     ) -> dict[str, Tensor]:
         """`guided_losses(backward=True)`: branch by branch, then the heads and the encoder.
 
-        `feats` is a leaf cut from `encoded`, and each branch weight enters its branch as a
+        `leaves_in` (grid, token) are leaves cut from the encoder's `encoded` outputs, and each
+        branch weight enters its branch as a
         leaf too, so a branch's backward frees its own graph (filter, guide, teacher) and
         leaves the shared ones (encoder, weight heads) for one backward at the end, fed with
         the gradients the branches left on the leaves."""
         lw, b = self.loss_weights, noise.shape[0]
+        feats = leaves_in[0]
         leaves = tuple(w.detach().requires_grad_(w.requires_grad) for w in scales)  # [B] each
         weights = (lw.source, lw.target)
 
@@ -197,7 +270,10 @@ class DiffusionFakeDetector(nn.Module):
                 outputs.append(w)
                 grads.append(leaf.grad)
         _backward(outputs, grads)
-        _backward([encoded], [feats.grad])
+        cut = [(out, leaf.grad) for out, leaf in zip(encoded, leaves_in, strict=True)
+               if out is not None and out.requires_grad and leaf.grad is not None]
+        if cut:  # a frozen encoder (backbone.tuning=linear) has nothing to take them
+            _backward([out for out, _ in cut], [grad for _, grad in cut])
         losses = {k: v.detach() for k, v in losses.items()}
         losses["source"], losses["target"] = per_branch[:b].mean(), per_branch[b:].mean()
         losses["total"] = (head.detach() + lw.source * losses["source"]
@@ -262,3 +338,24 @@ def _backward(outputs: list[Tensor], grads: list[Tensor | None] | None = None) -
     inside the step's autocast region. [outputs], [their gradients] (None: scalars)."""
     with torch.autocast(outputs[0].device.type, enabled=False):
         torch.autograd.backward(outputs, grads)
+
+
+def uniformity(feats: Tensor, t: float = 2.0) -> Tensor:
+    """Wang & Isola's uniformity of unit features [B, C]: log mean over pairs i != j of
+    exp(-t ||f_i - f_j||^2); lower = spread over the sphere (GenD's regulariser)."""
+    b = feats.shape[0]
+    if b < 2:
+        return feats.sum() * 0
+    dist = torch.cdist(feats.float(), feats.float()).pow(2)  # [B, B]
+    off = ~torch.eye(b, dtype=torch.bool, device=feats.device)
+    return torch.log(torch.exp(-t * dist[off]).mean())
+
+
+def alignment(feats: Tensor, labels: Tensor) -> Tensor:
+    """Mean squared distance between features [B, C] of the same label (pairs i < j); 0
+    when no two share a label."""
+    same = labels[:, None] == labels[None, :]  # [B, B]
+    pairs = torch.triu(same, diagonal=1)
+    if not pairs.any():
+        return feats.sum() * 0
+    return torch.cdist(feats.float(), feats.float()).pow(2)[pairs].mean()

@@ -38,7 +38,7 @@ class Speed:
     precision: str = "fp32"  # fp32 | bf16 (autocast; weights and optimiser stay fp32)
     channels_last: bool = False
     attention: str = "sdpa"  # sdpa: torch SDPA kernels | math: diffusers' explicit softmax; UNets only: SD3/Flux keep their own SDPA processors
-    grad_checkpointing: bool = False  # filters, guide and teacher: recompute, don't store
+    grad_checkpointing: bool = False  # encoder (timm), filters, guide, teacher: recompute, don't store
     branch_backward: bool = False  # each branch backpropagated (and freed) before the next
     compile: bool = False  # torch.compile of backbone, filters, guide and teacher UNet
     latent_cache: bool = True  # VAE posteriors once per image (model/latent_cache.py)
@@ -122,6 +122,9 @@ def configure_classifier(classifier: nn.Module, speed: Speed) -> None:
     """Encoder + head: memory format, inference autocast, optional compile."""
     classifier.to(memory_format=memory_format(speed))
     classifier.autocast_dtype = speed.autocast_dtype  # used by Classifier.forward (evaluation)
+    encoder = getattr(classifier.backbone, "model", None)  # a timm model: its blocks recompute
+    if hasattr(encoder, "set_grad_checkpointing"):
+        encoder.set_grad_checkpointing(speed.grad_checkpointing)
     if speed.compile:
         _compile(classifier.backbone)
 
