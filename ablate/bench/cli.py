@@ -46,8 +46,16 @@ SYNTHETIC = "synthetic-1080p"  # --decode: make a test clip instead of reading o
               help="Instead of the phases: peak memory and step time of the guided step for "
                    "the plain configuration, each memory lever alone and all together.")
 @click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1),
-              help="With --memory-matrix on a CPU: rows (processes) at once; peaks stay "
-                   "per process, step times then share the cores.")
+              help="With --memory-matrix or --tuning on a CPU: rows (processes) at once; "
+                   "peaks stay per process, step times then share the cores.")
+@click.option("--tuning", "tuning", is_flag=True,
+              help="Instead of the phases: one train step of the recipe per encoder tuning "
+                   "mode (backbone.tuning: full, linear, layernorm, bias, lora, svd); per "
+                   "mode its trainable parameters, step and forward time, peak memory, "
+                   "gradient and optimiser state sizes. Guided or guide=none alike.")
+@click.option("--tuning-modes", "tuning_modes", metavar="MODES",
+              help="Only these modes, comma-separated, e.g. linear,layernorm,full (implies "
+                   "--tuning).")
 @click.option("--data-wait", "wait", is_flag=True,
               help="Instead of the phases: the guided step fed by the real input pipeline; "
                    "time per step blocked waiting for the next batch.")
@@ -73,7 +81,8 @@ def bench(overrides: tuple[str, ...], recipe: tuple[str, ...], device: str, warm
           sweep: str | None, wall: float | None, concurrency: int | None,
           decode: str | None, clip_seconds: float, matrix: bool, jobs: int, wait: bool,
           loader_workers: int | None, estimate: bool, batch: int | None,
-          device_gb: float | None, peak_tflops: float | None, as_json: bool) -> None:
+          device_gb: float | None, peak_tflops: float | None, tuning: bool,
+          tuning_modes: str | None, as_json: bool) -> None:
     """Time guided training and evaluation of a recipe, side by side in one run.
 
     \b
@@ -92,6 +101,15 @@ def bench(overrides: tuple[str, ...], recipe: tuple[str, ...], device: str, warm
     With --estimate-memory: the memory levers' rows estimated without a GPU or
     weights (weights, gradients, optimiser state, activations, peak, what must
     fit), and the evaluation peak; --device-memory GB says which rows fit.
+    With --tuning: what each encoder tuning mode costs on this recipe. A row
+    per mode (the recipe's other settings kept: lora_rank, svd_rank, guidance):
+    trainable parameters of encoder + head and of the whole detector, median
+    step time and the step's forward alone, peak memory (CUDA: allocated peak;
+    CPU: each row in its own process, its peak resident memory), gradients and
+    optimiser state (Adam: 8 bytes per trainable parameter). Frozen parameters
+    hold no gradient or optimiser state, so memory falls with the trainable
+    count; the forward still runs the whole encoder. A mode the encoder cannot
+    take (layernorm on a CNN, LoRA/SVD targets it lacks) prints why instead.
 
     \b
     Examples:
@@ -104,10 +122,15 @@ def bench(overrides: tuple[str, ...], recipe: tuple[str, ...], device: str, warm
           backbone.random_init=true --device cuda
       ablate bench --data-wait --loader-workers 2
       ablate bench --estimate-memory recipe=official_code --device-memory 24
+      ablate bench --tuning backbone=tiny-clip --repeats 3           # CPU twin, guided
+      ablate bench --tuning-modes linear,layernorm,full recipe=gend backbone=tiny-clip
+      ablate bench --tuning backbone=clip_l14 backbone.random_init=true image_size=224 \\
+          guide=none train.batch_size=32 --device cuda
     """
     modes = [name for name, on in (("--decode", decode), ("--sweep-overhead", sweep),
                                    ("--memory-matrix", matrix), ("--data-wait", wait),
-                                   ("--estimate-memory", estimate)) if on]
+                                   ("--estimate-memory", estimate),
+                                   ("--tuning", tuning or tuning_modes)) if on]
     if len(modes) > 1:
         raise AblateError(f"ablate bench: {' and '.join(modes)} are separate runs; give one")
     if loader_workers is not None and not wait:
@@ -115,6 +138,10 @@ def bench(overrides: tuple[str, ...], recipe: tuple[str, ...], device: str, warm
     for name, given in (("--batch", batch), ("--device-memory", device_gb)):
         if given is not None and not estimate:
             raise AblateError(f"{name} goes with --estimate-memory")
+    if tuning or tuning_modes:
+        _tuning([*overrides, *recipe], tuning_modes, device, warmup, repeats, threads, jobs,
+                as_json)
+        return
     if estimate:
         _estimate([*overrides, *recipe], batch, eval_batch_size, device_gb, as_json)
         return
@@ -153,6 +180,15 @@ def _matrix(overrides: list[str], device: str, warmup: int, repeats: int,
 
     report = memory_matrix(overrides, device, warmup, repeats, threads, jobs, peak_tflops)
     _echo(report, format_matrix, as_json)
+
+
+def _tuning(overrides: list[str], modes: str | None, device: str, warmup: int, repeats: int,
+            threads: int | None, jobs: int, as_json: bool) -> None:
+    # lazy: loads torch only when called
+    from ablate.bench.tuning_rows import format_tuning, parse_modes, tuning_matrix
+
+    report = tuning_matrix(overrides, parse_modes(modes), device, warmup, repeats, threads, jobs)
+    _echo(report, format_tuning, as_json)
 
 
 def _estimate(overrides: list[str], batch: int | None, eval_batch: int,
