@@ -356,7 +356,7 @@ def result_dict(cfg: DictConfig) -> dict:
     for dotted, default in schema.omit_at_default().items():  # came later: not at the default
         parent, leaf = dotted.split(".")
         node = data.get(parent)
-        if isinstance(node, dict) and leaf in node and node[leaf] == default:
+        if isinstance(node, dict) and leaf in node and _plain(node[leaf]) == _plain(default):
             node.pop(leaf)
     if not data.get("eval", True):  # every eval key at its default (or eval: null)
         data.pop("eval")
@@ -400,3 +400,8 @@ def load_yaml(path: str | Path) -> DictConfig:
         raise AblateError(f"cannot read recipe {path}: {err}") from None
     assert isinstance(cfg, DictConfig)
     return cfg
+
+
+def _plain(value: object) -> object:
+    """Sequences compare as lists: a YAML list equals a setting's tuple default."""
+    return list(value) if isinstance(value, list | tuple) else value

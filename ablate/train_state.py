@@ -52,6 +52,8 @@ class TrainState:
     step_times: list[float] = field(default_factory=list)
     wall_s: float = 0.0
     rng: dict[str, Any] = field(default_factory=dict)
+    # sha256 of the encoder file under a partly-trained encoder: `trainable` fits only it
+    encoder_base_sha256: str | None = None
 
 
 def capture_rng() -> dict[str, Any]:
@@ -100,7 +102,7 @@ def save_state(folder: Path, state: TrainState, recipe_hash: str, seed: int) -> 
         "selection": asdict(state.selection) if state.selection is not None else None,
         "best": "current" if best_is_current else BEST if state.best_state is not None else None,
         "curves": [list(c) for c in state.curves], "step_times": state.step_times,
-        "wall_s": state.wall_s,
+        "wall_s": state.wall_s, "encoder_base_sha256": state.encoder_base_sha256,
         "rng": {"python": [python_rng[0], list(python_rng[1]), python_rng[2]],
                 "numpy": [numpy_rng[0], numpy_rng[1].tolist(), *numpy_rng[2:]]},
     }
@@ -136,6 +138,7 @@ def load_state(folder: str | Path, recipe_hash: str, seed: int) -> TrainState:
         best_state=best, selection=Selection(**selection) if selection else None,
         curves=[(int(s), str(n), float(v)) for s, n, v in meta["curves"]],
         step_times=[float(t) for t in meta["step_times"]], wall_s=float(meta["wall_s"]), rng=rng,
+        encoder_base_sha256=meta.get("encoder_base_sha256"),
     )
 
 

@@ -214,6 +214,7 @@ def test_recipes_set_the_published_settings_and_keep_a_twin():
      "backbone.svd_rank=32 does not fit .* the largest allowed is 31"),
     (["backbone=tiny", "backbone.pool=cls"], "backbone.pool=cls needs a ViT with a class token"),
     (["backbone=tiny-clip", "backbone.taps=[5]"], "has 2 blocks; give indices from -2 to 1"),
+    (["backbone=tiny", "backbone.taps=[-1]"], "is not a ViT: leave backbone.taps=null"),
 ])
 def test_bad_encoder_settings_are_one_line(overrides, message):
     with pytest.raises(AblateError, match=message) as err:
@@ -238,3 +239,49 @@ def test_grad_checkpointing_reaches_the_vit_blocks_and_changes_no_gradient():
     assert grads[0].keys() == grads[1].keys()
     for name, grad in grads[0].items():
         torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-6)
+
+
+def test_sequence_settings_at_their_default_leave_the_hash_alone():
+    from ablate.recipe import recipe_hash
+
+    base = compose([*CPU, "backbone=tiny-clip"])
+    same = compose([*CPU, "backbone=tiny-clip", "backbone.lora_targets=[attn.qkv,attn.proj]",
+                    "backbone.svd_targets=[attn.qkv,attn.proj]"])
+    other = compose([*CPU, "backbone=tiny-clip", "backbone.lora_targets=[attn.qkv]"])
+    assert recipe_hash(same) == recipe_hash(base) != recipe_hash(other)
+
+
+def test_checkpointing_leaves_a_cnn_encoder_alone_and_pe_keeps_no_unused_pool():
+    from ablate.model.speed import Speed, configure_classifier
+
+    cnn = build_classifier(compose([*CPU, "backbone=tiny"]))
+    configure_classifier(cnn, Speed(grad_checkpointing=True))
+    assert not cnn.backbone.model.grad_checkpointing  # BatchNorm would run twice a step
+    pe = build_classifier(compose([*CPU, "backbone=tiny-pe"]))
+    assert not any("attn_pool" in k for k in pe.state_dict())  # the head never reads it
+
+
+def test_resume_refuses_a_state_saved_on_another_encoder_file(tmp_path, tiny_teachers):
+    from ablate.train import resume
+    from ablate.train_state import TrainState
+
+    twin = timm.create_model("vit_large_patch14_clip_quickgelu_224", pretrained=False,
+                             num_classes=0, img_size=64, embed_dim=32, depth=2, num_heads=2)
+    base = tmp_path / "clip.safetensors"
+    save_file({k: v.contiguous() for k, v in twin.state_dict().items()}, str(base))
+    cfg = compose([*CPU, "backbone=tiny-clip", f"backbone.pretrained_path={base}",
+                   "backbone.tuning=lora", "guide=none"])
+    det = build_detector(cfg)
+    opt = make_optimizer(cfg, [p for p in det.parameters() if p.requires_grad])
+    state = TrainState(3, 10, det.trainable_state_dict(), opt.state_dict(),
+                       encoder_base_sha256="0" * 64)
+    with pytest.raises(AblateError, match="resume on the file it was saved on"):
+        resume(state, det, opt, None, 10)
+    own = hashlib.sha256(base.read_bytes()).hexdigest()
+    state = TrainState(3, 10, det.trainable_state_dict(), opt.state_dict(),
+                       encoder_base_sha256=own)
+
+    class Selector:  # what resume sets on the selector
+        best_state = selection = None
+
+    resume(state, det, opt, Selector(), 10)  # its own file: accepted

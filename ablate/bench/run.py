@@ -197,7 +197,7 @@ def encoder_phases(cfg: Any, device: torch.device, speed: Speed, batch: dict,
         labels = batch["label"].to(device)
         state["optimizer"].zero_grad(set_to_none=True)  # as train_step: before the forward
         with autocast(device, speed):
-            logits = classifier.logits(classifier.backbone(images))
+            logits = classifier.logits(*classifier.encode(images))  # as Classifier.forward
             loss = F.binary_cross_entropy_with_logits(logits, labels)
         if not torch.isfinite(loss):  # as train_step: one host sync per step
             raise RuntimeError("encoder loss is not finite")

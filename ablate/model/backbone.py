@@ -49,6 +49,8 @@ class TimmBackbone(nn.Module):
                     "`python -c \"import timm; print(timm.list_models('*b4*'))\"`"
                 ) from None
             raise
+        if getattr(self.model, "attn_pool", None) is not None:  # PE's pooling head: the
+            self.model.attn_pool = None  # detector's head reads the class token or the grid
         # sha256 of the weights file the encoder started from: a run that trains only part
         # of it stores that part and this, and loads onto the same base only
         self.base_sha256: str | None = None
@@ -67,6 +69,9 @@ class TimmBackbone(nn.Module):
         self.num_features: int = self.width  # channels of the grid the filters read
         self.head_features: int = self.width  # width of what the head reads
         self.num_prefix_tokens: int = getattr(self.model, "num_prefix_tokens", 0)
+        # a ViT (patch embedding + blocks of tokens): taps and recomputed blocks apply; a CNN
+        # (EfficientNet has `blocks` too) would run BatchNorm twice under recomputation
+        self.is_vit = hasattr(self.model, "patch_embed") and hasattr(self.model, "blocks")
         self.taps: tuple[int, ...] | None = None
         self.pool = "mean"
         # [-1, 1] images -> the model's own normalisation (CLIP, DINO, PE were trained on it)
@@ -79,12 +84,11 @@ class TimmBackbone(nn.Module):
 
     def tap(self, taps: list[int] | tuple[int, ...] | int | None, pool: str) -> None:
         """Which blocks form the grid (None: the last, normed) and what the head reads."""
-        is_vit = self.num_prefix_tokens > 0 or hasattr(self.model, "blocks")
         if pool == "cls" and getattr(self.model, "cls_token", None) is None:
             raise AblateError(f"backbone.pool=cls needs a ViT with a class token; "
                               f"{self.model_name} has none: use backbone.pool=mean")
         if taps is not None:
-            if not is_vit or not hasattr(self.model, "forward_intermediates"):
+            if not self.is_vit or not hasattr(self.model, "forward_intermediates"):
                 raise AblateError(f"backbone.taps reads ViT blocks; {self.model_name} is not a "
                                   "ViT: leave backbone.taps=null")
             taps = (taps,) if isinstance(taps, int) else tuple(int(t) for t in taps)

@@ -22,7 +22,9 @@ from ablate.core.errors import AblateError, first_line
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin")
 CONTAINER_KEYS = ("state_dict", "model", "module")  # training scripts' wrappers
-HEAD_PREFIXES = ("head.", "fc.")
+# heads an encoder built for ablate leaves out (PE's attention pool: the detector's head reads
+# the class token or the grid, never it)
+HEAD_PREFIXES = ("head.", "fc.", "attn_pool.")
 # timm's converters resample position embeddings to the model's grid (another image size
 # is a legitimate use of the same weights); every other same-named tensor must match as is.
 RESAMPLED = ("pos_embed", "relative_position")

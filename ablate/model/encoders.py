@@ -1,9 +1,9 @@
 """The encoders deepfake detection uses since 2025, as presets, and their CPU twins.
 
 Every preset is a timm model; weights come only from a local file (timm's own, timm's
-Hugging Face `model.safetensors`, or the original OpenAI / open_clip / DINO / PE file that
-timm's converter for that model reads: ablate/model/encoder_weights.py). Nothing is
-downloaded. Images arrive in [-1, 1] and are normalised as each model was trained
+Hugging Face `model.safetensors`, or an open_clip / OpenAI CLIP state dict or Meta's DINO /
+PE file that timm's converter for that model reads: ablate/model/encoder_weights.py).
+Nothing is downloaded. Images arrive in [-1, 1] and are normalised as each model was trained
 (`normalize`: OpenAI CLIP's mean/std for CLIP, ImageNet's for DINO, ...).
 
 A twin is the same timm architecture at a toy size (width 32, 2 blocks): the same

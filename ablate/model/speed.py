@@ -122,9 +122,9 @@ def configure_classifier(classifier: nn.Module, speed: Speed) -> None:
     """Encoder + head: memory format, inference autocast, optional compile."""
     classifier.to(memory_format=memory_format(speed))
     classifier.autocast_dtype = speed.autocast_dtype  # used by Classifier.forward (evaluation)
-    encoder = getattr(classifier.backbone, "model", None)  # a timm model: its blocks recompute
-    if hasattr(encoder, "set_grad_checkpointing"):
-        encoder.set_grad_checkpointing(speed.grad_checkpointing)
+    if getattr(classifier.backbone, "is_vit", False):  # a timm ViT: its blocks recompute (a
+        # CNN's would run BatchNorm twice, moving its statistics: left alone)
+        classifier.backbone.model.set_grad_checkpointing(speed.grad_checkpointing)
     if speed.compile:
         _compile(classifier.backbone)
 
