@@ -250,3 +250,54 @@ def test_sha256_file(tmp_path):
     path = tmp_path / "w.bin"
     path.write_bytes(b"frozen base" * 1000)
     assert sha256_file(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _hf_clip_vision_config():
+    from transformers import CLIPVisionConfig
+
+    # the CLIP twin's shape in transformers' terms: width 32, 2 layers, 2 heads, patch 14
+    return CLIPVisionConfig(hidden_size=32, intermediate_size=128, num_hidden_layers=2,
+                            num_attention_heads=2, image_size=64, patch_size=14,
+                            hidden_act="quick_gelu", layer_norm_eps=1e-5, projection_dim=16)
+
+
+@pytest.mark.parametrize("whole", [False, True], ids=["CLIPVisionModel", "CLIPModel"])
+def test_transformers_clip_equals_its_own_forward_in_the_timm_twin(whole, tmp_path):
+    """The Hugging Face transformers layout (what Effort loads) renamed for timm: the twin
+    then computes what transformers' own CLIP vision model computes."""
+    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionModel
+
+    torch.manual_seed(0)
+    vision_cfg = _hf_clip_vision_config()
+    if whole:  # text tower, projections and logit_scale in the file too
+        text = CLIPTextConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                              num_attention_heads=2)
+        clip = CLIPModel(CLIPConfig(vision_config=vision_cfg.to_dict(),
+                                    text_config=text.to_dict(), projection_dim=16)).eval()
+        state, vision = clip.state_dict(), clip.vision_model
+    else:
+        model = CLIPVisionModel(vision_cfg).eval()
+        state, vision = model.state_dict(), model
+    assert any(k.endswith("embeddings.class_embedding") for k in state)
+    path = save(state, tmp_path / "hf_clip.safetensors")
+    twin = timm.create_model("vit_large_patch14_clip_quickgelu_224", pretrained=False,
+                             num_classes=0, img_size=64, embed_dim=32, depth=2,
+                             num_heads=2).eval()
+    load_encoder_weights(twin, path, preset="tiny-clip")
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = vision(pixel_values=images)
+        post_ln = getattr(vision, "post_layernorm", None) or vision.vision_model.post_layernorm
+        tokens = twin.forward_features(images)  # [B, 1 + 16, 32], final norm applied
+        torch.testing.assert_close(tokens[:, 0], out.pooler_output, rtol=0, atol=1e-5)
+        torch.testing.assert_close(tokens[:, 1:], post_ln(out.last_hidden_state[:, 1:]),
+                                   rtol=0, atol=1e-5)
+
+
+def test_transformers_clip_given_to_a_dino_encoder_is_one_line(tmp_path):
+    from transformers import CLIPVisionModel
+
+    path = save(CLIPVisionModel(_hf_clip_vision_config()).state_dict(), tmp_path / "hf.safetensors")
+    with pytest.raises(AblateError) as err:
+        load_encoder_weights(twin("dinov2"), path, preset="dinov2_b")
+    assert "\n" not in str(err.value) and "dinov2_b" in str(err.value)

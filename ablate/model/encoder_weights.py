@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ablate.core.errors import AblateError, first_line
+from ablate.model.hf_clip import hf_clip_to_timm, is_hf_clip
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin")
 CONTAINER_KEYS = ("state_dict", "model", "module")  # training scripts' wrappers
@@ -153,6 +154,8 @@ def load_encoder_weights(model: nn.Module, path: Path, preset: str) -> None:
         )
 
     raw = read_state_dict(path)
+    if is_hf_clip(raw):  # transformers' layout: timm has no converter for it
+        raw = hf_clip_to_timm(raw)
     # Before converting: timm's converter would silently resample another patch size (and
     # fails obscurely on another family's position embeddings), hiding the real cause.
     key = _first_mismatch(raw, expected, skip=RESAMPLED)
