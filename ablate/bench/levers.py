@@ -115,14 +115,14 @@ def _tensor_mb(tensors: Any) -> float:
     return sum(t.numel() * t.element_size() for t in tensors if torch.is_tensor(t)) / 2**20
 
 
-def measure_row(overrides: list[str], device: str, warmup: int, repeats: int,
-                count: bool) -> dict[str, Any]:
-    """Build the detector of `overrides`, run warm-up + timed train steps, and return the
-    peak memory, step times and what the modules hold (weights, optimiser state)."""
+def step_setup(overrides: list[str], device: str) -> tuple[Any, torch.device, Any, dict,
+                                                            float | None]:
+    """A measured row's start: (recipe, device, speed, seeded synthetic batch, CUDA memory
+    already allocated), with the device's peak counter reset."""
     # lazy: loads diffusers and safetensors only when called
-    from ablate.bench.run import _free, _sync, guided_training, synthetic_batch
-    from ablate.model.speed import Speed, _is_unet, tune_kernels
-    from ablate.train import seed_everything, train_step
+    from ablate.bench.run import _free, synthetic_batch
+    from ablate.model.speed import Speed, tune_kernels
+    from ablate.train import seed_everything
 
     cfg = compose(overrides)
     dev = torch.device(device)
@@ -134,6 +134,19 @@ def measure_row(overrides: list[str], device: str, warmup: int, repeats: int,
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     start_mb = torch.cuda.memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
+    return cfg, dev, speed, batch, start_mb
+
+
+def measure_row(overrides: list[str], device: str, warmup: int, repeats: int,
+                count: bool) -> dict[str, Any]:
+    """Build the detector of `overrides`, run warm-up + timed train steps, and return the
+    peak memory, step times and what the modules hold (weights, optimiser state)."""
+    # lazy: loads diffusers and safetensors only when called
+    from ablate.bench.run import _free, _sync, guided_training
+    from ablate.model.speed import _is_unet
+    from ablate.train import train_step
+
+    cfg, dev, speed, batch, start_mb = step_setup(overrides, device)
     detector, optimizer, cache = guided_training(cfg, dev, speed)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     nets = [detector.teacher.denoiser, *detector.guide.nets]
@@ -216,9 +229,15 @@ def _in_child(pool: ProcessPoolExecutor, overrides: list[str], device: str, warm
 
 def _in_process(overrides: list[str], device: str, warmup: int, repeats: int,
                 count: bool) -> dict[str, Any]:
-    """One CUDA row here; out of memory is a result (the row does not fit), not a crash."""
+    """One CUDA row here."""
+    return row_or_oom(lambda: measure_row(overrides, device, warmup, repeats, count), device)
+
+
+def row_or_oom(measure: Callable[[], dict[str, Any]], device: str) -> dict[str, Any]:
+    """`measure()`, one CUDA row in this process: out of memory is a result (the row does not
+    fit) and an AblateError an n/a row (the recipe cannot take it), never a crash."""
     try:
-        return measure_row(overrides, device, warmup, repeats, count)
+        return measure()
     except torch.cuda.OutOfMemoryError:
         pass  # freed below, once the traceback (which holds the row's tensors) is gone
     except AblateError as err:

@@ -30,7 +30,6 @@ is a row with its one-line reason ("n/a: ..."), not a crash.
 
 from __future__ import annotations
 
-import gc
 import importlib.util
 import logging
 import multiprocessing
@@ -43,6 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ablate.bench.levers import PRELOAD, _tensor_mb, resident_peak_mb, row_or_oom, step_setup
 from ablate.core.errors import AblateError
 from ablate.core.schema import setting
 from ablate.device import pick_device
@@ -103,24 +103,14 @@ def measure_row(overrides: list[str], device: str, warmup: int, repeats: int) ->
     """Build the detector of `overrides`, time its train step (and the step's forward alone)
     and return counts, times and memory. AblateError (the mode does not apply) propagates."""
     # lazy: loads diffusers, timm and peft only when called
-    from ablate.bench.levers import _tensor_mb, resident_peak_mb
-    from ablate.bench.run import _free, _sync, synthetic_batch
+    from ablate.bench.run import _sync
     from ablate.model.build import build_detector
     from ablate.model.latent_cache import LatentCache
-    from ablate.model.speed import Speed, configure_detector, tune_kernels
-    from ablate.train import make_optimizer, seed_everything, train_step, update
+    from ablate.model.speed import configure_detector
+    from ablate.train import make_optimizer, train_step, update
 
-    cfg = compose(overrides)
-    dev = torch.device(device)
-    speed = Speed.from_config(cfg.train, dev)
-    seed_everything(cfg.seed)
-    tune_kernels(dev)
-    batch = synthetic_batch(cfg.image_size, cfg.train.batch_size, cfg.seed)
+    cfg, dev, speed, batch, start_mb = step_setup(overrides, device)
     grad_clip = cfg.train.grad_clip
-    _free(dev)
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    start_mb = torch.cuda.memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
 
     tick = time.perf_counter()
     detector = build_detector(cfg).to(dev)
@@ -184,8 +174,6 @@ def measure_row(overrides: list[str], device: str, warmup: int, repeats: int) ->
 
 def _row_in_child(spec: dict[str, Any]) -> dict[str, Any]:
     """One CPU row in a process forked for it alone (its peak is its own)."""
-    from ablate.bench.levers import resident_peak_mb
-
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     logging.getLogger("ablate").setLevel(logging.ERROR)  # the same random-init warning per row
@@ -204,8 +192,6 @@ def row_processes(jobs: int) -> ProcessPoolExecutor:
     """`jobs` row processes at a time, one row each, forked from a forkserver that imported
     torch, diffusers, ablate and peft (so the lora row's peak holds no more imports than the
     others': every row's floor holds them)."""
-    from ablate.bench.levers import PRELOAD
-
     preload = [*PRELOAD, "ablate.bench.tuning_rows"]
     preload += ["peft"] if importlib.util.find_spec("peft") else []
     context = multiprocessing.get_context("forkserver")
@@ -215,21 +201,16 @@ def row_processes(jobs: int) -> ProcessPoolExecutor:
 
 def _in_process(overrides: list[str], device: str, warmup: int,
                 repeats: int) -> dict[str, Any]:
-    """One CUDA row here; out of memory is a result (the row does not fit), not a crash."""
+    """One CUDA row here (levers.row_or_oom: out of memory and n/a are rows, not crashes)."""
+    # lazy: the bench modules load diffusers and timm, only on a CUDA row
     from ablate.bench.run import _free
 
-    try:
+    def measure() -> dict[str, Any]:
         row = measure_row(overrides, device, warmup, repeats)
         _free(torch.device(device))  # the row's modules are gone before the next row builds
         return row
-    except torch.cuda.OutOfMemoryError:
-        pass  # freed below, once the traceback (which holds the row's tensors) is gone
-    except AblateError as err:
-        return {"na": f"n/a: {err}"}
-    gc.collect()
-    torch.cuda.empty_cache()
-    total = torch.cuda.get_device_properties(torch.device(device)).total_memory / 2**30
-    return {"error": f"out of memory (does not fit in {total:.0f} GB)"}
+
+    return row_or_oom(measure, device)
 
 
 # ----------------------------------------------------------------- the table
