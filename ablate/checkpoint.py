@@ -83,7 +83,7 @@ def load_classifier(path: str | Path, device: str = "cpu"):  # noqa: ANN201
         if "random_init" in registry("backbone").get(cfg.backbone.name).arguments():
             cfg.backbone.random_init = True  # ...so a paper encoder needs no ImageNet file here
     else:
-        _check_base(folder, cfg, base_sha)
+        _check_base_present(folder, cfg, base_sha)
     logger = logging.getLogger("ablate.model.backbone")
     level = logger.level
     logger.setLevel(logging.ERROR)
@@ -91,6 +91,12 @@ def load_classifier(path: str | Path, device: str = "cpu"):  # noqa: ANN201
         classifier = build_classifier(cfg)
     finally:
         logger.setLevel(level)
+    found = getattr(classifier.backbone, "base_sha256", None)
+    if base_sha is not None and found != base_sha:
+        raise AblateError(
+            f"run {folder.name} was trained on an encoder file with sha256 {base_sha[:12]}..., "
+            f"but {cfg.backbone.pretrained_path} has {str(found)[:12]}...: its trained tensors "
+            "fit only their own base; put the original file back at that path")
     state = load_file(str(folder / INFERENCE), device="cpu")
     missing, unexpected = classifier.load_state_dict(state, strict=False)
     missing = set(missing) - (classifier.frozen_base_keys() if base_sha else set())
@@ -102,20 +108,12 @@ def load_classifier(path: str | Path, device: str = "cpu"):  # noqa: ANN201
     return classifier.to(device).eval(), cfg
 
 
-def _check_base(folder: Path, cfg: DictConfig, base_sha: str) -> None:
-    """The encoder file a partly-trained run needs is where its recipe says and unchanged."""
-    from ablate.model.encoder_weights import sha256_file  # lazy: torch-heavy model package
-
+def _check_base_present(folder: Path, cfg: DictConfig, base_sha: str) -> None:
+    """The encoder file a partly-trained run needs is where its recipe says (its hash is
+    compared once the build has read it: TimmBackbone.base_sha256)."""
     given = cfg.backbone.get("pretrained_path")
-    where = Path(str(given)).expanduser() if given else None
-    if where is None or not where.is_file():
+    if not given or not Path(str(given)).expanduser().is_file():
         raise AblateError(
             f"run {folder.name} stores only what backbone.tuning={cfg.backbone.get('tuning')} "
             f"trained; its frozen encoder is the weights file {given} (sha256 "
             f"{base_sha[:12]}...), which is not there: put it back at that path")
-    found = sha256_file(where)
-    if found != base_sha:
-        raise AblateError(
-            f"run {folder.name} was trained on an encoder file with sha256 {base_sha[:12]}..., "
-            f"but {where} has {found[:12]}...: its trained tensors fit only their own base; "
-            "put the original file back at that path")

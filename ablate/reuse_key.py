@@ -40,6 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ablate.core import schema
 from ablate.core.errors import AblateError
+from ablate.core.files import sha256_file
 from ablate.core.identity import PRECISION_DEFAULT, identity
 from ablate.core.names import ADAPTER_META, ADAPTER_WEIGHTS, FINGERPRINT_HEX, FITTED_META
 from ablate.core.paths import TEACHERS_DIR
@@ -218,11 +219,6 @@ def weights_digest(path: Path, cache: DigestCache) -> str:
 def cache_folder() -> Path:
     """Where the digest cache lives: the base the benchmark cache uses too."""
     return cache_base()
-
-
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 class DigestCache:

@@ -13,7 +13,8 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from ablate.core.errors import AblateError
-from ablate.model.encoder_weights import load_encoder_weights, read_state_dict, sha256_file
+from ablate.core.files import sha256_file
+from ablate.model.encoder_weights import load_encoder_weights, read_state_dict
 
 TWINS = {
     "clip": ("vit_base_patch16_clip_224", dict(img_size=64, embed_dim=32, depth=2, num_heads=2)),

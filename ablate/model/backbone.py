@@ -14,7 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from ablate.core.errors import AblateError
-from ablate.model.encoder_weights import load_encoder_weights, sha256_file
+from ablate.core.files import sha256_file
+from ablate.model.encoder_weights import load_encoder_weights
 from ablate.registry import BACKBONES
 
 log = logging.getLogger(__name__)

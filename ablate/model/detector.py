@@ -218,25 +218,25 @@ class DiffusionFakeDetector(nn.Module):
         w_s = self.weight_source(feats).reshape(-1)
         w_t = self.weight_target(feats).reshape(-1)
         losses = {"ce": ce, **extra}
-        weight_losses = [extra_total]
+        head_terms = [extra_total]
         for key, module, w in (("weight_source", self.weight_source, w_s),
                                ("weight_target", self.weight_target, w_t)):
             if module.has_loss:
                 losses[key] = F.mse_loss(w.float(), module.target(cosines[key]).float())
-                weight_losses.append(getattr(lw, key) * losses[key])
+                head_terms.append(getattr(lw, key) * losses[key])
 
         scales = (w_s.detach() if self.weight_source.detach else w_s,
                   w_t.detach() if self.weight_target.detach else w_t)
         if backward:
             return self._backward_by_branch((encoded, token), (feats, token_in),
                                             (lat_s, lat_t), noise, t, scales, size, losses,
-                                            weight_losses)
+                                            head_terms)
         diffusion = self._diffusion_batched if batched else self._diffusion_sequential
         per_branch = diffusion(feats, (lat_s, lat_t), noise, t, scales, size)  # [2B]
         losses["source"], losses["target"] = per_branch[:b].mean(), per_branch[b:].mean()
         losses["total"] = (
             lw.ce * ce + lw.source * losses["source"] + lw.target * losses["target"]
-            + sum(weight_losses, torch.zeros((), device=ce.device))
+            + sum(head_terms, torch.zeros((), device=ce.device))
         )
         return losses
 
@@ -244,7 +244,7 @@ class DiffusionFakeDetector(nn.Module):
         self, encoded: tuple[Tensor, Tensor | None], leaves_in: tuple[Tensor, Tensor | None],
         branch_latents: tuple[Tensor, Tensor],
         noise: Tensor, t: Tensor, scales: tuple[Tensor, Tensor], size: int,
-        losses: dict[str, Tensor], weight_losses: list[Tensor],
+        losses: dict[str, Tensor], head_terms: list[Tensor],
     ) -> dict[str, Tensor]:
         """`guided_losses(backward=True)`: branch by branch, then the heads and the encoder.
 
@@ -263,7 +263,7 @@ class DiffusionFakeDetector(nn.Module):
 
         per_branch = self._diffusion_sequential(feats, branch_latents, noise, t, leaves, size,
                                                 release)  # [2B], detached
-        head = lw.ce * losses["ce"] + sum(weight_losses, torch.zeros((), device=noise.device))
+        head = lw.ce * losses["ce"] + sum(head_terms, torch.zeros((), device=noise.device))
         outputs, grads = [head], [None]
         for w, leaf in zip(scales, leaves, strict=True):
             if leaf.grad is not None:  # a weight trained by the diffusion loss (not detached)

@@ -9,7 +9,6 @@ frozen base can never be silently half-loaded. User files are never unpickled.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import sys
 from collections.abc import Callable, Mapping
@@ -191,9 +190,3 @@ def load_encoder_weights(model: nn.Module, path: Path, preset: str) -> None:
             f"({_names(unexpected)}); {hint}"
         )
     model.load_state_dict(state, strict=True)
-
-
-def sha256_file(path: Path) -> str:
-    """Hex digest of the file, so a run folder records which frozen base it trained on."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
