@@ -91,7 +91,7 @@ def load_classifier(path: str | Path, device: str = "cpu"):  # noqa: ANN201
         classifier = build_classifier(cfg)
     finally:
         logger.setLevel(level)
-    found = getattr(classifier.backbone, "base_sha256", None)
+    found = classifier.frozen_base_sha
     if base_sha is not None and found != base_sha:
         raise AblateError(
             f"run {folder.name} was trained on an encoder file with sha256 {base_sha[:12]}..., "

@@ -343,7 +343,8 @@ def train(
                 checkpoint(on_checkpoint, step, point.signal, identity, cfg.seed, TrainState(
                     step, len(loader), detector.trainable_state_dict(), optimizer.state_dict(),
                     selector.best_state, selector.selection, list(curves), list(step_times),
-                    wall_before + time.perf_counter() - start, capture_rng(), base_sha(detector)))
+                    wall_before + time.perf_counter() - start, capture_rng(),
+                    detector.classifier.frozen_base_sha))
     wall = wall_before + time.perf_counter() - start
 
     if device.type == "cuda":
@@ -368,8 +369,8 @@ def train(
                 selection=selector.selection.as_dict() if selector.selection else None,
                 checkpoint_step=selector.selection.step if selector.selection else steps,
                 tuning=detector.classifier.tuning)
-    if base_sha(detector):  # the run stores the trained part only
-        info[BASE_SHA] = base_sha(detector)
+    if detector.classifier.frozen_base_sha:  # the run stores the trained part only
+        info[BASE_SHA] = detector.classifier.frozen_base_sha
     result.selection = info["selection"]
     if not lead:
         return result
@@ -395,11 +396,12 @@ def resume(state: TrainState, detector: DiffusionFakeDetector, optimizer: torch.
         raise AblateError(
             f"the saved state had {state.batches_per_epoch} batches per epoch, this training "
             f"set has {batches_per_epoch}: the data changed; resume on the data it was saved on")
-    if state.encoder_base_sha256 != base_sha(detector):
+    base = detector.classifier.frozen_base_sha
+    if state.encoder_base_sha256 != base:
         raise AblateError(
             f"the saved state trained part of an encoder whose weights file had sha256 "
             f"{str(state.encoder_base_sha256)[:12]}..., this recipe's backbone.pretrained_path "
-            f"has {str(base_sha(detector))[:12]}...: resume on the file it was saved on")
+            f"has {str(base)[:12]}...: resume on the file it was saved on")
     expected = set(detector.trainable_state_dict())
     if set(state.trainable) != expected:
         raise AblateError(
@@ -409,14 +411,6 @@ def resume(state: TrainState, detector: DiffusionFakeDetector, optimizer: torch.
     detector.load_state_dict(state.trainable, strict=False)  # copies into the live tensors
     optimizer.load_state_dict(state.optimizer)
     selector.best_state, selector.selection = state.best_state, state.selection
-
-
-def base_sha(detector: DiffusionFakeDetector) -> str | None:
-    """sha256 of the encoder file whose frozen part the trained tensors need; None when the
-    encoder is stored whole (trained in full, or not from a file)."""
-    if not detector.classifier.frozen_base_keys():
-        return None
-    return detector.classifier.backbone.base_sha256
 
 
 def classifier_state(trainable: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -86,11 +86,16 @@ class Classifier(nn.Module):
             freeze_batchnorm_stats(self.backbone)
         return self
 
+    @property
+    def frozen_base_sha(self) -> str | None:
+        """sha256 of the encoder file whose frozen part the trained tensors need; None when
+        the encoder is stored whole (trained in full, or random init: no file to return to)."""
+        return None if self.tuning == "full" else getattr(self.backbone, "base_sha256", None)
+
     def frozen_base_keys(self) -> set[str]:
         """State-dict keys (of this module) that come unchanged from the encoder's weights
-        file: a run stores everything else, plus the file's hash. Empty when the encoder
-        trains in full or has no file to come back from (random init: stored whole)."""
-        if self.tuning == "full" or getattr(self.backbone, "base_sha256", None) is None:
+        file: a run stores everything else, plus the file's hash (`frozen_base_sha`)."""
+        if self.frozen_base_sha is None:
             return set()
         trained = {f"backbone.{n}" for n, p in self.backbone.named_parameters()
                    if p.requires_grad}
