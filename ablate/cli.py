@@ -180,6 +180,9 @@ def train(overrides: tuple[str, ...], dry_run: bool, quiet: bool, resume: str | 
       ablate train                                  # default: tiny backbone + tiny-sd15, CPU
       ablate train filter=no_mhsa weight=constant   # an ablation
       ablate train recipe=baseline                  # the plain encoder + head (no guidance)
+      ablate train recipe=gend backbone=tiny-clip guide=controlnet   # GenD (LayerNorm-tuned
+                                                    # CLIP twin) + guidance; recipe=effort too
+      ablate train backbone=tiny-dinov3 backbone.tuning=lora   # any encoder, few parameters
       ablate train recipe=official_code teacher.path=/models/sd15   # released-code setup
       ablate train train.processes=4 train.device=cuda   # one run on 4 GPUs (Ray Train, DDP)
       ablate train recipe=official_code train.grad_checkpointing=true train.branch_backward=true
