@@ -311,3 +311,44 @@ def test_train_flags_that_do_not_go_together_are_usage_errors(tmp_path):
     code, _, err = run_cli("train", "--dry-run", "--resume", str(tmp_path), cwd=tmp_path)
     assert code == 2 and "give one of them" in err, err
 
+
+
+def test_a_partly_tuned_run_killed_with_sigkill_resumes_only_on_its_own_encoder_file(
+        manifest, tmp_path):
+    """LoRA on an encoder from a file: the run's state holds only what trains, so its resume
+    reads the frozen rest from the file again; the file it was saved on, not another one."""
+    import timm
+    from safetensors.torch import save_file
+
+    twin = timm.create_model("vit_large_patch14_clip_quickgelu_224", pretrained=False,
+                             num_classes=0, img_size=32, embed_dim=32, depth=2, num_heads=2)
+    base = tmp_path / "clip.safetensors"
+    save_file({k: v.contiguous() for k, v in twin.state_dict().items()}, str(base))
+    recipe = [*_recipe(manifest), "backbone=tiny-clip", f"backbone.pretrained_path={base}",
+              "backbone.tuning=lora", "run.out_dir=runs"]
+    code, _, err = _finish(_ablate("train", "--quiet", *recipe, "run.name=full", cwd=tmp_path))
+    assert code == 0, err[-3000:]
+    proc = _ablate("train", "--quiet", *recipe, "run.name=cut", cwd=tmp_path)
+    folder = tmp_path / "runs" / "cut"
+    deadline = time.monotonic() + 600
+    while latest_state(folder) is None and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    os.kill(proc.pid, signal.SIGKILL)  # a real kill -9 mid-run
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+
+    original = base.read_bytes()
+    save_file({k: v.contiguous() + 1e-3 for k, v in twin.state_dict().items()}, str(base))
+    code, _, err = _finish(_ablate("train", "--resume", str(folder), "--quiet", cwd=tmp_path))
+    assert code == 2 and "resume on the file it was saved on" in err, err[-2000:]
+    assert "Traceback" not in err and latest_state(folder) is not None  # the state is kept
+
+    base.write_bytes(original)
+    code, _, err = _finish(_ablate("train", "--resume", str(folder), "--quiet", cwd=tmp_path))
+    assert code == 0, err[-3000:]
+    full = tmp_path / "runs" / "full"
+    for name in (TRAINABLE, INFERENCE):
+        _tensors_equal(full / name, folder / name)
+    assert not any(".blocks.0.attn.qkv.base_layer." in k
+                   for k in load_file(folder / INFERENCE))  # the frozen base is not stored
