@@ -15,6 +15,7 @@ from ablate.core.errors import AblateError
 from ablate.dashboard import serve
 from ablate.data.cli import data
 from ablate.demo import run_demo
+from ablate.explain.cli import explain_command
 from ablate.registry import SLOTS, registry
 from ablate.report.cli import report
 from ablate.report.provenance import provenance_note
@@ -664,7 +665,7 @@ def _short(text: str, limit: int = 160) -> str:
 
 def _attach_groups() -> None:
     """Command groups that live beside their logic (each imports nothing heavy at load)."""
-    for command in (data, teachers, report, bench):
+    for command in (data, teachers, report, bench, explain_command):
         cli.add_command(command)
 
 
