@@ -152,3 +152,23 @@ def test_a_baseline_or_a_non_run_folder_is_one_line(tmp_path) -> None:
     baseline = train(cfg, progress=False).folder
     with pytest.raises(AblateError, match="baseline .*no filter, weight module or guide"):
         load_guided_run(baseline)
+
+
+def test_the_report_shows_what_explain_measured(explained, tmp_path) -> None:
+    from test_report import build_db
+
+    from ablate.report.build import build_report
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    build_db(url)
+    report = build_report("old", url, tmp_path / "report", formats="md",
+                          explained=explained.out)
+    md = (tmp_path / "report" / "report.md").read_text()
+    section = md[md.index("## What the teacher rebuilds"):]
+    summary = pd.read_csv(explained.out / "disagreement.csv").iloc[0]
+    assert f"{summary['latent_gap_auc']:.3f}" in section and "2 sampler steps" in section
+    assert (tmp_path / "report" / "explain" / "synth-colour.png").is_file()
+    assert any(p.name == "report.md" for p in report.files)
+    with pytest.raises(AblateError, match="no disagreement.csv"):
+        build_report("old", url, tmp_path / "other", formats="md", explained=tmp_path)
+    assert not (tmp_path / "other").exists()  # nothing written on bad input

@@ -29,7 +29,7 @@ Examples:
 @click.option("--strength", type=float, default=None,
               help="SDEdit: start from each frame's own latent noised to this fraction of the "
                    "schedule, in (0, 1]. Default: from pure noise.")
-@click.option("--samples", default=2, show_default=True,
+@click.option("--samples", default=1, show_default=True,
               help="Sampling seeds per frame; the disagreement is their mean.")
 @click.option("--seed", default=0, show_default=True,
               help="Picks the frames; the sampling seeds are SEED, SEED+1, ...")

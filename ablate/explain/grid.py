@@ -53,8 +53,9 @@ def write_grid(frames: Frames, rec: Reconstructions, out: Path, title: str,
         axes[i, 1].set_xlabel(f"W_s={float(rec.weight_source[i]):.2f}", fontsize=8)
         axes[i, 2].set_xlabel(f"W_t={float(rec.weight_target[i]):.2f}  "
                               f"gap={float(rec.pixel_gap[i]):.2g}", fontsize=8)
+    height = 2.0 * n + 0.6
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / height))  # room for the title above row 1
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=80)
     plt.close(fig)

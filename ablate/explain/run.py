@@ -38,7 +38,7 @@ class Settings:
 
     steps: int = 20
     strength: float | None = None  # None: from noise; else SDEdit from the frame's latent
-    samples: int = 2  # sampling seeds per frame (the gap is their mean)
+    samples: int = 1  # sampling seeds per frame (the gap is their mean)
     n: int = 16  # frames per test set (balanced real / fake)
     seed: int = 0  # which frames are picked; sampling seeds are seed, seed + 1, ...
     batch_size: int = 8

@@ -24,6 +24,7 @@ from ablate.report import headline as headline_mod
 from ablate.report import paired as paired_mod
 from ablate.report.data import SweepData, load_sweep
 from ablate.report.display import Table, number
+from ablate.report.explained import explain_section
 from ablate.report.importance import Importance, param_importance
 from ablate.report.protocols import (
     column_protocols,
@@ -99,7 +100,8 @@ def build_report(sweep: str | Sequence[str] | None = None, db_url: str | None = 
                  out: str | Path | None = None, formats: str | Iterable[str] | None = None,
                  importance: str = "fanova", effect: float | None = None,
                  external: Sequence[str] = (), strict_protocol: bool = False,
-                 names: Mapping[str, str] | None = None) -> Report:
+                 names: Mapping[str, str] | None = None,
+                 explained: str | Path | None = None) -> Report:
     """Write the report of `sweep` (default: the newest; several names: one report of their
     runs, refused where they may not be paired) into `out` in the given formats.
 
@@ -107,7 +109,8 @@ def build_report(sweep: str | Sequence[str] | None = None, db_url: str | None = 
     comparison quotes (None: `stats.DEFAULT_EFFECT`). `external`: published-row files or
     shipped names, shown apart and never in a statistic. `strict_protocol`: refuse runs
     whose training and test presets mix where a published protocol fixes them. `names`:
-    test set -> column header (over the data configs' `display_name`).
+    test set -> column header (over the data configs' `display_name`). `explained`: a folder
+    `ablate explain` wrote, shown as the section "What the teacher rebuilds".
     """
     effect = DEFAULT_EFFECT if effect is None else effect
     chosen = parse_formats(formats)
@@ -130,9 +133,12 @@ def build_report(sweep: str | Sequence[str] | None = None, db_url: str | None = 
     if strict_protocol:
         strict_check(verdict.metrics, verdict.counted)
         strict_external(published, verdict.metrics)
+    if explained is not None and not (Path(explained) / "disagreement.csv").is_file():
+        explain_section(explained, Path(out or "."))  # its one-line error, before any write
     folder = prepare_folder(Path(out) if out else default_folder(data.name))
     try:
-        return _write(verdict, folder, chosen, importance, effect, search, published)
+        return _write(verdict, folder, chosen, importance, effect, search, published,
+                      explained)
     except OSError as exc:
         raise AblateError(f"cannot write the report to {folder}: "
                           f"{exc.strerror or exc}; choose another --out") from None
@@ -177,7 +183,8 @@ def _unconfirmed_note(doc: Document, search: SweepData) -> None:
 
 def _write(data: SweepData, folder: Path, formats: tuple[str, ...], evaluator: str,
            effect: float = DEFAULT_EFFECT, search: SweepData | None = None,
-           published: list[ext_mod.ExternalRow] | None = None) -> Report:
+           published: list[ext_mod.ExternalRow] | None = None,
+           explained: str | Path | None = None) -> Report:
     """`data`: the sweep whose runs give the verdicts; `search`: with a confirmation, the
     search that chose those recipes (its numbers are shown, labelled as selected-on);
     `published`: rows reported elsewhere, added to display tables only (after every
@@ -234,6 +241,10 @@ def _write(data: SweepData, folder: Path, formats: tuple[str, ...], evaluator: s
         _add_search_stage(doc, data, search)
     elif data.settings.get("confirmation"):
         _unconfirmed_note(doc, data)
+    if explained is not None:
+        section = explain_section(explained, folder)
+        doc.sections.append(section)
+        images.update({f"explain {p.name}": p for p in section.images})
     report = Report(search.name if search is not None else data.name, folder, main_markdown=markdown_table(main), summary=summary,
                     first_markdown="\n\n".join(f"{t.title}\n\n{markdown_table(t)}"
                                                    for t in first))

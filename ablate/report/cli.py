@@ -37,9 +37,12 @@ from ablate.report import EVALUATORS, FORMATS
               help="Column header of a test set (repeatable), e.g. for a manifest path: "
                    "--name results/manifests/cdf.csv='Celeb-DF v2'. Default: the data "
                    "config's display_name, else the test set's name.")
+@click.option("--explain", "explained", type=click.Path(file_okay=False), metavar="DIR",
+              help="Add a folder `ablate explain RUN --out DIR` wrote: the teacher's "
+                   "reconstructions and the disagreement AUCs, as a section.")
 def report(sweeps: tuple[str, ...], db_url: str | None, out: str | None, formats: str,
            importance: str, effect: float, external: tuple[str, ...], strict_protocol: bool,
-           names: tuple[str, ...]) -> None:
+           names: tuple[str, ...], explained: str | None) -> None:
     """Write a sweep's report: cross-dataset table, per-slot ablation, importance, plots.
 
     \b
@@ -58,6 +61,7 @@ def report(sweeps: tuple[str, ...], db_url: str | None, out: str | None, formats
       ablate report --db postgresql://me@dbhost/ablate --out paper/tables
       ablate report --sweep quick-1 --sweep quick-2   # two sweeps' runs as one report
       ablate report --external diffusionfake --strict-protocol
+      ablate report --explain explain                 # add what `ablate explain` drew
     """
     # lazy: loads scipy only when called
     from ablate.report.build import build_report
@@ -65,6 +69,7 @@ def report(sweeps: tuple[str, ...], db_url: str | None, out: str | None, formats
 
     result = build_report(list(sweeps) or None, db_url, out, formats, importance,
                           None if effect is None else effect / 100, external=external,
-                          strict_protocol=strict_protocol, names=parse_names(names))
+                          strict_protocol=strict_protocol, names=parse_names(names),
+                          explained=explained)
     click.echo(f"report of sweep {result.sweep} written to {result.folder}/")
     click.echo(result.main_markdown)
