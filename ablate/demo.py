@@ -22,7 +22,7 @@ from typing import Any
 
 import click
 
-from ablate.core.paths import TEACHERS_DIR
+from ablate.core.paths import RUNS_DIR, TEACHERS_DIR
 from ablate.sweep import run_sweep
 
 DEMO_TEACHER = "tiny-sd15"
@@ -74,4 +74,18 @@ def run_demo(db_url: str | None = None, fit_steps: int | None = None,
     click.echo(report.first_markdown or report.main_markdown)
     click.secho(f"\nreport of sweep {report.sweep}: {report.folder}/report.html "
                 f"(and report.md, *.tex, *.csv, *.png)", bold=True)
+    guided = first_guided_run(RUNS_DIR / summary.name)
+    if guided is not None:
+        click.echo(f"what its teacher rebuilds from the guided encoder: ablate explain {guided}")
     return Path(report.folder)
+
+
+def first_guided_run(runs: Path) -> Path | None:
+    """The first run folder of a sweep (trial order) whose recipe has a guide, or None."""
+    # lazy: omegaconf only when the demo ends
+    from ablate.recipe import is_guided, load_yaml
+
+    for recipe in sorted(runs.glob("*/recipe.yaml")):
+        if is_guided(load_yaml(recipe)):
+            return recipe.parent
+    return None
