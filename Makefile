@@ -10,8 +10,10 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --progress-bar off -e '.[dev]' > $(VENV)/pip.log 2>&1 \
 	  || { tail -40 $(VENV)/pip.log; echo "pip install failed; full log in $(VENV)/pip.log"; exit 1; }
+# dev only: facenet-pytorch is the independent reference tests/test_mtcnn.py checks the
+# vendored MTCNN (ablate/data/mtcnn) against; ablate itself does not need it
 	$(BIN)/python -m pip install --progress-bar off --no-deps facenet-pytorch==2.6.0 >> $(VENV)/pip.log 2>&1 \
-	  || { tail -40 $(VENV)/pip.log; echo "pip install of facenet-pytorch (MTCNN) failed; log in $(VENV)/pip.log"; exit 1; }
+	  || { tail -40 $(VENV)/pip.log; echo "pip install of facenet-pytorch (the tests' MTCNN reference) failed; log in $(VENV)/pip.log"; exit 1; }
 	$(BIN)/python -c "import ablate, torch, diffusers, timm" 
 	touch $(STAMP)
 

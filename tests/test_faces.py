@@ -7,15 +7,12 @@ about (225, 147); the face spans x 182..262, y 83..175.
 
 from __future__ import annotations
 
-import sys
-
 import cv2
 import numpy as np
 import pytest
 import skimage.data
 from skimage.transform import rotate
 
-from ablate.core.errors import AblateError
 from ablate.data import crops, faces
 
 LEFT_EYE, RIGHT_EYE, MOUTH = (203, 102), (245, 103), (225, 147)
@@ -72,24 +69,6 @@ def test_detection_on_a_big_frame_comes_back_in_frame_pixels(mtcnn):
     small, large = _only_face(image, mtcnn), _only_face(big, mtcnn)
     assert np.allclose(np.array(large.box) / 2, small.box, atol=6)
     assert np.allclose(np.array(large.landmarks) / 2, small.landmarks, atol=4)
-
-
-def test_missing_facenet_says_the_exact_pip_command(monkeypatch):
-    monkeypatch.setitem(sys.modules, "facenet_pytorch", None)  # import fails
-    monkeypatch.setattr(faces, "_BUILT", {})
-    with pytest.raises(AblateError, match=r"pip install --no-deps facenet-pytorch==2\.6\.0") as e:
-        faces.make_detector("mtcnn")
-    assert "\n" not in str(e.value)
-
-
-def test_detector_version_is_the_package_the_makefile_pins():
-    """What prepared.json records is the detector the project installs (Makefile pin)."""
-    import re
-    from pathlib import Path
-
-    makefile = (Path(__file__).parents[1] / "Makefile").read_text()
-    pinned = re.search(r"facenet-pytorch==([\w.]+)", makefile).group(1)
-    assert faces.detector_version("mtcnn") == f"facenet-pytorch {pinned}"
 
 
 # ---------------------------------------------------------------- one face per frame

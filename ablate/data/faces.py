@@ -1,11 +1,10 @@
 """Face detectors for `ablate data prepare`, and the choice of one face per frame of a video.
 
 Why this shape:
-    - Default detector: MTCNN with the weights that ship inside facenet-pytorch's wheel
-      (MIT; nothing is downloaded at run time). It gives a confidence per face and five
-      landmarks, which alignment needs. facenet-pytorch pins an old torch, so it is
-      installed with `pip install --no-deps` (see MTCNN_PIP) rather than as a normal
-      dependency; it runs on the installed torch.
+    - Default detector: MTCNN, vendored in ablate.data.mtcnn (facenet-pytorch 2.6.0's
+      detector and weights, MIT; it ships with ablate, nothing is downloaded at run time,
+      and facenet-pytorch, which pins an old torch, is not needed). It gives a confidence
+      per face and five landmarks, which alignment needs.
     - The LBP cascade (bundled with scikit-image) and OpenCV 4's Haar cascade stay as
       fallbacks: no score (1.0) and no landmarks, so they only do box crops.
     - A face is one whose score reaches `min_score`; anything else is a miss. With
@@ -32,8 +31,6 @@ from ablate.core.errors import AblateError
 
 DETECTORS = ("mtcnn", "lbp", "haar", "none")
 WITH_LANDMARKS = frozenset({"mtcnn"})
-MTCNN_VERSION = "2.6.0"
-MTCNN_PIP = f"pip install --no-deps facenet-pytorch=={MTCNN_VERSION}"
 DETECT_SIDE = 480  # frames are shrunk to this short side for detection (speed)
 MIN_FACE = 24  # pixels at detection scale (the cascades' window size; MTCNN's minimum)
 
@@ -101,31 +98,29 @@ def make_detector(name: str) -> Detector | None:
 
 
 def detector_version(name: str) -> str:
-    """The package (and version) whose model `name` is, recorded with the crops."""
-    package = {"mtcnn": "facenet-pytorch", "lbp": "scikit-image"}.get(name)
-    if package is not None:
-        return f"{package} {importlib.metadata.version(package)}"
+    """The model `name` is, recorded with the crops: its package and version, or for MTCNN
+    where its weights come from (`facenet-pytorch 2.6.0`, as when facenet-pytorch ran it:
+    the vendored copy gives the same faces, so crops cut before and after compare)."""
+    if name == "mtcnn":
+        from ablate.data import mtcnn  # lazy: loads torch, which only MTCNN needs here
+
+        return mtcnn.version()
+    if name == "lbp":
+        return f"scikit-image {importlib.metadata.version('scikit-image')}"
     return f"opencv {cv2.__version__}" if name == "haar" else ""
 
 
 def _mtcnn_detector() -> Detector:
-    """facenet-pytorch's MTCNN on the CPU, its weights read from the installed wheel."""
-    try:
-        from facenet_pytorch import MTCNN
-    except ImportError:
-        raise AblateError(
-            f"--detector mtcnn needs facenet-pytorch: {MTCNN_PIP} (or `make install`; "
-            "--no-deps because it pins an old torch; it runs on yours)"
-        ) from None
-    model = MTCNN(keep_all=True, device="cpu", min_face_size=MIN_FACE)
+    """The vendored MTCNN (ablate.data.mtcnn) on the CPU, weights shipped with ablate."""
+    from ablate.data.mtcnn import MTCNN  # lazy: loads torch, which only MTCNN needs here
+
+    model = MTCNN(min_face=MIN_FACE)
 
     def detect(rgb: np.ndarray) -> list[Face]:
-        boxes, probs, points = model.detect(rgb, landmarks=True)
-        if boxes is None:
-            return []
-        boxes = np.asarray(boxes, dtype=float).reshape(-1, 4)  # (N, 4)
-        probs = np.asarray(probs, dtype=float).reshape(-1)  # (N,)
-        points = np.asarray(points, dtype=float).reshape(-1, 5, 2)  # (N, 5, 2)
+        found = model(rgb)
+        boxes = found.boxes.astype(float)  # (N, 4)
+        probs = found.probs.astype(float)  # (N,)
+        points = found.points.astype(float)  # (N, 5, 2)
         return [
             Face(tuple(b.tolist()), float(p), tuple(map(tuple, pts.tolist())))
             for b, p, pts in zip(boxes, probs, points, strict=True)
