@@ -16,6 +16,8 @@ from ablate.dashboard import serve
 from ablate.data.cli import data
 from ablate.demo import run_demo
 from ablate.explain.cli import explain_command
+from ablate.export.cli import export
+from ablate.predict.cli import predict
 from ablate.registry import SLOTS, registry
 from ablate.report.cli import report
 from ablate.report.provenance import provenance_note
@@ -665,7 +667,7 @@ def _short(text: str, limit: int = 160) -> str:
 
 def _attach_groups() -> None:
     """Command groups that live beside their logic (each imports nothing heavy at load)."""
-    for command in (data, teachers, report, bench, explain_command):
+    for command in (data, teachers, report, bench, explain_command, predict, export):
         cli.add_command(command)
 
 

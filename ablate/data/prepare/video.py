@@ -13,7 +13,7 @@ fake and target crops then cover the same pixels. Originals run first.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,6 +23,7 @@ import numpy as np
 from ablate.data import decode
 from ablate.data.crops import centre_crop, crop_face
 from ablate.data.faces import (
+    Detector,
     Face,
     detect_faces,
     detector_version,
@@ -132,10 +133,18 @@ def find_faces(
     detector = make_detector(settings.detector)
     if detector is None:  # centre crops: nothing to find
         return [None] * len(wanted), {}
+    return track_faces(read_frames(video, wanted), detector, settings)
+
+
+def track_faces(
+    frames: Iterable[tuple[int, np.ndarray]], detector: Detector, settings: Settings
+) -> tuple[list[Face | None], dict[int, np.ndarray]]:
+    """`find_faces` on frames already read ((index, RGB) in order): one place that detects,
+    tracks and smooths, whether the frames come from a video or (`ablate predict`) an image."""
     found: list[list[Face]] = []
     cache: dict[int, np.ndarray] = {}
     kept = 0
-    for index, frame in read_frames(video, wanted):
+    for index, frame in frames:
         found.append(detect_faces(frame, detector))
         kept += frame.nbytes
         if kept <= CACHE_BYTES:
@@ -157,22 +166,48 @@ def write_crops(
     None is a miss and gets no crop.
     """
     centre = settings.detector == "none"
-    face_of = dict(zip(wanted, faces, strict=True))
-    todo = [i for i in wanted if centre or face_of[i] is not None]
-    written, no_face = [], [i for i in wanted if not centre and face_of[i] is None]
-    reread = [i for i in todo if i not in cache]
-    frames = read_frames(video, reread) if reread else iter(())
-    for index in todo:
-        frame = cache.pop(index) if index in cache else _next_frame(frames, index)
-        crop = centre_crop(frame, settings.size) if centre else crop_face(
-            frame, face_of[index], settings.align, settings.scale, settings.size
-        )
+    written = []
+    no_face = [i for i, f in zip(wanted, faces, strict=True) if not centre and f is None]
+    for index, crop in cut_crops(video, wanted, faces, cache, settings):
         if crop is None:  # degenerate landmarks: no crop, counted
             no_face.append(index)
             continue
         write_png(folder / f"{index:04d}.png", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
         written.append(index)
     return written, sorted(no_face)
+
+
+def cut_crops(
+    video: str,
+    wanted: list[int],
+    faces: list[Face | None],
+    cache: dict[int, np.ndarray],
+    settings: Settings,
+) -> Iterator[tuple[int, np.ndarray | None]]:
+    """(index, RGB crop) of each wanted frame to crop, in order: every frame with no
+    detector, else those with a face; the crop is None where the landmarks are degenerate.
+
+    Frames not in `cache` are read again. Shared by `write_crops` and `ablate predict`,
+    so a crop scored is cut exactly as a crop trained on.
+    """
+    centre = settings.detector == "none"
+    face_of = dict(zip(wanted, faces, strict=True))
+    todo = [i for i in wanted if centre or face_of[i] is not None]
+    reread = [i for i in todo if i not in cache]
+    frames = read_frames(video, reread) if reread else iter(())
+    for index in todo:
+        frame = cache.pop(index) if index in cache else _next_frame(frames, index)
+        yield index, cut_crop(frame, face_of[index], settings)
+
+
+def cut_crop(frame: np.ndarray, face: Face | None, settings: Settings) -> np.ndarray | None:
+    """The (size, size, 3) crop of one frame: centred with no detector, else around `face`
+    (None when its landmarks are degenerate)."""
+    if settings.detector == "none":
+        return centre_crop(frame, settings.size)
+    if face is None:
+        raise ValueError("a detector was used but this frame has no face to crop")
+    return crop_face(frame, face, settings.align, settings.scale, settings.size)
 
 
 def _next_frame(frames: Iterator[tuple[int, np.ndarray]], index: int) -> np.ndarray:
