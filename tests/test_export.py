@@ -213,7 +213,7 @@ def test_a_file_off_by_more_than_the_tolerance_is_refused_and_the_old_file_stays
     monkeypatch.setitem(run_module.WRITERS, fmt, shifted(1e-3))
     with pytest.raises(AblateError) as err:
         export_run(tiny_run, fmt, out)
-    assert one_line(err).startswith("parity: max |Δlogit| 1.0e-03 > 1e-04 on 5 images (")
+    assert one_line(err).startswith("parity: max |Δlogit| / max(1, |logit|) 1.0e-03 > 1e-04 on 5 images (")
     assert out.read_bytes() == b"the file a user had"
     assert [p.name for p in tmp_path.iterdir()] == [out.name]
     # a shift within the tolerance passes, and is measured
@@ -338,7 +338,7 @@ def test_the_command_writes_into_the_run_folder_and_prints_parity(tiny_run, tmp_
     lines = result.output.splitlines()
     assert lines[0].startswith(f"wrote {folder / 'model.onnx'} (onnx, dynamo exporter, "
                                "opset 18, ")
-    assert lines[1].startswith("parity: max |Δlogit| ")
+    assert lines[1].startswith("parity: max |Δlogit| / max(1, |logit|) ")
     assert lines[1].endswith(" ≤ 1e-04 on 5 images (onnxruntime, CPU)")
     assert max_gap(folder, folder / "model.onnx") <= TOLERANCE
     result = CliRunner().invoke(export, [str(folder), "--format", "torchscript"])
@@ -362,3 +362,26 @@ def test_the_entry_point_prints_bad_input_as_one_line(tmp_path):
         assert code == 2 and out == "", (extra, out, err)
         assert err.count("\n") == 1 and says in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_parity_is_relative_beyond_a_logit_of_one():
+    """A confident detector's logits are tens: float32 reorderings of ~1e-6 of their size
+    must pass, and the same absolute error on a logit near 0 must not."""
+    from ablate.export.parity import check_parity
+
+    class Shifted:  # an exported model whose logits are `want` + `delta`
+        runtime = "test"
+
+        def __init__(self, delta: float) -> None:
+            self.delta = delta
+
+        def __call__(self, images):
+            return torch.full((len(images),), float(images[0, 0, 0, 0])) + self.delta
+
+    def batch(logit: float):
+        x = torch.full((2, 3, 4, 4), logit)
+        return [(x, torch.full((2,), logit))]
+
+    assert check_parity(Shifted(6e-5 * 75), batch(-75.0)).ok  # 6e-5 relative at logit -75
+    assert not check_parity(Shifted(2e-4), batch(0.3)).ok  # 2e-4 absolute near 0
+    assert not check_parity(Shifted(2e-4 * 75), batch(-75.0)).ok

@@ -27,7 +27,7 @@ def export(run: str, fmt: str, out: str | None) -> None:
     input range, mean/std, the run's decision threshold, recipe and recipe hash):
     ONNX in metadata_props["ablate"], TorchScript in the extra file ablate.json.
     After every export the file is read back by its runtime on the CPU and must
-    give the run's logits within 1e-4 on seeded images; otherwise nothing is
+    give the run's logits within 1e-4 (relative beyond |logit| 1) on seeded images; otherwise nothing is
     written (an existing file stays as it was).
 
     \b
