@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -75,28 +77,10 @@ def load_classifier(path: str | Path, device: str = "cpu"):  # noqa: ANN201
     from ablate.model.build import build_classifier
 
     folder = resolve_run(path)
-    cfg = load_yaml(folder / RECIPE)
-    with safe_open(str(folder / INFERENCE), framework="pt") as handle:
-        base_sha = (handle.metadata() or {}).get(BASE_SHA)
-    if base_sha is None:
-        cfg.backbone.pretrained_path = None  # the checkpoint holds the trained weights
-        if "random_init" in registry("backbone").get(cfg.backbone.name).arguments():
-            cfg.backbone.random_init = True  # ...so a paper encoder needs no ImageNet file here
-    else:
-        _check_base_present(folder, cfg, base_sha)
-    logger = logging.getLogger("ablate.model.backbone")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
+    cfg, base_sha = rebuild_recipe(folder)
+    with quiet_encoder_notes():
         classifier = build_classifier(cfg)
-    finally:
-        logger.setLevel(level)
-    found = classifier.frozen_base_sha
-    if base_sha is not None and found != base_sha:
-        raise AblateError(
-            f"run {folder.name} was trained on an encoder file with sha256 {base_sha[:12]}..., "
-            f"but {cfg.backbone.pretrained_path} has {str(found)[:12]}...: its trained tensors "
-            "fit only their own base; put the original file back at that path")
+    check_frozen_base(folder, cfg, classifier, base_sha)
     state = load_file(str(folder / INFERENCE), device="cpu")
     missing, unexpected = classifier.load_state_dict(state, strict=False)
     missing = set(missing) - (classifier.frozen_base_keys() if base_sha else set())
@@ -106,6 +90,46 @@ def load_classifier(path: str | Path, device: str = "cpu"):  # noqa: ANN201
             f"{len(unexpected)} unexpected tensors); was the file replaced?"
         )
     return classifier.to(device).eval(), cfg
+
+
+def rebuild_recipe(folder: Path) -> tuple[DictConfig, str | None]:
+    """A run's recipe, ready to rebuild its modules from the run's own files, and the sha256
+    of the encoder file its trained tensors need (None: the run stores the encoder whole).
+
+    A whole encoder needs no weights file here (its path is cleared; a paper encoder is
+    built random and overwritten); a partly trained one needs its file, checked present."""
+    cfg = load_yaml(folder / RECIPE)
+    with safe_open(str(folder / INFERENCE), framework="pt") as handle:
+        base_sha = (handle.metadata() or {}).get(BASE_SHA)
+    if base_sha is None:
+        cfg.backbone.pretrained_path = None  # the checkpoint holds the trained weights
+        if "random_init" in registry("backbone").get(cfg.backbone.name).arguments():
+            cfg.backbone.random_init = True  # ...so a paper encoder needs no ImageNet file here
+    else:
+        _check_base_present(folder, cfg, base_sha)
+    return cfg, base_sha
+
+
+@contextmanager
+def quiet_encoder_notes() -> Iterator[None]:
+    """Hide the encoder's "random init" note while a run is rebuilt: its file overwrites it."""
+    logger = logging.getLogger("ablate.model.backbone")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def check_frozen_base(folder: Path, cfg: DictConfig, classifier, base_sha: str | None) -> None:  # noqa: ANN001
+    """A partly trained run's frozen rest must be the file it was trained on (by hash)."""
+    found = classifier.frozen_base_sha
+    if base_sha is not None and found != base_sha:
+        raise AblateError(
+            f"run {folder.name} was trained on an encoder file with sha256 {base_sha[:12]}..., "
+            f"but {cfg.backbone.pretrained_path} has {str(found)[:12]}...: its trained tensors "
+            "fit only their own base; put the original file back at that path")
 
 
 def _check_base_present(folder: Path, cfg: DictConfig, base_sha: str) -> None:

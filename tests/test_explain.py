@@ -3,11 +3,12 @@ disagreement AUC, and the lines a wrong RUN gets."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 from conftest import TINY_RUN
-from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
+from diffusers import DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler
 from sklearn.metrics import roc_auc_score
 
 from ablate.core.errors import AblateError
@@ -45,7 +46,7 @@ def _teacher_alone(teacher, noise: torch.Tensor, steps: int) -> torch.Tensor:
             sigma = (t / config.num_train_timesteps).expand(b)
             latents = scheduler.step(teacher.predict(latents, sigma), t, latents).prev_sample
         return latents
-    scheduler = DDIMScheduler.from_config(config)
+    scheduler = DDIMScheduler.from_config(config, set_alpha_to_one=False)  # SD's DDIM
     scheduler.set_timesteps(steps)
     context = teacher.context.expand(b, -1, -1)
     for t in scheduler.timesteps:
@@ -77,21 +78,27 @@ def test_an_untrained_guide_samples_what_the_teacher_samples_alone(teacher: str)
 
 def test_sdedit_runs_the_last_strength_of_the_schedule_from_the_frames_latent() -> None:
     detector, _ = _detector("tiny-sd15")
-    calls = []
+    calls: list[tuple[int, torch.Tensor]] = []
     original = detector.teacher.predict
-    detector.teacher.predict = lambda x, t, *r: calls.append(int(t[0])) or original(x, t, *r)
+    detector.teacher.predict = (
+        lambda x, t, *r: calls.append((int(t[0]), x.clone())) or original(x, t, *r))
     guidance = guidance_of(detector, _images())
     noise = torch.randn(2, 4, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(0))
     init = detector.teacher.encode(_images())
     sample_branch(detector, 0, guidance, noise, 10, SIZE, init=init, strength=0.3)
-    scheduler = DDIMScheduler.from_config(detector.teacher.scheduler.config)
-    scheduler.set_timesteps(10)
-    assert calls == [int(t) for t in scheduler.timesteps[7:]]  # the last 3 of 10 steps
+    scheduler = DDPMScheduler.from_config(detector.teacher.scheduler.config)
+    ddim = DDIMScheduler.from_config(detector.teacher.scheduler.config)
+    ddim.set_timesteps(10)
+    assert [t for t, _ in calls] == [int(t) for t in ddim.timesteps[7:]]  # the last 3 of 10
+    # the first step sees the frame's latent noised to that step, by the DDPM rule
+    start = ddim.timesteps[7]
+    a = scheduler.alphas_cumprod[start]
+    torch.testing.assert_close(calls[0][1], a.sqrt() * init + (1 - a).sqrt() * noise)
     with pytest.raises(AblateError, match="strength"):
         sample_branch(detector, 0, guidance, noise, 10, SIZE, init=init, strength=1.5)
 
 
-def test_reconstructions_are_fixed_by_their_seeds() -> None:
+def test_reconstructions_are_fixed_by_their_seeds_whatever_the_batch() -> None:
     detector, cfg = _detector("tiny-sd15")
     for p in detector.guide.parameters():  # a guide that does something
         p.data.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(5)))
@@ -104,9 +111,31 @@ def test_reconstructions_are_fixed_by_their_seeds() -> None:
         torch.testing.assert_close(getattr(first, key), getattr(again, key), rtol=0, atol=0)
     assert not torch.equal(first.source, other.source)
     assert (first.latent_gap > 0).all()  # the two branches' filters differ
+    # frame 2 alone (as the first frame of a second batch) gets the noise it got at index 2
+    alone = reconstruct(run, images[2:], [0, 1], STEPS, first_frame=2)
+    torch.testing.assert_close(alone.latent_gap, first.latent_gap[2:], rtol=1e-5, atol=1e-6)
     with_strength = reconstruct(run, images, [0], STEPS, strength=0.5)
     torch.testing.assert_close(with_strength.source,
                                reconstruct(run, images, [0], STEPS, strength=0.5).source)
+
+
+def test_the_interval_over_runs_is_students_t_per_recipe() -> None:
+    from scipy import stats
+
+    from ablate.explain.run import over_runs
+
+    aucs = [0.61, 0.55, 0.70]
+    summary = pd.DataFrame({
+        "run": ["a0", "a1", "a2", "b0"], "recipe": ["A", "A", "A", "B"], "set": "s",
+        "classifier_auc": [0.5, 0.6, 0.7, 0.9], "latent_gap_auc": [*aucs, 0.99],
+        "pixel_gap_auc": [0.5, 0.5, 0.5, 0.5]})
+    got = over_runs(summary)
+    assert set(got["recipe"]) == {"A"}  # one run of B: no interval, never pooled with A
+    row = got.set_index("score").loc["latent_gap_auc"]
+    low, high = stats.t.interval(0.95, df=2, loc=np.mean(aucs), scale=stats.sem(aucs))
+    assert (row["ci_low"], row["mean"], row["ci_high"]) == pytest.approx(
+        (low, np.mean(aucs), high))
+    assert row["runs"] == 3
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +169,18 @@ def test_two_runs_give_an_interval_over_runs(explained, tiny_run, tmp_path) -> N
     assert row["runs"] == 2 and "runs - 1 df" in row["procedure"]
     # identical runs: no spread, so the interval is the point
     assert row["ci_low"] == pytest.approx(row["mean"]) == pytest.approx(row["ci_high"])
+
+
+@pytest.mark.parametrize("bad, says", [
+    ({"strength": 1.5}, "--strength must be in"), ({"steps": 0}, "--steps must be"),
+    ({"n": 0}, "--n must be"), ({"tests": ["no-such-set"]}, "no-such-set")])
+def test_bad_settings_write_nothing(tiny_run, tmp_path, bad: dict, says: str) -> None:
+    tests = bad.pop("tests", ["synth-colour"])
+    with pytest.raises(AblateError, match=says):
+        explain([str(tiny_run)], tests, out=tmp_path / "out",
+                settings=Settings(**{"steps": 2, "n": 4, **bad}), device="cpu",
+                progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_baseline_or_a_non_run_folder_is_one_line(tmp_path) -> None:

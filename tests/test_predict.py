@@ -315,9 +315,8 @@ def test_bad_input_is_one_line(tmp_path, args, says):
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 def test_an_exported_model_scores_as_its_run(tiny_run, benchmark, tmp_path, fmt):
-    export = pytest.importorskip("ablate.export")
-    if not hasattr(export, "load_exported"):
-        pytest.skip("ablate.export defines no load_exported yet (written alongside predict)")
+    from ablate import export
+
     suffix = {"torchscript": ".pt", "onnx": ".onnx"}[fmt]
     model = export.export_run(str(tiny_run), fmt, str(tmp_path / f"detector{suffix}")).path
     rows = benchmark[(benchmark["dataset"] == "synth-blend") & (benchmark["split"] == "test")]

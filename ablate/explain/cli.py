@@ -28,7 +28,8 @@ Examples:
               help="Sampler steps (DDIM for UNet teachers, flow-matching Euler for SD3/Flux).")
 @click.option("--strength", type=float, default=None,
               help="SDEdit: start from each frame's own latent noised to this fraction of the "
-                   "schedule, in (0, 1]. Default: from pure noise.")
+                   "schedule, in (0, 1], and run that part of it (at 1 a trace of the frame "
+                   "still survives the first step). Default: from pure noise.")
 @click.option("--samples", default=1, show_default=True,
               help="Sampling seeds per frame; the disagreement is their mean.")
 @click.option("--seed", default=0, show_default=True,

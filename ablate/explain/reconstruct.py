@@ -9,7 +9,6 @@ large for fakes and small for reals; `ablate explain` reports the AUC of it as a
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,12 +17,19 @@ from omegaconf import DictConfig
 from safetensors.torch import load_file
 from torch import Tensor
 
-from ablate.checkpoint import RECIPE, TRAINABLE, resolve_run
+from ablate.checkpoint import (
+    RECIPE,
+    TRAINABLE,
+    check_frozen_base,
+    quiet_encoder_notes,
+    rebuild_recipe,
+    resolve_run,
+)
 from ablate.core.errors import AblateError
 from ablate.core.names import RUN_INFO
 from ablate.model.build import build_detector
 from ablate.model.sampling import decode, guidance_of, sample_branch
-from ablate.recipe import is_guided, load_yaml
+from ablate.recipe import is_guided, load_yaml, recipe_hash
 
 
 @dataclass
@@ -34,6 +40,7 @@ class GuidedRun:
     cfg: DictConfig
     detector: torch.nn.Module
     info: dict = field(default_factory=dict)
+    recipe: str = ""  # recipe hash with the seed set to 0: runs of one recipe share it
 
     @property
     def threshold(self) -> float | None:
@@ -44,21 +51,18 @@ def load_guided_run(path: str | Path, device: str | torch.device = "cpu") -> Gui
     """Rebuild a guided run's detector from its recipe and trained tensors; the teacher
     comes from where the recipe says (a tiny twin is built in code)."""
     folder = resolve_run(path)
-    cfg = load_yaml(folder / RECIPE)
-    if not is_guided(cfg):
+    recorded = load_yaml(folder / RECIPE)
+    if not is_guided(recorded):
         raise AblateError(f"run {folder.name} is a baseline (guide=none): it has no filter, "
                           "weight module or guide, so its teacher has nothing to rebuild; "
                           "give a guided run")
     if not (folder / TRAINABLE).is_file():
         raise AblateError(f"{folder} has no {TRAINABLE} (the filters and guide); was it "
                           "written by an older ablate? Retrain it")
-    logger = logging.getLogger("ablate.model.backbone")
-    level = logger.level
-    logger.setLevel(logging.ERROR)  # the encoder's "random init" note: the file overwrites it
-    try:
+    cfg, base_sha = rebuild_recipe(folder)  # as load_classifier: the run's own encoder
+    with quiet_encoder_notes():
         detector = build_detector(cfg)
-    finally:
-        logger.setLevel(level)
+    check_frozen_base(folder, cfg, detector.classifier, base_sha)
     state = load_file(str(folder / TRAINABLE), device="cpu")
     missing, unexpected = detector.load_state_dict(state, strict=False)
     frozen = {f"classifier.{k}" for k in detector.classifier.frozen_base_keys()}
@@ -68,7 +72,8 @@ def load_guided_run(path: str | Path, device: str | torch.device = "cpu") -> Gui
                           f"missing, {len(unexpected)} unexpected tensors); was it replaced?")
     info_file = folder / RUN_INFO
     info = json.loads(info_file.read_text()) if info_file.is_file() else {}
-    return GuidedRun(folder, cfg, detector.to(device).eval(), info)
+    recorded.seed = 0
+    return GuidedRun(folder, cfg, detector.to(device).eval(), info, recipe_hash(recorded))
 
 
 @dataclass
@@ -86,25 +91,25 @@ class Reconstructions:
 
 @torch.no_grad()
 def reconstruct(run: GuidedRun, images: Tensor, seeds: list[int], steps: int,
-                strength: float | None = None) -> Reconstructions:
+                strength: float | None = None, first_frame: int = 0) -> Reconstructions:
     """Rebuild source and target of images [B, 3, H, W] in [-1, 1] once per sampling seed.
 
-    Each seed draws one noise [B, C_lat, h, w] on the CPU (the same on any device), shared
-    by both branches; with `strength` the start is the frame's own VAE latent, noised."""
+    Frame i of the batch (`first_frame` + i of its set) gets its own noise per seed, drawn
+    on the CPU (the same on any device and at any batch size), shared by both branches; with
+    `strength` the start is the frame's VAE posterior mean, noised (no draw)."""
     detector, teacher = run.detector, run.detector.teacher
     device = next(detector.classifier.parameters()).device
     images = images.to(device)
     size = images.shape[-1]
     guidance = guidance_of(detector, images)
     logits = detector.classifier(images).float().cpu()
-    shape = (images.shape[0], teacher.latent_channels, size // teacher.vae_factor,
-             size // teacher.vae_factor)
+    shape = (teacher.latent_channels, size // teacher.vae_factor, size // teacher.vae_factor)
+    init = None if strength is None else posterior_mean(teacher, images)
     first: tuple[Tensor, Tensor] | None = None
     latent_gaps, pixel_gaps = [], []
     for seed in seeds:
-        generator = torch.Generator().manual_seed(seed)
-        noise = torch.randn(shape, generator=generator).to(device, teacher.dtype)
-        init = None if strength is None else teacher.encode(images, generator=generator)
+        noise = torch.stack([frame_noise(shape, seed, first_frame + i)
+                             for i in range(images.shape[0])]).to(device, teacher.dtype)
         branches = [sample_branch(detector, i, guidance, noise, steps, size, init, strength)
                     for i in (0, 1)]  # [B, C_lat, h, w] each
         pictures = [decode(teacher, z) for z in branches]  # [B, 3, H, W] each
@@ -117,6 +122,18 @@ def reconstruct(run: GuidedRun, images: Tensor, seeds: list[int], steps: int,
         first[0], first[1], guidance.weights[0].cpu(), guidance.weights[1].cpu(),
         torch.stack(latent_gaps).mean(0), torch.stack(pixel_gaps).mean(0), logits,
     )
+
+
+def frame_noise(shape: tuple[int, ...], seed: int, frame: int) -> Tensor:
+    """The noise [C_lat, h, w] of one frame under one sampling seed."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + frame)
+    return torch.randn(shape, generator=generator)
+
+
+def posterior_mean(teacher, images: Tensor) -> Tensor:  # noqa: ANN001
+    """Scaled VAE posterior means [B, C_lat, h, w]: SDEdit's start, with nothing drawn."""
+    x = images.to(dtype=teacher.vae.dtype)
+    return teacher.scale_latents(teacher.vae.encode(x).latent_dist.mode())
 
 
 def _rms(diff: Tensor) -> Tensor:

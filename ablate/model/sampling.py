@@ -45,7 +45,8 @@ def sampling_scheduler(teacher) -> DDIMScheduler | FlowMatchEulerDiscreteSchedul
     config = teacher.scheduler.config
     if teacher.prediction_type == "flow_velocity":
         return FlowMatchEulerDiscreteScheduler.from_config(config)
-    return DDIMScheduler.from_config(config)
+    # the DDIM Stable Diffusion ships with: its last step ends at alpha_0, not at 1
+    return DDIMScheduler.from_config(config, set_alpha_to_one=False)
 
 
 def set_steps(scheduler, teacher, steps: int, latent_size: tuple[int, int]) -> Tensor:  # noqa: ANN001

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ablate.data import decode
 from ablate.data.faces import Face, make_detector
-from ablate.data.prepare.run import _one_thread as one_thread
+from ablate.data.prepare.run import one_thread
 from ablate.data.prepare.settings import Settings
 from ablate.data.prepare.video import (
     cut_crop,
@@ -67,8 +67,8 @@ def video_crops(path: str, settings: Settings) -> Cut:
 
 def image_crops(path: str, settings: Settings) -> Cut:
     """An image is a one-frame video: the same detection and cut, on frame 0."""
-    with Image.open(path) as img:
-        rgb = np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    with Image.open(path) as img:  # upright as shown: phone photos store their rotation
+        rgb = np.asarray(ImageOps.exif_transpose(img).convert("RGB"), dtype=np.uint8).copy()
     detector = make_detector(settings.detector)
     face = None
     if detector is not None:

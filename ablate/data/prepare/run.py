@@ -100,7 +100,7 @@ def _run(
     """
     if workers == 1 or len(jobs) <= 1:
         for job in jobs:  # one thread, as in a worker: the face detector's float sums (and
-            with _one_thread():  # so its boxes) then match whatever --workers is
+            with one_thread():  # so its boxes) then match whatever --workers is
                 result = prepare_video(job, settings, preset)
             yield result
         return
@@ -116,7 +116,7 @@ def _run(
 
 
 @contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
+def one_thread() -> Iterator[None]:
     """torch and OpenCV on one thread for the block, then as they were."""
     import torch  # here, not on top: importing the package (e.g. sample_indices) stays torch-free
 
@@ -133,6 +133,6 @@ def _one_thread() -> Iterator[None]:
 def _worker_init() -> None:
     """One video per process; threads would only contend."""
     cv2.setNumThreads(1)
-    import torch  # here, not on top: see _one_thread
+    import torch  # here, not on top: see one_thread
 
     torch.set_num_threads(1)
