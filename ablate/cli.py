@@ -26,6 +26,7 @@ from ablate.space import check_sweep, format_value, list_spaces, load_space, par
 from ablate.space.cost import design_cost, minutes
 from ablate.space.power import space_power
 from ablate.sweep import run_sweep
+from ablate.sweep.constraints import check_feasible
 from ablate.teacher_fitting.cli import teachers
 from ablate.version import code_version, package_version
 
@@ -407,6 +408,7 @@ def spaces_cmd(space: str | None, db_url: str | None, measure: bool, power: bool
                    "   (or a path to your own YAML)")
         return
     found = load_space(space)
+    check_feasible(found)  # constraints that exclude every point: one line
     click.echo(f"{found.name}: {found.description}")
     if found.design is None:
         click.echo(f"sampler {found.sampler.name}, {found.trials} trials x {found.seeds} seeds; "
@@ -523,6 +525,7 @@ def _sweep_dry_run(space: str, settings: dict[str, Any], trials: int | None) -> 
     found, notes = check_sweep(space, settings)
     for note in notes:
         click.echo(f"note: {note}")
+    check_feasible(found)  # constraints that exclude every point: one line
     runs = (f"{found.design.size} cells x {found.seeds} seeds" if found.design else
             f"{trials or found.trials} trials x {found.seeds} seeds"
             + (f", then {found.confirm.top} x {found.confirm.seeds} confirmation runs"

@@ -142,7 +142,8 @@ def _load(data: SweepData) -> tuple[Any, list[Any]]:
     storage = optuna.storages.RDBStorage(data.optuna_url, skip_table_creation=True)
     study = optuna.load_study(study_name=data.name, storage=storage)
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    return study, complete
+    # a point outside the space's constraints was told COMPLETE but never trained
+    return study, [t for t in complete if "infeasible" not in t.user_attrs]
 
 
 def _assessable(complete: list[Any], evaluator: str, notes: list[str]) -> list[str]:

@@ -23,7 +23,10 @@ KNOWN_METRICS = (
 SAMPLERS = ("tpe", "random", "grid", "nsga2")
 TOP_KEYS = ("description", "fixed", "params", "objectives", "budget", "seeds",
             "early_stopping", "resources", "tests", "sampler", "design", "factors", "reference",
-            "confirm")
+            "confirm", "constraints")
+CONSTRAINT_QUANTITIES = ("params_trainable", "peak_mem_gb")  # known before training
+CONSTRAINTS_ATTR = "constraints"  # a study trial's user attr: violation amounts, > 0 violated
+INFEASIBLE_ATTR = "infeasible"  # a study trial's user attr: why it was never trained
 PARAM_FIELDS = ("choice", "int", "float", "log", "step", "when")
 TINY_PREFIX = "tiny-"  # teachers not starting with it load real weights (minutes)
 MODEL_KEYS = ("backbone", "filter", "weight", "guide", "teacher", "loss", "image_size")
@@ -125,6 +128,35 @@ class Confirm:
 
 
 @dataclass(frozen=True)
+class Constraint:
+    """A bound on a quantity known before training (`CONSTRAINT_QUANTITIES`): a sampled
+    point outside [low, high] is never trained."""
+
+    quantity: str
+    low: float | None = None
+    high: float | None = None
+
+    def violation(self, value: float) -> float:
+        """How far `value` is outside the bounds (> 0 violated, <= 0 feasible), in the
+        quantity's own units: what Optuna's constrained samplers read."""
+        over = value - self.high if self.high is not None else -math.inf
+        under = self.low - value if self.low is not None else -math.inf
+        return float(max(over, under))
+
+    def describe(self) -> str:
+        bounds = [f"min {self.low:g}"] if self.low is not None else []
+        bounds += [f"max {self.high:g}"] if self.high is not None else []
+        return " ".join(bounds)
+
+
+def constraint_values(n: int, trial: Any) -> list[float]:
+    """Optuna's `constraints_func`: the violations stored on a trial when it was sampled;
+    a trial without them (asked before the space had constraints) counts as feasible."""
+    values = trial.user_attrs.get(CONSTRAINTS_ATTR)
+    return [float(v) for v in values] if values is not None else [0.0] * n
+
+
+@dataclass(frozen=True)
 class SamplerSpec:
     name: str = "tpe"
     seed: int | None = 0
@@ -150,6 +182,7 @@ class SearchSpace:
     design: Any = None  # a space.design.Design: explicit cells instead of a sampler
     first_seed: int = 0  # seeds: {count: 3, first: 3} runs seeds 3, 4, 5
     confirm: Confirm | None = None
+    constraints: tuple[Constraint, ...] = ()
 
     @property
     def seed_ids(self) -> list[int]:
@@ -224,20 +257,27 @@ class SearchSpace:
     def make_sampler(self) -> Any:
         """The Optuna sampler the space asks for (TPE groups conditional params); Optuna is
         imported here, so the model itself stays plain data."""
+        import functools
         import warnings
 
         import optuna
 
         name, seed = self.sampler.name, self.sampler.seed
+        # random and grid take no constraints_func: the searcher still skips (never trains)
+        # their infeasible points, but they do not learn to avoid them
         if name == "random":
             return optuna.samplers.RandomSampler(seed=seed)
         if name == "grid":
             return optuna.samplers.GridSampler(self.grid(), seed=seed)
+        constrained = ({"constraints_func": functools.partial(constraint_values,
+                                                              len(self.constraints))}
+                       if self.constraints else {})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             if name == "nsga2":
-                return optuna.samplers.NSGAIISampler(seed=seed)
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
+                return optuna.samplers.NSGAIISampler(seed=seed, **constrained)
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
+                                              **constrained)
 
     def grid(self) -> dict[str, list[Scalar]]:
         """Every param's choices (grid sampler only: all params categorical)."""

@@ -10,11 +10,13 @@ from typing import Any
 
 from ablate.space.design import DESIGNS, Design
 from ablate.space.model import (
+    CONSTRAINT_QUANTITIES,
     KNOWN_METRICS,
     PARAM_FIELDS,
     SAMPLERS,
     TOP_KEYS,
     Confirm,
+    Constraint,
     EarlyStopping,
     Objective,
     Param,
@@ -56,6 +58,10 @@ def parse_space(text: str, path: Path) -> SearchSpace:
     if seeds > 1 and ("seed" in fixed or any(p.key == "seed" for p in params)):
         where.fail("seeds", "seeds > 1 sets the recipe's seed itself; remove `seed` from fixed/params")
     tests = _tests(data.get("tests"), where)
+    constraints = _constraints(data.get("constraints"), where)
+    if constraints and design is not None:
+        where.fail("constraints", "a design runs every one of its cells; constraints are for "
+                                  "sampled searches (drop the cells that break them instead)")
     if tests is not None and "data.tests" in fixed:
         where.fail("tests", "give the test sets either as tests: or as fixed data.tests, not both")
     return SearchSpace(
@@ -76,6 +82,7 @@ def parse_space(text: str, path: Path) -> SearchSpace:
         design=design,
         first_seed=first_seed,
         confirm=confirm,
+        constraints=constraints,
     )
 
 
@@ -270,6 +277,32 @@ def _confirm(value: Any, where: _Where) -> Confirm | None:
         where.fail("confirm", "needs top: and seeds:, e.g. {top: 3, seeds: 3}")
     return Confirm(_int(c["top"], "confirm.top", where, minimum=1),
                    _int(c["seeds"], "confirm.seeds", where, minimum=2))
+
+
+def _constraints(value: Any, where: _Where) -> tuple[Constraint, ...]:
+    """`constraints: {params_trainable: {max: 50.0e6}, peak_mem_gb: {max: 16}}`."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict) or not value:
+        where.fail("constraints", "must map a quantity to bounds, e.g. "
+                                  "{params_trainable: {max: 50.0e6}, peak_mem_gb: {max: 16}}")
+    out = []
+    for quantity, bounds in value.items():
+        at = f"constraints.{quantity}"
+        if quantity not in CONSTRAINT_QUANTITIES:
+            where.fail(at, f"constraint on unknown quantity {quantity!r}: known before "
+                           f"training: {', '.join(CONSTRAINT_QUANTITIES)}")
+        if not isinstance(bounds, dict) or not bounds or set(bounds) - {"min", "max"}:
+            where.fail(at, "must be {max: <number>} and/or {min: <number>}")
+        for key, bound in bounds.items():
+            if isinstance(bound, bool) or not isinstance(bound, (int, float)):
+                where.fail(f"{at}.{key}", f"must be a number, not {bound!r}")
+        low, high = bounds.get("min"), bounds.get("max")
+        if low is not None and high is not None and low > high:
+            where.fail(at, f"min {low} > max {high}: no point can satisfy it")
+        out.append(Constraint(quantity, None if low is None else float(low),
+                              None if high is None else float(high)))
+    return tuple(out)
 
 
 def _early_stopping(value: Any, where: _Where) -> EarlyStopping:

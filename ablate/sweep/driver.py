@@ -43,6 +43,7 @@ from ablate.sweep.cluster import (
     node_versions,
 )
 from ablate.sweep.confirm import confirmation_name
+from ablate.sweep.constraints import check_feasible, infeasible_count
 from ablate.sweep.reconcile import (
     Plan,
     counted_trials,
@@ -67,6 +68,7 @@ class SweepSummary:
     wall_s: float
     table: Any  # pandas.DataFrame
     confirmation: SweepSummary | None = None  # the search's confirmation sweep, if it had one
+    infeasible: int = 0  # sampled points outside the space's constraints, never trained
 
 
 def run_sweep(
@@ -124,6 +126,8 @@ def run_sweep(
         space = load_space(derive_space(space, settings, SPACES_DIR / name))
     for note in validate_space(space):  # seconds; raises one error listing every problem
         _say(f"note: {note}")
+    if not grid:  # constraints that exclude every point: one line before anything is written
+        check_feasible(space)
     space_text = stored.get("space_text") or space.source_path.read_text()
     if space.design is not None and not grid:  # a design: its cells are the explicit grid
         if trials:
@@ -143,6 +147,7 @@ def run_sweep(
     connect_ray(address)
     sweep_id = None
     heartbeat = _Heartbeat(db)
+    infeasible = 0
     try:
         if not local:
             check_fits(per_trial, cluster_nodes(), "the Ray cluster")
@@ -172,6 +177,10 @@ def run_sweep(
                       {} if force else reuse_table(db, version, reuse_any_version),
                       preflight.get("estimates_mb", {})))
         status = _ended(db, name, sweep_id, n_trials, space, grid, study)
+        infeasible = infeasible_count(study)
+        if infeasible:
+            _say(f"sweep {name}: {infeasible} sampled point(s) broke the space's constraints "
+                 "and were never trained")
         db.set_sweep_status(sweep_id, status)
     except KeyboardInterrupt:
         status = "interrupted"
@@ -203,7 +212,7 @@ def run_sweep(
             "reuse_any_version": reuse_any_version, "mlflow": mlflow, "wandb": wandb,
             "device_memory": device_memory})
     return SweepSummary(name, sweep_id, db.url, time.perf_counter() - start,
-                        summary_table(db, name), confirmation)
+                        summary_table(db, name), confirmation, infeasible)
 
 
 def _check_confirmation_name(db, search: str) -> None:  # noqa: ANN001

@@ -22,6 +22,7 @@ from typing import Any
 
 from ablate.core.errors import AblateError
 from ablate.recipe import compose, recipe_hash
+from ablate.space.model import INFEASIBLE_ATTR
 from ablate.sweep.trial import DONE_STATUSES, GRID_KEY, summarise, trial_overrides
 
 INTERRUPTED_ATTR = "interrupted"
@@ -115,13 +116,14 @@ def suggested(study, space, frozen) -> dict:  # noqa: ANN001
 
 
 def counted_trials(study) -> int:  # noqa: ANN001
-    """Trials of the study that count toward its budget: settled, and not cut off by a kill."""
+    """Trials of the study that count toward its budget: settled, not cut off by a kill,
+    and trained (a point outside the space's constraints never was)."""
     import optuna
 
     states = optuna.trial.TrialState
     finished = (states.COMPLETE, states.PRUNED, states.FAIL)
     return sum(1 for t in study.get_trials(deepcopy=False, states=finished)
-               if not t.user_attrs.get(INTERRUPTED_ATTR))
+               if not t.user_attrs.get(INTERRUPTED_ATTR) and INFEASIBLE_ATTR not in t.user_attrs)
 
 
 def labels_left(space, grid: dict[str, list[str]],  # noqa: ANN001

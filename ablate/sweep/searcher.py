@@ -10,7 +10,13 @@ Optuna's ask/tell API itself:
 - a trial the scheduler stopped (it is in the `StopLedger`): PRUNED;
 - a trial that errored (its worker died after Tune's retries): FAIL;
 - a trial that simply stopped because the sweep was interrupted: left RUNNING,
-  for `ablate sweep --resume` to reconcile with the results database.
+  for `ablate sweep --resume` to reconcile with the results database;
+- a sampled point outside the space's `constraints:` (ablate.sweep.constraints): told
+  COMPLETE at once with the worst possible objective values, its violations in the user attr
+  `constraints` (what constrained samplers read: > 0 violated) and why in `infeasible`; it
+  is never returned to Tune, so never trained and never in the results database, and the
+  searcher asks again. Feasible points get their (<= 0) violations too, so the sampler
+  learns where the boundary is.
 
 The study lives in the results database, so it outlives the driver.
 """
@@ -24,11 +30,15 @@ from typing import Any
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import Searcher
 
+from ablate.core.errors import AblateError
 from ablate.core.selection import VAL_CURVE
+from ablate.space.model import CONSTRAINTS_ATTR, INFEASIBLE_ATTR
+from ablate.sweep.constraints import ConstraintCheck, worst_values
 from ablate.sweep.trial import KIND, RETRY_KEY, RUNG, RUNG_CURVE, RUNG_METRIC
 
 TUNE_ID_ATTR = "tune_trial_id"
 RETRY_OF_ATTR = "retry_of"  # an enqueued trial's: the number of the cut-off trial it reruns
+MAX_ASKS = 50  # infeasible points drawn in a row before the searcher gives up
 
 
 class StopLedger:
@@ -74,6 +84,8 @@ class TruthfulOptunaSearch(Searcher):
         self._storage_url = storage_url  # driver memory only: never pickled
         self._study = study
         self._live: dict[str, Any] = {}  # Tune trial id -> optuna.Trial
+        self.constraints = ConstraintCheck(space) if space.constraints else None
+        self.infeasible = 0  # points told infeasible by this searcher (never trained)
 
     def __getstate__(self) -> dict:  # Tune pickles its search algorithm: no secrets in it
         state = self.__dict__.copy()
@@ -87,12 +99,36 @@ class TruthfulOptunaSearch(Searcher):
         return self._study
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        trial = self.study.ask()
+        for _ in range(MAX_ASKS):
+            trial = self.study.ask()
+            config = self.space.define_by_run(trial)
+            if self._feasible(trial, config):
+                break
+        else:
+            raise AblateError(
+                f"search space {self.space.name}: its constraints excluded all {MAX_ASKS} "
+                "points the sampler drew in a row; loosen them")
         trial.set_user_attr(TUNE_ID_ATTR, trial_id)
         self._live[trial_id] = trial
-        config = self.space.define_by_run(trial)
         owners = retried_trials(self.study, trial.number)[1:]
         return {**config, RETRY_KEY: owners} if owners else config
+
+    def _feasible(self, trial, config: dict[str, Any]) -> bool:  # noqa: ANN001
+        """Store the point's constraint values; tell an infeasible point at once (see the
+        module docstring) and say False."""
+        if self.constraints is None:
+            return True
+        import optuna
+
+        verdict = self.constraints.verdict(config)
+        trial.set_user_attr(CONSTRAINTS_ATTR, verdict.violations)
+        if verdict.feasible:
+            return True
+        trial.set_user_attr(INFEASIBLE_ATTR, verdict.reason)
+        self.study.tell(trial, values=worst_values(self.space),
+                        state=optuna.trial.TrialState.COMPLETE)
+        self.infeasible += 1
+        return False
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """A single objective that the rung values measure also gets them, which TPE reads
