@@ -447,6 +447,9 @@ def spaces_cmd(space: str | None, db_url: str | None, measure: bool, power: bool
 @click.option("--name", help="Sweep name (default: <space>-<UTC time>); needed to --resume a chosen one.")
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted sweep (--name, else the newest unfinished one of --space).")
+@click.option("--warm-start", "warm_start", metavar="SWEEP",
+              help="Seed the sampler with the finished trials of an earlier sweep in the same DB "
+                   "(same params and objectives); they are not re-run nor counted.")
 @click.option("--force", is_flag=True, help="Re-run recipes and seeds already in the DB instead of reusing them.")
 @click.option("--cpus", type=float, help="CPUs per trial (default: the space's resources.cpu).")
 @click.option("--gpus", type=float, help="GPUs per trial, fractions allowed (default: resources.gpu).")
@@ -475,7 +478,7 @@ def sweep_cmd(space: str, trials: int | None, concurrency: int | None, db_url: s
               cpus: float | None, gpus: float | None, bootstrap: int,
               settings: tuple[str, ...], storage: str | None, reuse_any_version: bool,
               mlflow: str | None, wandb: str | None, device_memory: float | None,
-              dry_run: bool) -> None:
+              dry_run: bool, warm_start: str | None) -> None:
     """Run recipes from a search space as Ray Tune trials chosen by Optuna.
 
     \b
@@ -497,6 +500,7 @@ def sweep_cmd(space: str, trials: int | None, concurrency: int | None, db_url: s
       ablate sweep --space paper --address ray://head:10001 --gpus 1 \\
           --storage s3://bucket/sweeps             # a cluster without a shared disk
       ablate sweep --space quick --name quick-1 --resume   # after Ctrl-C
+      ablate sweep --space quick --warm-start quick-1  # a new search, seeded with quick-1's
       ablate sweep --space quick --mlflow mlruns       # also in MLflow (mlflow ui)
       ablate sweep --space paper --device-memory 16    # refuse recipes a 16 GB card cannot hold
       ablate sweep --space paper --set teacher.path=/models/sd15 --dry-run   # would it start?
@@ -507,7 +511,8 @@ def sweep_cmd(space: str, trials: int | None, concurrency: int | None, db_url: s
     summary = run_sweep(space, trials, concurrency, db_url, address, name, resume, force,
                         cpus, gpus, bootstrap, settings=parse_settings(settings, "--set"),
                         mlflow=mlflow, wandb=wandb, storage=storage,
-                        reuse_any_version=reuse_any_version, device_memory=device_memory)
+                        reuse_any_version=reuse_any_version, device_memory=device_memory,
+                        warm_start=warm_start)
     if not summary.table.empty:
         click.echo(summary.table.to_string(index=False))
     confirmation = summary.confirmation

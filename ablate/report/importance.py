@@ -142,8 +142,10 @@ def _load(data: SweepData) -> tuple[Any, list[Any]]:
     storage = optuna.storages.RDBStorage(data.optuna_url, skip_table_creation=True)
     study = optuna.load_study(study_name=data.name, storage=storage)
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    # a point outside the space's constraints was told COMPLETE but never trained
-    return study, [t for t in complete if "infeasible" not in t.user_attrs]
+    # told COMPLETE but not this sweep's runs: a point outside the space's constraints
+    # (never trained) and a trial copied from an earlier sweep by --warm-start
+    return study, [t for t in complete
+                   if "infeasible" not in t.user_attrs and "warm_start_from" not in t.user_attrs]
 
 
 def _assessable(complete: list[Any], evaluator: str, notes: list[str]) -> list[str]:

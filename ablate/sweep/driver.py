@@ -53,6 +53,7 @@ from ablate.sweep.reconcile import (
     stored_seeds,
 )
 from ablate.sweep.trial import GRID_KEY, TrialContext, run_trial
+from ablate.sweep.warm_start import copy_trials, warm_trials
 from ablate.tracking import tune_callbacks
 from ablate.version import code_version
 
@@ -78,12 +79,14 @@ def run_sweep(
     gpus: float | None = None, n_boot: int = 1000, grid: dict[str, list[str]] | None = None,
     settings: dict[str, Any] | None = None, mlflow: str | None = None, wandb: str | None = None,
     storage: str | None = None, reuse_any_version: bool = False, stage: dict | None = None,
-    device_memory: float | None = None,
+    device_memory: float | None = None, warm_start: str | None = None,
 ) -> SweepSummary:
     """Run (or resume) one sweep and return its summary; see the module docstring.
 
     A search space with `confirm:` then runs (or resumes) its confirmation sweep
     (`ablate.sweep.confirm`); `stage` is what a confirmation sweep records of its search.
+    `warm_start` names an earlier sweep whose finished trials seed the sampler
+    (`ablate.sweep.warm_start`).
     """
     import ray
 
@@ -135,6 +138,7 @@ def run_sweep(
                               "it runs every cell, so drop --trials")
         grid = space.design.grid()
     n_trials = len(grid) if grid else stored.get("trials") or trials or space.trials
+    warm = _warm_trials(db, warm_start, space, resume, grid)  # checked before any write
     preflight = stored.get("preflight") or (
         _preflight(space, grid, per_trial, processes, device_gb, packed) if device_gb else {})
     if packed:
@@ -163,9 +167,13 @@ def run_sweep(
             **({"preflight": preflight} if preflight else {}),
             **({"confirmation": confirmation_name(name)} if space.confirm and not grid else {}),
             **(stage or {}),
+            **({"warm_start": warm_start, "warm_start_trials": len(warm)} if warm_start else {}),
         }, version, resume=resume)
         heartbeat.start(sweep_id)
         study = None if grid else _open_study(space, name, db)
+        if warm_start:
+            _say(f"sweep {name}: seeded with {copy_trials(study, warm_start, warm)} finished "
+                 f"trial(s) of sweep {warm_start} (not re-run, not counted)")
         plan = (plan_resume(db, sweep_id, name, n_trials, space.seeds, study, space, grid)
                 if resume else Plan(n_trials, labels=list(grid) if grid else None))
         if plan.trials == 0:
@@ -213,6 +221,19 @@ def run_sweep(
             "device_memory": device_memory})
     return SweepSummary(name, sweep_id, db.url, time.perf_counter() - start,
                         summary_table(db, name), confirmation, infeasible)
+
+
+def _warm_trials(db, source: str | None, space, resume: bool, grid) -> list:  # noqa: ANN001
+    """The earlier sweep's trials a new search starts from; [] without --warm-start."""
+    if not source:
+        return []
+    if resume:
+        raise AblateError("--warm-start seeds a new sweep; a resumed one keeps the trials it "
+                          "started with: drop --warm-start")
+    if grid:
+        raise AblateError(f"--warm-start: space {space.name} runs explicit recipes (a design), "
+                          "with no sampler to seed; drop --warm-start")
+    return warm_trials(db, source, space)
 
 
 def _check_confirmation_name(db, search: str) -> None:  # noqa: ANN001

@@ -24,6 +24,7 @@ from ablate.core.errors import AblateError
 from ablate.recipe import compose, recipe_hash
 from ablate.space.model import INFEASIBLE_ATTR
 from ablate.sweep.trial import DONE_STATUSES, GRID_KEY, summarise, trial_overrides
+from ablate.sweep.warm_start import WARM_START_ATTR
 
 INTERRUPTED_ATTR = "interrupted"
 
@@ -117,13 +118,15 @@ def suggested(study, space, frozen) -> dict:  # noqa: ANN001
 
 def counted_trials(study) -> int:  # noqa: ANN001
     """Trials of the study that count toward its budget: settled, not cut off by a kill,
-    and trained (a point outside the space's constraints never was)."""
+    trained (a point outside the space's constraints never was), and its own (not copied
+    from an earlier sweep by --warm-start)."""
     import optuna
 
     states = optuna.trial.TrialState
     finished = (states.COMPLETE, states.PRUNED, states.FAIL)
     return sum(1 for t in study.get_trials(deepcopy=False, states=finished)
-               if not t.user_attrs.get(INTERRUPTED_ATTR) and INFEASIBLE_ATTR not in t.user_attrs)
+               if not t.user_attrs.get(INTERRUPTED_ATTR) and INFEASIBLE_ATTR not in t.user_attrs
+               and WARM_START_ATTR not in t.user_attrs)
 
 
 def labels_left(space, grid: dict[str, list[str]],  # noqa: ANN001
