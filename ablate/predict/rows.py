@@ -18,10 +18,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ablate.predict.status import NO_FACE, OK
+
 if TYPE_CHECKING:
     from ablate.predict.run import FileResult
 
-OK, NO_FACE = "ok", "no face"  # a file's status; else "error: <one line>"
+__all__ = ["COLUMNS", "LEVELS", "NO_FACE", "OK", "label", "to_rows"]
+
 COLUMNS = ("file", "kind", "level", "frame", "frames", "x1", "y1", "x2", "y2", "score",
            "label", "status")
 LEVELS = ("file", "frame", "both")

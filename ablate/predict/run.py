@@ -21,8 +21,8 @@ from ablate.data.prepare.settings import Settings
 from ablate.metrics import video_scores
 from ablate.predict.frames import Box, Crop, image_crops, to_batch, video_crops
 from ablate.predict.inputs import InputFile
-from ablate.predict.rows import NO_FACE, OK
 from ablate.predict.scorer import Scorer
+from ablate.predict.status import NO_FACE, OK
 
 
 @dataclass(frozen=True)
