@@ -56,6 +56,14 @@ def tiny_teachers():
     return {name: build("teacher", name) for name in TINY_TEACHERS}
 
 
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    """Run in a temp folder (sweep tests) (results/ray, results/runs land there); share the benchmark cache."""
+    monkeypatch.setenv("ABLATE_CACHE", str(Path("results").resolve()))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
 TINY_RUN = ["backbone=tiny", "image_size=32", "train=cpu", "train.steps=4", "train.batch_size=4",
             "data.train=synth-blend", "data.tests=[synth-colour,synth-warp]", "train.eval_every=0"]
 

@@ -52,14 +52,6 @@ def write_space(folder: Path, extra: str = BETWEEN_GUIDES, trials: int = 2,
 
 
 
-@pytest.fixture
-def in_tmp(tmp_path, monkeypatch):
-    """Run in a temp folder (results/ray, results/runs land there); share the benchmark cache."""
-    monkeypatch.setenv("ABLATE_CACHE", str(Path("results").resolve()))
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def test_params_trainable_before_training_is_what_the_built_detector_trains(tmp_path):
     from ablate.model.build import build_detector
     from ablate.recipe import compose

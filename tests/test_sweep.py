@@ -58,14 +58,6 @@ def write_space(folder: Path, params: str = MODULES, trials: int = 2, concurrent
     return str(path)
 
 
-@pytest.fixture
-def in_tmp(tmp_path, monkeypatch):
-    """Run in a temp folder (results/ray, results/runs land there); share the benchmark cache."""
-    monkeypatch.setenv("ABLATE_CACHE", str(Path("results").resolve()))
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def check_filled(db: ResultsDB, name: str, n_finished: int) -> None:
     trials = db.trials(name)
     finished = trials[trials["status"] == "finished"]

@@ -58,14 +58,6 @@ def write_space(folder: Path, params: str = GUIDE,
     return str(path)
 
 
-@pytest.fixture
-def in_tmp(tmp_path, monkeypatch):
-    """Run in a temp folder (results/ray, results/runs land there); share the benchmark cache."""
-    monkeypatch.setenv("ABLATE_CACHE", str(Path("results").resolve()))
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def earlier_sweep(tmp_path: Path, params: str = GUIDE) -> tuple[ResultsDB, object]:
     """Sweep `early` by hand: its row and a study with one trial of each kind."""
     space = load_space(write_space(tmp_path, params, name="early"))
