@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
-from test_sweep import in_tmp, write_space  # noqa: F401  (in_tmp: a fixture)
+from test_sweep import write_space
 from test_sweep_faults import _ablate, _kill_driver, _rows
 
 from ablate.report import build_report
