@@ -21,12 +21,13 @@ from ablate.predict.cli import predict
 from ablate.registry import SLOTS, registry
 from ablate.report.cli import report
 from ablate.report.provenance import provenance_note
-from ablate.results import ResultsDB
+from ablate.results import ResultsDB, default_url, require_existing_db
 from ablate.space import check_sweep, format_value, list_spaces, load_space, parse_settings
 from ablate.space.cost import design_cost, minutes
 from ablate.space.power import space_power
 from ablate.sweep import run_sweep
 from ablate.sweep.constraints import check_feasible
+from ablate.sweep.warm_start import warm_trials
 from ablate.teacher_fitting.cli import teachers
 from ablate.version import code_version, package_version
 
@@ -506,7 +507,7 @@ def sweep_cmd(space: str, trials: int | None, concurrency: int | None, db_url: s
       ablate sweep --space paper --set teacher.path=/models/sd15 --dry-run   # would it start?
     """
     if dry_run:
-        _sweep_dry_run(space, parse_settings(settings, "--set"), trials)
+        _sweep_dry_run(space, parse_settings(settings, "--set"), trials, db_url, warm_start)
         return
     summary = run_sweep(space, trials, concurrency, db_url, address, name, resume, force,
                         cpus, gpus, bootstrap, settings=parse_settings(settings, "--set"),
@@ -524,13 +525,18 @@ def sweep_cmd(space: str, trials: int | None, concurrency: int | None, db_url: s
                + (" (its verdicts come from the confirmation runs)" if confirmation else ""))
 
 
-def _sweep_dry_run(space: str, settings: dict[str, Any], trials: int | None) -> None:
+def _sweep_dry_run(space: str, settings: dict[str, Any], trials: int | None,
+                   db_url: str | None = None, warm_start: str | None = None) -> None:
     """`ablate sweep --dry-run`: the checks a sweep makes before it starts, and what it
     would run."""
     found, notes = check_sweep(space, settings)
     for note in notes:
         click.echo(f"note: {note}")
     check_feasible(found)  # constraints that exclude every point: one line
+    if warm_start:  # the earlier sweep exists and fits this space (reads only)
+        require_existing_db(db_url or default_url())
+        with ResultsDB(db_url) as db:
+            warm_trials(db, warm_start, found)
     runs = (f"{found.design.size} cells x {found.seeds} seeds" if found.design else
             f"{trials or found.trials} trials x {found.seeds} seeds"
             + (f", then {found.confirm.top} x {found.confirm.seeds} confirmation runs"

@@ -175,3 +175,15 @@ def test_a_warm_started_sweep_runs_only_its_own_budget(in_tmp):
     sweeps = db.list_sweeps().set_index("name")
     assert sweeps.loc["late", "status"] == "finished"
     assert '"warm_start": "early"' in sweeps.loc["late", "settings_json"]
+
+
+def test_the_dry_run_checks_the_warm_start_too(tmp_path):
+    from conftest import run_cli
+
+    space = write_space(tmp_path)
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    ResultsDB(url).close()
+    code, _, err = run_cli("sweep", "--space", space, "--dry-run", "--db", url,
+                           "--warm-start", "nope", cwd=tmp_path)
+    assert code == 2 and "--warm-start nope: no such sweep" in err, err
+    assert len(err.strip().splitlines()) == 1
