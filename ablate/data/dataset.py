@@ -167,14 +167,14 @@ class FrameCache:
         return self._stores[size]
 
 
-def _unit_range(pixels: torch.Tensor) -> torch.Tensor:
+def unit_range(pixels: torch.Tensor) -> torch.Tensor:
     """uint8 channels-last pixels ([..., S, S, 3]) -> float [..., 3, S, S] in [-1, 1]."""
     return pixels.movedim(-1, -3).float().div(127.5).sub(1.0)
 
 
 def _augmented(pixels: torch.Tensor, augment: Augment) -> torch.Tensor:
     """uint8 [S, S, 3] -> augment on uint8 [3, S, S] -> float [3, S, S] in [-1, 1]."""
-    return _unit_range(augment(pixels.movedim(-1, -3)).movedim(-3, -1))
+    return unit_range(augment(pixels.movedim(-1, -3)).movedim(-3, -1))
 
 
 @dataclass(frozen=True)
@@ -241,7 +241,7 @@ class ManifestDataset(Dataset):
         index, seed = key if isinstance(key, tuple) else (key, None)
         row = self._records[index]
         pixels = self._pixels(row["path"])  # [S, S, 3] uint8
-        clean = _unit_range(pixels)  # [3, S, S] in [-1, 1]
+        clean = unit_range(pixels)  # [3, S, S] in [-1, 1]
         if self.augment == "none":
             image = clean
         elif seed is None:
@@ -270,7 +270,7 @@ class ManifestDataset(Dataset):
         per item plus a DataLoader collate (which cost a quarter of eval time).
         """
         arrays = [self.cache.get(self._records[i]["path"], self.image_size) for i in indices]
-        return _unit_range(torch.from_numpy(np.stack(arrays)))  # [N, S, S, 3] uint8 -> [N, 3, S, S]
+        return unit_range(torch.from_numpy(np.stack(arrays)))  # [N, S, S, 3] uint8 -> [N, 3, S, S]
 
     def skip_summary(self) -> str:
         """Counts of skipped rows by reason, with example files."""
@@ -297,7 +297,7 @@ class ManifestDataset(Dataset):
         return torch.from_numpy(array)
 
     def _load(self, path: str) -> torch.Tensor:
-        return _unit_range(self._pixels(path))  # [S, S, 3] uint8 -> [3, S, S]
+        return unit_range(self._pixels(path))  # [S, S, 3] uint8 -> [3, S, S]
 
     def _row_reasons(self, rows: pd.DataFrame, problems: dict[str, str]) -> pd.Series:
         """Reason each row is unusable (NaN if usable): its image or, guided, a partner."""

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from ablate.core.errors import AblateError
-from ablate.data.dataset import decode_image
+from ablate.data.dataset import decode_image, unit_range
 from ablate.data.sources import dataset_overrides
 from ablate.evaluate import test_rows
 
@@ -32,7 +32,7 @@ class Frames:
 
 def _unit(pixels: np.ndarray) -> Tensor:
     """uint8 [S, S, 3] -> float [3, S, S] in [-1, 1], as training reads frames."""
-    return torch.from_numpy(pixels).permute(2, 0, 1).float().div(127.5).sub(1.0)
+    return unit_range(torch.from_numpy(pixels))
 
 
 def pick_rows(rows: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:

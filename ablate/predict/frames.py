@@ -21,6 +21,7 @@ import torch
 from PIL import Image, ImageOps
 
 from ablate.data import decode
+from ablate.data.dataset import unit_range
 from ablate.data.faces import Face, make_detector
 from ablate.data.prepare.run import one_thread
 from ablate.data.prepare.settings import Settings
@@ -86,7 +87,7 @@ def _box(face: Face | None) -> Box | None:
 
 def to_batch(crops: list[np.ndarray], size: int) -> torch.Tensor:
     """RGB uint8 crops -> [N, 3, size, size] float in [-1, 1], as the training data loader
-    turns a stored crop into an input (`decode_image`, then `_unit_range`)."""
+    turns a stored crop into an input (`decode_image`, then `unit_range`)."""
     arrays = []
     for crop in crops:
         if crop.shape[:2] != (size, size):
@@ -95,4 +96,4 @@ def to_batch(crops: list[np.ndarray], size: int) -> torch.Tensor:
                 dtype=np.uint8)
         arrays.append(crop)
     pixels = torch.from_numpy(np.stack(arrays))  # [N, S, S, 3] uint8
-    return pixels.movedim(-1, -3).float().div(127.5).sub(1.0)
+    return unit_range(pixels)
