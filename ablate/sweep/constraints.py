@@ -69,11 +69,11 @@ class ConstraintCheck:
     def peak_mem_gb(self, overrides: list[str]) -> float:
         # lazy: the sweep driver starts without torch
         from ablate.bench.estimate import estimate_recipe
-        from ablate.sweep.preflight import _replica_batch  # lazy: that module loads torch
+        from ablate.sweep.preflight import replica_batch  # lazy: that module loads torch
 
         key = memory_key(overrides)
         if key not in self._peak:
-            batch = _replica_batch(overrides, self.space.resources.data_parallel())
+            batch = replica_batch(overrides, self.space.resources.data_parallel())
             self._peak[key] = estimate_recipe(overrides, batch=batch).needs_gb
         return self._peak[key]
 

@@ -90,7 +90,7 @@ def estimate_sweep(space: SearchSpace, grid: dict[str, list[str]] | None,
 
     def one(label: str, overrides: list[str]) -> None:
         print(f"preflight: estimating {label} ...", file=sys.stderr, flush=True)
-        batch = _replica_batch(overrides, processes)
+        batch = replica_batch(overrides, processes)
         found[label] = Estimated(label, tuple(overrides),
                                  estimate_recipe(overrides, batch=batch).needs_gb, batch)
 
@@ -102,7 +102,7 @@ def estimate_sweep(space: SearchSpace, grid: dict[str, list[str]] | None,
     return list(found.values())
 
 
-def _replica_batch(overrides: list[str], processes: int) -> int | None:
+def replica_batch(overrides: list[str], processes: int) -> int | None:
     """Each process of a data-parallel trial holds a replica and its share of the batch."""
     if processes <= 1:
         return None
