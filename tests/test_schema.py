@@ -43,6 +43,8 @@ OLD_OMIT_AT_DEFAULT = {
     "backbone.svd_rank": None, "backbone.svd_targets": ("attn.qkv", "attn.proj"),
     "backbone.taps": None, "backbone.pool": "mean", "backbone.l2_normalize": False,
     "loss.orthogonal": 0.0, "loss.singular": 0.0, "loss.uniformity": 0.0, "loss.alignment": 0.0,
+    # added later: the guide's structure, a search axis (issue 27)
+    "guide.blocks": None, "guide.inject": "all", "guide.zero_init": True, "guide.depth": 1,
 }
 
 
@@ -234,7 +236,7 @@ def test_a_known_key_missing_from_the_yaml_is_added_with_plus():
         compose(["filter.order=code"])
     assert compose(["+filter.order=code"]).filter.order == "code"  # a factory argument
     with pytest.raises(AblateError, match=r"unknown recipe key 'guide.layers' \(valid keys "
-                                          r"under guide: name, shared, width\)"):
+                                          r"under guide: depth, name, shared, width, zero_init\)"):
         compose(["guide=adapter", "+guide.layers=3"])  # controlnet's, not the adapter's
 
 

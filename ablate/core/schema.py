@@ -201,6 +201,16 @@ SLOT_KEYS: dict[str, dict[str, Setting]] = {
         "name": Setting("controlnet", "the guide variant; none = the plain baseline"),
         "layers": Setting(None, "transformer teachers: blocks copied; null = the teacher's "
                                 "default", hash_when_default=False),
+        # the guide's structure, a search axis (ablate/model/guide.py `structure`, docs/method.md)
+        "blocks": Setting(None, "UNet teachers: down blocks the copy holds; null = all + the "
+                                "mid block", hash_when_default=False),
+        "inject": Setting("all", "UNet teachers: residuals injected: all | mid | k (deepest k "
+                                 "+ mid) | [indices and/or mid]; the rest are zeros",
+                          hash_when_default=False),
+        "zero_init": Setting(True, "UNet teachers: zero-initialised projections (false: "
+                                   "PyTorch's default init)", hash_when_default=False),
+        "depth": Setting(1, "adapter, UNet teachers: convs per pyramid level",
+                         hash_when_default=False),
     },
     "teacher": {
         "name": Setting("tiny-sd15", "the frozen diffusion teacher (configs/teacher/)"),

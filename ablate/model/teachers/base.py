@@ -127,11 +127,14 @@ class Teacher(nn.Module):
 
     def controlnet(self, **args: Any) -> nn.Module:
         """A trainable ControlNet-style copy of the denoiser's first blocks, zero-initialised
-        outputs: net(noisy, t, cond, conditioning) -> residuals."""
+        outputs: net(noisy, t, cond, conditioning) -> residuals. `args`: the guide's
+        structure keys the family takes (`layers` for transformers; UNets: `blocks`,
+        `inject`, `zero_init`); the guide passes a UNet-only key only to a UNet teacher."""
         raise NotImplementedError
 
-    def adapter(self, width: int) -> nn.Module:
-        """A light zero-initialised net: net(cond) -> residuals shaped like `controlnet`'s."""
+    def adapter(self, width: int, **args: Any) -> nn.Module:
+        """A light zero-initialised net: net(cond) -> residuals shaped like `controlnet`'s
+        (UNets also take `depth` and `zero_init`)."""
         raise NotImplementedError
 
     def save_pretrained(self, folder: str | Path) -> None:

@@ -123,21 +123,24 @@ class UNetTeacher(Teacher):
 
     # --- guides --------------------------------------------------------------------------------
 
-    def controlnet(self, layers: int | None = None) -> nn.Module:
+    def controlnet(self, layers: int | None = None, blocks: int | None = None,
+                   inject: Any = "all", zero_init: bool = True) -> nn.Module:
+        """The copy of the UNet encoder; `blocks`, `inject`, `zero_init`: its structure
+        (`ablate.model.guide.structure`; the defaults: the whole encoder, every residual)."""
         # lazy: that module imports this one
         from ablate.model.guide import UNetControlNet
 
         if layers is not None:
             raise AblateError(f"guide.layers={layers} is for transformer teachers (sd3, flux): "
-                              f"the ControlNet of {self.name} copies its whole UNet encoder; "
-                              "set guide.layers=null")
-        return UNetControlNet.copy_of(self.unet)
+                              f"the ControlNet of {self.name} copies its whole UNet encoder "
+                              "(guide.blocks: fewer down blocks); set guide.layers=null")
+        return UNetControlNet.copy_of(self.unet, blocks, inject, zero_init)
 
-    def adapter(self, width: int) -> nn.Module:
+    def adapter(self, width: int, depth: int = 1, zero_init: bool = True) -> nn.Module:
         # lazy: that module imports this one
         from ablate.model.guide import ConvPyramid
 
-        return ConvPyramid(self.unet, width)
+        return ConvPyramid(self.unet, width, depth, zero_init)
 
     # --- saving --------------------------------------------------------------------------------
 
