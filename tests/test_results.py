@@ -569,7 +569,7 @@ def test_timestamps_are_utc(db: ResultsDB) -> None:
 
 def test_v1_database_is_migrated_to_v2(url: str) -> None:
     """A database written by the v1 ablate (frozen in tests/schema_v1.py) opens as v2 and
-    then as the current version (v1 -> v2 -> ... -> v5 in one go)."""
+    then as the current version (v1 -> v2 -> ... -> v6 in one go)."""
     engine = sa.create_engine(url)
     schema_v1.metadata.create_all(engine)
     with engine.begin() as conn:
@@ -587,7 +587,7 @@ def test_v1_database_is_migrated_to_v2(url: str) -> None:
     engine.dispose()
 
     with ResultsDB(url) as db:
-        assert stored_version(url) == results.SCHEMA_VERSION == 5
+        assert stored_version(url) == results.SCHEMA_VERSION == 6
         found = db.finished_trial("h1", 0)  # v1 rows are reused by recipe hash, as before
         assert found["id"] == old[0] and found["identity"] == "h1"
         assert found["code_version"] is None and [m["value"] for m in found["metrics"]] == [0.8]
@@ -608,7 +608,7 @@ def test_v1_database_is_migrated_to_v2(url: str) -> None:
     inspector = sa.inspect(sa.create_engine(url))
     expected_new = {"ablate_sweeps": {"host", "pid", "heartbeat", "error"},
                     "ablate_trials": {"identity", "data_sha", "teacher_sha", "code_version",
-                                      "estimated_mem_mb"},
+                                      "estimated_mem_mb", "train_gflops", "latency_ms"},
                     "ablate_metrics": set(PROVENANCE_COLUMNS)}
     for table, new_columns in expected_new.items():
         migrated = {c["name"] for c in inspector.get_columns(table)}

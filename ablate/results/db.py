@@ -260,6 +260,7 @@ class ResultsDB:
         curves: Iterable[tuple[int, str, float]] = (), identity: str | None = None,
         data_sha: str | None = None, teacher_sha: str | None = None,
         code_version: str | None = None, estimated_mem_mb: float | None = None,
+        train_gflops: float | None = None, latency_ms: float | None = None,
     ) -> int:
         """Insert or replace trial (sweep_id, tune_trial_id), metrics and curves; return its id.
 
@@ -279,6 +280,7 @@ class ResultsDB:
             "identity": recipe_hash if identity is None else identity, "data_sha": data_sha,
             "teacher_sha": teacher_sha, "code_version": code_version,
             "estimated_mem_mb": _float(estimated_mem_mb),
+            "train_gflops": _float(train_gflops), "latency_ms": _float(latency_ms),
         }
         metric_rows, curve_rows = _metric_rows(metrics), _curve_rows(curves)
         with self._write() as conn:

@@ -11,7 +11,8 @@ frame -> video aggregation, threshold and its source, bootstrap resamples, seed
 and unit, EER convention, hash of the scored test rows); rows from older
 databases keep NULL there, never a guessed value. Version 4 adds the memory preflight's
 estimate to trials (`estimated_mem_mb`, beside the measured `peak_mem_mb`). Version 5 adds
-the protocol line to metric rows (`protocol`).
+the protocol line to metric rows (`protocol`). Version 6 adds a structure search's costs to
+trials (`train_gflops`, `latency_ms`); older rows keep NULL (never measured).
 
 SCHEMA_VERSION and MIGRATIONS are read here only, at call time (a test that
 pretends to be another schema version patches them on this module).
@@ -85,6 +86,12 @@ def _v4_to_v5(conn: sa.Connection) -> None:
     rehash_trials(conn)
 
 
+def _v5_to_v6(conn: sa.Connection) -> None:
+    """A structure search's costs on trials; old rows keep NULL (never measured)."""
+    add_column(conn, "ablate_trials", sa.Column("train_gflops", sa.Float))
+    add_column(conn, "ablate_trials", sa.Column("latency_ms", sa.Float))
+
+
 def rehash_trials(conn: sa.Connection) -> None:
     """Recipe hash, identity and recipe of each trial with a reuse key (v2 on), as today's
     code computes them. A trial without paths that ran in fp32 keeps both. The precision of
@@ -142,7 +149,8 @@ def _stored_precision(recipe: dict, run_dir: str | None, gpus: float | None) -> 
     return "fp32" if gpus == 0 else None
 
 
-MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5}
+MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5,
+                                 5: _v5_to_v6}
 
 
 def migrate(engine: sa.Engine, where: str) -> int:

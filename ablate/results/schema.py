@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from ablate.core.names import METRIC_PROVENANCE
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 SWEEP_STATUSES = ("running", "finished", "interrupted", "failed")
 TRIAL_STATUSES = ("finished", "pruned", "failed", "nan", "reused", "running")
@@ -77,6 +77,10 @@ trials = sa.Table(
     # v4: the memory preflight's estimate of the training step (fake tensors), beside the
     # measured peak_mem_mb; NULL when the sweep ran no preflight or never estimated the recipe
     sa.Column("estimated_mem_mb", sa.Float),
+    # v6: a structure search's costs (ablate/bench/cost.py): FLOPs of a training step counted
+    # on fake tensors, and the classifier's measured latency at batch 1; NULL = not measured
+    sa.Column("train_gflops", sa.Float),
+    sa.Column("latency_ms", sa.Float),
     sa.UniqueConstraint("sweep_id", "tune_trial_id", name="uq_ablate_trials_tune_trial"),
     sa.Index("ix_ablate_trials_identity", "recipe_hash", "seed"),  # v1 name, on recipe_hash
     sa.Index("ix_ablate_trials_sweep", "sweep_id"),

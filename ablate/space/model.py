@@ -18,13 +18,13 @@ from ablate.core.errors import AblateError
 
 KNOWN_METRICS = (
     "val_auc", "select_auc", "test_auc_mean", "params_trainable", "params_inference",
-    "step_time_s", "wall_s", "peak_mem_mb",
+    "step_time_s", "wall_s", "peak_mem_mb", "train_gflops", "latency_ms",
 )
 SAMPLERS = ("tpe", "random", "grid", "nsga2")
 TOP_KEYS = ("description", "fixed", "params", "objectives", "budget", "seeds",
             "early_stopping", "resources", "tests", "sampler", "design", "factors", "reference",
             "confirm", "constraints")
-CONSTRAINT_QUANTITIES = ("params_trainable", "peak_mem_gb")  # known before training
+CONSTRAINT_QUANTITIES = ("params_trainable", "peak_mem_gb", "train_gflops")  # known before training
 CONSTRAINTS_ATTR = "constraints"  # a study trial's user attr: violation amounts, > 0 violated
 INFEASIBLE_ATTR = "infeasible"  # a study trial's user attr: why it was never trained
 PARAM_FIELDS = ("choice", "int", "float", "log", "step", "when")
@@ -85,11 +85,19 @@ class Objective:
 
 @dataclass(frozen=True)
 class EarlyStopping:
-    """ASHA on the val metric reported at each eval (needs train.eval_every > 0)."""
+    """ASHA on the val metric reported at each eval (needs train.eval_every > 0).
+
+    `brackets` > 1 is asynchronous Hyperband (Li et al., "A System for Massively Parallel
+    Hyperparameter Tuning", 2020): ASHA run over that many brackets, each starting its
+    successive halving at a later rung, so some trials are never cut early. With the TPE
+    sampler this is Hyperband with TPE, a BOHB without Ray's TuneBOHB (which would bypass
+    the Optuna study and its honest ledger of what was pruned).
+    """
 
     enabled: bool = False
     grace_period: int = 1
     reduction_factor: float = 2
+    brackets: int = 1
 
 
 @dataclass(frozen=True)

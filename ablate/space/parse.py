@@ -306,14 +306,16 @@ def _constraints(value: Any, where: _Where) -> tuple[Constraint, ...]:
 
 
 def _early_stopping(value: Any, where: _Where) -> EarlyStopping:
-    e = _section(value, "early_stopping", ("enabled", "grace_period", "reduction_factor"), where)
+    e = _section(value, "early_stopping",
+                 ("enabled", "grace_period", "reduction_factor", "brackets"), where)
     enabled = e.get("enabled", bool(e))
     if not isinstance(enabled, bool):
         where.fail("early_stopping.enabled", "must be true or false")
     grace = _int(e.get("grace_period", 1), "early_stopping.grace_period", where, minimum=1)
     factor = _number(e.get("reduction_factor", 2), "early_stopping.reduction_factor", where, 1,
                      strict=True)
-    return EarlyStopping(enabled, grace, factor)
+    brackets = _int(e.get("brackets", 1), "early_stopping.brackets", where, minimum=1)
+    return EarlyStopping(enabled, grace, factor, brackets)
 
 
 def _resources(value: Any, where: _Where) -> Resources:

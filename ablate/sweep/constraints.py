@@ -6,7 +6,9 @@ sampled point from its composed recipe, so that a point outside the bounds is ne
   detector built under fake tensors (`ablate.bench.estimate.build`: no weights, no data);
 - peak_mem_gb: the memory preflight's figure for the recipe (`estimate_recipe(...).needs_gb`:
   the tracked peak of the training step or evaluation plus its margin), at a data-parallel
-  replica's batch as the preflight takes it.
+  replica's batch as the preflight takes it;
+- train_gflops: FLOPs of one training step at the recipe's batch, counted on fake tensors
+  (`ablate.bench.cost.train_gflops`, the figure a trained trial records too).
 
 Each is cached by what it depends on (the architecture; the architecture and the training
 settings), so a sweep builds each distinct architecture once.
@@ -46,6 +48,7 @@ class ConstraintCheck:
     space: SearchSpace
     _params: dict[str, int] = field(default_factory=dict)
     _peak: dict[str, float] = field(default_factory=dict)
+    _flops: dict[str, float] = field(default_factory=dict)
 
     def verdict(self, params: dict[str, Any]) -> Verdict:
         overrides = self.space.overrides(params)
@@ -78,8 +81,19 @@ class ConstraintCheck:
         return self._peak[key]
 
 
+    def train_gflops(self, overrides: list[str]) -> float:
+        # lazy: the sweep driver starts without torch
+        from ablate.bench.cost import train_gflops
+
+        key = memory_key(overrides)  # architecture and batch, as the memory estimate's
+        if key not in self._flops:
+            self._flops[key] = train_gflops(compose(overrides))
+        return self._flops[key]
+
+
 QUANTITY = {"params_trainable": ConstraintCheck.params_trainable,
-            "peak_mem_gb": ConstraintCheck.peak_mem_gb}
+            "peak_mem_gb": ConstraintCheck.peak_mem_gb,
+            "train_gflops": ConstraintCheck.train_gflops}
 
 
 def check_feasible(space: SearchSpace, n: int = FEASIBILITY_SAMPLES,

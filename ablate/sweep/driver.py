@@ -52,7 +52,7 @@ from ablate.sweep.reconcile import (
     plan_resume,
     stored_seeds,
 )
-from ablate.sweep.trial import GRID_KEY, TrialContext, run_trial
+from ablate.sweep.trial import COST_FIELDS, GRID_KEY, TrialContext, run_trial
 from ablate.sweep.warm_start import copy_trials, warm_trials
 from ablate.tracking import tune_callbacks
 from ablate.version import code_version
@@ -411,9 +411,7 @@ def reuse_table(db, version: str, any_version: bool = False) -> dict[str, dict]:
                if m["split"] == "val" and m["metric"] == "auc" and m["value"] is not None]
         table[f"{row.identity}:{int(row.seed)}"] = {
             "id": int(row.id), "run_dir": plain_value(row.run_dir),
-            **{k: plain_value(getattr(row, k)) for k in (
-                "params_trainable", "params_inference", "step_time_s", "peak_mem_mb",
-                "wall_s", "train_steps")},
+            **{k: plain_value(getattr(row, k)) for k in COST_FIELDS},
             "val_auc": val[0] if val else None, "metrics": mine,
             "code_version": plain_value(row.code_version),  # the code that computed it
             "curves": [[c["step"], c["name"], c["value"]] for c in curves.get(int(row.id), [])],
@@ -539,7 +537,8 @@ def _asha_evaluations(space, cfg, grid: dict) -> int:  # noqa: ANN001
 
 
 def _scheduler(space, evaluations: int, ledger):  # noqa: ANN001, ANN202
-    """ASHA on the first seed's source-val AUC, whatever the objectives are.
+    """ASHA (or async Hyperband: `brackets`) on the first seed's source-val AUC, whatever
+    the objectives are.
 
     Its clock is the evaluation index (`rung`); the last evaluation and the final
     report have rung 0, which ASHA ignores, so it never stops a fully trained trial.
@@ -552,7 +551,7 @@ def _scheduler(space, evaluations: int, ledger):  # noqa: ANN001, ANN202
 
     return asha(ledger, max_t=evaluations + 1,
                 grace_period=max(min(int(stop.grace_period), evaluations), 1),
-                reduction_factor=float(stop.reduction_factor))
+                reduction_factor=float(stop.reduction_factor), brackets=int(stop.brackets))
 
 
 class _Heartbeat:

@@ -23,7 +23,13 @@ from typing import Any
 from ablate.core.errors import AblateError
 from ablate.recipe import compose, recipe_hash
 from ablate.space.model import INFEASIBLE_ATTR
-from ablate.sweep.trial import DONE_STATUSES, GRID_KEY, summarise, trial_overrides
+from ablate.sweep.trial import (
+    COST_FIELDS,
+    DONE_STATUSES,
+    GRID_KEY,
+    summarise,
+    trial_overrides,
+)
 from ablate.sweep.warm_start import WARM_START_ATTR
 
 INTERRUPTED_ATTR = "interrupted"
@@ -53,8 +59,8 @@ def stored_seeds(db, sweep_name: str) -> dict[str, list[dict]]:  # noqa: ANN001
         records = by_trial.get(int(row["id"]), [])
         val = [m["value"] for m in records if m["split"] == "val" and m["metric"] == "auc"]
         seed = {k: plain_value(row.get(k)) for k in (
-            "id", "tune_trial_id", "seed", "status", "identity", "recipe_hash", "run_dir", "params_trainable",
-            "params_inference", "step_time_s", "peak_mem_mb", "wall_s", "train_steps", "error")}
+            "id", "tune_trial_id", "seed", "status", "identity", "recipe_hash", "run_dir",
+            *COST_FIELDS, "error")}
         seed.update(val_auc=val[0] if val else None, metrics=records,
                     recipe=json.loads(row["recipe_json"]) if row.get("recipe_json") else {})
         out.setdefault(str(row["tune_trial_id"]).rsplit(":", 1)[0], []).append(seed)

@@ -63,11 +63,13 @@ class RecordingASHA(ASHAScheduler):
 
 
 def asha(ledger: StopLedger, max_t: int, grace_period: int,
-         reduction_factor: float) -> RecordingASHA:
+         reduction_factor: float, brackets: int = 1) -> RecordingASHA:
     """ASHA on the first seed's selection signal at each evaluation: its source-val AUC, or
-    its proxy's under train.select=proxy (see ablate.sweep.trial)."""
+    its proxy's under train.select=proxy (see ablate.sweep.trial); `brackets` > 1 is
+    asynchronous Hyperband (EarlyStopping)."""
     return RecordingASHA(ledger, time_attr=RUNG, metric=RUNG_METRIC, mode="max", max_t=max_t,
-                         grace_period=grace_period, reduction_factor=reduction_factor)
+                         grace_period=grace_period, reduction_factor=reduction_factor,
+                         brackets=brackets)
 
 
 class TruthfulOptunaSearch(Searcher):

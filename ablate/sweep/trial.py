@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -43,6 +44,8 @@ from ablate.space import parse_space
 from ablate.space.budget import planned_evaluations
 from ablate.tracking import write_metrics
 
+log = logging.getLogger(__name__)
+
 GRID_KEY = "recipe"  # a trial's config key naming one of an explicit grid's recipes
 RETRY_KEY = "ablate_retry_of"  # Tune ids of the cut-off trials a resumed trial continues
 KIND = "ablate_kind"
@@ -55,7 +58,11 @@ RUNG_CURVE = "rung_curve"  # in eval reports: the curve RUNG_METRIC is a point o
 # every metric a trial reports; objectives must be among them. select_auc: the mean over
 # seeds of what each kept checkpoint was chosen by (`selection_auc`)
 REPORT_METRICS = ("val_auc", "select_auc", "test_auc_mean", "params_trainable",
-                  "params_inference", "step_time_s", "wall_s", "peak_mem_mb")
+                  "params_inference", "step_time_s", "wall_s", "peak_mem_mb", "train_gflops",
+                  "latency_ms")
+# a seed's cost fields, as trials report them and the results DB stores them
+COST_FIELDS = ("params_trainable", "params_inference", "step_time_s", "peak_mem_mb", "wall_s",
+               "train_steps", "train_gflops", "latency_ms")
 DONE_STATUSES = ("finished", "nan", "reused", "failed")  # a seed row that needs no new run
 STATE_FILE = "ablate_trial.json"  # in every trial checkpoint: whose state, and seeds done
 
@@ -266,6 +273,7 @@ class _Trial:
             )
             write_metrics(run.folder, metrics.to_dict("records"),
                           selection.get("step") or run.steps)
+            latency = measured_latency(classifier, cfg)
             run_dir = (storage.upload_folder(run.folder,
                                              storage.join(ctx.runs_location, run.folder.name))
                        if remote else str(run.folder.resolve()))
@@ -279,9 +287,24 @@ class _Trial:
             "wall_s": run.wall_s, "train_steps": run.steps, "step_time_s": run.step_time_s,
             "params_trainable": run.params_trainable, "params_inference": run.params_inference,
             "peak_mem_mb": run.peak_mem_mb, "val_auc": selection.get("val_auc"),
+            "train_gflops": self._gflops(cfg), "latency_ms": latency,
             "metrics": [*selection_rows(cfg, selection), *metrics.to_dict("records")],
             "curves": run.curves, "resumed_from_step": resumed_step,
         }
+
+    def _gflops(self, cfg) -> float | None:  # noqa: ANN001
+        """FLOPs of one training step (GFLOPs), counted once per trial on fake tensors; None,
+        with a warning, where the recipe cannot be built on them (a plugin's encoder)."""
+        if not hasattr(self, "gflops"):
+            # lazy: loads torch only when called
+            from ablate.bench.cost import train_gflops
+
+            try:
+                self.gflops = train_gflops(cfg.copy())
+            except Exception as err:  # noqa: BLE001 - a cost is not worth the trial
+                log.warning("train_gflops not counted for %s: %s", self.name, err)
+                self.gflops = None
+        return self.gflops
 
     def _resume_state(self, key: str, identity: str, seed: int) -> Path | None:
         """The latest checkpoint of this seed: Tune's own (a retried trial) or the DB's
@@ -353,9 +376,18 @@ def _resumed(state: Path | None) -> tuple[int | None, int]:
 
 def _stored(row: dict) -> dict:
     """The result fields of a stored seed (what reuse copies and summaries read)."""
-    keep = ("run_dir", "params_trainable", "params_inference", "step_time_s", "peak_mem_mb",
-            "wall_s", "train_steps", "val_auc", "metrics", "curves", "error", "code_version")
+    keep = ("run_dir", *COST_FIELDS, "val_auc", "metrics", "curves", "error", "code_version")
     return {k: row.get(k) for k in keep if k in row}
+
+
+def measured_latency(classifier, cfg) -> float | None:  # noqa: ANN001
+    """The classifier's latency at batch 1 (ms) on the recipe's training device."""
+    # lazy: loads torch only when called
+    from ablate.bench.cost import latency_ms
+    from ablate.device import pick_device
+
+    device = pick_device(str(cfg.train.device))
+    return latency_ms(classifier.to(device), int(cfg.image_size), device)
 
 
 def selection_rows(cfg: Any, selection: dict) -> list[dict]:
