@@ -22,6 +22,7 @@ from ablate.report import external as ext_mod
 from ablate.report import guidance as guidance_mod
 from ablate.report import headline as headline_mod
 from ablate.report import paired as paired_mod
+from ablate.report import structure as structure_mod
 from ablate.report.data import SweepData, load_sweep
 from ablate.report.display import Table, number
 from ablate.report.explained import explain_section
@@ -241,6 +242,9 @@ def _write(data: SweepData, folder: Path, formats: tuple[str, ...], evaluator: s
         _add_search_stage(doc, data, search)
     elif data.settings.get("confirmation"):
         _unconfirmed_note(doc, data)
+    structure = _add_structure(doc, data, search, summ,
+                               folder if {"md", "html"} & set(formats) else None)
+    images.update(structure.images)
     if explained is not None:
         section = explain_section(explained, folder)
         doc.sections.append(section)
@@ -264,6 +268,7 @@ def _write(data: SweepData, folder: Path, formats: tuple[str, ...], evaluator: s
             "pareto": front, "status": counts, "errors": errs, "trials": trial_table(data),
             "ranks": ranked.holm if ranked is not None else pd.DataFrame(),
             "code_versions": version_counts(data.counted), "protocols": columns,
+            **structure.frames,
             **({"external": ext_mod.external_frame(published)} if published else {})})
     return report
 
@@ -286,6 +291,21 @@ def _ranks(seed_vals: pd.DataFrame, ref: Reference) -> RankComparison | None:
                   & (seed_vals["dataset"] != tables.AVG)
                   & ~seed_vals["dataset"].map(is_part).astype(bool)]  # blocks: whole sets
     return rank_comparison(v[["label", "seed", "dataset", "value"]], ref.label)
+
+
+def _add_structure(doc: Document, data: SweepData, search: SweepData | None,
+                   summ: pd.DataFrame, folder: Path | None) -> structure_mod.Structure:
+    """The section "Structure search", after "Parameter importance": slices and parallel
+    coordinates of the search's trials, and the AUC-vs-cost front of its confirmation runs
+    (`data` when `search` is given; `summ`: its summary, the main table's numbers)."""
+    found = structure_mod.structure_section(search or data, data if search is not None
+                                            else None, folder, summ if search is not None
+                                            else None)
+    if found.section is not None:
+        at = next((i + 1 for i, s in enumerate(doc.sections)
+                   if s.title == "Parameter importance"), len(doc.sections))
+        doc.sections.insert(at, found.section)
+    return found
 
 
 def _add_ranks(doc: Document, ranked: RankComparison, images: dict[str, Path | None]) -> None:
@@ -486,7 +506,8 @@ def trial_table(data: SweepData) -> pd.DataFrame:
     t = data.trials
     out = t[["id", "tune_trial_id", "label", "seed", "status", "recipe_hash", "reused_from",
              "wall_s", "train_steps", "params_trainable", "params_inference", "peak_mem_mb",
-             "estimated_mem_mb", "step_time_s", "error", "run_dir"]].copy()
+             "estimated_mem_mb", "step_time_s", "train_gflops", "latency_ms", "error",
+             "run_dir"]].copy()
     out.insert(5, "test_auc_mean", out["id"].map(test_auc))
     out["counted"] = out["id"].isin(data.counted["id"])
     out["code_version"] = t["result_version"]  # the code that computed this row's numbers

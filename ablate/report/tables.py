@@ -20,10 +20,10 @@ from ablate.report.stats import pareto_mask, t_interval
 
 AVG = "avg"
 LOWER_IS_BETTER = {"eer", "video_eer", "params_trainable", "params_inference", "step_time_s",
-                   "wall_s", "peak_mem_mb", "estimated_mem_mb"}
+                   "wall_s", "peak_mem_mb", "estimated_mem_mb", "train_gflops", "latency_ms"}
 MAIN_METRICS = ("auc", "eer")
 TRIAL_COLUMNS = ("params_trainable", "params_inference", "step_time_s", "wall_s", "peak_mem_mb",
-                 "estimated_mem_mb")
+                 "estimated_mem_mb", "train_gflops", "latency_ms")
 STATUSES = ("finished", "reused", "pruned", "failed", "nan", "running")
 KEYS = ["config", "label", "dataset", "level", "metric"]
 
