@@ -311,6 +311,7 @@ def validate(cfg: DictConfig) -> None:
     if not isinstance(cfg.image_size, int) or cfg.image_size <= 0:
         raise AblateError(f"image_size must be a positive integer, not {cfg.image_size!r}")
     _check_choices(cfg)
+    schema.timestep_range(cfg)  # the guided step's range of the teacher's schedule
 
 
 def _check_choices(cfg: DictConfig) -> None:

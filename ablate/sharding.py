@@ -58,9 +58,12 @@ class Shard:
         return full[:, self.rows(local)].flatten(0, 1)  # [groups * local, ...]
 
     def timesteps(self, teacher: Any, local: int, generator: torch.Generator | None,
-                  device: torch.device, latent_size: tuple[int, int]) -> Tensor:
-        """This process's rows of the global batch's timesteps [local]."""
-        drawn = teacher.sample_timesteps(self.world * local, generator, device, latent_size)
+                  device: torch.device, latent_size: tuple[int, int],
+                  t_range: tuple[float, float] = (0.0, 1.0)) -> Tensor:
+        """This process's rows of the global batch's timesteps [local], drawn within the
+        recipe's `t_range` (`train.t_min`, `train.t_max`; the default: the whole schedule)."""
+        drawn = teacher.sample_timesteps(self.world * local, generator, device, latent_size,
+                                         t_range)
         return drawn[self.rows(local)]
 
 

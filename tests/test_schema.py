@@ -45,6 +45,7 @@ OLD_OMIT_AT_DEFAULT = {
     "loss.orthogonal": 0.0, "loss.singular": 0.0, "loss.uniformity": 0.0, "loss.alignment": 0.0,
     # added later: the guide's structure, a search axis (issue 27)
     "guide.blocks": None, "guide.inject": "all", "guide.zero_init": True, "guide.depth": 1,
+    "train.t_min": 0.0, "train.t_max": 1.0,  # added later: the guided step's timestep range
 }
 
 

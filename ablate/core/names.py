@@ -14,7 +14,8 @@ NO_GUIDE = "none"  # guide=none: the plain baseline (encoder + head, CE only)
 # What only a guided recipe builds or uses: dropped from a baseline's identity, so
 # `guide=none` gives one hash whatever these say (nothing of them is built).
 GUIDANCE_ONLY = ("filter", "weight", "teacher", "loss.source", "loss.target",
-                 "loss.weight_source", "loss.weight_target", "data.source_is")
+                 "loss.weight_source", "loss.weight_target", "data.source_is",
+                 "train.t_min", "train.t_max")
 
 
 def is_guidance_key(dotted: str) -> bool:

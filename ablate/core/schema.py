@@ -111,6 +111,10 @@ GROUPS: dict[str, Group] = {g.name: g for g in (
         "pin_memory": Setting("auto", "auto (GPU only) | true | false: page-locked batches",
                               result=False),
         "processes": Setting(1, "data-parallel processes of one run (Ray Train)", result=False),
+        "t_min": Setting(0.0, "guided loss: timesteps drawn from [t_min, t_max] of the teacher's "
+                              "schedule (0 = clean); its lower end", hash_when_default=False),
+        "t_max": Setting(1.0, "guided loss: the upper end of that range (1 = pure noise)",
+                         hash_when_default=False),
     }),
     Group("data", "what is trained and tested on", {
         "train": Setting("synth-blend", "source domain: a benchmark family, configs/data/<name> "
@@ -334,6 +338,19 @@ def check_choices(cfg: Any) -> None:
         if isinstance(value, bool) or value not in found.choices:
             raise AblateError(f"{key} must be one of {', '.join(map(str, found.choices))}, "
                               f"not {value!r}")
+
+
+def timestep_range(cfg: Any) -> tuple[float, float]:
+    """(train.t_min, train.t_max) as floats, the part of the teacher's training schedule the
+    guided step draws its timesteps from (Teacher.sample_timesteps); a range outside
+    0 <= t_min < t_max <= 1, or a value that is not a number, is one line."""
+    t_min, t_max = setting(cfg, "train.t_min"), setting(cfg, "train.t_max")
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (t_min, t_max))
+    if not numbers or not 0.0 <= t_min < t_max <= 1.0:
+        raise AblateError(f"train.t_min={t_min!r}, train.t_max={t_max!r}: both must be numbers "
+                          "with 0 <= train.t_min < train.t_max <= 1 (fractions of the teacher's "
+                          "schedule)")
+    return float(t_min), float(t_max)
 
 
 def choices(key: str) -> tuple[Any, ...]:

@@ -8,7 +8,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ablate.core.errors import AblateError
-from ablate.core.schema import BUILDER_APPLIED, setting
+from ablate.core.schema import BUILDER_APPLIED, setting, timestep_range
 from ablate.model.contracts import check_backbone, check_filter, check_weight
 from ablate.model.detector import Classifier, DiffusionFakeDetector, LossWeights
 from ablate.model.tuning import Tuning, apply_tuning
@@ -129,7 +129,12 @@ def build_detector(cfg: DictConfig, teacher=None) -> DiffusionFakeDetector:  # n
     check_weight(w_name, branch_weights[0], channels, grid)
     g_name, g_args = _slot(cfg, "guide")
     guide = build("guide", g_name, teacher=teacher, **g_args)
-    return DiffusionFakeDetector(classifier, filters, branch_weights, guide, teacher, weights)
+    detector = DiffusionFakeDetector(classifier, filters, branch_weights, guide, teacher, weights)
+    detector.timestep_range = timestep_range(cfg)  # train.t_min, train.t_max (0, 1 if absent)
+    bounds = getattr(teacher, "timestep_bounds", None)  # integer steps (UNet): at least one
+    if bounds is not None:
+        bounds(detector.timestep_range)
+    return detector
 
 
 def loss_weights(cfg: DictConfig) -> LossWeights:

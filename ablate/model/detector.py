@@ -132,6 +132,9 @@ class DiffusionFakeDetector(nn.Module):
         self.shard: Shard | None = None
         # recompute the filters' activations in backward (train.grad_checkpointing)
         self.checkpoint_filters = False
+        # the part of the teacher's schedule the guided step draws timesteps from
+        # (train.t_min, train.t_max; Teacher.sample_timesteps); not saved
+        self.timestep_range: tuple[float, float] = (0.0, 1.0)
 
     @property
     def guided(self) -> bool:
@@ -178,7 +181,8 @@ class DiffusionFakeDetector(nn.Module):
         LatentCache); computed here when None. Weight targets use the posterior means
         (deterministic); the diffusion latents of sources and targets are drawn from
         their posteriors with `generator`, then one noise and one timestep [B] shared
-        by both branches: the same random stream, so cached and uncached steps agree.
+        by both branches, the timestep within `timestep_range` (train.t_min, train.t_max):
+        the same random stream, so cached and uncached steps agree.
         `batched=False` runs the two branches one after the other (the reference).
         `backward=True` (guided only) also backpropagates: each branch's loss as soon as it
         is known, so its activations are freed before the other branch runs, then the rest;
@@ -213,7 +217,8 @@ class DiffusionFakeDetector(nn.Module):
             lat_s, lat_t = latents.chunk(2)  # [B, C_lat, h', w'] each
             # the same noise for both branches [B, C_lat, h', w'], timesteps [B]
             noise = shard.randn(tuple(lat_s.shape), generator, lat_s.device, lat_s.dtype)
-            t = shard.timesteps(teacher, b, generator, lat_s.device, lat_s.shape[-2:])
+            t = shard.timesteps(teacher, b, generator, lat_s.device, lat_s.shape[-2:],
+                                self.timestep_range)
             cosines = {  # posterior means of the un-augmented x vs s (resp. t); reals: 1
                 key: torch.where(labels > 0, F.cosine_similarity(
                     mean_x.flatten(1), mean.flatten(1), dim=1), 1.0)

@@ -4,7 +4,7 @@
 A training step asks a teacher, in this order:
 
     latents   = teacher.encode(images)                        # VAE posterior sample, scaled
-    t         = teacher.sample_timesteps(B, generator, dev)   # its family's training law
+    t         = teacher.sample_timesteps(B, generator, dev, size, t_range)  # family's law
     noisy     = teacher.add_noise(latents, noise, t)
     target    = teacher.diffusion_target(latents, noise, t)   # eps, v or flow velocity
     residuals = guide(noisy, t, cond, teacher.conditioning(B, image_size))
@@ -34,6 +34,10 @@ DTYPES = {
     "float16": torch.float16,
     "fp16": torch.float16,
 }
+
+# The whole training schedule, as a fraction (`train.t_min`, `train.t_max`): the default
+# range of the guided step's timesteps, at which every family draws exactly its own law.
+FULL_RANGE: tuple[float, float] = (0.0, 1.0)
 
 
 class Teacher(nn.Module):
@@ -106,8 +110,13 @@ class Teacher(nn.Module):
         return self.vae_factor
 
     def sample_timesteps(self, batch: int, generator: torch.Generator | None,
-                         device: torch.device, latent_size: tuple[int, int] = (32, 32)) -> Tensor:
-        """Training timesteps [batch] under the family's own law."""
+                         device: torch.device, latent_size: tuple[int, int] = (32, 32),
+                         t_range: tuple[float, float] = FULL_RANGE) -> Tensor:
+        """Training timesteps [batch] under the family's own law, restricted to `t_range`
+        (t_min, t_max): fractions of the training schedule, 0 = clean, 1 = pure noise
+        (`train.t_min`, `train.t_max`). At `FULL_RANGE` the draws are the law's own, bit for
+        bit; each family says how it restricts (UNet: integers in [floor(t_min T),
+        ceil(t_max T)); flow: its sigmas mapped affinely into [t_min, t_max])."""
         raise NotImplementedError
 
     def add_noise(self, latents: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:

@@ -15,7 +15,9 @@ then a shift toward noise:
   samples with, sigma = e^mu / (e^mu + 1/u - 1), mu linear in the image's token count
   from base_shift at 256 tokens to max_shift at 4096 (FluxPipeline.calculate_shift).
 
-Both branches of a guided step share one sigma per sample and one noise tensor.
+Both branches of a guided step share one sigma per sample and one noise tensor. A recipe's
+`train.t_min` / `train.t_max` map the law's sigmas affinely into that part of (0, 1)
+(`restrict`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from torch import Tensor, nn
 
 from ablate.core.errors import AblateError
-from ablate.model.teachers.base import Teacher
+from ablate.model.teachers.base import FULL_RANGE, Teacher
 
 DENSITIES = ("logit_normal", "uniform")
 
@@ -74,6 +76,21 @@ class TimestepLaw:
         if self.shift is not None:
             return shift_sigmas(u, self.shift)
         return exponential_time_shift(u, self.mu(tokens))
+
+
+def restrict(sigmas: Tensor, t_range: tuple[float, float] = FULL_RANGE) -> Tensor:
+    """The law's sigmas mapped into [t_min, t_max] (`train.t_min`, `train.t_max`):
+    t_min + (t_max - t_min) * sigma.
+
+    An affine map of the draws, not a truncation or a re-draw: the family's law keeps its
+    shape (logit-normal bulk, resolution shift) squeezed into the range, every draw stays
+    one draw (the generator's stream is the same whatever the range, so shards and seeds
+    line up), and a narrow range does not pile up at an end. At the full range it is skipped
+    (no arithmetic), so the draws are the law's own, bit for bit."""
+    if tuple(t_range) == FULL_RANGE:
+        return sigmas
+    t_min, t_max = t_range
+    return t_min + (t_max - t_min) * sigmas
 
 
 def shift_sigmas(u: Tensor, shift: float) -> Tensor:
@@ -130,9 +147,12 @@ class FlowTeacher(Teacher):
         return (latent_size[0] // self.patch) * (latent_size[1] // self.patch)
 
     def sample_timesteps(self, batch: int, generator: torch.Generator | None,
-                         device: torch.device, latent_size: tuple[int, int] = (32, 32)) -> Tensor:
-        """Training sigmas [batch] in (0, 1) under the family's law (`teacher.timesteps`)."""
-        return self.law.sample(batch, self.tokens(latent_size), generator, device)
+                         device: torch.device, latent_size: tuple[int, int] = (32, 32),
+                         t_range: tuple[float, float] = FULL_RANGE) -> Tensor:
+        """Training sigmas [batch] in (0, 1) under the family's law (`teacher.timesteps`),
+        mapped into `t_range` (`restrict`)."""
+        return restrict(self.law.sample(batch, self.tokens(latent_size), generator, device),
+                        t_range)
 
     def add_noise(self, latents: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
         return add_noise(latents, noise, timesteps)

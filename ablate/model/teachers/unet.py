@@ -13,6 +13,7 @@ registry entries, `unet_variants`; diffusers folders, `unet_folder` (read) and `
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from torch import Tensor, nn
 
 from ablate.core.errors import AblateError
 from ablate.model.teachers import unet_families
-from ablate.model.teachers.base import Teacher
+from ablate.model.teachers.base import FULL_RANGE, Teacher
 from ablate.model.teachers.unet_save import save_folder
 
 
@@ -69,12 +70,29 @@ class UNetTeacher(Teacher):
     # --- diffusion -----------------------------------------------------------------------------
 
     def sample_timesteps(self, batch: int, generator: torch.Generator | None,
-                         device: torch.device, latent_size: tuple[int, int] = (32, 32)) -> Tensor:
-        """Uniform integer timesteps [batch] over the training schedule (t ~ U[0, 1000)),
-        drawn where the generator lives, then moved."""
+                         device: torch.device, latent_size: tuple[int, int] = (32, 32),
+                         t_range: tuple[float, float] = FULL_RANGE) -> Tensor:
+        """Uniform integer timesteps [batch] over the training schedule (t ~ U[0, 1000)), or
+        over its part `t_range` (`timestep_bounds`), drawn where the generator lives, then
+        moved. One `randint` call whatever the range: at the full range it is the call (and
+        the draws) of before the range existed."""
         where = generator.device if generator is not None else device
-        steps = self.scheduler.config.num_train_timesteps
-        return torch.randint(0, steps, (batch,), generator=generator, device=where).to(device)
+        low, high = self.timestep_bounds(t_range)
+        return torch.randint(low, high, (batch,), generator=generator, device=where).to(device)
+
+    def timestep_bounds(self, t_range: tuple[float, float] = FULL_RANGE) -> tuple[int, int]:
+        """[low, high) of the integer timesteps a range of the schedule's T steps holds:
+        floor(t_min T), ceil(t_max T), every step the range touches (full range: 0, T).
+        Products are rounded to 9 decimals first: 0.07 x 100 is 7.000000000000001 in floats,
+        whose ceiling would add step 7. A range holding no integer step is one line."""
+        steps = int(self.scheduler.config.num_train_timesteps)
+        t_min, t_max = t_range
+        low, high = math.floor(round(t_min * steps, 9)), math.ceil(round(t_max * steps, 9))
+        if not 0 <= low < high <= steps:
+            raise AblateError(f"train.t_min={t_min}, train.t_max={t_max} hold no integer "
+                              f"timestep of teacher {self.name}'s {steps} steps; use 0 <= "
+                              "train.t_min < train.t_max <= 1")
+        return low, high
 
     def conditioning(self, batch_size: int, image_size: int | tuple[int, int]) -> dict[str, Any]:
         """UNet keyword arguments for the empty prompt (and SDXL micro-conditioning)."""
