@@ -294,3 +294,31 @@ def test_parallel_axis_of_a_param_no_plotted_trial_had(tmp_path: Path) -> None:
     assert plots.parallel_plot(wide, params, "val_auc", tmp_path).is_file()
     y, ticks, labels = plots._axis_position(params[1], wide["guide.width"])
     assert labels == [ABSENT] and np.all(y == ticks[0])
+
+
+def test_slices_read_defaults_the_recipe_leaves_out_and_null_choices(tmp_path: Path) -> None:
+    """guide.blocks=null and train.t_min=0.0 are left out of a stored recipe (the hash omits
+    them at their defaults): the slices still show those trials, under "null" and 0.0."""
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    space = ("params:\n  train.t_min: {choice: [0.0, 0.3]}\n"
+             "  guide.blocks: {choice: [null, 1]}\n"
+             "  guide.inject: {choice: [all, mid], when: {guide.blocks: [null]}}\n"
+             "objectives:\n  - {metric: val_auc, mode: max}\n")
+    chosen = {"a": ({}, 0.7), "b": ({"train": {"t_min": 0.3}, "guide": {"blocks": 1}}, 0.6),
+              "c": ({"guide": {"inject": "mid"}}, 0.8)}
+    with ResultsDB(url) as db:
+        sid = db.start_sweep("d", "structure", {"space_text": space, "objectives": [
+            {"metric": "val_auc", "mode": "max"}], "sampler": "tpe"}, "v1")
+        for name, (extra, val) in chosen.items():
+            r = recipe(("paper", 4, 1e-4), 0)
+            r["guide"].update(extra.get("guide", {}))
+            r["train"].update(extra.get("train", {}))
+            db.record_trial(sid, f"{name}:0", recipe_hash=name, recipe=r, seed=0,
+                            status="finished", started=T0, ended=T0,
+                            metrics=auc_rows(val, dict.fromkeys(TESTS, val)))
+        data = load_sweep(db, "d")
+    params = searched_params(data)
+    wide = trial_params(data, params, "val_auc").sort_values("val_auc")  # b, a, c
+    assert list(wide["train.t_min"]) == [0.3, 0.0, 0.0]
+    assert list(wide["guide.blocks"]) == [1, "null", "null"]
+    assert list(wide["guide.inject"]) == [None, "all", "mid"]  # b holds no mid block

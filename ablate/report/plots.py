@@ -186,7 +186,8 @@ def slice_plot(points: pd.DataFrame, params: list[Param], objective: str,
             where = {str(c): i for i, c in enumerate(order)}
             x = part["value"].map(lambda v, w=where: w[str(v)]).to_numpy(dtype=float)
             ax.scatter(x + rng.uniform(-0.15, 0.15, len(x)), y, s=22, alpha=0.75)
-            ax.set_xticks(range(len(order)), [str(c) for c in order], rotation=30, ha="right")
+            ax.set_xticks(range(len(order)), [str(c) for c in order], rotation=30, ha="right",
+                          rotation_mode="anchor")  # each label ends at its own tick
             ax.set_xlim(-0.5, len(order) - 0.5)
         else:
             ax.scatter(part["value"].to_numpy(dtype=float), y, s=22, alpha=0.75)

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from ablate.core.schema import omit_at_default
 from ablate.provenance import is_part
 from ablate.report import tables
 from ablate.report.data import SweepData
@@ -37,6 +38,8 @@ LOG_COSTS = ("params_trainable", "train_gflops")  # spans orders of magnitude: l
 COST_NAMES = {"params_trainable": "Trainable params", "train_gflops": "Train GFLOPs",
               "latency_ms": "Latency (ms)", "peak_mem_mb": "Peak mem (MB)"}
 ABSENT = "(absent)"
+ABSENT_VALUE = object()  # a param the trial's recipe does not have
+OMITTED_AT_DEFAULT = omit_at_default()  # dotted key -> the default its recipe leaves out
 
 
 @dataclass(frozen=True)
@@ -77,24 +80,37 @@ def _space_params(text: Any) -> dict[str, Any]:
 
 
 def _param(key: str, spec: dict[str, Any]) -> Param:
-    when = {str(k): tuple(str(x) for x in (v if isinstance(v, list) else [v]))
+    when = {str(k): tuple(str(_shown(x)) for x in (v if isinstance(v, list) else [v]))
             for k, v in (spec.get("when") or {}).items()}
     if "choice" in spec:
-        return Param(key, "choice", tuple(spec["choice"] or ()), when=when)
+        return Param(key, "choice", tuple(map(_shown, spec["choice"] or ())), when=when)
     kind = "int" if "int" in spec else "float"
     return Param(key, kind, log=bool(spec.get("log", False)), when=when)
 
 
+def _shown(value: Any) -> Any:
+    """A param value as the report shows it: YAML's null as "null", so that a chosen null
+    (guide.blocks=null: the whole encoder) is a category, not a missing value."""
+    return "null" if value is None else value
+
+
 def _value(flat: dict[str, Any], key: str) -> Any:
-    """A param's value in a flat recipe: `filter` is the slot's `filter.name`; None if absent."""
+    """A param's value in a flat recipe (`filter` is the slot's `filter.name`), shown as
+    `_shown` does; ABSENT_VALUE if the recipe lacks it. A setting the recipe hash leaves out
+    at its default (`hash_when_default=False`: train.t_min=0.0, guide.inject=all) is not
+    stored in the recipe; it reads as that default."""
     if key in flat:
-        return flat[key]
-    return flat.get(f"{key}.name")
+        return _shown(flat[key])
+    if f"{key}.name" in flat:
+        return _shown(flat[f"{key}.name"])
+    if key in OMITTED_AT_DEFAULT:
+        return _shown(OMITTED_AT_DEFAULT[key])
+    return ABSENT_VALUE
 
 
 def _present(param: Param, flat: dict[str, Any]) -> bool:
     """Whether the trial had this param: found in its recipe and its `when` holds."""
-    if _value(flat, param.key) is None:
+    if _value(flat, param.key) is ABSENT_VALUE:
         return False
     return all(str(_value(flat, parent)) in values for parent, values in param.when.items())
 
