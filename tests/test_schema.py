@@ -46,6 +46,7 @@ OLD_OMIT_AT_DEFAULT = {
     # added later: the guide's structure, a search axis (issue 27)
     "guide.blocks": None, "guide.inject": "all", "guide.zero_init": True, "guide.depth": 1,
     "train.t_min": 0.0, "train.t_max": 1.0,  # added later: the guided step's timestep range
+    "weight.pool": "mean",  # added later: how the weight module pools the grid
 }
 
 

@@ -200,7 +200,12 @@ SLOT_KEYS: dict[str, dict[str, Setting]] = {
                                 hash_when_default=False),
     },
     "filter": {"name": Setting("paper", "the feature filter variant (configs/filter/)")},
-    "weight": {"name": Setting("paper", "the weight module variant (configs/weight/)")},
+    "weight": {
+        "name": Setting("paper", "the weight module variant (configs/weight/)"),
+        # a search axis (issue 27): how the feature grid is pooled before the MLP / FC
+        "pool": Setting("mean", "paper and code weight modules: mean (as both sources) | max",
+                        hash_when_default=False, choices=("mean", "max")),
+    },
     "guide": {
         "name": Setting("controlnet", "the guide variant; none = the plain baseline"),
         "layers": Setting(None, "transformer teachers: blocks copied; null = the teacher's "

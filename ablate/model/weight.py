@@ -15,6 +15,7 @@ from ablate.core.errors import AblateError
 from ablate.registry import WEIGHTS
 
 TARGETS = ("cos01", "cos")
+POOLS = ("mean", "max")  # how the feature grid becomes one vector: both sources use the mean
 
 
 class WeightModule(nn.Module):
@@ -22,12 +23,19 @@ class WeightModule(nn.Module):
 
     has_loss: bool = True
 
-    def __init__(self, target: str = "cos01", detach: bool = False) -> None:
+    def __init__(self, target: str = "cos01", detach: bool = False, pool: str = "mean") -> None:
         super().__init__()
         if target not in TARGETS:
             raise AblateError(f"weight.target must be one of {', '.join(TARGETS)}, not {target!r}")
+        if pool not in POOLS:
+            raise AblateError(f"weight.pool must be one of {', '.join(POOLS)}, not {pool!r}")
         self.target_kind = target
         self.detach = detach  # detach W where it scales the guide's residuals
+        self.pool = pool
+
+    def pooled(self, x: Tensor) -> Tensor:
+        """[B, C, h, w] -> [B, C]: the grid's mean (paper, released code) or max."""
+        return x.mean(dim=(2, 3)) if self.pool == "mean" else x.amax(dim=(2, 3))
 
     def target(self, cosine: Tensor) -> Tensor:
         """Regression target from the cosine similarity of latents, [B]."""
@@ -43,8 +51,9 @@ class ConvWeight(WeightModule):
         hidden: int = 128,
         target: str = "cos01",
         detach: bool = False,
+        pool: str = "mean",
     ) -> None:
-        super().__init__(target, detach)
+        super().__init__(target, detach, pool)
         chans = [in_channels, *widths]
         self.convs = nn.Sequential(
             *[nn.Conv2d(a, b, 3, padding=1) for a, b in zip(chans[:-1], chans[1:], strict=True)]
@@ -52,7 +61,7 @@ class ConvWeight(WeightModule):
         self.fc = nn.Sequential(nn.Linear(chans[-1], hidden), nn.Linear(hidden, 1))
 
     def forward(self, feats: Tensor) -> Tensor:
-        x = self.convs(feats).mean(dim=(2, 3))  # [B, widths[-1]]
+        x = self.pooled(self.convs(feats))  # [B, widths[-1]]
         return self.fc(x).squeeze(1).sigmoid()  # [B]
 
 
@@ -64,8 +73,9 @@ class MLPWeight(WeightModule):
         widths: tuple[int, ...] = (512, 256, 128, 64),
         target: str = "cos",
         detach: bool = False,
+        pool: str = "mean",
     ) -> None:
-        super().__init__(target, detach)
+        super().__init__(target, detach, pool)
         chans = [in_channels, *widths, 1]
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(chans[:-1], chans[1:], strict=True)):
@@ -75,7 +85,7 @@ class MLPWeight(WeightModule):
         self.mlp = nn.Sequential(*layers)  # len(widths) + 1 linear layers
 
     def forward(self, feats: Tensor) -> Tensor:
-        return self.mlp(feats.mean(dim=(2, 3))).squeeze(1).sigmoid()  # [B]
+        return self.mlp(self.pooled(feats)).squeeze(1).sigmoid()  # [B]
 
 
 @WEIGHTS.register("constant", "a fixed weight for every sample; nothing to train")
