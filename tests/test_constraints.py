@@ -94,18 +94,18 @@ def test_a_constrained_sweep_never_trains_an_infeasible_point(in_tmp):
         assert t.state == optuna.trial.TrialState.COMPLETE
         assert t.values == [-math.inf]  # the worst possible val_auc
         assert t.user_attrs["constraints"][0] > 0
-        assert t.system_attrs["constraints"][0] > 0  # what TPE's constraints_func stored
+        assert t.constraints["params_trainable"] > 0  # what TPE reads (Trial.set_constraint)
         assert "tune_trial_id" not in t.user_attrs  # never handed to Tune
     trained = [t for t in study.trials if "infeasible" not in t.user_attrs]
     assert len(trained) == 3
     for t in trained:
         assert t.params["guide"] == "adapter"
-        assert t.system_attrs["constraints"][0] <= 0  # feasible points teach the boundary
+        assert t.constraints["params_trainable"] <= 0  # feasible points teach the boundary
     assert set(rows["tune_trial_id"].str.split(":").str[0]) == {
         t.user_attrs["tune_trial_id"] for t in trained}
 
 
-def test_a_random_sampler_without_constraints_func_still_skips_infeasible_points(tmp_path):
+def test_a_random_sampler_that_ignores_constraints_still_skips_infeasible_points(tmp_path):
     from ablate.sweep.searcher import StopLedger, TruthfulOptunaSearch
 
     space = load_space(write_space(tmp_path))

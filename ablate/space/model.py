@@ -157,13 +157,6 @@ class Constraint:
         return " ".join(bounds)
 
 
-def constraint_values(n: int, trial: Any) -> list[float]:
-    """Optuna's `constraints_func`: the violations stored on a trial when it was sampled;
-    a trial without them (asked before the space had constraints) counts as feasible."""
-    values = trial.user_attrs.get(CONSTRAINTS_ATTR)
-    return [float(v) for v in values] if values is not None else [0.0] * n
-
-
 @dataclass(frozen=True)
 class SamplerSpec:
     name: str = "tpe"
@@ -265,27 +258,23 @@ class SearchSpace:
     def make_sampler(self) -> Any:
         """The Optuna sampler the space asks for (TPE groups conditional params); Optuna is
         imported here, so the model itself stays plain data."""
-        import functools
         import warnings
 
         import optuna
 
         name, seed = self.sampler.name, self.sampler.seed
-        # random and grid take no constraints_func: the searcher still skips (never trains)
-        # their infeasible points, but they do not learn to avoid them
+        # TPE and NSGA-II read each trial's constraint values (`Trial.set_constraint`, set by
+        # the searcher when a point is drawn); random and grid do not: the searcher still
+        # skips (never trains) their infeasible points, but they do not learn to avoid them
         if name == "random":
             return optuna.samplers.RandomSampler(seed=seed)
         if name == "grid":
             return optuna.samplers.GridSampler(self.grid(), seed=seed)
-        constrained = ({"constraints_func": functools.partial(constraint_values,
-                                                              len(self.constraints))}
-                       if self.constraints else {})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             if name == "nsga2":
-                return optuna.samplers.NSGAIISampler(seed=seed, **constrained)
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
-                                              **constrained)
+                return optuna.samplers.NSGAIISampler(seed=seed)
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
 
     def grid(self) -> dict[str, list[Scalar]]:
         """Every param's choices (grid sampler only: all params categorical)."""

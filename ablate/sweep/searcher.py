@@ -124,6 +124,9 @@ class TruthfulOptunaSearch(Searcher):
 
         verdict = self.constraints.verdict(config)
         trial.set_user_attr(CONSTRAINTS_ATTR, verdict.violations)
+        for constraint, violation in zip(self.space.constraints, verdict.violations,
+                                         strict=True):  # what TPE and NSGA-II read
+            trial.set_constraint(constraint.quantity, violation)
         if verdict.feasible:
             return True
         trial.set_user_attr(INFEASIBLE_ATTR, verdict.reason)

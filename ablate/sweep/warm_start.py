@@ -94,8 +94,8 @@ def copy_trials(study, source: str, trials: list[Any]) -> int:  # noqa: ANN001
     if held:
         return len(held)
     for t in trials:
-        system = ({CONSTRAINTS_KEY: t.system_attrs[CONSTRAINTS_KEY]}
-                  if CONSTRAINTS_KEY in t.system_attrs else {})
+        system = {k: v for k, v in t.system_attrs.items()  # both of Optuna's formats
+                  if k == CONSTRAINTS_KEY or k.startswith(f"{CONSTRAINTS_KEY}:")}
         study.add_trial(optuna.trial.create_trial(
             params=t.params, distributions=t.distributions, values=t.values,
             user_attrs={WARM_START_ATTR: source, WARM_NUMBER_ATTR: t.number},
