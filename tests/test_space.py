@@ -20,7 +20,7 @@ from ablate.space import (
     validate_space,
 )
 
-SHIPPED = {"quick", "modules", "backbones", "teachers", "paper"}
+SHIPPED = {"quick", "modules", "backbones", "teachers", "paper", "architecture", "architecture-gpu"}
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
