@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from ablate.report.structure import (  # noqa: E402
+from ablate.report.searched import (  # noqa: E402
     ABSENT,
     COST_NAMES,
     LOG_COSTS,

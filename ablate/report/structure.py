@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,30 +30,16 @@ from ablate.report.data import SweepData
 from ablate.report.display import Table, number
 from ablate.report.importance import UNBIASED_SAMPLERS, sampler_name
 from ablate.report.render import Section
+from ablate.report.searched import (
+    ABSENT,
+    COST_NAMES,
+    COSTS,
+    Param,
+)
 from ablate.report.stats import pareto_mask
 
-COSTS = ("params_trainable", "train_gflops", "latency_ms", "peak_mem_mb")
-LOG_COSTS = ("params_trainable", "train_gflops")  # spans orders of magnitude: log x axis
-COST_NAMES = {"params_trainable": "Trainable params", "train_gflops": "Train GFLOPs",
-              "latency_ms": "Latency (ms)", "peak_mem_mb": "Peak mem (MB)"}
-ABSENT = "(absent)"
 ABSENT_VALUE = object()  # a param the trial's recipe does not have
 OMITTED_AT_DEFAULT = omit_at_default()  # dotted key -> the default its recipe leaves out
-
-
-@dataclass(frozen=True)
-class Param:
-    """One searched param: `key` as the space names it (filter, filter.heads, train.lr)."""
-
-    key: str
-    kind: str  # "choice" | "int" | "float"
-    choices: tuple[Any, ...] = ()  # a choice's values, in the space's order
-    log: bool = False
-    when: dict[str, tuple[str, ...]] = field(default_factory=dict)  # parent -> values (str)
-
-    @property
-    def categorical(self) -> bool:
-        return self.kind == "choice"
 
 
 def searched_params(data: SweepData) -> list[Param]:
@@ -299,7 +284,8 @@ def structure_section(search: SweepData, confirmation: SweepData | None,
                     f"lacked at {ABSENT!r}; colour = {objective}. These are the search's own "
                     "runs: " + _sampling_note(search))
         if folder is not None:
-            from ablate.report import plots  # matplotlib only when a format shows figures
+            # lazy: matplotlib only when a format shows figures
+            from ablate.report import plots
 
             out.images["slices"] = plots.slice_plot(longs, params, objective, folder)
             out.images["parallel"] = plots.parallel_plot(wide, params, objective, folder)
@@ -321,6 +307,7 @@ def structure_section(search: SweepData, confirmation: SweepData | None,
                 "both (higher AUC, lower cost) are the front, in red.")
             tables_.append(front_table(front))
             if folder is not None:
+                # lazy: matplotlib only when a format shows figures
                 from ablate.report import plots
 
                 out.images["structure_front"] = plots.cost_front_plot(front, folder)
@@ -351,15 +338,3 @@ def _sampling_note(search: SweepData) -> str:
     return (f"sampled by {sampler or 'an unknown sampler'}, which (when adaptive: TPE, "
             "NSGA-II) puts more trials where earlier ones scored well, so dense regions "
             "mean \"chosen often\", not \"better\".")
-
-
-def param_order(param: Param, values: pd.Series) -> list[Any]:
-    """A categorical param's categories: the space's order, then any other value seen."""
-    seen = list(dict.fromkeys(values.dropna()))
-    listed = [c for c in param.choices if any(_same(c, v) for v in seen)]
-    rest = sorted((v for v in seen if not any(_same(c, v) for c in listed)), key=str)
-    return [*listed, *rest]
-
-
-def _same(a: Any, b: Any) -> bool:
-    return json.dumps(a, default=str) == json.dumps(b, default=str) or str(a) == str(b)
