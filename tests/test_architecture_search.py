@@ -75,7 +75,9 @@ def test_brackets_make_asha_async_hyperband(tmp_path):
 @pytest.mark.slow
 def test_hyperband_sweep_tells_optuna_its_stops_and_records_costs(in_tmp):
     url = f"sqlite:///{in_tmp / 'r.db'}"
-    params = "  train.lr: {choice: [0.001, 0.0003, 0.0001, 0.00003, 0.00001]}"
+    # a structural param, so that trials differ in cost: each must record its own
+    params = ("  filter.width: {choice: [8, 16, 32]}\n"
+              "  train.lr: {choice: [0.001, 0.0003, 0.0001, 0.00003, 0.00001]}")
     space = in_tmp / "hb.yaml"
     space.write_text(open(write_space(in_tmp, params=params, trials=8, concurrent=1, steps=9,
                                       asha=True)).read()
@@ -88,15 +90,46 @@ def test_hyperband_sweep_tells_optuna_its_stops_and_records_costs(in_tmp):
     states = optuna_agrees_with_rows(url, "hb")
     assert "PRUNED" in states and "COMPLETE" in states, states
     rows = ResultsDB(url).trials("hb")
-    done = rows[rows["status"] == "finished"].iloc[0]
-    recipe = compose_row(json.loads(done["recipe_json"]))
-    assert done["train_gflops"] == pytest.approx(real_step_gflops(recipe), rel=1e-9)
-    assert done["latency_ms"] > 0
+    done = rows[rows["status"] == "finished"]
+    own = {row["tune_trial_id"].split(":")[0]: row["train_gflops"] for _, row in done.iterrows()}
+    for _, row in done.iterrows():  # each row's count is its own recipe's, on real tensors
+        recipe = compose_row(json.loads(row["recipe_json"]))
+        assert row["train_gflops"] == pytest.approx(real_step_gflops(recipe), rel=1e-9)
+        assert row["latency_ms"] > 0
+    assert done["train_gflops"].nunique() > 1, "every finished trial had one width: reseed"
     import optuna
 
     study = optuna.load_study(study_name="hb", storage=url)
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
-    assert all(t.values[1] == pytest.approx(done["train_gflops"]) for t in complete)
+    for t in complete:  # what Optuna was told equals the trial's own row
+        assert t.values[1] == pytest.approx(own[t.user_attrs["tune_trial_id"]])
+
+
+def test_the_driver_gives_asha_the_spaces_brackets(tmp_path):
+    from ablate.sweep.driver import _scheduler
+
+    path = tmp_path / "hb.yaml"
+    path.write_text(open(write_space(tmp_path, asha=True)).read().replace(
+        "reduction_factor: 2}", "reduction_factor: 2, brackets: 3}"))
+    scheduler = _scheduler(parse_space(path.read_text(), path), 4, StopLedger())
+    assert len(scheduler._brackets) == 3
+
+
+def test_latency_is_left_out_where_it_cannot_be_measured(monkeypatch):
+    from omegaconf import OmegaConf
+
+    from ablate.sweep.trial import measured_latency
+
+    cfg = OmegaConf.create({"train": {"device": "cpu"}, "image_size": 8})
+    net = torch.nn.Conv2d(3, 1, 1)
+    assert measured_latency(net, cfg) > 0
+    assert measured_latency(net, cfg, processes=2) is None  # its device is its processes'
+
+    def broken(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise RuntimeError("no such kernel")
+
+    monkeypatch.setattr("ablate.bench.cost.latency_ms", broken)
+    assert measured_latency(net, cfg) is None  # the trained seed is kept, its latency not
 
 
 def compose_row(recipe: dict):  # noqa: ANN201

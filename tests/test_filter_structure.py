@@ -459,3 +459,11 @@ def test_a_stages_recipe_builds_a_detector_whose_filters_run(tiny_teachers):
         assert isinstance(f.upsample, PixelShuffleUpsampler)
         with torch.no_grad():
             assert f(feats).shape == (2, teacher.guide_channels, latent, latent)
+
+
+def test_stages_suggests_only_heads_it_takes():
+    # width 48: divisors up to 16 would include 12 and 16, which `stages` refuses (max 8)
+    with pytest.raises(AblateError, match=r"filter.heads=5 does not divide the filter width 48; "
+                                          r"choose heads from \[0, 1, 2, 3, 4, 6, 8\]"):
+        build("filter", "stages", in_channels=48, out_channels=4, in_size=8, out_size=16,
+              heads=5)

@@ -193,6 +193,10 @@ def test_inject_deepest_k_and_a_list(tiny_teachers):
     ({"blocks": 1, "inject": [0, "mid"]}, ["'mid'", "indices 0..2"]),
     ({"inject": 5}, ["guide.inject=5", "1..4"]),
     ({"blocks": 3}, ["guide.blocks=3", "1..2"]),
+    ({"inject": [0, "mid", "mid"]}, ["listed twice"]),  # one module would get two hashes
+    ({"blocks": 1, "inject": "mid"}, ["indices 0..2, or set guide.blocks=null"]),
+    ({"zero_init": "no"}, ["guide.zero_init must be true or false, not 'no'"]),
+    ({"zero_init": 0}, ["guide.zero_init must be true or false"]),
 ])
 def test_a_bad_structure_is_one_line_at_build(args, names, tiny_teachers):
     with pytest.raises(AblateError) as info:
@@ -229,6 +233,8 @@ def test_unet_structure_keys_on_a_transformer_teacher_are_one_line(args):
     controlnet_guide(_Transformer(), layers=2)  # the transformer's own key still builds
     with pytest.raises(AblateError, match=r"^guide.depth=2: for UNet teachers only[^\n]*$"):
         adapter_guide(_Transformer(), depth=2)
+    with pytest.raises(AblateError, match=r"^guide.zero_init must be true or false"):
+        adapter_guide(_Transformer(), zero_init="off")  # text YAML reads as true otherwise
 
 
 # --- guide.zero_init ---------------------------------------------------------------------------

@@ -301,11 +301,15 @@ def test_slices_read_defaults_the_recipe_leaves_out_and_null_choices(tmp_path: P
     them at their defaults): the slices still show those trials, under "null" and 0.0."""
     url = f"sqlite:///{tmp_path / 'r.db'}"
     space = ("params:\n  train.t_min: {choice: [0.0, 0.3]}\n"
-             "  guide.blocks: {choice: [null, 1]}\n"
+             "  guide: {choice: [controlnet, adapter]}\n"
+             "  guide.blocks: {choice: [null, 1], when: {guide: controlnet}}\n"
              "  guide.inject: {choice: [all, mid], when: {guide.blocks: [null]}}\n"
              "objectives:\n  - {metric: val_auc, mode: max}\n")
     chosen = {"a": ({}, 0.7), "b": ({"train": {"t_min": 0.3}, "guide": {"blocks": 1}}, 0.6),
-              "c": ({"guide": {"inject": "mid"}}, 0.8)}
+              "c": ({"guide": {"inject": "mid"}}, 0.8),
+              # an adapter: its recipe reads blocks and inject at their defaults, but the
+              # space gave it neither (inject hangs on blocks, which hangs on the guide)
+              "d": ({"guide": {"name": "adapter", "width": 16}}, 0.5)}
     with ResultsDB(url) as db:
         sid = db.start_sweep("d", "structure", {"space_text": space, "objectives": [
             {"metric": "val_auc", "mode": "max"}], "sampler": "tpe"}, "v1")
@@ -318,7 +322,7 @@ def test_slices_read_defaults_the_recipe_leaves_out_and_null_choices(tmp_path: P
                             metrics=auc_rows(val, dict.fromkeys(TESTS, val)))
         data = load_sweep(db, "d")
     params = searched_params(data)
-    wide = trial_params(data, params, "val_auc").sort_values("val_auc")  # b, a, c
-    assert list(wide["train.t_min"]) == [0.3, 0.0, 0.0]
-    assert list(wide["guide.blocks"]) == [1, "null", "null"]
-    assert list(wide["guide.inject"]) == [None, "all", "mid"]  # b holds no mid block
+    wide = trial_params(data, params, "val_auc").sort_values("val_auc")  # d, b, a, c
+    assert list(wide["train.t_min"]) == [0.0, 0.3, 0.0, 0.0]
+    assert list(wide["guide.blocks"]) == [None, 1, "null", "null"]
+    assert list(wide["guide.inject"]) == [None, None, "all", "mid"]  # b holds no mid block

@@ -171,8 +171,8 @@ def _op_name(flag: bool | str, on: str) -> str:
     return flag
 
 
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, min(n, 16) + 1) if n % d == 0]
+def _divisors(n: int, most: int = 16) -> list[int]:
+    return [d for d in range(1, min(n, most) + 1) if n % d == 0]
 
 
 MAX_HEADS = 8
@@ -204,6 +204,11 @@ def stages(
         )
     for key, value in (("channel", channel), ("spatial", spatial)):
         check_choice(key, value, CHANNEL_OPS if key == "channel" else SPATIAL_OPS)
+    if heads and (width or in_channels) % heads:  # suggest only what `stages` takes
+        raise AblateError(
+            f"filter.heads={heads} does not divide the filter width {width or in_channels}; "
+            f"choose heads from {[0, *_divisors(width or in_channels, MAX_HEADS)]} or set "
+            "filter.width")
     return FeatureFilter(
         in_channels, out_channels, in_size, out_size, order, width, max(heads, 1),
         channel_attn=channel, spatial_attn=spatial, mhsa=heads > 0, activation=activation,

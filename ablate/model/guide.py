@@ -264,7 +264,7 @@ def structure(unet: nn.Module, blocks: int | None = None, inject: Any = "all") -
     elif isinstance(inject, str) and inject == "mid":
         if not held_mid:
             raise AblateError(f"guide.inject=mid: guide.blocks={blocks} holds no mid block; "
-                              f"inject one of {where}, or set guide.blocks=null")
+                              f"inject one of indices 0..{held - 1}, or set guide.blocks=null")
         down, mid = frozenset(), True
     elif isinstance(inject, int) and not isinstance(inject, bool):
         if not 1 <= inject <= held:
@@ -275,6 +275,8 @@ def structure(unet: nn.Module, blocks: int | None = None, inject: Any = "all") -
         items = list(inject)
         if not items:
             raise AblateError(f"guide.inject=[]: injects nothing; give {where}")
+        if len(set(map(str, items))) < len(items):  # one module, two hashes otherwise
+            raise AblateError(f"guide.inject={items}: an entry is listed twice; list each once")
         for item in items:
             if item == "mid" and held_mid:
                 continue
@@ -321,6 +323,13 @@ class ControlNetGuide(Guide):
 
     def _run(self, net, noisy, timesteps, cond, unet_kwargs) -> Residuals:  # noqa: ANN001
         return net.residuals(noisy, timesteps, cond, unet_kwargs)
+
+
+def check_flag(key: str, value: Any) -> None:
+    """A true/false setting must be a bool: YAML reads `no` or `off` as text, which Python
+    would take as true, and build the opposite of what was asked under a new hash."""
+    if not isinstance(value, bool):
+        raise AblateError(f"{key} must be true or false, not {value!r}")
 
 
 def _unet_only(teacher: nn.Module, changed: dict[str, Any], instead: str) -> None:
@@ -421,6 +430,7 @@ def controlnet_guide(teacher: nn.Module, shared: bool = True, layers: int | None
     mid block), `inject` the residuals projected ("all", "mid", the deepest k, or a list of
     down-residual indices and/or "mid"; the rest are zeros), `zero_init` the projections'
     init (`structure` says exactly what each means)."""
+    check_flag("guide.zero_init", zero_init)
     changed = {k: v for k, v, d in (("blocks", blocks, None), ("inject", inject, "all"),
                                     ("zero_init", zero_init, True)) if v != d}
     _unet_only(teacher, changed, "set the copy's depth with guide.layers (its projections "
@@ -438,4 +448,5 @@ def no_guide() -> None:
 def adapter_guide(teacher: nn.Module, shared: bool = True, width: int = 64, depth: int = 1,
                   zero_init: bool = True) -> AdapterGuide:
     """`depth` convs per pyramid level, `zero_init` the 1x1 projections' init (UNet teachers)."""
+    check_flag("guide.zero_init", zero_init)
     return AdapterGuide(teacher, shared, width, depth, zero_init)

@@ -93,11 +93,25 @@ def _value(flat: dict[str, Any], key: str) -> Any:
     return ABSENT_VALUE
 
 
-def _present(param: Param, flat: dict[str, Any]) -> bool:
-    """Whether the trial had this param: found in its recipe and its `when` holds."""
+def _present(param: Param, flat: dict[str, Any], had: set[str]) -> bool:
+    """Whether the trial had this param: found in its recipe, its `when` holds, and every
+    param that `when` names was had itself (`had`: the earlier params the trial had; a
+    condition names only earlier params). So an adapter trial, whose recipe reads
+    guide.blocks and guide.inject at their defaults, has neither when both hang on
+    `guide: controlnet`."""
     if _value(flat, param.key) is ABSENT_VALUE:
         return False
-    return all(str(_value(flat, parent)) in values for parent, values in param.when.items())
+    return all(parent in had and str(_value(flat, parent)) in values
+               for parent, values in param.when.items())
+
+
+def _had(params: list[Param], flat: dict[str, Any]) -> dict[str, Any]:
+    """The params one trial had (in the space's order, see `_present`) -> their values."""
+    out: dict[str, Any] = {}
+    for p in params:
+        if _present(p, flat, set(out)):
+            out[p.key] = _value(flat, p.key)
+    return out
 
 
 def trial_objective(data: SweepData, metric: str) -> pd.Series:
@@ -125,7 +139,8 @@ def trial_params(data: SweepData, params: list[Param], objective: str) -> pd.Dat
     for r in data.counted.itertuples():
         flat = data.flat.get(r.config) or {}
         row = {"id": int(r.id), "label": r.label, "seed": r.seed}
-        row.update({p.key: _value(flat, p.key) if _present(p, flat) else None for p in params})
+        had = _had(params, flat)
+        row.update({p.key: had.get(p.key) for p in params})
         row[objective] = values.get(r.id, np.nan)
         rows.append(row)
     # object columns: a conditional int param keeps its ints (None where absent, not NaN)

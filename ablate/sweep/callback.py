@@ -133,7 +133,9 @@ class ResultsCallback(Callback):
             # a reused seed was computed by the code that first ran it
             code_version=r.get("code_version") or self.code_version,
             estimated_mem_mb=self._estimate(trial.config, r["seed"]),
-            train_gflops=r.get("train_gflops"), latency_ms=cost.get("latency_ms"),
+            # properties of the recipe's model, like its params: a reused seed keeps the
+            # original's, as Optuna is told them
+            train_gflops=r.get("train_gflops"), latency_ms=r.get("latency_ms"),
         )
         if r.get("resumed_from_step"):
             _say(f"    {trial.trial_id} seed {r['seed']} resumed at step "

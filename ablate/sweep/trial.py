@@ -198,7 +198,10 @@ class _Trial:
         if stored:
             self._replay(base, stored.get("curves") or [],
                          _planned(cfg, self.context.planned_evaluations), signal_curve(cfg))
-            return {**base, **_stored(stored), "status": "reused",
+            reused = _stored(stored)
+            if reused.get("train_gflops") is None:  # stored before costs were (schema < 6)
+                reused["train_gflops"] = self._gflops(cfg)
+            return {**base, **reused, "status": "reused",
                     "reused_from": stored["id"], "ended": _now()}
         return self._train(cfg, seed, base, key)
 
@@ -273,7 +276,7 @@ class _Trial:
             )
             write_metrics(run.folder, metrics.to_dict("records"),
                           selection.get("step") or run.steps)
-            latency = measured_latency(classifier, cfg)
+            latency = measured_latency(classifier, cfg, ctx.processes)
             run_dir = (storage.upload_folder(run.folder,
                                              storage.join(ctx.runs_location, run.folder.name))
                        if remote else str(run.folder.resolve()))
@@ -380,14 +383,23 @@ def _stored(row: dict) -> dict:
     return {k: row.get(k) for k in keep if k in row}
 
 
-def measured_latency(classifier, cfg) -> float | None:  # noqa: ANN001
-    """The classifier's latency at batch 1 (ms) on the recipe's training device."""
+def measured_latency(classifier, cfg, processes: int = 1) -> float | None:  # noqa: ANN001
+    """The classifier's latency at batch 1 (ms) on the recipe's training device; None, with
+    a warning, where it cannot be measured there: a data-parallel trial holds no device of
+    its own (its processes do), and a failed measurement is not worth a trained seed."""
     # lazy: loads torch only when called
     from ablate.bench.cost import latency_ms
     from ablate.device import pick_device
 
-    device = pick_device(str(cfg.train.device))
-    return latency_ms(classifier.to(device), int(cfg.image_size), device)
+    if processes > 1:
+        log.warning("latency_ms not measured: a data-parallel trial's device is its processes'")
+        return None
+    try:
+        device = pick_device(str(cfg.train.device))
+        return latency_ms(classifier.to(device), int(cfg.image_size), device)
+    except Exception as err:  # noqa: BLE001 - a cost is not worth the trained seed
+        log.warning("latency_ms not measured: %s", err)
+        return None
 
 
 def selection_rows(cfg: Any, selection: dict) -> list[dict]:
