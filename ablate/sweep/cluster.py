@@ -7,14 +7,21 @@ compute different numbers under the same name: both are one-line errors here.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import time
 from typing import Any
 
 from ablate.core.errors import AblateError, first_line
 from ablate.core.paths import CONFIG_DIR_ENV, CONFIG_PATH_ENV, SPACES_DIR_ENV, SPACES_PATH_ENV
 from ablate.plugins import ENV
 from ablate.version import code_version
+
+log = logging.getLogger(__name__)
+# a local Ray whose GCS did not come up is started again this many times: two Rays starting
+# on one machine at the same moment (two sweeps, two test workers) can miss each other's start
+LOCAL_START_TRIES = 3
 
 
 def check_request(cpus: float, gpus: float) -> None:
@@ -76,14 +83,31 @@ def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
             ray.init(address=address, runtime_env=env, log_to_driver=False,
                      ignore_reinit_error=True)
         else:
-            # "local": always a new Ray of our own, never one a killed driver left behind
-            ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-                     runtime_env=env, log_to_driver=False, ignore_reinit_error=True)
+            _start_local(num_cpus, env)
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise AblateError(
             f"cannot reach a Ray cluster at {address}: {first_line(err)}; start one with "
             "`ray start --head` or drop --address to run locally"
         ) from None
+
+
+def _start_local(num_cpus: int | None, env: dict[str, Any]) -> None:
+    """A new local Ray of our own ("local": never one a killed driver left behind), started
+    again after a short wait when its GCS did not come up (LOCAL_START_TRIES)."""
+    import ray
+
+    for attempt in range(1, LOCAL_START_TRIES + 1):
+        try:
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count(),
+                     include_dashboard=False, runtime_env=env, log_to_driver=False,
+                     ignore_reinit_error=True)
+            return
+        except RuntimeError as err:
+            if "Failed to start GCS" not in str(err) or attempt == LOCAL_START_TRIES:
+                raise
+            log.warning("local Ray did not start (%s); starting it again", first_line(err))
+            ray.shutdown()
+            time.sleep(2 * attempt)
 
 
 def probe_ray(address: str, timeout_s: float = 5.0) -> None:
