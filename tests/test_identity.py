@@ -19,6 +19,7 @@ import ablate.reuse_key as keys
 from ablate.core.identity import identity, resolve_precision
 from ablate.recipe import compose, recipe_hash, result_dict
 from ablate.results import ResultsDB
+from ablate.results.schema import SCHEMA_VERSION
 from ablate.reuse_key import reuse_key
 from ablate.schedule import run_precision
 
@@ -173,4 +174,4 @@ def test_a_run_moved_to_another_path_is_reused(tmp_path, digests, tiny_teachers,
     assert list(rows["status"]) == ["reused"] and list(rows["reused_from"]) == [2]
     assert not list((tmp_path / "results" / "runs" / "moved").glob("*"))  # nothing trained
     with sa.create_engine(url).connect() as conn:
-        assert conn.execute(sa.text("SELECT version FROM ablate_schema")).scalar() == 5
+        assert conn.execute(sa.text("SELECT version FROM ablate_schema")).scalar() == SCHEMA_VERSION

@@ -96,6 +96,12 @@ def _start_local(num_cpus: int | None, env: dict[str, Any]) -> None:
     again after a short wait when its GCS did not come up (LOCAL_START_TRIES)."""
     import ray
 
+    # Ray 2.60 turns token auth on for every new local cluster; after an earlier Ray in the
+    # same process its driver can health-check the new GCS without the token and report
+    # "Failed to start GCS" (seen in the suite, every time for the same tests). A cluster
+    # ablate starts for itself and stops after the sweep runs without it unless the user
+    # asks for it (RAY_AUTH_MODE=token); a cluster joined with --address keeps its own.
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     for attempt in range(1, LOCAL_START_TRIES + 1):
         try:
             ray.init(address="local", num_cpus=num_cpus or os.cpu_count(),
